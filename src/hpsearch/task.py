@@ -1,0 +1,70 @@
+"""`hpsearch.Task`: what a user writes. hpsearch owns the training loop; the task owns the model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class Task:
+    """Base class of a user's training task.
+
+    Subclass it and implement the five required methods; hpsearch builds the loop, the data order,
+    the checkpoints and the search around them::
+
+        class DigitsMLP(hpsearch.Task):
+            def datasets(self): return train, val
+            def model(self, hparams): return MLP(hparams["hidden"], hparams["dropout"])
+            def optimizer(self, model, hparams):
+                return torch.optim.AdamW(model.parameters(), lr=hparams["lr"])
+            def loss(self, model, batch):
+                x, y = batch
+                return torch.nn.functional.cross_entropy(model(x), y)
+            def evaluate(self, model, loader): return {"val_accuracy": ...}
+
+    `hparams` is one dict: the warm-up's values overridden by the trial's sampled ones. Keys the
+    base class does not know how to fork (see `hpsearch.training.fork`) can be handled by
+    overriding `apply_hparams`.
+    """
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        """Return (train, validation) map-style datasets."""
+        raise NotImplementedError
+
+    def model(self, hparams: dict[str, Any]) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def optimizer(self, model: torch.nn.Module, hparams: dict[str, Any]) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        """Return the scalar training loss of one batch (hpsearch calls backward and step)."""
+        raise NotImplementedError
+
+    def evaluate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
+        """Return metrics on the validation loader; must contain the study's objective metric."""
+        raise NotImplementedError
+
+    # Optional hooks -------------------------------------------------------------------------
+
+    def scheduler(
+        self, optimizer: torch.optim.Optimizer, hparams: dict[str, Any], total_steps: int
+    ) -> Any | None:
+        """Return a torch LR scheduler stepped once per optimizer step, or None (the default)."""
+        return None
+
+    def apply_hparams(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, hparams: dict[str, Any]
+    ) -> None:
+        """Apply forkable keys hpsearch does not know. Raise KeyError for a key you cannot apply."""
+        raise KeyError(next(iter(hparams)))
+
+    def collate(self, samples: Sequence[Any]) -> Any:
+        """Turn a list of samples into a batch. Defaults to torch's default_collate."""
+        return torch.utils.data.default_collate(samples)
+
+
+REQUIRED_METHODS = ("datasets", "model", "optimizer", "loss", "evaluate")

@@ -1,0 +1,118 @@
+"""Forking: change the forkable hyperparameters of a restored training state, and nothing else.
+
+| key | applied as |
+| `lr` | every param group's `lr`, and the scheduler's base LRs (its step count is kept) |
+| `weight_decay`, `momentum`, `betas`, `eps` | the param groups' keys of the same name |
+| `dropout` | `p` of every `torch.nn.Dropout*` module |
+| `batch_size` | the data stream continues from the same sample position with the new size |
+| anything else | `Task.apply_hparams`; without it the key is not forkable |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hpsearch.errors import ForkError
+
+if TYPE_CHECKING:
+    from hpsearch.training.loop import Trainer
+
+GROUP_KEYS = ("weight_decay", "momentum", "betas", "eps")
+FORKABLE = ("lr", *GROUP_KEYS, "dropout", "batch_size")
+
+_DROPOUTS = (
+    torch.nn.Dropout,
+    torch.nn.Dropout1d,
+    torch.nn.Dropout2d,
+    torch.nn.Dropout3d,
+    torch.nn.AlphaDropout,
+    torch.nn.FeatureAlphaDropout,
+)
+
+
+def fork(trainer: Trainer, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply `changes` to a restored trainer; return the keys whose value actually changed.
+
+    Raises ForkError naming the key when it cannot be applied. Unchanged values are skipped,
+    so forking with the parent's own values is a no-op.
+    """
+    changed = {k: v for k, v in changes.items() if trainer.hparams.get(k) != v}
+    custom: dict[str, Any] = {}
+    for key, value in changed.items():
+        if key == "lr":
+            _set_lr(trainer, float(value))
+        elif key in GROUP_KEYS:
+            _set_group_key(trainer.optimizer, key, value)
+        elif key == "dropout":
+            _set_dropout(trainer.model, float(value))
+        elif key == "batch_size":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ForkError(f"batch_size must be a positive integer, got {value!r}")
+            trainer.stream.set_batch_size(value)
+        else:
+            custom[key] = value
+    if custom:
+        try:
+            trainer.task.apply_hparams(trainer.model, trainer.optimizer, dict(custom))
+        except (KeyError, NotImplementedError) as exc:
+            key = exc.args[0] if exc.args and exc.args[0] in custom else next(iter(custom))
+            raise ForkError(
+                f"'{key}' cannot be forked: hpsearch applies only {', '.join(FORKABLE)}; "
+                f"implement {type(trainer.task).__name__}.apply_hparams to apply '{key}' to a "
+                "restored model, or keep it fixed by the warm-up"
+            ) from None
+    trainer.hparams.update(changed)
+    return changed
+
+
+def _set_lr(trainer: Trainer, lr: float) -> None:
+    old = float(trainer.hparams["lr"])
+    sched = trainer.scheduler
+    for i, group in enumerate(trainer.optimizer.param_groups):
+        if sched is not None and hasattr(sched, "base_lrs"):
+            # keep the scheduler's position: the group's LR scales with its new base
+            ratio = group["lr"] / sched.base_lrs[i] if sched.base_lrs[i] else 1.0
+            sched.base_lrs[i] = lr
+            group["lr"] = lr * ratio
+            if "initial_lr" in group:
+                group["initial_lr"] = lr
+        elif trainer.schedule is not None:
+            group["lr"] = group["lr"] * (lr / old) if old else lr
+        else:
+            group["lr"] = lr
+    if sched is not None and hasattr(sched, "_last_lr"):
+        sched._last_lr = [g["lr"] for g in trainer.optimizer.param_groups]
+
+
+def _set_group_key(optimizer: torch.optim.Optimizer, key: str, value: Any) -> None:
+    for group in optimizer.param_groups:
+        if key not in group:
+            raise ForkError(
+                f"'{key}' cannot be forked: the task's optimizer {type(optimizer).__name__} has "
+                f"no '{key}' (its param groups have {', '.join(k for k in group if k != 'params')})"
+            )
+        old = group[key]
+        if isinstance(old, tuple):
+            group[key] = tuple(float(v) for v in value)
+        elif isinstance(old, (int, float)) and not isinstance(old, bool):
+            group[key] = float(value)
+        else:
+            group[key] = value
+
+
+def _set_dropout(model: torch.nn.Module, p: float) -> None:
+    if not 0.0 <= p < 1.0:
+        raise ForkError(f"dropout must be in [0, 1), got {p}")
+    found = False
+    for module in model.modules():
+        if isinstance(module, _DROPOUTS):
+            module.p = p
+            found = True
+    if not found:
+        raise ForkError(
+            "'dropout' cannot be forked: the model has no torch.nn.Dropout* module; implement "
+            "Task.apply_hparams to apply it"
+        )

@@ -1,0 +1,406 @@
+"""The training loop. It knows nothing of Optuna or storage: it trains, and calls hooks.
+
+A run's position is counted in samples and optimizer steps since the run's start; a *segment*
+(the warm-up, or one trial after its fork) starts at an origin, and evaluation and checkpoint
+boundaries are counted from that origin. Every boundary is a pure function of the counters, so a
+resumed run evaluates and checkpoints at the very same steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hpsearch.errors import CheckpointMismatch, TrainingDiverged
+from hpsearch.task import Task
+from hpsearch.training import state as st
+from hpsearch.training.data import DataStream, eval_loader
+from hpsearch.training.schedule import Schedule
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Every:
+    """An interval counted in samples or in optimizer steps from the segment's origin."""
+
+    samples: int | None = None
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.samples is None) == (self.steps is None):
+            raise ValueError("Every needs exactly one of samples= or steps=")
+        if (self.samples or self.steps or 0) <= 0:
+            raise ValueError(f"an interval must be positive, got {self}")
+
+    def index(self, p: Progress) -> int:
+        """How many boundaries the segment has passed."""
+        if self.samples is not None:
+            return (p.samples - p.origin_samples) // self.samples
+        return (p.step - p.origin_step) // self.steps  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Where a segment ends: after `samples` or `steps` counted from its origin."""
+
+    samples: int | None = None
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.samples is None) == (self.steps is None):
+            raise ValueError("Budget needs exactly one of samples= or steps=")
+
+    def reached(self, p: Progress) -> bool:
+        if self.samples is not None:
+            return p.samples - p.origin_samples >= self.samples
+        return p.step - p.origin_step >= self.steps  # type: ignore[operator]
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer steps since the run began (warm-up included)
+    samples: int = 0  # samples since the run began: the data position
+    origin_step: int = 0  # where the current segment began
+    origin_samples: int = 0
+
+
+class Hooks:
+    """What the loop reports. Override what you need; raising from a hook stops training."""
+
+    def on_step(self, trainer: Trainer, indices: list[int], loss: float) -> None:
+        pass
+
+    def on_eval(self, trainer: Trainer, index: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        pass
+
+
+class Trainer:
+    """Model, optimizer, scheduler, data position and RNG of one run, and the loop that trains it.
+
+    Build one with `Trainer.create` (a fresh run) or `Trainer.restore` (from saved state); save
+    it with `state()`; fork it with `hpsearch.training.fork.fork`.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        hparams: dict[str, Any],
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        stream: DataStream,
+        val_set: Any,
+        *,
+        seed: int,
+        device: torch.device,
+        schedule: Schedule | None,
+        total_samples: int | None,
+        progress: Progress,
+        history: list[dict[str, Any]],
+    ) -> None:
+        self.task = task
+        self.hparams = hparams
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.stream = stream
+        self.val_loader = eval_loader(
+            val_set, getattr(task, "eval_batch_size", 256), task.collate, stream.num_workers
+        )
+        self.seed = seed
+        self.device = device
+        self.schedule = schedule
+        self.total_samples = total_samples
+        self.progress = progress
+        self.history = history
+        self.saved_step: int | None = None  # step of the newest checkpoint of this trainer
+        self._before = Progress(**vars(progress))
+
+    # -- construction ------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        task: Task,
+        hparams: Mapping[str, Any],
+        *,
+        seed: int,
+        device: str | torch.device = "cpu",
+        schedule: Schedule | None = None,
+        total_samples: int | None = None,
+        num_workers: int = 0,
+        datasets: tuple[Any, Any] | None = None,
+    ) -> Trainer:
+        """A fresh run: seed every RNG, then build the model, optimizer and scheduler."""
+        torch.set_flush_denormal(True)  # denormals in Adam's moments make CPU steps 20x slower
+        train_set, val_set = datasets if datasets is not None else task.datasets()
+        hp = dict(hparams)
+        dev = torch.device(device)
+        st.seed_everything(seed)
+        model = task.model(hp).to(dev)
+        optimizer = task.optimizer(model, hp)
+        scheduler = task.scheduler(optimizer, hp, _total_steps(total_samples, hp))
+        if schedule is not None and scheduler is not None:
+            raise ValueError(
+                "the study sets a `schedule` and the task returns a scheduler: use one of them"
+            )
+        stream = DataStream(
+            train_set,
+            seed=seed,
+            batch_size=int(hp["batch_size"]),
+            collate=task.collate,
+            num_workers=num_workers,
+        )
+        return cls(
+            task, hp, model, optimizer, scheduler, stream, val_set,
+            seed=seed, device=dev, schedule=schedule, total_samples=total_samples,
+            progress=Progress(), history=[],
+        )  # fmt: skip
+
+    @classmethod
+    def restore(
+        cls,
+        task: Task,
+        tensors: Mapping[str, Mapping[str, torch.Tensor]],
+        state: Mapping[str, Any],
+        *,
+        device: str | torch.device = "cpu",
+        num_workers: int = 0,
+        datasets: tuple[Any, Any] | None = None,
+    ) -> Trainer:
+        """Rebuild a run from `state()` output. The model is built on the meta device and takes
+        the loaded tensors as they are (no random init, no copy); RNG is restored last."""
+        torch.set_flush_denormal(True)
+        if state.get("version", 0) > STATE_VERSION:
+            raise CheckpointMismatch(
+                f"the checkpoint's training state has version {state['version']}, this hpsearch "
+                f"reads up to {STATE_VERSION}: upgrade hpsearch"
+            )
+        train_set, val_set = datasets if datasets is not None else task.datasets()
+        hp = dict(state["hparams"])
+        dev = torch.device(device)
+        with torch.device("meta"):
+            model = task.model(hp)
+        model_tensors = tensors["model"]
+        if dev.type == "cpu":
+            st.load_model_state(model, model_tensors, assign=True)
+        else:
+            st.load_model_state(
+                model, {k: v.to(dev, non_blocking=True) for k, v in model_tensors.items()},
+                assign=True,
+            )  # fmt: skip
+        if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+            # non-persistent buffers are not saved: build normally, then copy the weights in
+            model = task.model(hp).to(dev)
+            st.load_model_state(model, model_tensors)
+        model.to(dev)
+        optimizer = task.optimizer(model, hp)
+        # the scheduler first: creating one rewrites the groups' LRs, which the load then restores
+        total = state.get("total_samples")
+        scheduler = task.scheduler(optimizer, hp, _total_steps(total, hp))
+        opt_tensors = {k: v.to(dev) for k, v in tensors["optimizer"].items()}
+        st.load_optimizer_state(optimizer, opt_tensors, state["optimizer"])
+        if scheduler is not None:
+            if state.get("scheduler") is None:
+                raise CheckpointMismatch(
+                    "the task returns a scheduler but the checkpoint holds no scheduler state"
+                )
+            scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
+        p = state["progress"]
+        stream = DataStream(
+            train_set,
+            seed=state["seed"],
+            batch_size=int(hp["batch_size"]),
+            position=p["samples"],
+            collate=task.collate,
+            num_workers=num_workers,
+        )
+        sched = state.get("schedule")
+        trainer = cls(
+            task, hp, model, optimizer, scheduler, stream, val_set,
+            seed=state["seed"], device=dev,
+            schedule=Schedule(**sched) if sched else None, total_samples=total,
+            progress=Progress(**p), history=copy.deepcopy(list(state.get("metrics", []))),
+        )  # fmt: skip
+        st.set_rng_state(state["rng"])
+        trainer.saved_step = trainer.progress.step
+        return trainer
+
+    def load(
+        self, tensors: Mapping[str, Mapping[str, torch.Tensor]], state: Mapping[str, Any]
+    ) -> None:
+        """Restore saved state into this trainer's existing objects by copying (the source stays
+        untouched): the fast path for forking many trials from one base held in memory."""
+        st.check_model_keys(self.model, tensors["model"])
+        with torch.no_grad():
+            for name, t in self.model.state_dict(keep_vars=True).items():
+                t.copy_(tensors["model"][name])
+        st.copy_optimizer_state(self.optimizer, tensors["optimizer"], state["optimizer"])
+        self.hparams = dict(state["hparams"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
+        sched = state.get("schedule")
+        self.schedule = Schedule(**sched) if sched else None
+        self.total_samples = state.get("total_samples")
+        self.progress = Progress(**state["progress"])
+        self.history = copy.deepcopy(list(state.get("metrics", [])))
+        self.seed = state["seed"]
+        self.stream.seed = self.seed
+        self.stream.set_batch_size(int(self.hparams["batch_size"]))
+        self.stream.seek(self.progress.samples)
+        st.set_rng_state(state["rng"])
+        self.saved_step = self.progress.step
+
+    # -- saving ------------------------------------------------------------------------------
+
+    def state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+        """The full training state: live tensors (copy them before training on) and JSON."""
+        opt_tensors, opt_meta = st.optimizer_state(self.optimizer)
+        p = self.progress
+        info = {
+            "version": STATE_VERSION,
+            "hpsearch": _version(),
+            "torch": torch.__version__,
+            "progress": vars(p).copy(),
+            "epoch": p.samples / self.stream.n,
+            "seed": self.seed,
+            "hparams": st.to_json(self.hparams, "hparams"),
+            "schedule": vars(self.schedule).copy() if self.schedule else None,
+            "total_samples": self.total_samples,
+            "optimizer": opt_meta,
+            "scheduler": (
+                st.to_json(self.scheduler.state_dict(), "scheduler state")
+                if self.scheduler is not None
+                else None
+            ),
+            "rng": st.rng_state(),
+            "metrics": copy.deepcopy(self.history),
+        }
+        return {"model": dict(self.model.state_dict()), "optimizer": opt_tensors}, info
+
+    # -- training ----------------------------------------------------------------------------
+
+    def begin_segment(self) -> None:
+        """Start counting a new segment (a trial after its fork) from the current position."""
+        self.progress.origin_step = self.progress.step
+        self.progress.origin_samples = self.progress.samples
+
+    @property
+    def epoch(self) -> float:
+        return self.progress.samples / self.stream.n
+
+    def train(
+        self,
+        until: Budget,
+        *,
+        hooks: Hooks | None = None,
+        eval_every: Every | None = None,
+        checkpoint_every: Every | None = None,
+    ) -> dict[str, float] | None:
+        """Train until the budget; evaluate at the end of the segment; checkpoint it. Returns the
+        final metrics. A trainer restored mid-segment continues exactly where it left off."""
+        hooks = hooks or Hooks()
+        p = self.progress
+        while not until.reached(p):
+            self.step(hooks)
+            if eval_every is not None and _crossed(eval_every, p, self._before):
+                self._eval(hooks, eval_every.index(p))
+            if checkpoint_every is not None and _crossed(checkpoint_every, p, self._before):
+                self.checkpoint(hooks)
+        if not self.history or self.history[-1]["step"] != p.step:
+            index = eval_every.index(p) + 1 if eval_every is not None else 0
+            self._eval(hooks, index)
+        if self.saved_step != p.step:
+            self.checkpoint(hooks)
+        return {k: v for k, v in self.history[-1].items() if k not in _BOOKKEEPING}
+
+    def step(self, hooks: Hooks) -> float:
+        """One optimizer step on the next batch."""
+        p = self.progress
+        self._before = Progress(**vars(p))
+        indices, batch = self.stream.next_batch()
+        if self.schedule is not None:
+            frac = p.samples / self.total_samples if self.total_samples else 0.0
+            lr = float(self.hparams["lr"]) * self.schedule.factor(frac)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        self.model.train()
+        loss = self.task.loss(self.model, _to_device(batch, self.device))
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingDiverged("the training loss", value, p.step + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        p.step += 1
+        p.samples += len(indices)
+        hooks.on_step(self, indices, value)
+        return value
+
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.task.evaluate(self.model, self.val_loader)
+        self.model.train()
+        out = {}
+        for k, v in dict(metrics).items():
+            fv = float(v)
+            if not math.isfinite(fv):
+                raise TrainingDiverged(f"the metric {k!r}", fv, self.progress.step)
+            out[str(k)] = fv
+        return out
+
+    def checkpoint(self, hooks: Hooks) -> None:
+        hooks.on_checkpoint(self)
+        self.saved_step = self.progress.step
+
+    def _eval(self, hooks: Hooks, index: int) -> None:
+        metrics = self.evaluate()
+        p = self.progress
+        self.history.append(
+            {"step": p.step, "samples": p.samples, "segment_samples": p.samples - p.origin_samples,
+             "index": index, **metrics}
+        )  # fmt: skip
+        hooks.on_eval(self, index, metrics)
+
+
+_BOOKKEEPING = ("step", "samples", "segment_samples", "index")
+
+
+def _crossed(every: Every, now: Progress, before: Progress) -> bool:
+    return every.index(now) > every.index(before)
+
+
+def _total_steps(total_samples: int | None, hparams: Mapping[str, Any]) -> int:
+    if not total_samples:
+        return 0
+    return -(-int(total_samples) // int(hparams["batch_size"]))
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if device.type == "cpu":
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _version() -> str:
+    from hpsearch import __version__
+
+    return __version__

@@ -1,0 +1,65 @@
+"""Read models of a finished or running study: what `plot`, `export` and `status` show.
+
+They are plain data, built from the Optuna study and the checkpoint tree by `hpsearch.report`,
+so the renderers never touch a database and can be tested on synthetic studies.
+Training progress is measured in epochs of the training set (samples / len(train set)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """One Optuna trial as hpsearch sees it.
+
+    `fork_progress` is where the trial branched off (the warm-up's end for a forked trial, the
+    parent attempt's last checkpoint for a continuation, 0 in classic mode); `end_progress` is
+    where it stopped (finished, pruned, failed, or its latest checkpoint while running).
+    `intermediate` holds (progress, objective) pairs as reported to the pruner.
+    """
+
+    number: int
+    state: str  # "COMPLETE" | "PRUNED" | "FAIL" | "RUNNING" | "WAITING"
+    value: float | None
+    params: dict[str, Any]
+    parent_checkpoint: str | None
+    fork_step: int | None
+    fork_progress: float
+    end_progress: float | None
+    steps_trained: int
+    samples_trained: int
+    intermediate: tuple[tuple[float, float], ...] = ()
+    pruned_at: float | None = None  # progress at which the pruner stopped it
+    retry_of: int | None = None  # the trial number this one continues after a crash
+    final_checkpoint: str | None = None
+    checkpoint_bytes: int = 0
+    duration_s: float | None = None
+    fail_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyView:
+    """A study: its settings that matter to readers, the warm-up trunk and every trial."""
+
+    name: str
+    metric: str
+    direction: str  # "minimize" | "maximize"
+    classic: bool  # trials trained from scratch (--no-fork)
+    samples_per_epoch: int
+    warmup_progress: float  # where the trunk ends (0 in classic mode)
+    warmup_steps: int
+    warmup_curve: tuple[tuple[float, float], ...] = ()  # (progress, objective) during warm-up
+    base_checkpoint: str | None = None
+    trials: tuple[TrialView, ...] = field(default_factory=tuple)
+    disk_bytes: int = 0
+
+    def best(self) -> TrialView | None:
+        """The best COMPLETE trial by value, or None."""
+        done = [t for t in self.trials if t.state == "COMPLETE" and t.value is not None]
+        if not done:
+            return None
+        pick = max if self.direction == "maximize" else min
+        return pick(done, key=lambda t: t.value)

@@ -43,7 +43,7 @@ class CheckpointNotFound(CheckpointError):
 
 
 class CheckpointCorrupt(CheckpointError):
-    """A checkpoint's files do not match its manifest (missing, wrong size, wrong hash, bad format)."""
+    """A checkpoint's files do not match its manifest: missing, wrong size or hash, bad format."""
 
 
 class CheckpointFormatError(CheckpointError):
@@ -51,7 +51,7 @@ class CheckpointFormatError(CheckpointError):
 
 
 class CheckpointMismatch(CheckpointError):
-    """A checkpoint does not fit the model or optimizer it is loaded into; the message names the keys."""
+    """A checkpoint does not fit the model or optimizer it is loaded into (names the keys)."""
 
 
 class CheckpointWriteError(CheckpointError):

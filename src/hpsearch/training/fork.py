@@ -116,3 +116,13 @@ def _set_dropout(model: torch.nn.Module, p: float) -> None:
             "'dropout' cannot be forked: the model has no torch.nn.Dropout* module; implement "
             "Task.apply_hparams to apply it"
         )
+
+
+def reapply_model_hparams(trainer: Trainer, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    """After copying a saved state into a trainer built for other hparams: set what lives in the
+    model rather than in the saved tensors (dropout, keys of `Task.apply_hparams`)."""
+    if "dropout" in new and old.get("dropout") != new["dropout"]:
+        _set_dropout(trainer.model, float(new["dropout"]))
+    custom = {k: v for k, v in new.items() if k not in FORKABLE and k in old and old[k] != v}
+    if custom:
+        trainer.task.apply_hparams(trainer.model, trainer.optimizer, custom)

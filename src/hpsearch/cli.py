@@ -1,0 +1,315 @@
+"""The `hpsearch` command. Every command takes the study file first.
+
+Exit status: 0 success; 2 bad usage or invalid study file; 1 any other failure; 130 after a clean
+stop on Ctrl-C or SIGTERM (the current state is checkpointed; running again continues).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from hpsearch.errors import HpsearchError, UsageError
+
+if TYPE_CHECKING:
+    from hpsearch.search.session import Session
+    from hpsearch.views import TrialView
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hpsearch",
+        description="Hyperparameter search for PyTorch that forks Optuna trials from checkpoints.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("study", metavar="STUDY.yaml", help="the study file")
+        return c
+
+    def common(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--storage", help="Optuna storage URL (overrides the study file)")
+        c.add_argument(
+            "--no-fork",
+            dest="classic",
+            action="store_true",
+            help="the classic search: every trial trains from scratch (study '<name>-classic')",
+        )
+
+    for name, help in (
+        ("run", "create or continue the study until it has N finished trials"),
+        ("resume", "continue an existing study (an error if it does not exist)"),
+    ):
+        c = cmd(name, help)
+        c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
+        c.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+        common(c)
+    common(cmd("worker", "one extra worker for a study in a shared database"))
+    common(cmd("status", "a table of the study's trials"))
+    common(cmd("tree", "the checkpoint tree as indented text"))
+    c = cmd("plot", "the branch plot of the study")
+    c.add_argument("-o", "--output", help="FILE.png, .svg or .pdf (default: <run dir>/<name>.png)")
+    c.add_argument("--x", choices=("epochs", "samples"), default="epochs")
+    common(c)
+    c = cmd("export", "one row per trial as CSV, Parquet or JSON")
+    c.add_argument("-o", "--output", help="FILE.csv, .parquet or .json (default: CSV on stdout)")
+    common(c)
+    c = cmd("best", "the best trial's params and checkpoint")
+    c.add_argument("--export", metavar="DIR", help="write model.safetensors and params.json")
+    common(c)
+    c = cmd("gc", "apply the retention rules now")
+    c.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
+    common(c)
+    common(cmd("verify", "re-hash every committed checkpoint"))
+    c = cmd("check-resume", "self-test of exact resume on your task")
+    c.add_argument("--steps", type=int, default=20, help="steps before and after the checkpoint")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # hpsearch prints its own lines
+    try:
+        return _dispatch(args)
+    except UsageError as exc:
+        print(f"hpsearch: error: {exc}", file=sys.stderr)
+        return 2
+    except HpsearchError as exc:
+        from hpsearch.search.runner import Interrupted
+
+        if isinstance(exc, Interrupted):
+            print(
+                f"\nhpsearch: {exc}; state checkpointed. Run the same command again to continue.",
+                file=sys.stderr,
+            )
+            return 130
+        print(f"hpsearch: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nhpsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if not os.path.exists(args.study):
+        raise UsageError(f"{args.study}: no such study file")
+    return globals()["_cmd_" + args.command.replace("-", "_")](args)
+
+
+def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
+    from hpsearch.search.runner import format_summary, run_study
+    from hpsearch.search.session import Session
+    from hpsearch.search.studyfile import load_study_file
+
+    settings = load_study_file(args.study)
+    if must_exist:
+        Session.open(args.study, storage=args.storage, classic=args.classic, create=False).close()
+    if args.trials is not None and args.trials < 1:
+        raise UsageError(f"--trials must be >= 1, got {args.trials}")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    extra = [_spawn_worker(args) for _ in range(args.workers - 1)]
+    try:
+        summary = run_study(
+            args.study, trials=args.trials, storage=args.storage, classic=args.classic
+        )
+    finally:
+        for proc in extra:
+            proc.wait()
+    ckpt_dir = os.path.join(settings.checkpoints.dir, summary.study)
+    print(format_summary(summary, ckpt_dir))
+    return 0
+
+
+def _spawn_worker(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "hpsearch", "worker", args.study]
+    if args.storage:
+        cmd += ["--storage", args.storage]
+    if args.classic:
+        cmd.append("--no-fork")
+    if args.trials is not None:
+        cmd += ["--trials", str(args.trials)]
+    return subprocess.Popen(cmd)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    return _cmd_run(args, must_exist=True)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from hpsearch.search.runner import run_study
+
+    trials = getattr(args, "trials", None)
+    run_study(args.study, trials=trials, storage=args.storage, classic=args.classic,
+              label=f"[worker {os.getpid()}] ")  # fmt: skip
+    return 0
+
+
+def _open(args: argparse.Namespace) -> Session:
+    from hpsearch.search.session import Session
+
+    return Session.open(args.study, storage=args.storage, classic=args.classic, create=False)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from hpsearch.export import format_status_table
+    from hpsearch.report import study_view
+
+    session = _open(args)
+    try:
+        print(format_status_table(study_view(session)))
+    finally:
+        session.close()
+    return 0
+
+
+def _cmd_tree(args: argparse.Namespace) -> int:
+    from hpsearch.report import format_tree
+
+    session = _open(args)
+    try:
+        print(format_tree(session))
+    finally:
+        session.close()
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from hpsearch.plot import plot_study
+    from hpsearch.report import study_view
+
+    session = _open(args)
+    try:
+        out = args.output or os.path.join(session.settings.run_dir, f"{session.study_name}.png")
+        if os.path.splitext(out)[1].lower() not in (".png", ".svg", ".pdf"):
+            raise UsageError(f"-o {out}: the plot is written as .png, .svg or .pdf")
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        plot_study(study_view(session), out, x=args.x)
+    finally:
+        session.close()
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from hpsearch.export import trials_dataframe, write_export
+    from hpsearch.report import study_view
+
+    session = _open(args)
+    try:
+        df = trials_dataframe(study_view(session))
+    finally:
+        session.close()
+    if not args.output:
+        df.to_csv(sys.stdout, index=False)
+        return 0
+    if os.path.splitext(args.output)[1].lower() not in (".csv", ".parquet", ".json"):
+        raise UsageError(f"-o {args.output}: export to .csv, .parquet or .json")
+    write_export(df, args.output)
+    print(f"wrote {args.output} ({len(df)} trials)")
+    return 0
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    from hpsearch.report import study_view
+
+    session = _open(args)
+    try:
+        view = study_view(session)
+        best = view.best()
+        if best is None:
+            raise HpsearchError(f"study {session.study_name} has no completed trial yet")
+        print(f"best trial: {best.number}  {view.metric}={best.value:.6g}")
+        for k, v in best.params.items():
+            print(f"  {k}: {v}")
+        if best.final_checkpoint is None:
+            print("checkpoint: none kept (see checkpoints.keep_best)")
+        else:
+            print(f"checkpoint: {session.store.url}/{best.final_checkpoint}")
+        if args.export:
+            if best.final_checkpoint is None:
+                raise HpsearchError("the best trial's checkpoint is not kept: nothing to export")
+            _export_best(session, best, args.export)
+            print(f"wrote {args.export}/model.safetensors and {args.export}/params.json")
+    finally:
+        session.close()
+    return 0
+
+
+def _export_best(session: Session, best: TrialView, out_dir: str) -> None:
+    from safetensors.torch import save_file
+
+    loaded = session.store.load(best.final_checkpoint, groups=("model",))
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in loaded.tensors["model"].items()}
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"))
+    params = {
+        "trial": best.number,
+        "value": best.value,
+        "metric": session.settings.objective.metric,
+        "params": best.params,
+        "hparams": loaded.state.get("hparams"),
+        "checkpoint": best.final_checkpoint,
+        "study": session.study_name,
+    }
+    with open(os.path.join(out_dir, "params.json"), "w") as f:
+        json.dump(params, f, indent=2)
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from hpsearch.console import human_bytes
+    from hpsearch.search.runner import Worker
+
+    session = _open(args)
+    try:
+        worker = Worker(session)
+        worker.recover() if not args.dry_run else None
+        plan = worker.collect_garbage(dry_run=args.dry_run)
+        verb = "would delete" if args.dry_run else "deleted"
+        for d in plan:
+            print(f"{verb} {d.id}  ({d.kind}, {human_bytes(d.nbytes)}): {d.reason}")
+        total = sum(d.nbytes for d in plan)
+        print(f"{verb} {len(plan)} checkpoints, {human_bytes(total)} freed")
+    finally:
+        session.close()
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from hpsearch.errors import CheckpointError
+
+    session = _open(args)
+    bad = 0
+    try:
+        infos = session.store.list()
+        for info in infos:
+            try:
+                session.store.verify(info.id)
+                print(f"ok       {info.id}")
+            except CheckpointError as exc:
+                bad += 1
+                print(f"CORRUPT  {info.id}: {exc}")
+        print(f"{len(infos)} checkpoints verified, {bad} failed")
+    finally:
+        session.close()
+    return 1 if bad else 0
+
+
+def _cmd_check_resume(args: argparse.Namespace) -> int:
+    from hpsearch.search.selfcheck import check_resume
+
+    ok, report = check_resume(args.study, steps=args.steps)
+    print(report)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""What a run prints: progress bars on a terminal, plain lines elsewhere, and human sizes."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def human_time(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f}s"
+    m, s = divmod(int(s), 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+class Bar:
+    """A one-line progress bar redrawn in place on a terminal (at most 10 times a second);
+    off a terminal it prints nothing until `close`, so logs stay readable."""
+
+    def __init__(self, label: str, total: float, *, unit: str = "", out: TextIO | None = None):
+        self.label, self.total, self.unit = label, total, unit
+        self.out = out or sys.stderr
+        self.tty = hasattr(self.out, "isatty") and self.out.isatty()
+        self.start = time.monotonic()
+        self._drawn = 0.0
+        self.done = 0.0
+        self.note = ""
+
+    def update(self, done: float, note: str = "") -> None:
+        self.done, self.note = done, note or self.note
+        now = time.monotonic()
+        if self.tty and now - self._drawn >= 0.1:
+            self._drawn = now
+            self._draw()
+
+    def _draw(self) -> None:
+        frac = min(1.0, self.done / self.total) if self.total else 1.0
+        width = 24
+        fill = int(frac * width)
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / frac - elapsed if frac > 0 else 0.0
+        line = (
+            f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {frac * 100:5.1f}% "
+            f"{self.done:.4g}/{self.total:.4g}{self.unit} {human_time(elapsed)}"
+            f"<{human_time(eta)} {self.note}"
+        )
+        self.out.write(line[:160].ljust(100))
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self._draw()
+            self.out.write("\n")
+            self.out.flush()
+
+    def clear(self) -> None:
+        """Make room for a normal line (the bar is redrawn at the next update)."""
+        if self.tty:
+            self.out.write("\r" + " " * 100 + "\r")
+            self.out.flush()
+            self._drawn = 0.0
+
+
+def say(msg: str = "", *, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    out.write(msg + "\n")
+    out.flush()

@@ -1,0 +1,178 @@
+"""Build the read model (`StudyView`) of a study from the Optuna study and the checkpoint tree.
+
+`status`, `tree`, `plot`, `export` and `best` read only what runs wrote; nothing here trains or
+writes. From Python::
+
+    view = hpsearch.load("studies/quickstart.yaml")
+    df = view.dataframe()
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from optuna.trial import TrialState
+
+from hpsearch.checkpoint.lineage import WARMUP, CheckpointRow
+from hpsearch.console import human_bytes
+from hpsearch.search.session import ATTR, Session
+from hpsearch.views import StudyView, TrialView
+
+
+def study_view(session: Session) -> StudyView:
+    """Everything `plot`, `export` and `status` show, as plain data."""
+    study = session.study
+    n = int(session.attr("samples_per_epoch", 0) or 0) or session.samples_per_epoch()
+    rows = session.lineage.checkpoints()
+    by_trial: dict[int, list[CheckpointRow]] = {}
+    for r in rows:
+        by_trial.setdefault(r.trial, []).append(r)
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        ua = t.user_attrs
+        mine = by_trial.get(t.number, [])
+        live = [r for r in mine if r.status == "committed"]
+        fork_samples = ua.get(ATTR + "fork_samples")
+        fork_progress = fork_samples / n if fork_samples is not None else 0.0
+        steps = int(ua.get(ATTR + "steps_trained", 0))
+        samples = int(ua.get(ATTR + "samples_trained", 0))
+        if t.state == TrialState.RUNNING:
+            attempts = session.lineage.attempts(t.number)
+            steps = sum(a.steps for a in attempts)
+            samples = sum(a.samples for a in attempts)
+        end = _end_progress(t, mine, fork_progress, samples, n)
+        origin = fork_samples or 0
+        # intermediate values are keyed by evaluation index; place them by the samples seen
+        inter = _intermediate(t, session, origin, n)
+        duration = None
+        if t.datetime_start is not None:
+            stop = t.datetime_complete.timestamp() if t.datetime_complete else time.time()
+            duration = stop - t.datetime_start.timestamp()
+        trials.append(
+            TrialView(
+                number=t.number,
+                state=t.state.name,
+                value=t.value if t.state == TrialState.COMPLETE else _last(t),
+                params=dict(t.params),
+                parent_checkpoint=ua.get(ATTR + "parent_checkpoint"),
+                fork_step=ua.get(ATTR + "fork_step"),
+                fork_progress=fork_progress,
+                end_progress=end,
+                steps_trained=steps,
+                samples_trained=samples,
+                intermediate=inter,
+                pruned_at=ua.get(ATTR + "pruned_at"),
+                retry_of=ua.get(ATTR + "retry_of"),
+                final_checkpoint=ua.get(ATTR + "final_checkpoint")
+                if any(r.id == ua.get(ATTR + "final_checkpoint") for r in live)
+                else None,
+                checkpoint_bytes=sum(r.nbytes for r in live),
+                duration_s=duration,
+                fail_reason=ua.get(ATTR + "fail_reason"),
+            )
+        )
+    curve = tuple((float(x), float(y)) for x, y in session.attr("warmup_curve", []) or [])
+    warm_samples = int(session.attr("warmup_samples", 0) or 0)
+    disk = sum(r.nbytes for r in rows if r.status == "committed")
+    return StudyView(
+        name=session.study_name,
+        metric=session.settings.objective.metric,
+        direction=session.settings.objective.direction,
+        classic=session.classic,
+        samples_per_epoch=n,
+        warmup_progress=0.0 if session.classic else warm_samples / n,
+        warmup_steps=int(session.attr("warmup_steps", 0) or 0),
+        warmup_curve=curve,
+        base_checkpoint=session.attr("base_checkpoint"),
+        trials=tuple(trials),
+        disk_bytes=disk,
+    )
+
+
+def _last(t: Any) -> float | None:
+    """A pruned trial's value is its last reported one (as Optuna records it)."""
+    if t.value is not None:
+        return t.value
+    if t.intermediate_values:
+        return t.intermediate_values[max(t.intermediate_values)]
+    return None
+
+
+def _end_progress(
+    t: Any, rows: list[CheckpointRow], fork: float, samples: int, n: int
+) -> float | None:
+    if t.state == TrialState.PRUNED and t.user_attrs.get(ATTR + "pruned_at") is not None:
+        return float(t.user_attrs[ATTR + "pruned_at"])
+    reached = [r.epoch for r in rows if r.status in ("committed", "deleted", "deleting")]
+    ends = [*reached, fork + samples / n if samples else fork]
+    return max(ends) if ends else None
+
+
+def _intermediate(t: Any, session: Session, origin: int, n: int) -> tuple[tuple[float, float], ...]:
+    every = session.settings.trials
+    if every.eval_every is not None:
+        unit = round(every.eval_every * n)
+        return tuple(
+            ((origin + k * unit) / n, float(v)) for k, v in sorted(t.intermediate_values.items())
+        )
+    # step-based evaluation: place by the trial's batch size
+    bs = int(t.params.get("batch_size", session.settings.warmup.hparams["batch_size"]))
+    unit = every.eval_every_steps * bs
+    return tuple(
+        ((origin + k * unit) / n, float(v)) for k, v in sorted(t.intermediate_values.items())
+    )
+
+
+# -- the tree as text -----------------------------------------------------------------------------
+
+
+def format_tree(session: Session) -> str:
+    """The checkpoint tree, indented: warm-up chain, base, then each trial's checkpoints."""
+    rows = session.lineage.checkpoints()
+    children: dict[str | None, list[CheckpointRow]] = {}
+    ids = {r.id for r in rows}
+    for r in rows:
+        parent = r.parent if r.parent in ids else None
+        children.setdefault(parent, []).append(r)
+    trials = {t.number: t for t in session.study.get_trials(deepcopy=False)}
+    lines = [f"study {session.study_name} ({len(rows)} checkpoints recorded)"]
+
+    def label(r: CheckpointRow) -> str:
+        who = "warm-up" if r.trial == WARMUP else f"trial {r.trial}"
+        t = trials.get(r.trial)
+        state = f" {t.state.name}" if t is not None else ""
+        size = human_bytes(r.nbytes) if r.status == "committed" else r.status
+        return f"{r.id}  {r.kind:<6} {who}{state}  step {r.step}  epoch {r.epoch:.3g}  {size}"
+
+    def walk(parent: str | None, depth: int) -> None:
+        for r in sorted(children.get(parent, []), key=lambda r: (r.trial, r.step, r.created)):
+            lines.append("  " * depth + label(r))
+            walk(r.id, depth + 1)
+
+    walk(None, 1)
+    return "\n".join(lines)
+
+
+@dataclass
+class StudyHandle:
+    """What `hpsearch.load` returns: the study's read model and table for Python users."""
+
+    session: Session
+
+    def view(self) -> StudyView:
+        return study_view(self.session)
+
+    def dataframe(self) -> Any:
+        from hpsearch.export import trials_dataframe
+
+        return trials_dataframe(self.view())
+
+    def best(self) -> TrialView | None:
+        return self.view().best()
+
+
+def load(study_file: str, *, storage: str | None = None, classic: bool = False) -> StudyHandle:
+    """Open an existing study for reading: `hpsearch.load("studies/x.yaml").dataframe()`."""
+    return StudyHandle(Session.open(study_file, storage=storage, classic=classic, create=False))

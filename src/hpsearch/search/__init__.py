@@ -1,0 +1,8 @@
+"""The search layer: reads the study file, loads the task, and composes training and checkpoints
+into an Optuna study.
+
+Import the submodules you need (`hpsearch.search.studyfile`, `hpsearch.search.taskload`, ...);
+this package imports nothing itself, so reading a study file never pulls in torch.
+"""
+
+from __future__ import annotations

@@ -1,0 +1,886 @@
+"""The study run: warm-up, base checkpoint, forked trials, pruning, resume and GC.
+
+One `Worker` runs in each process. It finishes the warm-up (or waits for the worker that runs it),
+then loops: take over a trial whose worker died, continue a trial that crashed, or ask Optuna for a
+new one -- until the study has the requested number of finished trials. Every trial forks from
+the base checkpoint held in memory, reports each evaluation to Optuna's pruner, and checkpoints
+its state so that any interruption costs at most one checkpoint interval.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.checkpoint import LoadedCheckpoint
+from hpsearch.checkpoint.gc import TrialFacts, apply_gc, plan_gc
+from hpsearch.checkpoint.lineage import WARMUP, attempt_is_stale
+from hpsearch.console import Bar, human_bytes, human_time, say
+from hpsearch.errors import CheckpointError, HpsearchError, TaskError, TrainingDiverged
+from hpsearch.search.saving import Checkpointer
+from hpsearch.search.session import ATTR, Session
+from hpsearch.search.studyfile import make_sampler, suggest, trial_hparams, warmup_hparams
+from hpsearch.training import Budget, Every, Hooks, Schedule, Trainer, fork
+from hpsearch.training.data import mix_seed
+from hpsearch.training.fork import reapply_model_hparams
+
+# -- errors and signals ---------------------------------------------------------------------------
+
+
+class Interrupted(HpsearchError):
+    """Ctrl-C or SIGTERM: the current state was checkpointed; the next run continues."""
+
+
+class TrialCrashed(HpsearchError):
+    """A trial raised an error from the task; it is recorded and can be continued."""
+
+
+class LostTrial(HpsearchError):
+    """Another worker took this trial over (we were declared dead): stop without committing."""
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it between steps, so a stop never tears a step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    @contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        def handler(signum: int, _frame: Any) -> None:
+            if self.signal is not None:  # second Ctrl-C: give up on the clean stop
+                raise KeyboardInterrupt
+            self.signal = signum
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+# -- budgets --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The study's budgets in the loop's units."""
+
+    n: int  # training samples per epoch
+    warmup: Budget
+    trial: Budget
+    eval_every: Every
+    checkpoint_every: Every
+    warmup_samples: int  # estimates for the schedule's total
+    trial_samples: int
+
+    @classmethod
+    def of(cls, session: Session, n: int) -> Plan:
+        s = session.settings
+        bs = int(s.warmup.hparams["batch_size"])
+        if s.warmup.epochs is not None:
+            warmup, wsamples = (
+                Budget(samples=round(s.warmup.epochs * n)),
+                round(s.warmup.epochs * n),
+            )
+        else:
+            warmup, wsamples = Budget(steps=s.warmup.steps), s.warmup.steps * bs
+        if s.trials.epochs is not None:
+            trial, tsamples = Budget(samples=round(s.trials.epochs * n)), round(s.trials.epochs * n)
+        else:
+            trial, tsamples = Budget(steps=s.trials.steps), s.trials.steps * bs
+        if s.trials.eval_every is not None:
+            ev = Every(samples=max(1, round(s.trials.eval_every * n)))
+        else:
+            ev = Every(steps=s.trials.eval_every_steps)
+        if s.checkpoints.every is not None:
+            ck = Every(samples=max(1, round(s.checkpoints.every * n)))
+        else:
+            ck = Every(steps=s.checkpoints.every_steps)
+        return cls(n, warmup, trial, ev, ck, wsamples, tsamples)
+
+    def classic_budget(self) -> Budget:
+        if self.warmup.steps is not None and self.trial.steps is not None:
+            return Budget(steps=self.warmup.steps + self.trial.steps)
+        return Budget(samples=self.warmup_samples + self.trial_samples)
+
+    def trial_total(self, origin_samples: int, hparams: Mapping[str, Any]) -> int:
+        """The schedule's run length for a trial forked at `origin_samples`."""
+        if self.trial.steps is not None:
+            return origin_samples + self.trial.steps * int(hparams["batch_size"])
+        return origin_samples + self.trial_samples
+
+
+# -- the trial jobs -------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    number: int
+    trial_id: int
+    hparams: dict[str, Any]
+    kind: str  # new | takeover | retry
+    token: str
+    retry_of: int | None = None
+    sources: list[str] = field(default_factory=list)  # checkpoints to continue from, best first
+
+
+@dataclass
+class Outcome:
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    steps: int
+    seconds: float
+    note: str = ""
+
+
+# -- the worker -----------------------------------------------------------------------------------
+
+
+class Worker:
+    """Runs trials of one study in this process until the study has `target` finished trials."""
+
+    def __init__(self, session: Session, *, stop: StopFlag | None = None, label: str = "") -> None:
+        self.s = session
+        self.settings = session.settings
+        self.classic = session.classic
+        self.stop = stop or StopFlag()
+        self.label = label
+        self.metric = self.settings.objective.metric
+        self.ckpt = Checkpointer(
+            session.store, session.lineage, async_save=self.settings.checkpoints.async_save
+        )
+        self.trainer: Trainer | None = None
+        self.base: LoadedCheckpoint | None = None
+        self.base_id: str | None = None
+        self.plan: Plan | None = None
+        self.outcomes: list[Outcome] = []
+        self.steps_run = 0
+        self.warmup_steps_run = 0
+
+    # -- entry ------------------------------------------------------------------------------
+
+    def run(self, target: int) -> list[Outcome]:
+        """Run trials until `target` are finished; raises Interrupted / TrialCrashed."""
+        task = self.s.task()
+        self.plan = Plan.of(self.s, self.s.samples_per_epoch())
+        self._preflight(task)
+        self.s.set_attr("mode", "classic" if self.classic else "fork")
+        self.s.set_attr("samples_per_epoch", self.plan.n)
+        self.recover()
+        try:
+            if not self.classic:
+                self.ensure_base()
+            while True:
+                job = self.next_job(target)
+                if job is None:
+                    break
+                self.outcomes.append(self.run_trial(job))
+                self.collect_garbage()
+        finally:
+            try:
+                self.ckpt.close()
+            finally:
+                self.collect_garbage_quietly()
+        return self.outcomes
+
+    def _preflight(self, task: Any) -> None:
+        """Catch an objective metric the task does not return before any training starts."""
+        if self.s.attr("preflight_ok"):
+            return
+        from hpsearch.training.state import rng_state, set_rng_state
+
+        saved = rng_state()
+        try:
+            probe = Trainer.create(
+                task, warmup_hparams(self.settings), seed=self.settings.seed,
+                device=self.settings.device, datasets=self.s.datasets(),
+            )  # fmt: skip
+            metrics = probe.evaluate()
+        except (HpsearchError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise TaskError(
+                f"{self.settings.path}: task: building or evaluating {self.settings.task} failed "
+                f"before training: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            set_rng_state(saved)
+        if self.metric not in metrics:
+            raise TaskError(
+                f"{self.settings.path}: objective.metric: {self.metric!r} is not among the metrics "
+                f"that evaluate() returns ({', '.join(sorted(metrics)) or 'none'}); set "
+                "objective.metric to one of them or return it from evaluate()"
+            )
+        self.s.set_attr("preflight_ok", True)
+
+    # -- recovery and GC --------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Settle what a crash left: rows of saves that did or did not commit, deletions that
+        did not finish, and torn files in the store."""
+        lin, store = self.s.lineage, self.s.store
+        for row in lin.checkpoints(statuses=("pending",)):
+            if row.attempt is not None and _attempt_alive(lin, row.attempt, self.settings):
+                continue  # another worker is writing it
+            if store.exists(row.id):
+                lin.set_status(row.id, "committed", nbytes=store.info(row.id).nbytes)
+            else:
+                lin.set_status(row.id, "failed")
+        doomed = lin.checkpoints(statuses=("deleting",))
+        apply_gc([_deletion(r, "deletion interrupted earlier") for r in doomed], lin, store.delete)
+        if not any(_attempt_alive(lin, a.token, self.settings) for a in _running(lin)):
+            store.clean_leftovers()
+
+    def trial_facts(self) -> dict[int, TrialFacts]:
+        facts = {}
+        trials = self.s.study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get(ATTR + "retry_of") for t in trials}
+        for t in trials:
+            facts[t.number] = TrialFacts(
+                t.number, t.state.name, t.value,
+                retryable=self._retryable(t, trials, retried),
+                parent=t.user_attrs.get(ATTR + "parent_checkpoint"),
+            )  # fmt: skip
+        return facts
+
+    def collect_garbage(self, *, dry_run: bool = False) -> list[Any]:
+        lin = self.s.lineage
+        plan = plan_gc(
+            lin.checkpoints(),
+            self.trial_facts(),
+            keep_best=self.settings.checkpoints.keep_best,
+            direction=self.settings.objective.direction,
+            warmup_done=self.classic or bool(self.s.attr("base_checkpoint")),
+        )
+        if not dry_run:
+            apply_gc(plan, lin, self.s.store.delete)
+        return plan
+
+    def collect_garbage_quietly(self) -> None:
+        try:
+            self.collect_garbage()
+        except Exception as exc:  # never hide the real error behind a GC failure
+            print(f"warning: garbage collection failed: {exc}", file=sys.stderr)
+
+    # -- warm-up ----------------------------------------------------------------------------
+
+    def ensure_base(self) -> None:
+        """Run (or continue, or wait for) the warm-up; hold the base checkpoint in memory."""
+        lin = self.s.lineage
+        while not self.s.attr("base_checkpoint"):
+            current = lin.current_attempt(WARMUP)
+            if current is not None and not attempt_is_stale(
+                current, grace_s=self.settings.trials.grace_s
+            ):
+                self._check_stop()
+                time.sleep(1.0)  # another worker is warming up
+                continue
+            token = lin.take_over(WARMUP, current.token if current else None, resumed_from=None)
+            if token is not None:
+                self._run_warmup(token)
+        self.base_id = self.s.attr("base_checkpoint")
+        self.base = self._load(self.base_id)
+
+    def _run_warmup(self, token: str) -> None:
+        assert self.plan is not None
+        task, lin = self.s.task(), self.s.lineage
+        rows = [
+            r for r in lin.checkpoints(trial=WARMUP, statuses=("committed",)) if r.kind == "warmup"
+        ]
+        trainer, source = self._restore_newest([r.id for r in reversed(rows)])
+        hp = warmup_hparams(self.settings)
+        if trainer is None:
+            sched = self.settings.schedule
+            trainer = Trainer.create(
+                task, hp, seed=self.settings.seed, device=self.settings.device,
+                schedule=Schedule(sched.name, sched.warmup, sched.final) if sched else None,
+                total_samples=self.plan.warmup_samples + self.plan.trial_samples,
+                num_workers=self.settings.data.num_workers, datasets=self.s.datasets(),
+            )  # fmt: skip
+        done = trainer.progress.step
+        bar = Bar("warm-up", _budget_total(self.plan.warmup, self.plan.n), unit=" ep")
+        hooks = _Hooks(self, trainer, WARMUP, token, self.plan.warmup, bar, parent=source)
+        try:
+            trainer.train(
+                self.plan.warmup, hooks=hooks, eval_every=self.plan.eval_every,
+                checkpoint_every=self.plan.checkpoint_every,
+            )  # fmt: skip
+            self.ckpt.flush()
+        except Interrupted:
+            self._checkpoint_now(trainer, hooks)
+            lin.finish_attempt(token, "dead")
+            raise
+        finally:
+            bar.close()
+        base = hooks.last
+        if not lin.owns(token):
+            raise LostTrial("another worker took over the warm-up")
+        self.warmup_steps_run += trainer.progress.step - done
+        curve = [(h["samples"] / self.plan.n, h[self.metric]) for h in trainer.history]
+        self.s.set_attr("warmup_curve", curve)
+        self.s.set_attr("warmup_steps", trainer.progress.step)
+        self.s.set_attr("warmup_samples", trainer.progress.samples)
+        self.s.set_attr("base_checkpoint", base)
+        lin.finish_attempt(token, "done")
+        self.trainer = trainer
+        self._say(
+            f"warm-up done: {trainer.progress.step} steps, {self.metric}="
+            f"{trainer.history[-1][self.metric]:.4g}; base checkpoint {base}"
+        )
+
+    # -- choosing the next trial ------------------------------------------------------------
+
+    def next_job(self, target: int) -> Job | None:
+        self._check_stop()
+        study, lin = self.s.study, self.s.lineage
+        trials = study.get_trials(deepcopy=False)
+        grace = self.settings.trials.grace_s
+        # 1. a trial whose worker died: continue it in place, from its newest checkpoint
+        for t in trials:
+            if t.state != TrialState.RUNNING:
+                continue
+            current = lin.current_attempt(t.number)
+            if current is None:
+                if not lin.attempts(t.number) and _age(t) < grace:
+                    continue  # just asked by another worker, not yet registered
+            elif not attempt_is_stale(current, grace_s=grace):
+                continue
+            sources = self._sources(t.number, t.user_attrs.get(ATTR + "parent_checkpoint"))
+            token = lin.take_over(
+                t.number, current.token if current else None, resumed_from=_first(sources)
+            )
+            if token is not None:
+                hp = trial_hparams(self.settings, t.params)
+                return Job(t.number, t._trial_id, hp, "takeover", token,
+                           t.user_attrs.get(ATTR + "retry_of"), sources)  # fmt: skip
+        # 2. a trial that crashed on an error: continue it as a new trial with the same params
+        retried = {t.user_attrs.get(ATTR + "retry_of") for t in trials}
+        for t in trials:
+            if self._retryable(t, trials, retried) and lin.claim(f"retry:{t.number}"):
+                sources = self._sources(t.number, t.user_attrs.get(ATTR + "parent_checkpoint"))
+                study.enqueue_trial(
+                    dict(t.params), user_attrs={ATTR + "retry_of": t.number}, skip_if_exists=False
+                )
+                trial = self._ask()
+                hp = trial_hparams(self.settings, suggest(trial, self.settings))  # fixed params
+                token = lin.start_attempt(trial.number, resumed_from=_first(sources))
+                return Job(trial.number, trial._trial_id, hp, "retry", token,
+                           t.number, sources)  # fmt: skip
+        # 3. a new trial, if the study needs more
+        settled = sum(1 for t in trials if _settled(t, trials, retried, self))
+        active = sum(
+            1 for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)
+        ) + sum(1 for t in trials if self._retryable(t, trials, retried))
+        if settled + active >= target:
+            return None
+        trial = self._ask()
+        token = lin.start_attempt(trial.number)
+        sampled = suggest(trial, self.settings)
+        hp = trial_hparams(self.settings, sampled)
+        return Job(trial.number, trial._trial_id, hp, "new", token)
+
+    def _ask(self) -> optuna.Trial:
+        """Ask with a sampler seeded by (seed, trial number): a resumed study samples the same
+        trials as an uninterrupted one, though the sampler object is new."""
+        study = self.s.study
+        number = len(study.get_trials(deepcopy=False))
+        study.sampler = make_sampler(self.settings, mix_seed(self.settings.seed, number) % 2**31)
+        return study.ask()
+
+    def _retryable(self, t: Any, trials: list[Any], retried: set[Any]) -> bool:
+        if t.state != TrialState.FAIL or t.number in retried:
+            return False
+        if t.user_attrs.get(ATTR + "fail_kind") != "error":
+            return False
+        depth, by_number = 0, {x.number: x for x in trials}
+        cur = t
+        while cur.user_attrs.get(ATTR + "retry_of") is not None:
+            depth += 1
+            cur = by_number[cur.user_attrs[ATTR + "retry_of"]]
+        return depth < self.settings.trials.retries
+
+    def _sources(self, number: int, parent: str | None) -> list[str]:
+        """Checkpoints a continuation of `number` may start from, newest first, then its parent."""
+        rows = self.s.lineage.checkpoints(trial=number, statuses=("committed",))
+        out = [r.id for r in sorted(rows, key=lambda r: (r.step, r.created), reverse=True)]
+        if parent and parent not in out:
+            out.append(parent)
+        return out
+
+    # -- one trial --------------------------------------------------------------------------
+
+    def run_trial(self, job: Job) -> Outcome:
+        assert self.plan is not None
+        study, lin, plan = self.s.study, self.s.lineage, self.plan
+        start = time.monotonic()
+        otrial = optuna.trial.Trial(study, job.trial_id)
+        trainer, source = self._trainer_for(job)
+        # a new trial, or one that died before its first checkpoint, starts its segment afresh
+        fresh_segment = source is None if self.classic else source == self.base_id
+        if fresh_segment and not self.classic:
+            fork(trainer, job.hparams)
+            trainer.begin_segment()
+            trainer.total_samples = plan.trial_total(trainer.progress.samples, job.hparams)
+        if fresh_segment:
+            attrs = {
+                "parent_checkpoint": None if self.classic else self.base_id,
+                "fork_step": trainer.progress.step,
+                "fork_samples": trainer.progress.samples,
+            }
+            for k, v in attrs.items():
+                otrial.set_user_attr(ATTR + k, v)
+        if job.kind == "retry" and not fresh_segment:
+            otrial.set_user_attr(ATTR + "parent_checkpoint", source)
+            otrial.set_user_attr(ATTR + "fork_step", trainer.progress.step)
+            otrial.set_user_attr(ATTR + "fork_samples", trainer.progress.samples)
+            self._report_history(job, trainer)
+        if job.kind != "new":
+            what = "continued" if job.kind == "takeover" else f"retry of trial {job.retry_of}"
+            where = f"step {trainer.progress.step}" + (f" ({source})" if source else "")
+            self._say(f"trial {job.number}: {what} from {where}")
+        budget = plan.classic_budget() if self.classic else plan.trial
+        bar = Bar(f"trial {job.number}", _budget_total(budget, plan.n), unit=" ep")
+        hooks = _Hooks(self, trainer, job.number, job.token, budget, bar, parent=source,
+                       otrial=otrial)  # fmt: skip
+        state, value, note = "COMPLETE", None, ""
+        try:
+            metrics = trainer.train(
+                budget, hooks=hooks, eval_every=plan.eval_every,
+                checkpoint_every=plan.checkpoint_every,
+            )  # fmt: skip
+            self.ckpt.flush()
+            value = float(metrics[self.metric])  # type: ignore[index]
+        except optuna.TrialPruned:
+            state, value = "PRUNED", hooks.last_value
+            note = f"pruned at epoch {trainer.epoch:.3g}"
+            otrial.set_user_attr(ATTR + "pruned_at", trainer.epoch)
+        except TrainingDiverged as exc:
+            state, note = "FAIL", f"diverged: {exc}"
+            otrial.set_user_attr(ATTR + "fail_kind", "diverged")
+            otrial.set_user_attr(ATTR + "fail_reason", str(exc))
+        except Interrupted:
+            self._checkpoint_now(trainer, hooks)
+            self._account(otrial, job, hooks)
+            lin.finish_attempt(job.token, "dead")
+            raise
+        except LostTrial as exc:
+            self._say(f"trial {job.number}: {exc}; leaving it to that worker")
+            self.trainer = None
+            return Outcome(job.number, "LOST", None, job.hparams, 0, time.monotonic() - start)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            self._account(otrial, job, hooks)
+            otrial.set_user_attr(ATTR + "fail_kind", "error")
+            reason = f"{type(exc).__name__}: {exc}"
+            otrial.set_user_attr(ATTR + "fail_reason", reason[:2000])
+            with contextlib.suppress(Exception):  # the trial's error is the one to report
+                self.ckpt.flush()
+            if lin.owns(job.token):
+                study.tell(job.number, state=TrialState.FAIL)
+            lin.finish_attempt(job.token, "done")
+            self.trainer = None  # its state is suspect: rebuild from a checkpoint next time
+            newest = _first(self._sources(job.number, None))
+            raise TrialCrashed(
+                f"trial {job.number} failed: {reason}\n  kept: "
+                + (f"its newest checkpoint {newest}" if newest else "no checkpoint of it yet")
+                + "; fix the cause and run the same command again: it continues this trial "
+                f"(up to trials.retries={self.settings.trials.retries} times)"
+            ) from exc
+        finally:
+            bar.close()
+        if not lin.owns(job.token):
+            self._say(f"trial {job.number}: taken over by another worker; not committing")
+            return Outcome(job.number, "LOST", None, job.hparams, 0, time.monotonic() - start)
+        steps = self._account(otrial, job, hooks)
+        if state == "COMPLETE":
+            otrial.set_user_attr(ATTR + "final_checkpoint", hooks.last)
+            study.tell(job.number, value)
+        elif state == "PRUNED":
+            study.tell(job.number, state=TrialState.PRUNED)
+        else:
+            study.tell(job.number, state=TrialState.FAIL)
+        lin.finish_attempt(job.token, "done")
+        params = dict(study._storage.get_trial(job.trial_id).params)
+        out = Outcome(job.number, state, value, params, steps,
+                      time.monotonic() - start, note)  # fmt: skip
+        self._say(_outcome_line(out, self.metric))
+        return out
+
+    def _trainer_for(self, job: Job) -> tuple[Trainer, str | None]:
+        """A trainer holding the state the job starts from, and that state's checkpoint id."""
+        task = self.s.task()
+        assert self.plan is not None
+        if self.classic and not job.sources:
+            sched = self.settings.schedule
+            hp = job.hparams
+            budget = self.plan.classic_budget()
+            total = (
+                budget.samples
+                if budget.samples is not None
+                else budget.steps * int(hp["batch_size"])
+            )
+            return Trainer.create(
+                task, hp, seed=self.settings.seed, device=self.settings.device,
+                schedule=Schedule(sched.name, sched.warmup, sched.final) if sched else None,
+                total_samples=total, num_workers=self.settings.data.num_workers,
+                datasets=self.s.datasets(),
+            ), None  # fmt: skip
+        sources = job.sources if job.kind != "new" else [self.base_id]
+        for ckpt_id in sources:
+            if ckpt_id == self.base_id and self.base is not None:
+                return self._from_base(), ckpt_id
+            try:
+                loaded = self._load(ckpt_id)
+            except CheckpointError as exc:
+                self._say(f"warning: skipping checkpoint {ckpt_id}: {exc}")
+                continue
+            return self._adopt(loaded), ckpt_id
+        if self.classic:
+            return self._trainer_for(Job(**{**job.__dict__, "sources": []}))
+        raise CheckpointError(
+            f"trial {job.number}: no loadable checkpoint among {', '.join(map(str, sources))}"
+        )
+
+    def _from_base(self) -> Trainer:
+        assert self.base is not None
+        if self.trainer is not None:
+            self._copy_into(self.trainer, self.base)
+        else:
+            tensors = {
+                g: {k: v.clone() for k, v in d.items()} for g, d in self.base.tensors.items()
+            }
+            self.trainer = self._restore(tensors, self.base.state)
+        return self.trainer
+
+    def _adopt(self, loaded: LoadedCheckpoint) -> Trainer:
+        if self.trainer is not None:
+            self._copy_into(self.trainer, loaded)
+        else:
+            self.trainer = self._restore(loaded.tensors, loaded.state)
+        return self.trainer
+
+    def _copy_into(self, trainer: Trainer, loaded: LoadedCheckpoint) -> None:
+        old = dict(trainer.hparams)
+        trainer.load(loaded.tensors, loaded.state)
+        reapply_model_hparams(trainer, old, loaded.state["hparams"])
+
+    def _restore(self, tensors: Any, state: Mapping[str, Any]) -> Trainer:
+        return Trainer.restore(
+            self.s.task(), tensors, state, device=self.settings.device,
+            num_workers=self.settings.data.num_workers, datasets=self.s.datasets(),
+        )  # fmt: skip
+
+    def _restore_newest(self, ids: list[str]) -> tuple[Trainer | None, str | None]:
+        for ckpt_id in ids:
+            try:
+                loaded = self._load(ckpt_id)
+            except CheckpointError as exc:
+                self._say(f"warning: skipping checkpoint {ckpt_id}: {exc}")
+                continue
+            self._say(f"warm-up: continuing from step {loaded.state['progress']['step']}")
+            return self._restore(loaded.tensors, loaded.state), ckpt_id
+        return None, None
+
+    def _load(self, ckpt_id: str) -> LoadedCheckpoint:
+        return self.s.store.load(ckpt_id)
+
+    def _report_history(self, job: Job, trainer: Trainer) -> None:
+        """A retry is a new Optuna trial: give it the evaluations its failed attempt reported."""
+        study = self.s.study
+        ft = study._storage.get_trial(job.trial_id)
+        origin = trainer.progress.origin_samples
+        for h in trainer.history:
+            if h["samples"] > origin and h["index"] not in ft.intermediate_values:
+                study._storage.set_trial_intermediate_value(
+                    job.trial_id, h["index"], h[self.metric]
+                )
+
+    def _account(self, otrial: optuna.Trial, job: Job, hooks: _Hooks) -> int:
+        """The trial's own training: the sum over its attempts (a continuation after a crash
+        adds what it recomputes). Killed attempts count up to their last checkpoint."""
+        lin = self.s.lineage
+        lin.heartbeat(job.token, steps=hooks.steps, samples=hooks.samples)
+        self.steps_run += hooks.steps
+        mine = lin.attempts(job.number)
+        steps = sum(a.steps for a in mine)
+        otrial.set_user_attr(ATTR + "steps_trained", steps)
+        otrial.set_user_attr(ATTR + "samples_trained", sum(a.samples for a in mine))
+        return steps
+
+    def _checkpoint_now(self, trainer: Trainer, hooks: _Hooks) -> None:
+        """On a clean stop: save the current state unless it is saved already."""
+        try:
+            if trainer.saved_step != trainer.progress.step:
+                hooks.stopping = True
+                trainer.checkpoint(hooks)
+            self.ckpt.flush()
+        except CheckpointError as exc:
+            print(f"warning: could not checkpoint on stop: {exc}", file=sys.stderr)
+
+    def _check_stop(self) -> None:
+        if self.stop:
+            raise Interrupted(f"stopped by signal {self.stop.signal}")
+
+    def _say(self, msg: str) -> None:
+        say(f"{self.label}{msg}")
+
+
+# -- the loop's hooks for one segment -------------------------------------------------------------
+
+
+class _Hooks(Hooks):
+    """Bridges the training loop to Optuna, the checkpoint tree, heartbeats and the progress bar."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        trainer: Trainer,
+        trial: int,
+        token: str,
+        budget: Budget,
+        bar: Bar,
+        *,
+        parent: str | None,
+        otrial: optuna.Trial | None = None,
+    ) -> None:
+        self.w, self.trial, self.token, self.budget, self.bar = worker, trial, token, budget, bar
+        self.otrial = otrial
+        self.last = parent  # newest checkpoint of this chain
+        self.parent = parent
+        self.last_value: float | None = None
+        self.stopping = False
+        self.beat_every = worker.settings.trials.heartbeat_s
+        self.next_beat = time.monotonic() + self.beat_every
+        self.steps = 0
+        self.samples = 0
+        self.reported: set[int] = set()
+        if otrial is not None:
+            ft = worker.s.study._storage.get_trial(otrial._trial_id)
+            self.reported = set(ft.intermediate_values)
+        worker.s.lineage.heartbeat(token, start_step=trainer.progress.step)
+
+    def on_step(self, trainer: Trainer, indices: list[int], loss: float) -> None:
+        self.steps += 1
+        self.samples += len(indices)
+        self.bar.update(_budget_done(self.budget, trainer.progress, self.w.plan.n),
+                        f"loss {loss:.4g}")  # fmt: skip
+        now = time.monotonic()
+        if now >= self.next_beat:
+            self.next_beat = now + self.beat_every
+            if not self.w.s.lineage.heartbeat(self.token, steps=self.steps, samples=self.samples):
+                raise LostTrial("another worker took this trial over")
+        if self.w.stop:
+            raise Interrupted(f"stopped by signal {self.w.stop.signal}")
+
+    def on_eval(self, trainer: Trainer, index: int, metrics: dict[str, float]) -> None:
+        metric = self.w.metric
+        if metric not in metrics:
+            raise TaskError(
+                f"objective.metric {metric!r} is not among the metrics evaluate() returned "
+                f"({', '.join(sorted(metrics))})"
+            )
+        value = metrics[metric]
+        self.last_value = value
+        self.bar.update(self.bar.done, f"{metric} {value:.4g}")
+        if self.otrial is None:
+            return
+        study = self.w.s.study
+        if index not in self.reported:
+            study._storage.set_trial_intermediate_value(self.otrial._trial_id, index, value)
+            self.reported.add(index)
+        # decide as an uninterrupted run would have at this step: hide later reports that a
+        # crashed attempt made before this continuation recomputed them
+        ft = copy.deepcopy(study._storage.get_trial(self.otrial._trial_id))
+        ft.intermediate_values = {k: v for k, v in ft.intermediate_values.items() if k <= index}
+        if study.pruner.prune(study, ft):
+            raise optuna.TrialPruned(f"pruned at evaluation {index}")
+
+    def on_checkpoint(self, trainer: Trainer) -> None:
+        lin = self.w.s.lineage
+        if not lin.heartbeat(self.token, steps=self.steps, samples=self.samples):
+            raise LostTrial("another worker took this trial over")
+        final = self.budget.reached(trainer.progress) and not self.stopping
+        if self.trial == WARMUP:
+            kind = "base" if final else "warmup"
+        else:
+            kind = "final" if final else "trial"
+        ckpt = self.w.ckpt.save(
+            trainer, trial=self.trial, kind=kind, parent=self.last, attempt=self.token,
+            supersedes=self.last if self.last != self.parent else None,
+        )  # fmt: skip
+        self.last = ckpt
+
+
+# -- the whole run --------------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    study: str
+    finished: int
+    states: dict[str, int]
+    best_number: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_checkpoint: str | None
+    steps_run: int  # warm-up (once) + every trial's own steps, this study in total
+    scratch_steps: int  # what a from-scratch search of the same trials would have trained
+    disk_bytes: int
+    seconds: float
+
+
+def run_study(
+    path: str,
+    *,
+    trials: int | None = None,
+    storage: str | None = None,
+    classic: bool = False,
+    label: str = "",
+) -> Summary:
+    """`hpsearch run`: create or continue the study until it has `trials` finished trials."""
+    session = Session.open(path, storage=storage, classic=classic)
+    try:
+        target = trials if trials is not None else session.settings.trials.n
+        start = time.monotonic()
+        stop = StopFlag()
+        with stop.installed():
+            Worker(session, stop=stop, label=label).run(target)
+        return summarize(session, time.monotonic() - start)
+    finally:
+        session.close()
+
+
+def summarize(session: Session, seconds: float) -> Summary:
+    study = session.study
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = None
+    if done:
+        pick = max if session.settings.objective.direction == "maximize" else min
+        best = pick(done, key=lambda t: t.value)
+    warm = int(session.attr("warmup_steps", 0) or 0)
+    own = sum(int(t.user_attrs.get(ATTR + "steps_trained", 0)) for t in trials)
+    counted = [t for t in trials if t.user_attrs.get(ATTR + "retry_of") is None]
+    if session.classic:
+        steps_run, scratch = own, own
+    else:
+        steps_run = warm + own
+        scratch = own + warm * len([t for t in counted if t.state != TrialState.WAITING])
+    disk = sum(info.nbytes for info in session.store.list())
+    finished = sum(states.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
+    return Summary(
+        session.study_name, finished, states,
+        best.number if best else None, best.value if best else None,
+        dict(best.params) if best else {},
+        best.user_attrs.get(ATTR + "final_checkpoint") if best else None,
+        steps_run, scratch, disk, seconds,
+    )  # fmt: skip
+
+
+def format_summary(s: Summary, session_dir: str) -> str:
+    states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(s.states.items()))
+    lines = [f"study {s.study}: {s.finished} finished trials ({states}) in {human_time(s.seconds)}"]
+    if s.best_number is not None:
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in s.best_params.items())
+        lines.append(f"best: trial {s.best_number}, value {s.best_value:.6g}, {params}")
+        if s.best_checkpoint:
+            lines.append(f"best checkpoint: {session_dir}/{s.best_checkpoint}")
+    ratio = s.scratch_steps / s.steps_run if s.steps_run else float("nan")
+    lines.append(
+        f"training steps: {s.steps_run} run; a from-scratch search of the same trials: "
+        f"{s.scratch_steps} ({ratio:.2f}x)"
+    )
+    lines.append(f"disk in use: {human_bytes(s.disk_bytes)}")
+    return "\n".join(lines)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _outcome_line(o: Outcome, metric: str) -> str:
+    value = "-" if o.value is None or math.isnan(o.value) else f"{o.value:.4g}"
+    params = " ".join(f"{k}={_fmt(v)}" for k, v in o.params.items())
+    note = f"  ({o.note})" if o.note else ""
+    return (
+        f"trial {o.number:>4} {o.state:<8} {metric}={value:<8} {params}  "
+        f"steps={o.steps} {human_time(o.seconds)}{note}"
+    )
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _first(items: list[str]) -> str | None:
+    return items[0] if items else None
+
+
+def _age(t: Any) -> float:
+    if t.datetime_start is None:
+        return 0.0
+    return time.time() - t.datetime_start.timestamp()
+
+
+def _settled(t: Any, trials: list[Any], retried: set[Any], worker: Worker) -> bool:
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if t.state == TrialState.FAIL:
+        # a failed attempt that was continued counts through its continuation
+        return t.number not in retried and not worker._retryable(t, trials, retried)
+    return False
+
+
+def _running(lin: Any) -> list[Any]:
+    return [a for a in lin.attempts() if a.status == "running"]
+
+
+def _attempt_alive(lin: Any, token: str, settings: Any) -> bool:
+    for a in lin.attempts():
+        if a.token == token:
+            return a.status == "running" and not attempt_is_stale(
+                a, grace_s=settings.trials.grace_s
+            )
+    return False
+
+
+def _deletion(row: Any, reason: str) -> Any:
+    from hpsearch.checkpoint.gc import Deletion
+
+    return Deletion(row.id, row.trial, row.kind, row.nbytes, reason)
+
+
+def _budget_total(b: Budget, n: int) -> float:
+    return b.samples / n if b.samples is not None else float(b.steps or 0)
+
+
+def _budget_done(b: Budget, p: Any, n: int) -> float:
+    if b.samples is not None:
+        return (p.samples - p.origin_samples) / n
+    return float(p.step - p.origin_step)
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 1) // 2)

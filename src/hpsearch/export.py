@@ -1,0 +1,323 @@
+"""The export (SPEC section 8) and the `hpsearch status` table: one row per trial.
+
+`trials_dataframe` turns a `StudyView` into a pandas DataFrame with a fixed column order and
+nullable dtypes; `write_export` writes it as CSV, Parquet or JSON (chosen by suffix) and
+`read_export` reads any of the three back with the same dtypes::
+
+    df = trials_dataframe(view)
+    write_export(df, "trials.parquet")
+    assert read_export("trials.parquet").equals(df)
+
+`format_status_table` is the fixed-width text a person reads in a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hpsearch.errors import HpsearchError, UsageError
+from hpsearch.views import StudyView, TrialView
+
+EXPORT_SUFFIXES = (".csv", ".parquet", ".json")
+
+# Every column but the params_<name> ones (which come right after "value"), with its dtype.
+# Nullable dtypes wherever a value can be missing, so a missing fork step stays <NA> rather than
+# turning the whole column into floats.
+COLUMNS_BEFORE_PARAMS: dict[str, str] = {"number": "int64", "state": "string", "value": "float64"}
+COLUMNS_AFTER_PARAMS: dict[str, str] = {
+    "parent_checkpoint": "string",
+    "fork_step": "Int64",
+    "steps_trained": "int64",
+    "samples_trained": "int64",
+    "pruned_at": "float64",
+    "retry_of": "Int64",
+    "final_checkpoint": "string",
+    "checkpoint_bytes": "int64",
+    "duration_s": "float64",
+    "fork_progress": "float64",
+    "end_progress": "float64",
+    "fail_reason": "string",
+}
+PARAM_PREFIX = "params_"
+
+
+class ExportFormatError(UsageError, ValueError):
+    """The export path has a suffix that no writer handles."""
+
+
+class MissingDependency(HpsearchError, ImportError):
+    """An optional dependency that this export format needs is not installed."""
+
+
+def trials_dataframe(view: StudyView) -> pd.DataFrame:
+    """One row per trial (by trial number), columns in the SPEC's order.
+
+    Columns: number, state, value, params_<name> for every parameter any trial has (sorted by
+    name; missing where a trial lacks it), parent_checkpoint, fork_step, steps_trained,
+    samples_trained, pruned_at, retry_of, final_checkpoint, checkpoint_bytes, duration_s,
+    fork_progress, end_progress, fail_reason.
+    """
+    trials = sorted(view.trials, key=lambda t: t.number)
+    names = sorted({name for t in trials for name in t.params})
+    columns: dict[str, Any] = {}
+    for name, dtype in COLUMNS_BEFORE_PARAMS.items():
+        columns[name] = pd.array([getattr(t, name) for t in trials], dtype=dtype)
+    for name in names:
+        columns[PARAM_PREFIX + name] = _param_column([t.params.get(name) for t in trials])
+    for name, dtype in COLUMNS_AFTER_PARAMS.items():
+        columns[name] = pd.array([_missing_to_none(getattr(t, name)) for t in trials], dtype=dtype)
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(trials)))
+
+
+def _missing_to_none(value: Any) -> Any:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _param_column(values: Sequence[Any]) -> Any:
+    """The narrowest nullable dtype that holds a parameter's values (object if they are mixed)."""
+    present = [v for v in values if v is not None]
+    kinds = {type(v) for v in present}
+    if not present:
+        return pd.array(values, dtype="float64")
+    if kinds == {bool}:
+        return pd.array(values, dtype="boolean")
+    if kinds <= {int}:
+        return pd.array(values, dtype="Int64")
+    if kinds <= {int, float}:
+        return pd.array([math.nan if v is None else float(v) for v in values], dtype="float64")
+    if kinds == {str}:
+        return pd.array(values, dtype="string")
+    return pd.array(values, dtype=object)
+
+
+def _check_suffix(path: str | os.PathLike[str]) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in EXPORT_SUFFIXES:
+        raise ExportFormatError(
+            f"export file must end in one of {', '.join(EXPORT_SUFFIXES)}, "
+            f"but got {os.fspath(path)!r}"
+        )
+    return suffix
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as e:
+        raise MissingDependency(
+            "writing or reading Parquet needs pyarrow, which is not installed; "
+            "install it with: pip install 'hpsearch[parquet]'"
+        ) from e
+
+
+def write_export(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write `df` to `path` as CSV, Parquet or JSON, chosen by the suffix.
+
+    JSON is a list of records, one per trial, with null for missing values (and for NaN or
+    infinite floats, which JSON cannot hold) and floats written in full (shortest repr), so it
+    round-trips through `read_export` exactly and through `pandas.read_json(path,
+    orient="records")` by value. Two things about pandas' reader: its default float parser is
+    off in the 12th significant digit (pass `precise_float=True`), and pandas 3 reads a column
+    named `*_at` that holds only nulls (`pruned_at` in a study with no pruned trial) as NaT dates.
+    """
+    suffix = _check_suffix(path)
+    if suffix == ".parquet":
+        _require_pyarrow()
+        df.to_parquet(path, index=False, engine="pyarrow")
+    elif suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        records = [
+            {name: _json_value(value) for name, value in zip(df.columns, row, strict=True)}
+            for row in df.itertuples(index=False, name=None)
+        ]
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(records, f, allow_nan=False, indent=1)
+            f.write("\n")
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or value is pd.NA:
+        return None
+    if hasattr(value, "item"):  # numpy scalar -> Python scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; a diverged value is as missing as an absent one
+    return value
+
+
+def read_export(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a file written by `write_export`, with the export's dtypes.
+
+    Parquet and JSON keep each parameter's type (int, float, bool, str). CSV keeps none: there a
+    params_<name> column is read from its text (integers, then floats, then True/False, else
+    strings), and an empty string reads as missing.
+    """
+    suffix = _check_suffix(path)
+    fixed = {**COLUMNS_BEFORE_PARAMS, **COLUMNS_AFTER_PARAMS}
+    if suffix == ".parquet":
+        _require_pyarrow()
+        df = pd.read_parquet(path, engine="pyarrow")
+        return df.astype({name: fixed[name] for name in df.columns if name in fixed})
+    columns: dict[str, list[Any]]
+    if suffix == ".json":
+        with open(path, encoding="utf-8") as f:
+            records = json.load(f)
+        names = list(records[0]) if records else _columns([])
+        columns = {n: [r.get(n) for r in records] for n in names}
+    else:
+        text = pd.read_csv(path, dtype=str, keep_default_na=False)
+        columns = {n: [_from_csv(v, fixed.get(n)) for v in text[n]] for n in text.columns}
+    out = {
+        name: pd.array(values, dtype=fixed[name]) if name in fixed else _param_column(values)
+        for name, values in columns.items()
+    }
+    return pd.DataFrame(out, index=pd.RangeIndex(len(next(iter(columns.values()), []))))
+
+
+def _from_csv(text: str, dtype: str | None) -> Any:
+    """One CSV cell as a Python value: by the column's dtype, or guessed for a parameter."""
+    if text == "":
+        return None
+    if dtype == "string":
+        return text
+    if dtype is not None:
+        return float(text) if dtype == "float64" else int(text)
+    if text in ("True", "False"):
+        return text == "True"
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _columns(params: Iterable[str]) -> list[str]:
+    return [
+        *COLUMNS_BEFORE_PARAMS,
+        *(PARAM_PREFIX + p for p in sorted(params)),
+        *COLUMNS_AFTER_PARAMS,
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# The status table
+# --------------------------------------------------------------------------------------------
+
+PARAMS_WIDTH = 60
+CHECKPOINT_WIDTH = 24
+
+
+def human_bytes(n: int) -> str:
+    """Bytes in binary units: 0 B, 512 B, 1.5 KiB, 12.3 MiB, 1.02 GiB."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{int(size)} B"
+            return f"{size:.3g} {unit}" if abs(size) < 1000 else f"{size:.0f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def shorten(text: str, width: int, *, middle: bool = False) -> str:
+    """`text` cut to `width` characters with an ellipsis at the end (or in the middle)."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    if not middle:
+        return text[:keep] + "…"
+    return text[: keep // 2] + "…" + text[len(text) - (keep - keep // 2) :]
+
+
+def _checkpoint_name(ref: str | None) -> str:
+    """A checkpoint reference shortened to its last two path parts (stores nest ids in dirs)."""
+    if not ref:
+        return "-"
+    parts = [p for p in ref.replace("\\", "/").split("/") if p]
+    return shorten("/".join(parts[-2:]) if parts else ref, CHECKPOINT_WIDTH, middle=True)
+
+
+def _format_value(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if v != 0 else "0"
+    return str(v)
+
+
+def _note(t: TrialView) -> str:
+    notes = []
+    if t.retry_of is not None:
+        notes.append(f"continues #{t.retry_of}")
+    if t.state == "PRUNED" and t.pruned_at is not None:
+        notes.append(f"pruned at epoch {t.pruned_at:.3g}")
+    if t.fail_reason:
+        notes.append(shorten(" ".join(t.fail_reason.split()), 60))
+    return "; ".join(notes)
+
+
+def format_status_table(view: StudyView) -> str:
+    """The `hpsearch status` table: one line per trial and a summary line.
+
+    Columns: number (the best one starred), state, value, params (3 significant digits),
+    parent checkpoint (shortened), fork step, steps trained, checkpoint bytes (binary units),
+    and a note (continuation of a crashed trial, where it was pruned, why it failed).
+    """
+    best = view.best()
+    header = ("#", "state", view.metric, "params", "parent", "fork step", "steps", "ckpt", "note")
+    right = {0, 2, 5, 6, 7}
+    rows = []
+    for t in sorted(view.trials, key=lambda t: t.number):
+        params = " ".join(f"{k}={_format_value(v)}" for k, v in t.params.items())
+        star = "*" if best is not None and t.number == best.number else ""
+        rows.append(
+            (
+                f"{star}{t.number}",
+                t.state,
+                "-" if t.value is None else f"{t.value:.6g}",
+                shorten(params, PARAMS_WIDTH) or "-",
+                _checkpoint_name(t.parent_checkpoint),
+                "-" if t.fork_step is None else str(t.fork_step),
+                str(t.steps_trained),
+                human_bytes(t.checkpoint_bytes),
+                _note(t),
+            )
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    lines = [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+    lines.append(_summary(view, best))
+    return "\n".join(lines)
+
+
+def _summary(view: StudyView, best: TrialView | None) -> str:
+    counts: dict[str, int] = {}
+    for t in view.trials:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    order = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
+    order += sorted(set(counts) - set(order))
+    by_state = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
+    text = f"{len(view.trials)} trials" + (f" ({by_state})" if by_state else "")
+    if best is not None:
+        text += f"; best #{best.number}: {view.metric} = {best.value:.6g} ({view.direction})"
+    else:
+        text += "; no completed trial yet"
+    if view.disk_bytes:
+        text += f"; checkpoints on disk: {human_bytes(view.disk_bytes)}"
+    return text

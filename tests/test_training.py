@@ -1,0 +1,240 @@
+"""The training core: exact resume (real SIGKILLs), data order, forking semantics."""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from digits import DigitsMLP
+
+from hpsearch.checkpoint import open_store
+from hpsearch.errors import CheckpointMismatch, ForkError
+from hpsearch.training import Budget, DataStream, Every, Hooks, Trainer, epoch_order, fork
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HP = {"lr": 2e-3, "dropout": 0.2, "batch_size": 64, "weight_decay": 1e-3, "hidden": 64}
+
+
+def _states_equal(a: dict, b: dict) -> None:
+    for group in ("model", "optimizer"):
+        assert set(a[group]) == set(b[group])
+        for k in a[group]:
+            assert torch.equal(a[group][k], b[group][k]), f"{group}.{k} differs"
+
+
+def _read_log(path: str) -> tuple[dict[int, str], bool]:
+    losses: dict[int, str] = {}
+    done = False
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if parts == ["done"]:
+                done = True
+            elif len(parts) == 2:
+                step, loss = int(parts[0]), parts[1]
+                # a step recomputed after a resume must give the very same loss
+                assert losses.setdefault(step, loss) == loss, f"step {step} differs after resume"
+    return losses, done
+
+
+def _kill_when(proc: subprocess.Popen, log: str, offset: int, predicate) -> bool:  # noqa: ANN001
+    """Kill `proc` as soon as the log written since `offset` satisfies `predicate`.
+    Returns False if the child finished first."""
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        with open(log) as f:
+            f.seek(offset)
+            new = f.read()
+        if predicate(new):
+            proc.kill()
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.0005)
+    proc.kill()
+    raise AssertionError("child never reached the kill point")
+
+
+def test_sigkill_at_random_points_resumes_bitwise(tmp_path):
+    """12 real SIGKILLs (after a random number of steps, and in the middle of checkpoint
+    writes), each followed by a resume from the newest committed checkpoint: the end state and
+    every step's loss equal those of an uninterrupted run."""
+    child = [sys.executable, os.path.join(HERE, "resume_child.py")]
+    ref_log = tmp_path / "ref.log"
+    subprocess.run([*child, str(tmp_path / "ref"), str(ref_log)], check=True)
+    ref_losses, done = _read_log(str(ref_log))
+    assert done and len(ref_losses) == 92
+
+    rng = random.Random(1)
+    store_dir, log = tmp_path / "killed", tmp_path / "killed.log"
+    log.write_text("")
+    kinds = ["steps", "saving"] * 6
+    rng.shuffle(kinds)
+    kills = 0
+    for kind in kinds:
+        offset = log.stat().st_size
+        proc = subprocess.Popen([*child, str(store_dir), str(log)])
+        if kind == "steps":  # mid-step or between steps, 1-6 steps after the resume
+            k = rng.randrange(1, 7)
+            hit = _kill_when(proc, str(log), offset, lambda s, k=k: _steps(s) >= k)
+        else:  # during the first or second checkpoint write of this run
+            n = rng.randrange(1, 3)
+            hit = _kill_when(proc, str(log), offset, lambda s, n=n: s.count("saving") >= n)
+        kills += hit
+    subprocess.run([*child, str(store_dir), str(log)], check=True)  # resume to the end
+    losses, done = _read_log(str(log))
+    assert done and kills >= 10
+    assert losses == ref_losses
+
+    ref_store, store = open_store(str(tmp_path / "ref")), open_store(str(store_dir))
+    last = max(ref_store.list(), key=lambda i: i.meta["step"])
+    got = max(store.list(), key=lambda i: i.meta["step"])
+    a, b = ref_store.load(last.id), store.load(got.id)
+    _states_equal(a.tensors, b.tensors)
+    assert a.state["metrics"] == b.state["metrics"]
+    assert a.state["rng"] == b.state["rng"]
+    # every listed checkpoint loads; the killed writes are recognisable leftovers
+    for info in store.list():
+        store.load(info.id)
+
+
+def _steps(text: str) -> int:
+    return sum(1 for line in text.splitlines() if len(line.split()) == 2)
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+    a, b = epoch_order(0, 3, 100), epoch_order(0, 3, 100)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, epoch_order(0, 4, 100))
+    assert not torch.equal(a, epoch_order(1, 3, 100))
+    assert sorted(a.tolist()) == list(range(100))
+
+
+def _indices(stream: DataStream, n: int) -> list[int]:
+    out: list[int] = []
+    while len(out) < n:
+        out += stream.next_batch()[0]
+    return out
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_batch_size_change_mid_epoch_sees_the_same_samples(num_workers):
+    data = torch.utils.data.TensorDataset(torch.arange(250))
+    parent = DataStream(data, seed=5, batch_size=32, num_workers=num_workers)
+    expected = _indices(parent, 1000)
+    child = DataStream(data, seed=5, batch_size=32, num_workers=num_workers)
+    seen = _indices(child, 96)  # mid-epoch
+    child.set_batch_size(50)
+    seen += _indices(child, 1000 - 96)
+    assert seen[:1000] == expected
+    # batches never cross an epoch boundary; the batch's content is what the indices say
+    resumed = DataStream(data, seed=5, batch_size=7, position=240, num_workers=num_workers)
+    idx, batch = resumed.next_batch()
+    assert idx == expected[240:247] and batch[0].tolist() == idx
+    idx, _ = resumed.next_batch()
+    assert idx == expected[247:250]
+
+
+class Record(Hooks):
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+        self.saved: list = []
+
+    def on_step(self, trainer, indices, loss):  # noqa: ANN001
+        self.indices += indices
+
+    def on_checkpoint(self, trainer):  # noqa: ANN001
+        t, s = trainer.state()
+        self.saved.append(({g: {k: v.clone() for k, v in d.items()} for g, d in t.items()},
+                           copy.deepcopy(s)))  # fmt: skip
+
+
+def test_fork_with_new_batch_size_sees_the_parents_samples():
+    task = DigitsMLP()
+    parent = Trainer.create(task, HP, seed=0)
+    rec = Record()
+    parent.train(Budget(steps=10), hooks=rec, checkpoint_every=Every(steps=5))
+    tensors, state = rec.saved[0]  # step 5: mid-epoch
+    cont = Record()
+    parent.train(Budget(steps=40), hooks=cont)
+    expected = rec.indices[5 * 64 :] + cont.indices
+    child = Trainer.restore(task, tensors, state)
+    fork(child, {"batch_size": 100})
+    got = Record()
+    child.train(Budget(samples=len(expected) - 100 - 5 * 64), hooks=got)
+    n = min(len(expected), len(got.indices))
+    assert n > 1000 and got.indices[:n] == expected[:n]
+
+
+def test_fork_changes_only_the_requested_hyperparameters():
+    task = DigitsMLP()
+    hp = {**HP, "lr_warmup_steps": 5}
+    t = Trainer.create(task, hp, seed=0, total_samples=60 * 64)
+    t.train(Budget(steps=12))
+    before_t, before_s = t.state()
+    before_t = {g: {k: v.clone() for k, v in d.items()} for g, d in before_t.items()}
+    changed = fork(t, {"lr": 1e-2, "weight_decay": 0.05, "dropout": 0.4, "batch_size": 32,
+                       "hidden": 64})  # fmt: skip
+    assert set(changed) == {"lr", "weight_decay", "dropout", "batch_size"}  # hidden unchanged
+    after_t, after_s = t.state()
+    _states_equal(before_t, after_t)  # weights, Adam moments and step counts untouched
+    g_before, g_after = before_s["optimizer"]["param_groups"], after_s["optimizer"]["param_groups"]
+    for gb, ga in zip(g_before, g_after, strict=True):
+        diff = {k for k in gb if gb[k] != ga[k]}
+        assert diff <= {"lr", "weight_decay", "initial_lr"}
+        assert ga["weight_decay"] == 0.05
+    sb, sa = before_s["scheduler"], after_s["scheduler"]
+    assert sa["last_epoch"] == sb["last_epoch"] and sa["_step_count"] == sb["_step_count"]
+    assert sa["base_lrs"] == [1e-2]
+    # the schedule keeps its position: the LR is the new base times the same factor
+    assert g_after[0]["lr"] == pytest.approx(g_before[0]["lr"] * 1e-2 / 2e-3)
+    assert after_s["progress"] == before_s["progress"]
+    assert after_s["rng"] == before_s["rng"]
+    assert all(m.p == 0.4 for m in t.model.modules() if isinstance(m, torch.nn.Dropout))
+    assert t.stream.batch_size == 32
+
+
+def test_fork_refuses_keys_it_cannot_apply():
+    t = Trainer.create(DigitsMLP(), HP, seed=0)
+    with pytest.raises(ForkError, match="'hidden' cannot be forked.*apply_hparams"):
+        fork(t, {"hidden": 128})
+    with pytest.raises(ForkError, match="'momentum' cannot be forked: .*AdamW has no 'momentum'"):
+        fork(t, {"momentum": 0.9})
+
+
+def test_restore_into_another_shape_names_the_keys():
+    task = DigitsMLP()
+    t = Trainer.create(task, HP, seed=0)
+    tensors, state = t.state()
+    state = copy.deepcopy(state)
+    state["hparams"]["hidden"] = 32
+    with pytest.raises(CheckpointMismatch, match=r"mis-shaped keys: 0\.bias"):
+        Trainer.restore(task, tensors, state)
+
+
+def test_in_place_load_equals_fresh_restore():
+    """The fast path (copy a base held in memory into an existing trainer) is exact too."""
+    task = DigitsMLP()
+    rec = Record()
+    t = Trainer.create(task, HP, seed=0)
+    t.train(Budget(steps=20), hooks=rec, checkpoint_every=Every(steps=10))
+    tensors, state = rec.saved[0]
+    a = Trainer.restore(task, {g: {k: v.clone() for k, v in d.items()} for g, d in tensors.items()},
+                        state)  # fmt: skip
+    a.train(Budget(steps=30))
+    b = Trainer.create(task, {**HP, "dropout": 0.5}, seed=9)
+    b.train(Budget(steps=3))
+    b.load(tensors, state)
+    from hpsearch.training.fork import reapply_model_hparams
+
+    reapply_model_hparams(b, {**HP, "dropout": 0.5}, state["hparams"])
+    b.train(Budget(steps=30))
+    _states_equal(a.state()[0], b.state()[0])
+    assert torch.equal(tensors["model"]["0.weight"], rec.saved[0][0]["model"]["0.weight"])

@@ -43,7 +43,7 @@ def _read_log(path: str) -> tuple[dict[int, str], bool]:
     return losses, done
 
 
-def _kill_when(proc: subprocess.Popen, log: str, offset: int, predicate) -> bool:  # noqa: ANN001
+def _kill_when(proc: subprocess.Popen, log: str, offset: int, predicate) -> bool:
     """Kill `proc` as soon as the log written since `offset` satisfies `predicate`.
     Returns False if the child finished first."""
     end = time.monotonic() + 120
@@ -147,10 +147,10 @@ class Record(Hooks):
         self.indices: list[int] = []
         self.saved: list = []
 
-    def on_step(self, trainer, indices, loss):  # noqa: ANN001
+    def on_step(self, trainer, indices, loss):
         self.indices += indices
 
-    def on_checkpoint(self, trainer):  # noqa: ANN001
+    def on_checkpoint(self, trainer):
         t, s = trainer.state()
         self.saved.append(({g: {k: v.clone() for k, v in d.items()} for g, d in t.items()},
                            copy.deepcopy(s)))  # fmt: skip
@@ -203,9 +203,9 @@ def test_fork_changes_only_the_requested_hyperparameters():
 
 def test_fork_refuses_keys_it_cannot_apply():
     t = Trainer.create(DigitsMLP(), HP, seed=0)
-    with pytest.raises(ForkError, match="'hidden' cannot be forked.*apply_hparams"):
+    with pytest.raises(ForkError, match=r"'hidden' cannot be forked.*apply_hparams"):
         fork(t, {"hidden": 128})
-    with pytest.raises(ForkError, match="'momentum' cannot be forked: .*AdamW has no 'momentum'"):
+    with pytest.raises(ForkError, match=r"'momentum' cannot be forked: .*AdamW has no 'momentum'"):
         fork(t, {"momentum": 0.9})
 
 

@@ -75,6 +75,10 @@ class StopFlag:
                 signal.signal(s, h)
 
 
+RESEEDED_SAMPLERS = frozenset(
+    {"TPESampler", "RandomSampler", "CmaEsSampler", "GPSampler", "NSGAIISampler", "NSGAIIISampler"}
+)
+
 # -- budgets --------------------------------------------------------------------------------------
 
 
@@ -175,6 +179,7 @@ class Worker:
         self.outcomes: list[Outcome] = []
         self.steps_run = 0
         self.warmup_steps_run = 0
+        self.exhausted = False  # the sampler stopped the study (a covered grid)
 
     # -- entry ------------------------------------------------------------------------------
 
@@ -390,7 +395,7 @@ class Worker:
         active = sum(
             1 for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)
         ) + sum(1 for t in trials if self._retryable(t, trials, retried))
-        if settled + active >= target:
+        if settled + active >= target or self.exhausted:
             return None
         trial = self._ask()
         token = lin.start_attempt(trial.number)
@@ -400,11 +405,31 @@ class Worker:
 
     def _ask(self) -> optuna.Trial:
         """Ask with a sampler seeded by (seed, trial number): a resumed study samples the same
-        trials as an uninterrupted one, though the sampler object is new."""
+        trials as an uninterrupted one, though the sampler object is new. Samplers that keep
+        their plan in the study's storage (grid, QMC) keep one seed instead: reseeding would
+        reshuffle the plan they have already half carried out."""
         study = self.s.study
-        number = len(study.get_trials(deepcopy=False))
-        study.sampler = make_sampler(self.settings, mix_seed(self.settings.seed, number) % 2**31)
+        name = self.settings.sampler.name
+        if name in RESEEDED_SAMPLERS:
+            number = len(study.get_trials(deepcopy=False))
+            seed = mix_seed(self.settings.seed, number) % 2**31
+            study.sampler = make_sampler(self.settings, seed)
+        elif type(study.sampler).__name__ != name:
+            study.sampler = make_sampler(self.settings, self.settings.seed)
         return study.ask()
+
+    def _tell(self, number: int, *args: Any, **kwargs: Any) -> None:
+        """`study.tell` as `optimize` calls it, so a sampler may stop the study (GridSampler
+        does once its grid is covered); then this worker asks for no new trial."""
+        study = self.s.study
+        study._thread_local.in_optimize_loop = True
+        try:
+            study.tell(number, *args, **kwargs)
+        finally:
+            study._thread_local.in_optimize_loop = False
+        if getattr(study, "_stop_flag", False):
+            study._stop_flag = False
+            self.exhausted = True
 
     def _retryable(self, t: Any, trials: list[Any], retried: set[Any]) -> bool:
         if t.state != TrialState.FAIL or t.number in retried:
@@ -496,7 +521,7 @@ class Worker:
             with contextlib.suppress(Exception):  # the trial's error is the one to report
                 self.ckpt.flush()
             if lin.owns(job.token):
-                study.tell(job.number, state=TrialState.FAIL)
+                self._tell(job.number, state=TrialState.FAIL)
             lin.finish_attempt(job.token, "done")
             self.trainer = None  # its state is suspect: rebuild from a checkpoint next time
             newest = _first(self._sources(job.number, None))
@@ -514,11 +539,11 @@ class Worker:
         steps = self._account(otrial, job, hooks)
         if state == "COMPLETE":
             otrial.set_user_attr(ATTR + "final_checkpoint", hooks.last)
-            study.tell(job.number, value)
+            self._tell(job.number, value)
         elif state == "PRUNED":
-            study.tell(job.number, state=TrialState.PRUNED)
+            self._tell(job.number, state=TrialState.PRUNED)
         else:
-            study.tell(job.number, state=TrialState.FAIL)
+            self._tell(job.number, state=TrialState.FAIL)
         lin.finish_attempt(job.token, "done")
         params = dict(study._storage.get_trial(job.trial_id).params)
         out = Outcome(job.number, state, value, params, steps,

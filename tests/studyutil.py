@@ -28,7 +28,7 @@ def write_study(tmp_path: Any, name: str = "tiny", **overrides: Any) -> str:
                 "weight_decay": 1e-4,
                 "hidden": 64,
             },
-        },  # fmt: skip
+        },
         "trials": {"n": 8, "epochs": 1, "eval_every": 0.25},
         "search_space": {
             "lr": {"float": [1e-4, 3e-2], "log": True},

@@ -96,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nhpsearch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `hpsearch status x.yaml | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -129,29 +129,45 @@ def _intermediate(t: Any, session: Session, origin: int, n: int) -> tuple[tuple[
 
 
 def format_tree(session: Session) -> str:
-    """The checkpoint tree, indented: warm-up chain, base, then each trial's checkpoints."""
+    """The checkpoint tree as indented text: a chain of checkpoints of one trial (or of the
+    warm-up) stays on one level; a branch to another trial is indented under its fork point."""
     rows = session.lineage.checkpoints()
-    children: dict[str | None, list[CheckpointRow]] = {}
     ids = {r.id for r in rows}
+    children: dict[str | None, list[CheckpointRow]] = {}
     for r in rows:
-        parent = r.parent if r.parent in ids else None
-        children.setdefault(parent, []).append(r)
+        children.setdefault(r.parent if r.parent in ids else None, []).append(r)
     trials = {t.number: t for t in session.study.get_trials(deepcopy=False)}
-    lines = [f"study {session.study_name} ({len(rows)} checkpoints recorded)"]
+    lines = [f"study {session.study_name}: {len(rows)} checkpoints recorded"]
+
+    def who(trial: int) -> str:
+        if trial == WARMUP:
+            return "warm-up"
+        t = trials.get(trial)
+        if t is None:
+            return f"trial {trial}"
+        value = f" {t.value:.4g}" if t.value is not None else ""
+        return f"trial {trial} {t.state.name}{value}"
 
     def label(r: CheckpointRow) -> str:
-        who = "warm-up" if r.trial == WARMUP else f"trial {r.trial}"
-        t = trials.get(r.trial)
-        state = f" {t.state.name}" if t is not None else ""
         size = human_bytes(r.nbytes) if r.status == "committed" else r.status
-        return f"{r.id}  {r.kind:<6} {who}{state}  step {r.step}  epoch {r.epoch:.3g}  {size}"
+        return f"{r.id}  {r.kind:<6} step {r.step:<7} epoch {r.epoch:<7.4g} {size}"
 
-    def walk(parent: str | None, depth: int) -> None:
-        for r in sorted(children.get(parent, []), key=lambda r: (r.trial, r.step, r.created)):
-            lines.append("  " * depth + label(r))
-            walk(r.id, depth + 1)
+    def walk(first: CheckpointRow, depth: int) -> None:
+        lines.append("  " * depth + f"{who(first.trial)}:")
+        node: CheckpointRow | None = first
+        while node is not None:
+            lines.append("  " * (depth + 1) + label(node))
+            kids = sorted(children.get(node.id, []), key=lambda r: (r.trial, r.step, r.created))
+            same = [k for k in kids if k.trial == node.trial]
+            for k in kids:
+                if k.trial != node.trial:
+                    walk(k, depth + 2)
+            for k in same[1:]:  # a chain that split within one trial (a continuation)
+                walk(k, depth + 2)
+            node = same[0] if same else None
 
-    walk(None, 1)
+    for root in sorted(children.get(None, []), key=lambda r: (r.trial, r.step, r.created)):
+        walk(root, 1)
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 A checkpoint is kept only while something needs it:
 - the base checkpoint (the warm-up's end), always;
-- the warm-up's newest checkpoint while the warm-up has not finished;
+- the warm-up's newest checkpoint while the warm-up runs (before the study adopts a base);
 - a live (running) trial's newest committed checkpoint -- and, until it has one, the checkpoint
   it was forked or continued from;
 - a failed trial's newest checkpoint while it may still be continued (retries left);
@@ -46,7 +46,8 @@ def plan_gc(
     *,
     keep_best: int,
     direction: str,
-    warmup_done: bool,
+    base: str | None,
+    warmup_running: bool,
 ) -> list[Deletion]:
     """Which checkpoints no one needs any more, and why. A pure function of the tree."""
     rows = [r for r in rows if r.status in (*LIVE, "deleting")]
@@ -54,13 +55,11 @@ def plan_gc(
     for r in rows:
         by_trial.setdefault(r.trial, []).append(r)
 
-    keep: set[str] = set()
+    keep: set[str] = {base} if base else set()
     for r in rows:
-        if r.kind == "base" and r.status == "committed":
-            keep.add(r.id)
         if r.status == "pending":
             keep.add(r.id)  # being written: its writer decides
-    if not warmup_done:
+    if warmup_running:
         keep |= _newest_committed(by_trial.get(WARMUP, []))
 
     finals = []
@@ -84,7 +83,9 @@ def plan_gc(
             continue
         facts = trials.get(r.trial)
         state = facts.state if facts else ("WARMUP" if r.trial == WARMUP else "UNKNOWN")
-        if r.trial == WARMUP:
+        if r.trial == WARMUP and r.kind == "base":
+            reason = "a base checkpoint that was never adopted (the warm-up was cut off)"
+        elif r.trial == WARMUP:
             reason = "warm-up checkpoint superseded by a newer one"
         elif state == "PRUNED":
             reason = f"trial {r.trial} was pruned"

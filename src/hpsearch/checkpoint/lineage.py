@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 WARMUP = -1  # the pseudo trial number of the warm-up
+WORKERS = -2  # the pseudo trial number of worker presence rows (one per running worker)
 
 _meta = sa.MetaData()
 

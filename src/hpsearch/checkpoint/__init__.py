@@ -1,0 +1,33 @@
+"""Checkpoints: a verified on-disk format, stores that commit atomically, background saving.
+
+This package knows nothing of Optuna or the training loop: a checkpoint is named groups of
+tensors (one safetensors file each), a JSON state dict and a manifest that commits them.
+
+    store = open_store("runs/checkpoints")                  # or "s3://bucket/prefix"
+    info = store.save({"model": model.state_dict()}, {"step": 100}, meta={"trial": 3})
+    ck = store.load(info.id)                                 # verified before returned
+    model.load_state_dict(ck.tensors["model"])
+"""
+
+from __future__ import annotations
+
+from hpsearch.checkpoint.async_save import AsyncSaver
+from hpsearch.checkpoint.format import FORMAT_VERSION, CheckpointInfo
+from hpsearch.checkpoint.store import (
+    CheckpointStore,
+    FsspecStore,
+    LoadedCheckpoint,
+    LocalStore,
+    open_store,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "AsyncSaver",
+    "CheckpointInfo",
+    "CheckpointStore",
+    "FsspecStore",
+    "LoadedCheckpoint",
+    "LocalStore",
+    "open_store",
+]

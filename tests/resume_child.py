@@ -16,10 +16,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 
-from digits import DigitsMLP  # noqa: E402
+from digits import DigitsMLP
 
-from hpsearch.checkpoint import open_store  # noqa: E402
-from hpsearch.training import Budget, Every, Hooks, Trainer  # noqa: E402
+from hpsearch.checkpoint import open_store
+from hpsearch.training import Budget, Every, Hooks, Trainer
 
 HPARAMS = {
     "lr": 2e-3, "dropout": 0.2, "batch_size": 64, "weight_decay": 1e-3, "hidden": 64,
@@ -38,7 +38,7 @@ class PaddedDigits(DigitsMLP):
 
 
 class Log(Hooks):
-    def __init__(self, store, log):  # noqa: ANN001
+    def __init__(self, store, log):
         self.store, self.log = store, log
 
     def on_step(self, trainer: Trainer, indices: list[int], loss: float) -> None:
@@ -52,7 +52,7 @@ class Log(Hooks):
         self.store.save(tensors, state, meta={"step": trainer.progress.step})
 
 
-def latest(store):  # noqa: ANN001, ANN201
+def latest(store):
     infos = store.list()
     return max(infos, key=lambda i: i.meta["step"]) if infos else None
 

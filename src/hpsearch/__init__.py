@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 from hpsearch.errors import (
@@ -16,6 +18,17 @@ from hpsearch.errors import (
 )
 from hpsearch.task import Task
 
+if TYPE_CHECKING:
+    from hpsearch.report import StudyHandle
+
+
+def load(study_file: str, *, storage: str | None = None, classic: bool = False) -> StudyHandle:
+    """Open an existing study for reading: `hpsearch.load("studies/x.yaml").dataframe()`."""
+    from hpsearch.report import load as _load
+
+    return _load(study_file, storage=storage, classic=classic)
+
+
 __all__ = [
     "CheckpointCorrupt",
     "CheckpointError",
@@ -27,4 +40,5 @@ __all__ = [
     "TaskError",
     "UsageError",
     "__version__",
+    "load",
 ]

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from hpsearch.checkpoint import LoadedCheckpoint
 from hpsearch.checkpoint.gc import TrialFacts, apply_gc, plan_gc
-from hpsearch.checkpoint.lineage import WARMUP, attempt_is_stale
+from hpsearch.checkpoint.lineage import WARMUP, WORKERS, attempt_is_stale
 from hpsearch.console import Bar, human_bytes, human_time, say
 from hpsearch.errors import CheckpointError, HpsearchError, TaskError, TrainingDiverged
 from hpsearch.search.saving import Checkpointer
@@ -166,7 +166,7 @@ class Worker:
         self.s = session
         self.settings = session.settings
         self.classic = session.classic
-        self.stop = stop or StopFlag()
+        self.stop = stop if stop is not None else StopFlag()
         self.label = label
         self.metric = self.settings.objective.metric
         self.ckpt = Checkpointer(
@@ -180,6 +180,7 @@ class Worker:
         self.steps_run = 0
         self.warmup_steps_run = 0
         self.exhausted = False  # the sampler stopped the study (a covered grid)
+        self.presence = ""  # this worker's row among the study's workers
 
     # -- entry ------------------------------------------------------------------------------
 
@@ -191,6 +192,7 @@ class Worker:
         self.s.set_attr("mode", "classic" if self.classic else "fork")
         self.s.set_attr("samples_per_epoch", self.plan.n)
         self.recover()
+        self.presence = self.s.lineage.start_attempt(WORKERS)
         try:
             if not self.classic:
                 self.ensure_base()
@@ -205,6 +207,7 @@ class Worker:
                 self.ckpt.close()
             finally:
                 self.collect_garbage_quietly()
+                self.s.lineage.finish_attempt(self.presence)
         return self.outcomes
 
     def _preflight(self, task: Any) -> None:
@@ -243,8 +246,14 @@ class Worker:
         """Settle what a crash left: rows of saves that did or did not commit, deletions that
         did not finish, and torn files in the store."""
         lin, store = self.s.lineage, self.s.store
+        grace = self.settings.trials.grace_s
+        alive = {
+            a.token
+            for a in lin.attempts()
+            if a.status == "running" and not attempt_is_stale(a, grace_s=grace)
+        }
         for row in lin.checkpoints(statuses=("pending",)):
-            if row.attempt is not None and _attempt_alive(lin, row.attempt, self.settings):
+            if row.attempt in alive:
                 continue  # another worker is writing it
             if store.exists(row.id):
                 lin.set_status(row.id, "committed", nbytes=store.info(row.id).nbytes)
@@ -252,7 +261,7 @@ class Worker:
                 lin.set_status(row.id, "failed")
         doomed = lin.checkpoints(statuses=("deleting",))
         apply_gc([_deletion(r, "deletion interrupted earlier") for r in doomed], lin, store.delete)
-        if not any(_attempt_alive(lin, a.token, self.settings) for a in _running(lin)):
+        if not alive:  # no other worker may be writing: torn temporary files can go
             store.clean_leftovers()
 
     def trial_facts(self) -> dict[int, TrialFacts]:
@@ -274,7 +283,8 @@ class Worker:
             self.trial_facts(),
             keep_best=self.settings.checkpoints.keep_best,
             direction=self.settings.objective.direction,
-            warmup_done=self.classic or bool(self.s.attr("base_checkpoint")),
+            base=self.s.attr("base_checkpoint"),
+            warmup_running=not self.classic and not self.s.attr("base_checkpoint"),
         )
         if not dry_run:
             apply_gc(plan, lin, self.s.store.delete)
@@ -308,9 +318,10 @@ class Worker:
     def _run_warmup(self, token: str) -> None:
         assert self.plan is not None
         task, lin = self.s.task(), self.s.lineage
-        rows = [
-            r for r in lin.checkpoints(trial=WARMUP, statuses=("committed",)) if r.kind == "warmup"
-        ]
+        # the newest warm-up checkpoint; a base that was committed but not yet adopted as the
+        # study's base (cut off in between) is the end of the warm-up: adopt it
+        rows = lin.checkpoints(trial=WARMUP, statuses=("committed",))
+        rows.sort(key=lambda r: (r.step, r.kind == "base", r.created))
         trainer, source = self._restore_newest([r.id for r in reversed(rows)])
         hp = warmup_hparams(self.settings)
         if trainer is None:
@@ -365,7 +376,7 @@ class Worker:
                 continue
             current = lin.current_attempt(t.number)
             if current is None:
-                if not lin.attempts(t.number) and _age(t) < grace:
+                if not lin.attempts(t.number) and _age(t) < grace and self._others_alive():
                     continue  # just asked by another worker, not yet registered
             elif not attempt_is_stale(current, grace_s=grace):
                 continue
@@ -402,6 +413,16 @@ class Worker:
         sampled = suggest(trial, self.settings)
         hp = trial_hparams(self.settings, sampled)
         return Job(trial.number, trial._trial_id, hp, "new", token)
+
+    def _others_alive(self) -> bool:
+        """Is another worker of this study alive (so a trial without an attempt yet may be
+        one it has just asked for)?"""
+        grace = self.settings.trials.grace_s
+        return any(
+            a.status == "running" and a.token != self.presence
+            and not attempt_is_stale(a, grace_s=grace)
+            for a in self.s.lineage.attempts(WORKERS)
+        )  # fmt: skip
 
     def _ask(self) -> optuna.Trial:
         """Ask with a sampler seeded by (seed, trial number): a resumed study samples the same
@@ -875,19 +896,6 @@ def _settled(t: Any, trials: list[Any], retried: set[Any], worker: Worker) -> bo
     if t.state == TrialState.FAIL:
         # a failed attempt that was continued counts through its continuation
         return t.number not in retried and not worker._retryable(t, trials, retried)
-    return False
-
-
-def _running(lin: Any) -> list[Any]:
-    return [a for a in lin.attempts() if a.status == "running"]
-
-
-def _attempt_alive(lin: Any, token: str, settings: Any) -> bool:
-    for a in lin.attempts():
-        if a.token == token:
-            return a.status == "running" and not attempt_is_stale(
-                a, grace_s=settings.trials.grace_s
-            )
     return False
 
 

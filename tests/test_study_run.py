@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -212,3 +214,43 @@ def test_non_forkable_key(tmp_path, capsys):
 def test_resume_of_a_study_that_does_not_exist(tmp_path, capsys):
     code = main(["resume", write_study(tmp_path)])
     assert code == 2 and "run" in capsys.readouterr().err
+
+
+def test_the_quickstart_study_through_the_cli(tmp_path, capsys):
+    """The README's first command, on a copy of studies/quickstart.yaml (12 of its 40 trials)."""
+    import yaml
+
+    with open(os.path.join(ROOT, "studies", "quickstart.yaml")) as f:
+        doc = yaml.safe_load(f)
+    doc["task"] = os.path.join(ROOT, "examples", "digits.py") + ":DigitsMLP"
+    path = tmp_path / "quickstart.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["run", str(path), "--trials", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "study quickstart: 12 finished trials" in out and "disk in use" in out
+    s = _session(str(path))
+    trials = s.study.get_trials()
+    assert len(trials) == 12
+    base = s.attr("base_checkpoint")
+    assert all(t.user_attrs[ATTR + "parent_checkpoint"] == base for t in trials)
+    finals = [r for r in s.lineage.checkpoints(statuses=("committed",)) if r.kind == "final"]
+    assert len(finals) <= doc["checkpoints"]["keep_best"]
+    assert s.study.best_value > 0.95
+    s.close()
+
+
+def test_two_workers_share_one_study(tmp_path):
+    """`--workers 2`: one warms up while the other waits; together they finish the study with
+    no trial lost or run twice."""
+    path = write_study(tmp_path, trials={"n": 6, "epochs": 1, "eval_every": 0.25})
+    proc = subprocess.run([sys.executable, "-m", "hpsearch", "run", path, "--workers", "2"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    s = _session(path)
+    trials = s.study.get_trials()
+    assert len(trials) == 6 and all(t.state.is_finished() for t in trials)
+    assert len({t.user_attrs[ATTR + "parent_checkpoint"] for t in trials}) == 1
+    workers = {a.pid for a in s.lineage.attempts() if a.trial >= 0}
+    assert len(workers) == 2  # both processes ran trials
+    assert len(s.lineage.checkpoints(kinds=("base",), statuses=("committed",))) == 1
+    s.close()

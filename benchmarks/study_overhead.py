@@ -1,0 +1,192 @@
+"""How much of a trial's wall time is hpsearch's own bookkeeping, and does disk use stay bounded?
+
+    python benchmarks/study_overhead.py [--study studies/quickstart.yaml] [--trials 10 100]
+
+1. Overhead: runs the study (in a temporary directory, the study file's own settings) and times
+   the task's compute -- every training step and every evaluation -- inside each trial. The rest
+   of the trial's wall time is hpsearch's: Optuna calls (ask, report, pruning, tell, attributes),
+   the checkpoint tree, checkpoint snapshots and commits, heartbeats, garbage collection.
+   Target: <= 10 % of a trial's wall time.
+2. Disk: the high-water mark of the checkpoint directory, sampled every 20 ms, for a study of the
+   first trial count vs the last. Target: <= 1.1x.
+
+Prints a table and the lines to paste into benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+
+import yaml
+
+from hpsearch.search import runner
+from hpsearch.training import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ComputeClock:
+    """Wraps Trainer.step and Trainer.evaluate to add up the task's own compute time."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._step = loop.Trainer.step
+        self._eval = loop.Trainer.evaluate
+
+    def __enter__(self) -> ComputeClock:
+        clock = self
+
+        def step(trainer, hooks):
+            t = time.perf_counter()
+            try:
+                return clock._step(trainer, hooks)
+            finally:
+                clock.seconds += time.perf_counter() - t
+
+        def evaluate(trainer):
+            t = time.perf_counter()
+            try:
+                return clock._eval(trainer)
+            finally:
+                clock.seconds += time.perf_counter() - t
+
+        loop.Trainer.step = step  # type: ignore[method-assign]
+        loop.Trainer.evaluate = evaluate  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop.Trainer.step = self._step  # type: ignore[method-assign]
+        loop.Trainer.evaluate = self._eval  # type: ignore[method-assign]
+
+
+class DiskSampler(threading.Thread):
+    """Samples the size of a directory tree every `every` seconds; keeps the maximum."""
+
+    def __init__(self, path: str, every: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.path, self.every, self.peak, self.stop = path, every, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, _tree_bytes(self.path))
+            time.sleep(self.every)
+
+
+def _tree_bytes(path: str) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):  # deleted while we looked
+                total += os.path.getsize(os.path.join(dirpath, f))
+    return total
+
+
+def _copy_study(src: str, workdir: str) -> str:
+    """The study file with its task path made absolute, in a fresh directory."""
+    with open(src) as f:
+        doc = yaml.safe_load(f)
+    task_path, _, cls = doc["task"].rpartition(":")
+    if task_path.endswith(".py"):
+        doc["task"] = os.path.join(os.path.dirname(os.path.abspath(src)), task_path) + ":" + cls
+    path = os.path.join(workdir, os.path.basename(src))
+    with open(path, "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)
+    return path
+
+
+class TrialClock:
+    """Per trial: wall time (run_trial) and the compute inside it."""
+
+    def __init__(self, compute: ComputeClock) -> None:
+        self.compute = compute
+        self.rows: list[tuple[int, str, float, float]] = []
+        self._run_trial = runner.Worker.run_trial
+
+    def __enter__(self) -> TrialClock:
+        clock = self
+
+        def run_trial(worker, job):
+            c0, t0 = clock.compute.seconds, time.perf_counter()
+            out = clock._run_trial(worker, job)
+            wall = time.perf_counter() - t0
+            clock.rows.append((job.number, out.state, wall, clock.compute.seconds - c0))
+            return out
+
+        runner.Worker.run_trial = run_trial  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        runner.Worker.run_trial = self._run_trial  # type: ignore[method-assign]
+
+
+def run(study: str, trials: int) -> dict[str, float]:
+    workdir = tempfile.mkdtemp(prefix="hpsearch-overhead-")
+    try:
+        path = _copy_study(study, workdir)
+        from hpsearch.search.studyfile import load_study_file
+
+        ckpt_dir = load_study_file(path).checkpoints.dir
+        sampler = DiskSampler(ckpt_dir)
+        sampler.start()
+        with ComputeClock() as compute, TrialClock(compute) as clock:
+            t0 = time.perf_counter()
+            summary = runner.run_study(path, trials=trials)
+            total = time.perf_counter() - t0
+        sampler.stop.set()
+        sampler.join()
+        walls = [w for _, _, w, _ in clock.rows]
+        fracs = [(w - c) / w for _, _, w, c in clock.rows if w > 0]
+        wall, comp = sum(walls), sum(c for *_, c in clock.rows)
+        return {
+            "trials": len(clock.rows),
+            "states": summary.states,
+            "study_s": total,
+            "trial_wall_s": wall,
+            "trial_compute_s": comp,
+            "overhead_total": (wall - comp) / wall,
+            "overhead_median": statistics.median(fracs),
+            "overhead_ms_per_trial": (wall - comp) / len(walls) * 1000,
+            "disk_peak": sampler.peak,
+            "disk_end": _tree_bytes(ckpt_dir),
+            "db_bytes": _tree_bytes(workdir) - _tree_bytes(ckpt_dir),
+        }
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--study", default=os.path.join(ROOT, "studies", "quickstart.yaml"))
+    p.add_argument("--trials", type=int, nargs="+", default=[10, 100])
+    args = p.parse_args()
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    results = {n: run(args.study, n) for n in args.trials}
+    print()
+    print("| trials | trial wall s | task compute s | outside training (all / median trial) "
+          "| per trial | checkpoints high-water | at end | study db |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in results.values():
+        print(
+            f"| {r['trials']} | {r['trial_wall_s']:.2f} | {r['trial_compute_s']:.2f} | "
+            f"{r['overhead_total'] * 100:.1f} % / {r['overhead_median'] * 100:.1f} % | "
+            f"{r['overhead_ms_per_trial']:.0f} ms | {r['disk_peak'] / 1e6:.1f} MB | "
+            f"{r['disk_end'] / 1e6:.1f} MB | {r['db_bytes'] / 1e6:.1f} MB |"
+        )
+    lo, hi = results[args.trials[0]], results[args.trials[-1]]
+    print(
+        f"\ndisk high-water {args.trials[-1]} trials / {args.trials[0]} trials: "
+        f"{hi['disk_peak'] / lo['disk_peak']:.2f}x (target <= 1.1x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -39,6 +39,7 @@ def write_study(tmp_path: Any, name: str = "tiny", **overrides: Any) -> str:
         "pruner": {"name": "MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 1},
     }
     doc.update(overrides)
+    os.makedirs(str(tmp_path), exist_ok=True)
     path = os.path.join(str(tmp_path), f"{name}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)

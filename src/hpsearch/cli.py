@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
         c.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
         common(c)
-    common(cmd("worker", "one extra worker for a study in a shared database"))
+    c = cmd("worker", "one extra worker for a study in a shared database")
+    c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
+    common(c)
     common(cmd("status", "a table of the study's trials"))
     common(cmd("tree", "the checkpoint tree as indented text"))
     c = cmd("plot", "the branch plot of the study")
@@ -150,8 +152,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from hpsearch.search.runner import run_study
 
-    trials = getattr(args, "trials", None)
-    run_study(args.study, trials=trials, storage=args.storage, classic=args.classic,
+    run_study(args.study, trials=args.trials, storage=args.storage, classic=args.classic,
               label=f"[worker {os.getpid()}] ")  # fmt: skip
     return 0
 

@@ -242,9 +242,9 @@ def test_the_quickstart_study_through_the_cli(tmp_path, capsys):
 def test_two_workers_share_one_study(tmp_path):
     """`--workers 2`: one warms up while the other waits; together they finish the study with
     no trial lost or run twice."""
-    path = write_study(tmp_path, trials={"n": 6, "epochs": 1, "eval_every": 0.25})
-    proc = subprocess.run([sys.executable, "-m", "hpsearch", "run", path, "--workers", "2"],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    path = write_study(tmp_path, trials={"n": 3, "epochs": 1, "eval_every": 0.25})
+    cmd = [sys.executable, "-m", "hpsearch", "run", path, "--workers", "2", "--trials", "6"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     s = _session(path)
     trials = s.study.get_trials()

@@ -10,15 +10,9 @@ its state so that any interruption costs at most one checkpoint interval.
 from __future__ import annotations
 
 import contextlib
-import copy
-import math
-import os
-import signal
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -27,134 +21,22 @@ from optuna.trial import TrialState
 from hpsearch.checkpoint import LoadedCheckpoint
 from hpsearch.checkpoint.gc import TrialFacts, apply_gc, plan_gc
 from hpsearch.checkpoint.lineage import WARMUP, WORKERS, attempt_is_stale
-from hpsearch.console import Bar, human_bytes, human_time, say
+from hpsearch.console import Bar, say
 from hpsearch.errors import CheckpointError, HpsearchError, TaskError, TrainingDiverged
+from hpsearch.search.control import Interrupted, LostTrial, StopFlag, TrialCrashed
+from hpsearch.search.hooks import TrialHooks
+from hpsearch.search.plan import Job, Outcome, Plan
 from hpsearch.search.saving import Checkpointer
 from hpsearch.search.session import ATTR, Session
 from hpsearch.search.studyfile import make_sampler, suggest, trial_hparams, warmup_hparams
-from hpsearch.training import Budget, Every, Hooks, Schedule, Trainer, fork
+from hpsearch.search.summary import Summary, outcome_line, summarize
+from hpsearch.training import Budget, Schedule, Trainer, fork
 from hpsearch.training.data import mix_seed
 from hpsearch.training.fork import reapply_model_hparams
-
-# -- errors and signals ---------------------------------------------------------------------------
-
-
-class Interrupted(HpsearchError):
-    """Ctrl-C or SIGTERM: the current state was checkpointed; the next run continues."""
-
-
-class TrialCrashed(HpsearchError):
-    """A trial raised an error from the task; it is recorded and can be continued."""
-
-
-class LostTrial(HpsearchError):
-    """Another worker took this trial over (we were declared dead): stop without committing."""
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checks it between steps, so a stop never tears a step."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    def __bool__(self) -> bool:
-        return self.signal is not None
-
-    @contextmanager
-    def installed(self) -> Iterator[StopFlag]:
-        def handler(signum: int, _frame: Any) -> None:
-            if self.signal is not None:  # second Ctrl-C: give up on the clean stop
-                raise KeyboardInterrupt
-            self.signal = signum
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-
 
 RESEEDED_SAMPLERS = frozenset(
     {"TPESampler", "RandomSampler", "CmaEsSampler", "GPSampler", "NSGAIISampler", "NSGAIIISampler"}
 )
-
-# -- budgets --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The study's budgets in the loop's units."""
-
-    n: int  # training samples per epoch
-    warmup: Budget
-    trial: Budget
-    eval_every: Every
-    checkpoint_every: Every
-    warmup_samples: int  # estimates for the schedule's total
-    trial_samples: int
-
-    @classmethod
-    def of(cls, session: Session, n: int) -> Plan:
-        s = session.settings
-        bs = int(s.warmup.hparams["batch_size"])
-        if s.warmup.epochs is not None:
-            warmup, wsamples = (
-                Budget(samples=round(s.warmup.epochs * n)),
-                round(s.warmup.epochs * n),
-            )
-        else:
-            warmup, wsamples = Budget(steps=s.warmup.steps), s.warmup.steps * bs
-        if s.trials.epochs is not None:
-            trial, tsamples = Budget(samples=round(s.trials.epochs * n)), round(s.trials.epochs * n)
-        else:
-            trial, tsamples = Budget(steps=s.trials.steps), s.trials.steps * bs
-        if s.trials.eval_every is not None:
-            ev = Every(samples=max(1, round(s.trials.eval_every * n)))
-        else:
-            ev = Every(steps=s.trials.eval_every_steps)
-        if s.checkpoints.every is not None:
-            ck = Every(samples=max(1, round(s.checkpoints.every * n)))
-        else:
-            ck = Every(steps=s.checkpoints.every_steps)
-        return cls(n, warmup, trial, ev, ck, wsamples, tsamples)
-
-    def classic_budget(self) -> Budget:
-        if self.warmup.steps is not None and self.trial.steps is not None:
-            return Budget(steps=self.warmup.steps + self.trial.steps)
-        return Budget(samples=self.warmup_samples + self.trial_samples)
-
-    def trial_total(self, origin_samples: int, hparams: Mapping[str, Any]) -> int:
-        """The schedule's run length for a trial forked at `origin_samples`."""
-        if self.trial.steps is not None:
-            return origin_samples + self.trial.steps * int(hparams["batch_size"])
-        return origin_samples + self.trial_samples
-
-
-# -- the trial jobs -------------------------------------------------------------------------------
-
-
-@dataclass
-class Job:
-    number: int
-    trial_id: int
-    hparams: dict[str, Any]
-    kind: str  # new | takeover | retry
-    token: str
-    retry_of: int | None = None
-    sources: list[str] = field(default_factory=list)  # checkpoints to continue from, best first
-
-
-@dataclass
-class Outcome:
-    number: int
-    state: str
-    value: float | None
-    params: dict[str, Any]
-    steps: int
-    seconds: float
-    note: str = ""
-
 
 # -- the worker -----------------------------------------------------------------------------------
 
@@ -333,8 +215,8 @@ class Worker:
                 num_workers=self.settings.data.num_workers, datasets=self.s.datasets(),
             )  # fmt: skip
         done = trainer.progress.step
-        bar = Bar("warm-up", _budget_total(self.plan.warmup, self.plan.n), unit=" ep")
-        hooks = _Hooks(self, trainer, WARMUP, token, self.plan.warmup, bar, parent=source)
+        bar = _bar("warm-up", self.plan.warmup, self.plan.n)
+        hooks = TrialHooks(self, trainer, WARMUP, token, self.plan.warmup, bar, parent=source)
         try:
             trainer.train(
                 self.plan.warmup, hooks=hooks, eval_every=self.plan.eval_every,
@@ -504,8 +386,8 @@ class Worker:
             where = f"step {trainer.progress.step}" + (f" ({source})" if source else "")
             self._say(f"trial {job.number}: {what} from {where}")
         budget = plan.classic_budget() if self.classic else plan.trial
-        bar = Bar(f"trial {job.number}", _budget_total(budget, plan.n), unit=" ep")
-        hooks = _Hooks(self, trainer, job.number, job.token, budget, bar, parent=source,
+        bar = _bar(f"trial {job.number}", budget, plan.n)
+        hooks = TrialHooks(self, trainer, job.number, job.token, budget, bar, parent=source,
                        otrial=otrial)  # fmt: skip
         state, value, note = "COMPLETE", None, ""
         try:
@@ -569,7 +451,7 @@ class Worker:
         params = dict(study._storage.get_trial(job.trial_id).params)
         out = Outcome(job.number, state, value, params, steps,
                       time.monotonic() - start, note)  # fmt: skip
-        self._say(_outcome_line(out, self.metric))
+        self._say(outcome_line(out, self.metric))
         return out
 
     def _trainer_for(self, job: Job) -> tuple[Trainer, str | None]:
@@ -661,7 +543,7 @@ class Worker:
                     job.trial_id, h["index"], h[self.metric]
                 )
 
-    def _account(self, otrial: optuna.Trial, job: Job, hooks: _Hooks) -> int:
+    def _account(self, otrial: optuna.Trial, job: Job, hooks: TrialHooks) -> int:
         """The trial's own training: the sum over its attempts (a continuation after a crash
         adds what it recomputes). Killed attempts count up to their last checkpoint."""
         lin = self.s.lineage
@@ -673,7 +555,7 @@ class Worker:
         otrial.set_user_attr(ATTR + "samples_trained", sum(a.samples for a in mine))
         return steps
 
-    def _checkpoint_now(self, trainer: Trainer, hooks: _Hooks) -> None:
+    def _checkpoint_now(self, trainer: Trainer, hooks: TrialHooks) -> None:
         """On a clean stop: save the current state unless it is saved already."""
         try:
             if trainer.saved_step != trainer.progress.step:
@@ -691,108 +573,7 @@ class Worker:
         say(f"{self.label}{msg}")
 
 
-# -- the loop's hooks for one segment -------------------------------------------------------------
-
-
-class _Hooks(Hooks):
-    """Bridges the training loop to Optuna, the checkpoint tree, heartbeats and the progress bar."""
-
-    def __init__(
-        self,
-        worker: Worker,
-        trainer: Trainer,
-        trial: int,
-        token: str,
-        budget: Budget,
-        bar: Bar,
-        *,
-        parent: str | None,
-        otrial: optuna.Trial | None = None,
-    ) -> None:
-        self.w, self.trial, self.token, self.budget, self.bar = worker, trial, token, budget, bar
-        self.otrial = otrial
-        self.last = parent  # newest checkpoint of this chain
-        self.parent = parent
-        self.last_value: float | None = None
-        self.stopping = False
-        self.beat_every = worker.settings.trials.heartbeat_s
-        self.next_beat = time.monotonic() + self.beat_every
-        self.steps = 0
-        self.samples = 0
-        self.reported: set[int] = set()
-        if otrial is not None:
-            ft = worker.s.study._storage.get_trial(otrial._trial_id)
-            self.reported = set(ft.intermediate_values)
-        worker.s.lineage.heartbeat(token, start_step=trainer.progress.step)
-
-    def on_step(self, trainer: Trainer, indices: list[int], loss: float) -> None:
-        self.steps += 1
-        self.samples += len(indices)
-        self.bar.update(_budget_done(self.budget, trainer.progress, self.w.plan.n),
-                        f"loss {loss:.4g}")  # fmt: skip
-        now = time.monotonic()
-        if now >= self.next_beat:
-            self.next_beat = now + self.beat_every
-            if not self.w.s.lineage.heartbeat(self.token, steps=self.steps, samples=self.samples):
-                raise LostTrial("another worker took this trial over")
-        if self.w.stop:
-            raise Interrupted(f"stopped by signal {self.w.stop.signal}")
-
-    def on_eval(self, trainer: Trainer, index: int, metrics: dict[str, float]) -> None:
-        metric = self.w.metric
-        if metric not in metrics:
-            raise TaskError(
-                f"objective.metric {metric!r} is not among the metrics evaluate() returned "
-                f"({', '.join(sorted(metrics))})"
-            )
-        value = metrics[metric]
-        self.last_value = value
-        self.bar.update(self.bar.done, f"{metric} {value:.4g}")
-        if self.otrial is None:
-            return
-        study = self.w.s.study
-        if index not in self.reported:
-            study._storage.set_trial_intermediate_value(self.otrial._trial_id, index, value)
-            self.reported.add(index)
-        # decide as an uninterrupted run would have at this step: hide later reports that a
-        # crashed attempt made before this continuation recomputed them
-        ft = copy.deepcopy(study._storage.get_trial(self.otrial._trial_id))
-        ft.intermediate_values = {k: v for k, v in ft.intermediate_values.items() if k <= index}
-        if study.pruner.prune(study, ft):
-            raise optuna.TrialPruned(f"pruned at evaluation {index}")
-
-    def on_checkpoint(self, trainer: Trainer) -> None:
-        lin = self.w.s.lineage
-        if not lin.heartbeat(self.token, steps=self.steps, samples=self.samples):
-            raise LostTrial("another worker took this trial over")
-        final = self.budget.reached(trainer.progress) and not self.stopping
-        if self.trial == WARMUP:
-            kind = "base" if final else "warmup"
-        else:
-            kind = "final" if final else "trial"
-        ckpt = self.w.ckpt.save(
-            trainer, trial=self.trial, kind=kind, parent=self.last, attempt=self.token,
-            supersedes=self.last if self.last != self.parent else None,
-        )  # fmt: skip
-        self.last = ckpt
-
-
-# -- the whole run --------------------------------------------------------------------------------
-
-
-@dataclass
-class Summary:
-    study: str
-    finished: int
-    states: dict[str, int]
-    best_number: int | None
-    best_value: float | None
-    best_params: dict[str, Any]
-    best_checkpoint: str | None
-    steps_run: int  # warm-up (once) + every trial's own steps, this study in total
-    scratch_steps: int  # what a from-scratch search of the same trials would have trained
-    disk_bytes: int
-    seconds: float
+# -- the whole run ----
 
 
 def run_study(
@@ -816,68 +597,7 @@ def run_study(
         session.close()
 
 
-def summarize(session: Session, seconds: float) -> Summary:
-    study = session.study
-    trials = study.get_trials(deepcopy=False)
-    states: dict[str, int] = {}
-    for t in trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    best = None
-    if done:
-        pick = max if session.settings.objective.direction == "maximize" else min
-        best = pick(done, key=lambda t: t.value)
-    warm = int(session.attr("warmup_steps", 0) or 0)
-    own = sum(int(t.user_attrs.get(ATTR + "steps_trained", 0)) for t in trials)
-    counted = [t for t in trials if t.user_attrs.get(ATTR + "retry_of") is None]
-    if session.classic:
-        steps_run, scratch = own, own
-    else:
-        steps_run = warm + own
-        scratch = own + warm * len([t for t in counted if t.state != TrialState.WAITING])
-    disk = sum(info.nbytes for info in session.store.list())
-    finished = sum(states.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
-    return Summary(
-        session.study_name, finished, states,
-        best.number if best else None, best.value if best else None,
-        dict(best.params) if best else {},
-        best.user_attrs.get(ATTR + "final_checkpoint") if best else None,
-        steps_run, scratch, disk, seconds,
-    )  # fmt: skip
-
-
-def format_summary(s: Summary, session_dir: str) -> str:
-    states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(s.states.items()))
-    lines = [f"study {s.study}: {s.finished} finished trials ({states}) in {human_time(s.seconds)}"]
-    if s.best_number is not None:
-        params = " ".join(f"{k}={_fmt(v)}" for k, v in s.best_params.items())
-        lines.append(f"best: trial {s.best_number}, value {s.best_value:.6g}, {params}")
-        if s.best_checkpoint:
-            lines.append(f"best checkpoint: {session_dir}/{s.best_checkpoint}")
-    ratio = s.scratch_steps / s.steps_run if s.steps_run else float("nan")
-    lines.append(
-        f"training steps: {s.steps_run} run; a from-scratch search of the same trials: "
-        f"{s.scratch_steps} ({ratio:.2f}x)"
-    )
-    lines.append(f"disk in use: {human_bytes(s.disk_bytes)}")
-    return "\n".join(lines)
-
-
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def _outcome_line(o: Outcome, metric: str) -> str:
-    value = "-" if o.value is None or math.isnan(o.value) else f"{o.value:.4g}"
-    params = " ".join(f"{k}={_fmt(v)}" for k, v in o.params.items())
-    note = f"  ({o.note})" if o.note else ""
-    return (
-        f"trial {o.number:>4} {o.state:<8} {metric}={value:<8} {params}  "
-        f"steps={o.steps} {human_time(o.seconds)}{note}"
-    )
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _first(items: list[str]) -> str | None:
@@ -905,15 +625,7 @@ def _deletion(row: Any, reason: str) -> Any:
     return Deletion(row.id, row.trial, row.kind, row.nbytes, reason)
 
 
-def _budget_total(b: Budget, n: int) -> float:
-    return b.samples / n if b.samples is not None else float(b.steps or 0)
-
-
-def _budget_done(b: Budget, p: Any, n: int) -> float:
+def _bar(label: str, b: Budget, n: int) -> Bar:
     if b.samples is not None:
-        return (p.samples - p.origin_samples) / n
-    return float(p.step - p.origin_step)
-
-
-def default_workers() -> int:
-    return max(1, (os.cpu_count() or 1) // 2)
+        return Bar(label, b.samples / n, unit=" epochs")
+    return Bar(label, float(b.steps or 0), unit=" steps")

@@ -1,0 +1,46 @@
+"""Stopping a run: the signals hpsearch handles and the errors that end a trial or a run."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from hpsearch.errors import HpsearchError
+
+
+class Interrupted(HpsearchError):
+    """Ctrl-C or SIGTERM: the current state was checkpointed; the next run continues."""
+
+
+class TrialCrashed(HpsearchError):
+    """A trial raised an error from the task; it is recorded and can be continued."""
+
+
+class LostTrial(HpsearchError):
+    """Another worker took this trial over (we were declared dead): stop without committing."""
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it between steps, so a stop never tears a step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    @contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        def handler(signum: int, _frame: Any) -> None:
+            if self.signal is not None:  # second Ctrl-C: give up on the clean stop
+                raise KeyboardInterrupt
+            self.signal = signum
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)

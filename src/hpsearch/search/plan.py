@@ -1,0 +1,83 @@
+"""The study's budgets in the training loop's units, and the jobs a worker runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.training import Budget, Every
+
+if TYPE_CHECKING:
+    from hpsearch.search.session import Session
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The study's budgets in the loop's units."""
+
+    n: int  # training samples per epoch
+    warmup: Budget
+    trial: Budget
+    eval_every: Every
+    checkpoint_every: Every
+    warmup_samples: int  # estimates for the schedule's total
+    trial_samples: int
+
+    @classmethod
+    def of(cls, session: Session, n: int) -> Plan:
+        s = session.settings
+        bs = int(s.warmup.hparams["batch_size"])
+        if s.warmup.epochs is not None:
+            warmup, wsamples = (
+                Budget(samples=round(s.warmup.epochs * n)),
+                round(s.warmup.epochs * n),
+            )
+        else:
+            warmup, wsamples = Budget(steps=s.warmup.steps), s.warmup.steps * bs
+        if s.trials.epochs is not None:
+            trial, tsamples = Budget(samples=round(s.trials.epochs * n)), round(s.trials.epochs * n)
+        else:
+            trial, tsamples = Budget(steps=s.trials.steps), s.trials.steps * bs
+        if s.trials.eval_every is not None:
+            ev = Every(samples=max(1, round(s.trials.eval_every * n)))
+        else:
+            ev = Every(steps=s.trials.eval_every_steps)
+        if s.checkpoints.every is not None:
+            ck = Every(samples=max(1, round(s.checkpoints.every * n)))
+        else:
+            ck = Every(steps=s.checkpoints.every_steps)
+        return cls(n, warmup, trial, ev, ck, wsamples, tsamples)
+
+    def classic_budget(self) -> Budget:
+        if self.warmup.steps is not None and self.trial.steps is not None:
+            return Budget(steps=self.warmup.steps + self.trial.steps)
+        return Budget(samples=self.warmup_samples + self.trial_samples)
+
+    def trial_total(self, origin_samples: int, hparams: Mapping[str, Any]) -> int:
+        """The schedule's run length for a trial forked at `origin_samples`."""
+        if self.trial.steps is not None:
+            return origin_samples + self.trial.steps * int(hparams["batch_size"])
+        return origin_samples + self.trial_samples
+
+
+@dataclass
+class Job:
+    number: int
+    trial_id: int
+    hparams: dict[str, Any]
+    kind: str  # new | takeover | retry
+    token: str
+    retry_of: int | None = None
+    sources: list[str] = field(default_factory=list)  # checkpoints to continue from, best first
+
+
+@dataclass
+class Outcome:
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    steps: int
+    seconds: float
+    note: str = ""

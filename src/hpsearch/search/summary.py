@@ -1,0 +1,91 @@
+"""What a run reports: one line per finished trial and the study's summary."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from optuna.trial import TrialState
+
+from hpsearch.console import human_bytes, human_time
+from hpsearch.search.session import ATTR, Session
+
+if TYPE_CHECKING:
+    from hpsearch.search.plan import Outcome
+
+
+@dataclass
+class Summary:
+    study: str
+    finished: int
+    states: dict[str, int]
+    best_number: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_checkpoint: str | None
+    steps_run: int  # warm-up (once) + every trial's own steps, this study in total
+    scratch_steps: int  # what a from-scratch search of the same trials would have trained
+    disk_bytes: int
+    seconds: float
+
+
+def summarize(session: Session, seconds: float) -> Summary:
+    study = session.study
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    best = None
+    if done:
+        pick = max if session.settings.objective.direction == "maximize" else min
+        best = pick(done, key=lambda t: t.value)
+    warm = int(session.attr("warmup_steps", 0) or 0)
+    own = sum(int(t.user_attrs.get(ATTR + "steps_trained", 0)) for t in trials)
+    counted = [t for t in trials if t.user_attrs.get(ATTR + "retry_of") is None]
+    if session.classic:
+        steps_run, scratch = own, own
+    else:
+        steps_run = warm + own
+        scratch = own + warm * len([t for t in counted if t.state != TrialState.WAITING])
+    disk = sum(info.nbytes for info in session.store.list())
+    finished = sum(states.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
+    return Summary(
+        session.study_name, finished, states,
+        best.number if best else None, best.value if best else None,
+        dict(best.params) if best else {},
+        best.user_attrs.get(ATTR + "final_checkpoint") if best else None,
+        steps_run, scratch, disk, seconds,
+    )  # fmt: skip
+
+
+def format_summary(s: Summary, session_dir: str) -> str:
+    states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(s.states.items()))
+    lines = [f"study {s.study}: {s.finished} finished trials ({states}) in {human_time(s.seconds)}"]
+    if s.best_number is not None:
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in s.best_params.items())
+        lines.append(f"best: trial {s.best_number}, value {s.best_value:.6g}, {params}")
+        if s.best_checkpoint:
+            lines.append(f"best checkpoint: {session_dir}/{s.best_checkpoint}")
+    ratio = s.scratch_steps / s.steps_run if s.steps_run else float("nan")
+    lines.append(
+        f"training steps: {s.steps_run} run; a from-scratch search of the same trials: "
+        f"{s.scratch_steps} ({ratio:.2f}x)"
+    )
+    lines.append(f"disk in use: {human_bytes(s.disk_bytes)}")
+    return "\n".join(lines)
+
+
+def outcome_line(o: Outcome, metric: str) -> str:
+    value = "-" if o.value is None or math.isnan(o.value) else f"{o.value:.4g}"
+    params = " ".join(f"{k}={_fmt(v)}" for k, v in o.params.items())
+    note = f"  ({o.note})" if o.note else ""
+    return (
+        f"trial {o.number:>4} {o.state:<8} {metric}={value:<8} {params}  "
+        f"steps={o.steps} {human_time(o.seconds)}{note}"
+    )
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

@@ -192,7 +192,7 @@ def test_fork_changes_only_the_requested_hyperparameters():
         assert ga["weight_decay"] == 0.05
     sb, sa = before_s["scheduler"], after_s["scheduler"]
     assert sa["last_epoch"] == sb["last_epoch"] and sa["_step_count"] == sb["_step_count"]
-    assert sa["base_lrs"] == [1e-2]
+    assert sa["base_lrs"] == [pytest.approx(1e-2)]
     # the schedule keeps its position: the LR is the new base times the same factor
     assert g_after[0]["lr"] == pytest.approx(g_before[0]["lr"] * 1e-2 / 2e-3)
     assert after_s["progress"] == before_s["progress"]
@@ -238,3 +238,37 @@ def test_in_place_load_equals_fresh_restore():
     b.train(Budget(steps=30))
     _states_equal(a.state()[0], b.state()[0])
     assert torch.equal(tensors["model"]["0.weight"], rec.saved[0][0]["model"]["0.weight"])
+
+
+class TwoGroups(DigitsMLP):
+    """nanoGPT-style groups: no weight decay for biases, and a smaller LR for the first layer."""
+
+    def optimizer(self, model, hparams):
+        first = [model[0].weight]
+        decay = [p for n, p in model.named_parameters() if n.endswith("weight") and n != "0.weight"]
+        no_decay = [p for n, p in model.named_parameters() if n.endswith("bias")]
+        lr, wd = hparams["lr"], hparams["weight_decay"]
+        return torch.optim.AdamW([
+            {"params": first, "lr": lr * 0.1, "weight_decay": wd},
+            {"params": decay, "weight_decay": wd},
+            {"params": no_decay, "weight_decay": 0.0},
+        ], lr=lr)  # fmt: skip
+
+
+def test_fork_keeps_the_tasks_own_group_settings():
+    t = Trainer.create(TwoGroups(), HP, seed=0)
+    t.train(Budget(steps=3))
+    fork(t, {"lr": 4e-3, "weight_decay": 0.05})
+    groups = t.optimizer.param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([4e-4, 4e-3, 4e-3])
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.05, 0.0]
+
+
+def test_study_schedule_keeps_group_multipliers():
+    from hpsearch.training import Schedule
+
+    t = Trainer.create(TwoGroups(), HP, seed=0, schedule=Schedule("cosine", 0.1, 0.1),
+                       total_samples=20 * 64)  # fmt: skip
+    t.train(Budget(steps=10))
+    lrs = [g["lr"] for g in t.optimizer.param_groups]
+    assert lrs[0] == pytest.approx(lrs[1] * 0.1) and lrs[1] < HP["lr"]

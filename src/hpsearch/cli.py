@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hpsearch: error: {exc}", file=sys.stderr)
         return 2
     except HpsearchError as exc:
-        from hpsearch.search.runner import Interrupted
+        from hpsearch.search.control import Interrupted
 
         if isinstance(exc, Interrupted):
             print(
@@ -110,9 +110,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
-    from hpsearch.search.runner import format_summary, run_study
+    from hpsearch.search.runner import run_study
     from hpsearch.search.session import Session
     from hpsearch.search.studyfile import load_study_file
+    from hpsearch.search.summary import format_summary
 
     settings = load_study_file(args.study)
     if must_exist:

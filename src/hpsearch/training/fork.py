@@ -1,11 +1,12 @@
 """Forking: change the forkable hyperparameters of a restored training state, and nothing else.
 
-| key | applied as |
-| `lr` | every param group's `lr`, and the scheduler's base LRs (its step count is kept) |
-| `weight_decay`, `momentum`, `betas`, `eps` | the param groups' keys of the same name |
-| `dropout` | `p` of every `torch.nn.Dropout*` module |
-| `batch_size` | the data stream continues from the same sample position with the new size |
-| anything else | `Task.apply_hparams`; without it the key is not forkable |
+- `lr`: every param group's `lr` moves by the factor new/old, so per-group multipliers stay; a
+  task scheduler's base LRs move likewise and its step count is kept.
+- `weight_decay`, `momentum`, `betas`, `eps`: the param groups that hold the old value take the
+  new one; a group the task set apart (no weight decay for biases, say) keeps its own.
+- `dropout`: `p` of every `torch.nn.Dropout*` module.
+- `batch_size`: the data stream continues from the same sample position with the new size.
+- anything else: `Task.apply_hparams`; without it the key is not forkable.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def fork(trainer: Trainer, changes: Mapping[str, Any]) -> dict[str, Any]:
         if key == "lr":
             _set_lr(trainer, float(value))
         elif key in GROUP_KEYS:
-            _set_group_key(trainer.optimizer, key, value)
+            _set_group_key(trainer.optimizer, key, value, trainer.hparams.get(key))
         elif key == "dropout":
             _set_dropout(trainer.model, float(value))
         elif key == "batch_size":
@@ -69,38 +70,55 @@ def fork(trainer: Trainer, changes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _set_lr(trainer: Trainer, lr: float) -> None:
+    """Move every group's LR by the same factor, new lr / old lr: a group the task gave its own
+    multiplier (a smaller LR for embeddings, say) keeps it. A task scheduler's base LRs move with
+    them, so it keeps its position; the study's schedule reads the new lr at the next step."""
     old = float(trainer.hparams["lr"])
     sched = trainer.scheduler
+    bases = getattr(sched, "base_lrs", None) if sched is not None else None
+
+    def moved(x: float) -> float:
+        return x * (lr / old) if old else lr
+
     for i, group in enumerate(trainer.optimizer.param_groups):
-        if sched is not None and hasattr(sched, "base_lrs"):
-            # keep the scheduler's position: the group's LR scales with its new base
-            ratio = group["lr"] / sched.base_lrs[i] if sched.base_lrs[i] else 1.0
-            sched.base_lrs[i] = lr
-            group["lr"] = lr * ratio
-            if "initial_lr" in group:
-                group["initial_lr"] = lr
-        elif trainer.schedule is not None:
-            group["lr"] = group["lr"] * (lr / old) if old else lr
-        else:
-            group["lr"] = lr
+        group["lr"] = moved(group["lr"])
+        if "initial_lr" in group:
+            group["initial_lr"] = moved(group["initial_lr"])
+        if bases is not None:
+            bases[i] = moved(bases[i])
     if sched is not None and hasattr(sched, "_last_lr"):
         sched._last_lr = [g["lr"] for g in trainer.optimizer.param_groups]
 
 
-def _set_group_key(optimizer: torch.optim.Optimizer, key: str, value: Any) -> None:
-    for group in optimizer.param_groups:
+def _set_group_key(optimizer: torch.optim.Optimizer, key: str, value: Any, old: Any) -> None:
+    """Set `key` in the groups that hold the old hyperparameter's value. A group the task set
+    apart (no weight decay for biases and norms, say) keeps its own value; if no group holds the
+    old value, every group takes the new one."""
+    groups = optimizer.param_groups
+    for group in groups:
         if key not in group:
             raise ForkError(
                 f"'{key}' cannot be forked: the task's optimizer {type(optimizer).__name__} has "
                 f"no '{key}' (its param groups have {', '.join(k for k in group if k != 'params')})"
             )
-        old = group[key]
-        if isinstance(old, tuple):
+    targets = [g for g in groups if old is not None and _same(g[key], old)] or groups
+    for group in targets:
+        current = group[key]
+        if isinstance(current, tuple):
             group[key] = tuple(float(v) for v in value)
-        elif isinstance(old, (int, float)) and not isinstance(old, bool):
+        elif isinstance(current, (int, float)) and not isinstance(current, bool):
             group[key] = float(value)
         else:
             group[key] = value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return a == b
 
 
 def _set_dropout(model: torch.nn.Module, p: float) -> None:

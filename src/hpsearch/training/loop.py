@@ -23,6 +23,7 @@ from hpsearch.training.data import DataStream, eval_loader
 from hpsearch.training.schedule import Schedule
 
 STATE_VERSION = 1
+LR_SCALE = "hpsearch_lr_scale"  # param group key: the group's LR relative to hparams["lr"]
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,10 @@ class Trainer:
             raise ValueError(
                 "the study sets a `schedule` and the task returns a scheduler: use one of them"
             )
+        if schedule is not None:
+            base = float(hp["lr"])
+            for group in optimizer.param_groups:  # a group's own LR multiplier, kept by saves
+                group[LR_SCALE] = group["lr"] / base if base else 1.0
         stream = DataStream(
             train_set,
             seed=seed,
@@ -332,7 +337,7 @@ class Trainer:
             frac = p.samples / self.total_samples if self.total_samples else 0.0
             lr = float(self.hparams["lr"]) * self.schedule.factor(frac)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get(LR_SCALE, 1.0)
         self.model.train()
         loss = self.task.loss(self.model, _to_device(batch, self.device))
         value = float(loss.detach())

@@ -39,6 +39,10 @@ class Deletion:
     nbytes: int
     reason: str
 
+    @classmethod
+    def of(cls, row: CheckpointRow, reason: str) -> Deletion:
+        return cls(row.id, row.trial, row.kind, row.nbytes, reason)
+
 
 def plan_gc(
     rows: Iterable[CheckpointRow],
@@ -99,7 +103,7 @@ def plan_gc(
             reason = f"superseded by a newer checkpoint of trial {r.trial}"
         if facts is None and r.trial != WARMUP and r.status != "deleting":
             continue  # a trial we know nothing about (another study's worker mid-ask): keep
-        out.append(Deletion(r.id, r.trial, r.kind, r.nbytes, reason))
+        out.append(Deletion.of(r, reason))
     return out
 
 

@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.checkpoint import LoadedCheckpoint
-from hpsearch.checkpoint.gc import TrialFacts, apply_gc, plan_gc
+from hpsearch.checkpoint.gc import Deletion, TrialFacts, apply_gc, plan_gc
 from hpsearch.checkpoint.lineage import WARMUP, WORKERS, attempt_is_stale
 from hpsearch.console import Bar, say
 from hpsearch.errors import CheckpointError, HpsearchError, TaskError, TrainingDiverged
@@ -59,8 +59,6 @@ class Worker:
         self.base_id: str | None = None
         self.plan: Plan | None = None
         self.outcomes: list[Outcome] = []
-        self.steps_run = 0
-        self.warmup_steps_run = 0
         self.exhausted = False  # the sampler stopped the study (a covered grid)
         self.presence = ""  # this worker's row among the study's workers
 
@@ -142,7 +140,9 @@ class Worker:
             else:
                 lin.set_status(row.id, "failed")
         doomed = lin.checkpoints(statuses=("deleting",))
-        apply_gc([_deletion(r, "deletion interrupted earlier") for r in doomed], lin, store.delete)
+        apply_gc(
+            [Deletion.of(r, "deletion interrupted earlier") for r in doomed], lin, store.delete
+        )
         if not alive:  # no other worker may be writing: torn temporary files can go
             store.clean_leftovers()
 
@@ -214,7 +214,6 @@ class Worker:
                 total_samples=self.plan.warmup_samples + self.plan.trial_samples,
                 num_workers=self.settings.data.num_workers, datasets=self.s.datasets(),
             )  # fmt: skip
-        done = trainer.progress.step
         bar = _bar("warm-up", self.plan.warmup, self.plan.n)
         hooks = TrialHooks(self, trainer, WARMUP, token, self.plan.warmup, bar, parent=source)
         try:
@@ -232,7 +231,6 @@ class Worker:
         base = hooks.last
         if not lin.owns(token):
             raise LostTrial("another worker took over the warm-up")
-        self.warmup_steps_run += trainer.progress.step - done
         curve = [(h["samples"] / self.plan.n, h[self.metric]) for h in trainer.history]
         self.s.set_attr("warmup_curve", curve)
         self.s.set_attr("warmup_steps", trainer.progress.step)
@@ -548,7 +546,6 @@ class Worker:
         adds what it recomputes). Killed attempts count up to their last checkpoint."""
         lin = self.s.lineage
         lin.heartbeat(job.token, steps=hooks.steps, samples=hooks.samples)
-        self.steps_run += hooks.steps
         mine = lin.attempts(job.number)
         steps = sum(a.steps for a in mine)
         otrial.set_user_attr(ATTR + "steps_trained", steps)
@@ -617,12 +614,6 @@ def _settled(t: Any, trials: list[Any], retried: set[Any], worker: Worker) -> bo
         # a failed attempt that was continued counts through its continuation
         return t.number not in retried and not worker._retryable(t, trials, retried)
     return False
-
-
-def _deletion(row: Any, reason: str) -> Any:
-    from hpsearch.checkpoint.gc import Deletion
-
-    return Deletion(row.id, row.trial, row.kind, row.nbytes, reason)
 
 
 def _bar(label: str, b: Budget, n: int) -> Bar:

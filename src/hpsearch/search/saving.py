@@ -76,11 +76,7 @@ class Checkpointer:
         if supersedes is not None:
             row = self.lineage.get(supersedes)
             if row is not None and row.status == "committed" and row.kind in ("trial", "warmup"):
-                apply_gc(
-                    [Deletion(row.id, row.trial, row.kind, row.nbytes, "superseded")],
-                    self.lineage,
-                    self.store.delete,
-                )
+                apply_gc([Deletion.of(row, "superseded")], self.lineage, self.store.delete)
         return ckpt_id
 
     def close(self) -> None:

@@ -50,7 +50,7 @@ def _cmd(path: str) -> list[str]:
     return [sys.executable, "-m", "hpsearch", "run", path]
 
 
-def _query(db: str, sql: str, *args: object) -> list[tuple]:
+def query(db: str, sql: str, *args: object) -> list[tuple]:
     if not os.path.exists(db):
         return []
     con = sqlite3.connect(db, timeout=5)
@@ -62,7 +62,7 @@ def _query(db: str, sql: str, *args: object) -> list[tuple]:
         con.close()
 
 
-def _until(proc: subprocess.Popen, cond, timeout: float) -> bool:
+def until(proc: subprocess.Popen, cond, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -109,9 +109,9 @@ def main() -> int:
             proc = subprocess.Popen(_cmd(path), stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)  # fmt: skip
             pid = proc.pid
-            if not _until(
+            if not until(
                 proc,
-                lambda p=pid: _query(
+                lambda p=pid: query(
                     db, "select 1 from hpsearch_attempts where pid=? and trial>=-1", p
                 ),
                 120,
@@ -120,11 +120,11 @@ def main() -> int:
                 break
             moment = rng.choice(["work", "work", "saving", "gc"])
             if moment == "work":
-                _until(proc, lambda: False, rng.uniform(0.0, 1.0))
+                until(proc, lambda: False, rng.uniform(0.0, 1.0))
             elif moment == "saving":
-                _until(
+                until(
                     proc,
-                    lambda p=pid: _query(
+                    lambda p=pid: query(
                         db,
                         "select 1 from hpsearch_checkpoints c join hpsearch_attempts a on "
                         "c.attempt=a.token where a.pid=? and c.status='pending'",
@@ -133,11 +133,9 @@ def main() -> int:
                     5,
                 )
             else:
-                _until(
+                until(
                     proc,
-                    lambda: _query(
-                        db, "select 1 from hpsearch_checkpoints where status='deleting'"
-                    ),
+                    lambda: query(db, "select 1 from hpsearch_checkpoints where status='deleting'"),
                     5,
                 )
             if proc.poll() is None:

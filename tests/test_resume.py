@@ -19,6 +19,9 @@ from optuna.trial import TrialState
 from hpsearch.search.session import ATTR, Session
 from studyutil import ROOT, write_study
 
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from kill_campaign import query, until
+
 STUDY = {
     "warmup": {"epochs": 1, "hparams": {"lr": 1e-2, "dropout": 0.1, "batch_size": 64,
                                         "weight_decay": 1e-4, "hidden": 64}},
@@ -42,29 +45,6 @@ def _run(path: str, *extra: str) -> subprocess.CompletedProcess[str]:
 
 def _db(path: str) -> str:
     return os.path.join(os.path.dirname(path), "runs", "kc", "study.db")
-
-
-def _query(db: str, sql: str, *args: object) -> list[tuple]:
-    if not os.path.exists(db):
-        return []
-    con = sqlite3.connect(db, timeout=5)
-    try:
-        return con.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:  # tables not created yet
-        return []
-    finally:
-        con.close()
-
-
-def _wait(proc: subprocess.Popen, cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            return False
-        if cond():
-            return True
-        time.sleep(0.002)
-    return proc.poll() is None
 
 
 def _results(path: str) -> dict[int, tuple]:
@@ -109,22 +89,20 @@ def test_sigkill_campaign_ends_identical_to_an_uninterrupted_study(tmp_path, ref
         proc = subprocess.Popen(_hpsearch("run", path), env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)  # fmt: skip
         pid = proc.pid
-        working = _wait(
+        working = until(
             proc,
-            lambda p=pid: _query(
-                db, "select 1 from hpsearch_attempts where pid=? and trial>=-1", p
-            ),
+            lambda p=pid: query(db, "select 1 from hpsearch_attempts where pid=? and trial>=-1", p),
             60,
         )
         if not working:
             break  # it finished
         mode = rng.choice(["work", "work", "saving", "gc"])
         if mode == "work":  # mid-step, mid-eval, between trials: anywhere in the next 0.5 s
-            _wait(proc, lambda: False, rng.uniform(0.0, 0.5))
+            until(proc, lambda: False, rng.uniform(0.0, 0.5))
         elif mode == "saving":  # while one of its checkpoints is being written
-            _wait(
+            until(
                 proc,
-                lambda p=pid: _query(
+                lambda p=pid: query(
                     db,
                     "select 1 from hpsearch_checkpoints c join hpsearch_attempts a on "
                     "c.attempt=a.token where a.pid=? and c.status='pending'",
@@ -133,9 +111,9 @@ def test_sigkill_campaign_ends_identical_to_an_uninterrupted_study(tmp_path, ref
                 3,
             )
         else:  # while it deletes checkpoints
-            _wait(
+            until(
                 proc,
-                lambda: _query(db, "select 1 from hpsearch_checkpoints where status='deleting'"),
+                lambda: query(db, "select 1 from hpsearch_checkpoints where status='deleting'"),
                 3,
             )
         if proc.poll() is None:
@@ -183,9 +161,9 @@ def _start_and_wait_for_trial(path: str) -> subprocess.Popen:
     proc = subprocess.Popen(_hpsearch("run", path), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     db = _db(path)
-    assert _wait(
+    assert until(
         proc,
-        lambda: _query(
+        lambda: query(
             db, "select 1 from hpsearch_checkpoints where trial>=1 and status='committed'"
         ),
         120,

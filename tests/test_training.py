@@ -272,3 +272,50 @@ def test_study_schedule_keeps_group_multipliers():
     t.train(Budget(steps=10))
     lrs = [g["lr"] for g in t.optimizer.param_groups]
     assert lrs[0] == pytest.approx(lrs[1] * 0.1) and lrs[1] < HP["lr"]
+
+
+class _WithExtra(torch.nn.Module):
+    def __init__(self, body: torch.nn.Module) -> None:
+        super().__init__()
+        self.body, self.extra = body, torch.nn.Linear(10, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class TwoHeads(DigitsMLP):
+    """A second head that only some runs train: Adam holds state for it only once it has."""
+
+    def model(self, hparams):
+        return _WithExtra(super().model(hparams))
+
+    def loss(self, model, batch):
+        x, y = batch
+        out = model(x)
+        if self.use_extra:
+            out = model.extra(out)
+        return torch.nn.functional.cross_entropy(out, y)
+
+    use_extra = False
+
+
+def test_in_place_load_drops_optimizer_state_the_checkpoint_lacks():
+    task = TwoHeads()
+    rec = Record()
+    base = Trainer.create(task, HP, seed=0)
+    base.train(Budget(steps=5), hooks=rec, checkpoint_every=Every(steps=5))
+    tensors, state = rec.saved[0]
+    worker = Trainer.create(task, HP, seed=1)
+    task.use_extra = True  # the previous trial trained the extra head too
+    worker.train(Budget(steps=3))
+    task.use_extra = False
+    # (one after the other: both draw their dropout masks from the global RNG they restore)
+    fresh = Trainer.restore(
+        task, {g: {k: v.clone() for k, v in d.items()} for g, d in tensors.items()}, state
+    )
+    expected_keys = fresh.state()[0]["optimizer"].keys()
+    fresh.train(Budget(steps=10))
+    worker.load(tensors, state)
+    assert worker.state()[0]["optimizer"].keys() == expected_keys
+    worker.train(Budget(steps=10))
+    _states_equal(worker.state()[0], fresh.state()[0])

@@ -135,17 +135,21 @@ def copy_optimizer_state(
     """Like `load_optimizer_state`, but copies into the optimizer's existing state tensors when
     shapes match (memcpy into memory already touched), so the source stays untouched."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    fits = True
+    saved = {tuple(n.split(".", 2)[1:]) for n in tensors if n.startswith("state.")}
+    saved |= {(pid, key) for pid, entry in meta.get("scalars", {}).items() for key in entry}
+    held = {(str(i), key) for i, p in enumerate(params) for key in optimizer.state.get(p, {})}
+    # the same entries, tensors of the same shapes: else state the checkpoint lacks (a parameter
+    # the previous trial trained and the base did not) would survive the copy
+    fits = saved == held
     for name, src in tensors.items():
-        if not name.startswith("state."):
-            continue
-        _, pid, key = name.split(".", 2)
-        dst = optimizer.state.get(params[int(pid)], {}).get(key)
-        if not (
-            isinstance(dst, torch.Tensor) and dst.shape == src.shape and dst.dtype == src.dtype
-        ):
-            fits = False
+        if not fits:
             break
+        if name.startswith("state."):
+            _, pid, key = name.split(".", 2)
+            dst = optimizer.state[params[int(pid)]][key]
+            fits = (
+                isinstance(dst, torch.Tensor) and dst.shape == src.shape and dst.dtype == src.dtype
+            )
     if not fits:
         load_optimizer_state(optimizer, {k: v.clone() for k, v in tensors.items()}, meta)
         return

@@ -79,11 +79,15 @@ class TrialHooks(Hooks):
         if index not in self.reported:
             study._storage.set_trial_intermediate_value(self.otrial._trial_id, index, value)
             self.reported.add(index)
-        # decide as an uninterrupted run would have at this step: hide later reports that a
-        # crashed attempt made before this continuation recomputed them
-        ft = copy.deepcopy(study._storage.get_trial(self.otrial._trial_id))
-        ft.intermediate_values = {k: v for k, v in ft.intermediate_values.items() if k <= index}
-        if study.pruner.prune(study, ft):
+        if index >= max(self.reported):
+            prune = self.otrial.should_prune()
+        else:
+            # a continuation recomputing what a killed attempt reported: decide as the
+            # uninterrupted run did at this step, without the reports that came after it
+            ft = copy.deepcopy(study._storage.get_trial(self.otrial._trial_id))
+            ft.intermediate_values = {k: v for k, v in ft.intermediate_values.items() if k <= index}
+            prune = study.pruner.prune(study, ft)
+        if prune:
             raise optuna.TrialPruned(f"pruned at evaluation {index}")
 
     def on_checkpoint(self, trainer: Trainer) -> None:

@@ -77,7 +77,7 @@ class TrialHooks(Hooks):
             return
         study = self.w.s.study
         if index not in self.reported:
-            study._storage.set_trial_intermediate_value(self.otrial._trial_id, index, value)
+            self.otrial.report(value, index)  # through the Trial: should_prune reads its cache
             self.reported.add(index)
         if index >= max(self.reported):
             prune = self.otrial.should_prune()

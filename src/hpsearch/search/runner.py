@@ -378,7 +378,7 @@ class Worker:
             otrial.set_user_attr(ATTR + "parent_checkpoint", source)
             otrial.set_user_attr(ATTR + "fork_step", trainer.progress.step)
             otrial.set_user_attr(ATTR + "fork_samples", trainer.progress.samples)
-            self._report_history(job, trainer)
+            self._report_history(otrial, trainer)
         if job.kind != "new":
             what = "continued" if job.kind == "takeover" else f"retry of trial {job.retry_of}"
             where = f"step {trainer.progress.step}" + (f" ({source})" if source else "")
@@ -472,6 +472,8 @@ class Worker:
                 datasets=self.s.datasets(),
             ), None  # fmt: skip
         sources = job.sources if job.kind != "new" else [self.base_id]
+        if not self.classic and self.base_id not in sources:
+            sources = [*sources, self.base_id]  # cut off before its first checkpoint: fork again
         for ckpt_id in sources:
             if ckpt_id == self.base_id and self.base is not None:
                 return self._from_base(), ckpt_id
@@ -530,16 +532,13 @@ class Worker:
     def _load(self, ckpt_id: str) -> LoadedCheckpoint:
         return self.s.store.load(ckpt_id)
 
-    def _report_history(self, job: Job, trainer: Trainer) -> None:
+    def _report_history(self, otrial: optuna.Trial, trainer: Trainer) -> None:
         """A retry is a new Optuna trial: give it the evaluations its failed attempt reported."""
-        study = self.s.study
-        ft = study._storage.get_trial(job.trial_id)
+        done = set(self.s.study._storage.get_trial(otrial._trial_id).intermediate_values)
         origin = trainer.progress.origin_samples
         for h in trainer.history:
-            if h["samples"] > origin and h["index"] not in ft.intermediate_values:
-                study._storage.set_trial_intermediate_value(
-                    job.trial_id, h["index"], h[self.metric]
-                )
+            if h["samples"] > origin and h["index"] not in done:
+                otrial.report(h[self.metric], h["index"])
 
     def _account(self, otrial: optuna.Trial, job: Job, hooks: TrialHooks) -> int:
         """The trial's own training: the sum over its attempts (a continuation after a crash

@@ -10,6 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpsearch.checkpoint.lineage import WORKERS
 from hpsearch.cli import main
 from hpsearch.search.session import ATTR, Session
 from hpsearch.search.studyfile import load_study_file, make_pruner, make_sampler
@@ -240,17 +241,20 @@ def test_the_quickstart_study_through_the_cli(tmp_path, capsys):
 
 
 def test_two_workers_share_one_study(tmp_path):
-    """`--workers 2`: one warms up while the other waits; together they finish the study with
-    no trial lost or run twice."""
-    path = write_study(tmp_path, trials={"n": 3, "epochs": 1, "eval_every": 0.25})
-    cmd = [sys.executable, "-m", "hpsearch", "run", path, "--workers", "2", "--trials", "6"]
+    """`--workers 2`: both workers join the study; together they finish it with one warm-up and
+    no trial lost or run twice (which worker runs which trial is up to timing)."""
+    path = write_study(tmp_path, trials={"n": 4, "epochs": 2, "eval_every": 0.5},
+                       pruner={"name": "NopPruner"})  # fmt: skip
+    cmd = [sys.executable, "-m", "hpsearch", "run", path, "--workers", "2", "--trials", "8"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     s = _session(path)
     trials = s.study.get_trials()
-    assert len(trials) == 6 and all(t.state.is_finished() for t in trials)
+    assert len(trials) == 8 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs[ATTR + "parent_checkpoint"] for t in trials}) == 1
-    workers = {a.pid for a in s.lineage.attempts() if a.trial >= 0}
-    assert len(workers) == 2  # both processes ran trials
+    attempts = s.lineage.attempts()
+    assert len({a.pid for a in attempts if a.trial == WORKERS}) == 2  # both joined
+    for t in trials:  # each trial ran once, by one worker
+        assert [a.status for a in attempts if a.trial == t.number] == ["done"]
     assert len(s.lineage.checkpoints(kinds=("base",), statuses=("committed",))) == 1
     s.close()

@@ -24,6 +24,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from hpsearch.checkpoint.procs import pid_alive
+
 WARMUP = -1  # the pseudo trial number of the warm-up
 WORKERS = -2  # the pseudo trial number of worker presence rows (one per running worker)
 
@@ -310,23 +312,6 @@ def attempt_is_stale(row: AttemptRow, *, grace_s: float, now: float | None = Non
     """A running attempt is stale when its heartbeat is older than the grace period, or at once
     when it ran on this host and its process is gone."""
     now = time.time() if now is None else now
-    if row.host == socket.gethostname() and not _pid_alive(row.pid):
+    if row.host == socket.gethostname() and not pid_alive(row.pid):
         return True
     return now - row.heartbeat > grace_s
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (killed child not yet reaped) is as dead as a missing process
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True

@@ -57,6 +57,7 @@ from hpsearch.checkpoint.format import (
     parse_file,
     plan_file,
 )
+from hpsearch.checkpoint.procs import pid_alive
 from hpsearch.errors import (
     CheckpointCorrupt,
     CheckpointError,
@@ -462,16 +463,6 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _tree_size(path: str) -> int:
     if os.path.islink(path) or not os.path.isdir(path):
         return os.lstat(path).st_size
@@ -620,7 +611,7 @@ class LocalStore(_StoreBase):
             elif m := _TMP_RE.fullmatch(name):
                 pid = int(m.group("pid"))
                 path = os.path.join(self.root, name)
-                running = _is_inflight(path) if pid == os.getpid() else _pid_alive(pid)
+                running = _is_inflight(path) if pid == os.getpid() else pid_alive(pid)
                 if not running:
                     out.append(name)
         return sorted(out)

@@ -73,6 +73,60 @@ def until(proc: subprocess.Popen, cond, timeout: float) -> bool:
     return proc.poll() is None
 
 
+def kill_at_random_moments(
+    cmd: list[str],
+    db: str,
+    kills: int,
+    rng: random.Random,
+    *,
+    work_s: float = 1.0,
+    mark_s: float = 5.0,
+    env: dict[str, str] | None = None,
+) -> tuple[int, dict[str, int]]:
+    """Start `cmd` (an `hpsearch run` on the study whose sqlite database is `db`) again and
+    again, SIGKILLing each start at a random moment once it works: within `work_s` seconds of
+    work, while one of its checkpoints is being written, or while it deletes checkpoints (each
+    waited for up to `mark_s`). Stops after `kills` kills, or when a start finishes the study.
+    Returns the kills made and how many of each moment."""
+    made, moments = 0, {"work": 0, "saving": 0, "gc": 0}
+    while made < kills:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        pid = proc.pid
+        if not until(
+            proc,
+            lambda p=pid: query(db, "select 1 from hpsearch_attempts where pid=? and trial>=-1", p),
+            120,
+        ):
+            break  # it finished the study
+        moment = rng.choice(["work", "work", "saving", "gc"])
+        if moment == "work":  # mid-step, mid-evaluation, between trials
+            until(proc, lambda: False, rng.uniform(0.0, work_s))
+        elif moment == "saving":  # while one of its checkpoints is being written
+            until(
+                proc,
+                lambda p=pid: query(
+                    db,
+                    "select 1 from hpsearch_checkpoints c join hpsearch_attempts a on "
+                    "c.attempt=a.token where a.pid=? and c.status='pending'",
+                    p,
+                ),
+                mark_s,
+            )
+        else:  # while it deletes checkpoints
+            until(
+                proc,
+                lambda: query(db, "select 1 from hpsearch_checkpoints where status='deleting'"),
+                mark_s,
+            )
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            made += 1
+            moments[moment] += 1
+        proc.wait()
+    return made, moments
+
+
 def _results(path: str) -> dict[int, tuple]:
     from hpsearch.search.session import ATTR, Session
 
@@ -103,46 +157,8 @@ def main() -> int:
         from hpsearch.search.studyfile import load_study_file
 
         db = load_study_file(path).storage[len("sqlite:///") :]
-        kills, moments = 0, {"work": 0, "saving": 0, "gc": 0}
         t0 = time.monotonic()
-        while kills < args.kills:
-            proc = subprocess.Popen(_cmd(path), stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)  # fmt: skip
-            pid = proc.pid
-            if not until(
-                proc,
-                lambda p=pid: query(
-                    db, "select 1 from hpsearch_attempts where pid=? and trial>=-1", p
-                ),
-                120,
-            ):
-                print("the study finished before all kills were made")
-                break
-            moment = rng.choice(["work", "work", "saving", "gc"])
-            if moment == "work":
-                until(proc, lambda: False, rng.uniform(0.0, 1.0))
-            elif moment == "saving":
-                until(
-                    proc,
-                    lambda p=pid: query(
-                        db,
-                        "select 1 from hpsearch_checkpoints c join hpsearch_attempts a on "
-                        "c.attempt=a.token where a.pid=? and c.status='pending'",
-                        p,
-                    ),
-                    5,
-                )
-            else:
-                until(
-                    proc,
-                    lambda: query(db, "select 1 from hpsearch_checkpoints where status='deleting'"),
-                    5,
-                )
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-                moments[moment] += 1
-            proc.wait()
+        kills, moments = kill_at_random_moments(_cmd(path), db, args.kills, rng)
         subprocess.run(_cmd(path), check=True, stdout=subprocess.DEVNULL)
         print(f"campaign: {kills} SIGKILLs {moments} in {time.monotonic() - t0:.1f}s")
 

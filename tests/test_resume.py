@@ -20,7 +20,7 @@ from hpsearch.search.session import ATTR, Session
 from studyutil import ROOT, write_study
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-from kill_campaign import query, until
+from kill_campaign import kill_at_random_moments, query, until
 
 STUDY = {
     "warmup": {"epochs": 1, "hparams": {"lr": 1e-2, "dropout": 0.1, "batch_size": 64,
@@ -81,46 +81,8 @@ def reference(tmp_path_factory) -> dict[int, tuple]:
 def test_sigkill_campaign_ends_identical_to_an_uninterrupted_study(tmp_path, reference):
     path = write_study(tmp_path, name="kc", **STUDY)
     db = _db(path)
-    rng = random.Random(7)
-    kills, modes = 0, {"work": 0, "saving": 0, "gc": 0}
-    for _ in range(60):
-        if kills >= 20:
-            break
-        proc = subprocess.Popen(_hpsearch("run", path), env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
-        pid = proc.pid
-        working = until(
-            proc,
-            lambda p=pid: query(db, "select 1 from hpsearch_attempts where pid=? and trial>=-1", p),
-            60,
-        )
-        if not working:
-            break  # it finished
-        mode = rng.choice(["work", "work", "saving", "gc"])
-        if mode == "work":  # mid-step, mid-eval, between trials: anywhere in the next 0.5 s
-            until(proc, lambda: False, rng.uniform(0.0, 0.5))
-        elif mode == "saving":  # while one of its checkpoints is being written
-            until(
-                proc,
-                lambda p=pid: query(
-                    db,
-                    "select 1 from hpsearch_checkpoints c join hpsearch_attempts a on "
-                    "c.attempt=a.token where a.pid=? and c.status='pending'",
-                    p,
-                ),
-                3,
-            )
-        else:  # while it deletes checkpoints
-            until(
-                proc,
-                lambda: query(db, "select 1 from hpsearch_checkpoints where status='deleting'"),
-                3,
-            )
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-            modes[mode] += 1
-        proc.wait()
+    kills, modes = kill_at_random_moments(_hpsearch("run", path), db, 20, random.Random(7),
+                                          work_s=0.5, mark_s=3, env=_env())  # fmt: skip
     assert kills >= 20, f"only {kills} kills before the study finished"
     for _ in range(5):  # restart until it finishes
         done = _run(path)

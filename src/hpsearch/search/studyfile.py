@@ -117,6 +117,7 @@ class TrialSettings:
     retries: int  # how many times a trial that crashed on an error is continued
     heartbeat_s: float
     grace_s: float
+    max_failures: int = 3  # trials of one run that fail for good (errors) before the run stops
 
 
 @dataclass(frozen=True)
@@ -591,6 +592,7 @@ def _trials(r: _Reader, value: Any) -> TrialSettings:
         "retries",
         "heartbeat_s",
         "grace_s",
+        "max_failures",
     )
     section = r.mapping(value, "trials", allowed, {"n": "n: 20"})
     budget = r.exactly_one(section, "trials", "epochs", "steps", required=True)
@@ -633,6 +635,9 @@ def _trials(r: _Reader, value: Any) -> TrialSettings:
         retries=r.integer(section.get("retries", 2), "trials.retries", _Bounds(ge=0)),
         heartbeat_s=r.real(section.get("heartbeat_s", 30.0), "trials.heartbeat_s", _Bounds(gt=0)),
         grace_s=r.real(section.get("grace_s", 120.0), "trials.grace_s", _Bounds(gt=0)),
+        max_failures=r.integer(
+            section.get("max_failures", 3), "trials.max_failures", _Bounds(ge=1)
+        ),
     )
 
 

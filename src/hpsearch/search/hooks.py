@@ -79,7 +79,11 @@ class TrialHooks(Hooks):
         if index not in self.reported:
             self.otrial.report(value, index)  # through the Trial: should_prune reads its cache
             self.reported.add(index)
-        if index >= max(self.reported):
+        if self.budget.reached(trainer.progress):
+            # the final evaluation: the trial is done, and its result (and final checkpoint) is
+            # worth more to the sampler than the compute a prune here would save -- none
+            prune = False
+        elif index >= max(self.reported):
             prune = self.otrial.should_prune()
         else:
             # a continuation recomputing what a killed attempt reported: decide as the

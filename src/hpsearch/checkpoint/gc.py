@@ -1,7 +1,8 @@
 """Garbage collection by lineage, never by age.
 
 A checkpoint is kept only while something needs it:
-- the base checkpoint (the warm-up's end), always;
+- the base checkpoint (the warm-up's end), always; another base (a warm-up cut off between its
+  save and its adoption) goes only while the adopted base is a committed base row of the tree;
 - the warm-up's newest checkpoint while the warm-up runs (before the study adopts a base);
 - a live (running) trial's newest committed checkpoint -- and, until it has one, the checkpoint
   it was forked or continued from;
@@ -60,6 +61,12 @@ def plan_gc(
         by_trial.setdefault(r.trial, []).append(r)
 
     keep: set[str] = {base} if base else set()
+    adopted = any(r.id == base and r.trial == WARMUP and r.kind == "base" for r in rows)
+    if not adopted:
+        # the study's base attribute names no base of this tree (damaged, or the warm-up is not
+        # done): no base is provably an orphan, so none goes -- deleting the real one would end
+        # the study
+        keep |= {r.id for r in rows if r.trial == WARMUP and r.kind == "base"}
     for r in rows:
         if r.status == "pending":
             keep.add(r.id)  # being written: its writer decides

@@ -18,12 +18,14 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
+from hpsearch.checkpoint.format import check_id
 from hpsearch.checkpoint.procs import pid_alive
 
 WARMUP = -1  # the pseudo trial number of the warm-up
@@ -135,6 +137,7 @@ class Lineage:
         self.url = url
         self.study = study
         self.engine = _engine(url)
+        self._warned: set[str] = set()
         _meta.create_all(self.engine, checkfirst=True)
 
     def close(self) -> None:
@@ -198,7 +201,21 @@ class Lineage:
             q = q.where(checkpoints.c.kind.in_(kinds))
         q = q.order_by(checkpoints.c.trial, checkpoints.c.step, checkpoints.c.created)
         with self.engine.connect() as c:
-            return [CheckpointRow(**r._mapping) for r in c.execute(q)]
+            rows = [CheckpointRow(**r._mapping) for r in c.execute(q)]
+        return [r for r in rows if self._valid(r)]
+
+    def _valid(self, row: CheckpointRow) -> bool:
+        """A row whose id could not be a path in the store (hand-edited or damaged database) is
+        left out with one warning: no caller may turn it into a path or delete by it."""
+        try:
+            check_id(row.id)
+        except ValueError as exc:
+            if row.id not in self._warned:
+                self._warned.add(row.id)
+                print(f"warning: skipping a checkpoint row of study {self.study!r}: {exc}",
+                      file=sys.stderr)  # fmt: skip
+            return False
+        return True
 
     # -- attempts ----------------------------------------------------------------------------
 

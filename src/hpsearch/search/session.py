@@ -3,6 +3,8 @@ the checkpoint store and the task. Commands that only read (status, plot, export
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,3 +147,60 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 60}}
     return {"pool_pre_ping": True}
+
+
+# -- what the base checkpoint depends on ----------------------------------------------------------
+
+
+def fingerprint(settings: StudySettings) -> dict[str, Any]:
+    """The study-file settings the base checkpoint (and every trial's schedule) was made with, as
+    flat `key: value` pairs. Changing one under an existing study would mix trials of two
+    different experiments, so `check_fingerprint` refuses it."""
+    task = settings.task
+    file, sep, cls = task.rpartition(":")
+    if sep and (os.sep in file or file.endswith(".py")):
+        task = f"{os.path.basename(file)}:{cls}"  # a moved project is the same task
+    w, t, sch = settings.warmup, settings.trials, settings.schedule
+    out: dict[str, Any] = {
+        "task": task,
+        "seed": settings.seed,
+        "warmup.epochs": w.epochs,
+        "warmup.steps": w.steps,
+        # the schedule's (and a task scheduler's) length is warm-up plus one trial
+        "trials.epochs": t.epochs,
+        "trials.steps": t.steps,
+        "schedule": dataclasses.asdict(sch) if sch is not None else None,
+    }
+    for key, value in sorted(w.hparams.items()):
+        out[f"warmup.hparams.{key}"] = value
+    for key, value in sorted(dataclasses.asdict(settings.data).items()):
+        if key != "num_workers":  # the data order does not depend on it (by design)
+            out[f"data.{key}"] = value
+    return json.loads(json.dumps(out))  # as the database gives it back
+
+
+def check_fingerprint(session: Session) -> None:
+    """Refuse (UsageError, exit 2) a study file whose base-defining settings differ from those
+    the study was created with; a study made before fingerprints existed adopts the current one."""
+    now = fingerprint(session.settings)
+    old = session.attr("fingerprint")
+    if not isinstance(old, dict):
+        session.set_attr("fingerprint", now)
+        return
+    changed = [
+        f"  {key}: {_show(old.get(key, '(unset)'))} -> {_show(now.get(key, '(unset)'))}"
+        for key in sorted(set(old) | set(now))
+        if old.get(key, "(unset)") != now.get(key, "(unset)")
+    ]
+    if changed:
+        raise UsageError(
+            f"{session.settings.path}: the study {session.study_name!r} in "
+            f"{session.storage_url} was created with other settings, which its base checkpoint "
+            "and its trials depend on:\n" + "\n".join(changed) + "\nuse a new `name`, or "
+            "revert the change"
+        )
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."

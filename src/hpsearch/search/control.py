@@ -15,7 +15,16 @@ class Interrupted(HpsearchError):
 
 
 class TrialCrashed(HpsearchError):
-    """A trial raised an error from the task; it is recorded and can be continued."""
+    """Too many trials of this run failed on errors (`trials.max_failures`): the study stops."""
+
+
+class StudyStopped(HpsearchError):
+    """Not a trial's fault (a full disk, an unwritable checkpoint directory): the study stops and
+    the trial stays resumable, its retries untouched."""
+
+
+class UnusableCheckpoint(HpsearchError):
+    """No source a trial could start from can be restored: that trial fails, the study goes on."""
 
 
 class LostTrial(HpsearchError):

@@ -10,29 +10,49 @@ its state so that any interruption costs at most one checkpoint interval.
 from __future__ import annotations
 
 import contextlib
+import errno
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from hpsearch.checkpoint import LoadedCheckpoint
+from hpsearch.checkpoint.format import check_id
 from hpsearch.checkpoint.gc import Deletion, TrialFacts, apply_gc, plan_gc
 from hpsearch.checkpoint.lineage import WARMUP, WORKERS, attempt_is_stale
 from hpsearch.console import Bar, say
-from hpsearch.errors import CheckpointError, HpsearchError, TaskError, TrainingDiverged
-from hpsearch.search.control import Interrupted, LostTrial, StopFlag, TrialCrashed
+from hpsearch.errors import (
+    CheckpointCorrupt,
+    CheckpointError,
+    CheckpointMismatch,
+    CheckpointWriteError,
+    HpsearchError,
+    TaskError,
+    TrainingDiverged,
+)
+from hpsearch.search.control import (
+    Interrupted,
+    LostTrial,
+    StopFlag,
+    StudyStopped,
+    TrialCrashed,
+    UnusableCheckpoint,
+)
 from hpsearch.search.hooks import TrialHooks
 from hpsearch.search.plan import Job, Outcome, Plan
 from hpsearch.search.saving import Checkpointer
-from hpsearch.search.session import ATTR, Session
+from hpsearch.search.session import ATTR, Session, check_fingerprint
 from hpsearch.search.studyfile import make_sampler, suggest, trial_hparams, warmup_hparams
 from hpsearch.search.summary import Summary, outcome_line, summarize
 from hpsearch.training import Budget, Schedule, Trainer, fork
+from hpsearch.training import state as training_state
 from hpsearch.training.data import mix_seed
 from hpsearch.training.fork import reapply_model_hparams
+from hpsearch.training.loop import STATE_VERSION
 
 RESEEDED_SAMPLERS = frozenset(
     {"TPESampler", "RandomSampler", "CmaEsSampler", "GPSampler", "NSGAIISampler", "NSGAIIISampler"}
@@ -60,12 +80,14 @@ class Worker:
         self.plan: Plan | None = None
         self.outcomes: list[Outcome] = []
         self.exhausted = False  # the sampler stopped the study (a covered grid)
+        self.failures = 0  # trials of this run that failed for good on an error
         self.presence = ""  # this worker's row among the study's workers
 
     # -- entry ------------------------------------------------------------------------------
 
     def run(self, target: int) -> list[Outcome]:
         """Run trials until `target` are finished; raises Interrupted / TrialCrashed."""
+        check_fingerprint(self.s)
         task = self.s.task()
         self.plan = Plan.of(self.s, self.s.samples_per_epoch())
         self._preflight(task)
@@ -73,9 +95,11 @@ class Worker:
         self.s.set_attr("samples_per_epoch", self.plan.n)
         self.recover()
         self.presence = self.s.lineage.start_attempt(WORKERS)
+        started = False
         try:
             if not self.classic:
                 self.ensure_base()
+            started = True
             while True:
                 job = self.next_job(target)
                 if job is None:
@@ -86,7 +110,8 @@ class Worker:
             try:
                 self.ckpt.close()
             finally:
-                self.collect_garbage_quietly()
+                if started:  # after a failed start the study's facts may be what failed
+                    self.collect_garbage_quietly()
                 self.s.lineage.finish_attempt(self.presence)
         return self.outcomes
 
@@ -181,21 +206,57 @@ class Worker:
     # -- warm-up ----------------------------------------------------------------------------
 
     def ensure_base(self) -> None:
-        """Run (or continue, or wait for) the warm-up; hold the base checkpoint in memory."""
+        """Run (or continue, or wait for) the warm-up; hold the base checkpoint in memory.
+
+        A base that cannot be restored (damaged, forged, or a study attribute that names no
+        checkpoint) is set aside -- marked `unusable` in the tree, never deleted -- and the
+        warm-up continues from its newest usable checkpoint, or runs again from the start: it
+        is seeded, so it makes the same base, and every trial forks from the same state."""
         lin = self.s.lineage
-        while not self.s.attr("base_checkpoint"):
-            current = lin.current_attempt(WARMUP)
-            if current is not None and not attempt_is_stale(
-                current, grace_s=self.settings.trials.grace_s
-            ):
-                self._check_stop()
-                time.sleep(1.0)  # another worker is warming up
-                continue
-            token = lin.take_over(WARMUP, current.token if current else None, resumed_from=None)
-            if token is not None:
-                self._run_warmup(token)
-        self.base_id = self.s.attr("base_checkpoint")
-        self.base = self._load(self.base_id)
+        for _ in range(3):
+            while not self.s.attr("base_checkpoint"):
+                current = lin.current_attempt(WARMUP)
+                if current is not None and not attempt_is_stale(
+                    current, grace_s=self.settings.trials.grace_s
+                ):
+                    self._check_stop()
+                    time.sleep(1.0)  # another worker is warming up
+                    continue
+                token = lin.take_over(WARMUP, current.token if current else None, resumed_from=None)
+                if token is not None:
+                    self._run_warmup(token)
+            base_id = self.s.attr("base_checkpoint")
+            why = self._hold_base(base_id)
+            if why is None:
+                return
+            self._say(
+                f"warning: the base checkpoint {str(base_id)[:100]!r} cannot be used ({why}); "
+                "setting it aside and finishing the warm-up again"
+            )
+            if isinstance(base_id, str) and lin.get(base_id) is not None:
+                with contextlib.suppress(ValueError):
+                    check_id(base_id)
+                    lin.set_status(base_id, "unusable")
+            self.s.set_attr("base_checkpoint", None)
+        raise CheckpointError(
+            "the warm-up's base checkpoint cannot be restored even after running the warm-up "
+            "again: see the warnings above; is the task deterministic in what model() builds?"
+        )
+
+    def _hold_base(self, base_id: Any) -> str | None:
+        """Load, check and restore the base; None when it is usable, else why not."""
+        try:
+            check_id(base_id)
+            loaded = self._load(base_id)
+            self._check_fits(loaded)
+            self.base_id, self.base = base_id, loaded
+            self._from_base()  # a restore that fails shows now, not in the first trial
+        except (KeyboardInterrupt, SystemExit, Interrupted):
+            raise
+        except Exception as exc:
+            self.base_id, self.base, self.trainer = None, None, None
+            return _why(exc)
+        return None
 
     def _run_warmup(self, token: str) -> None:
         assert self.plan is not None
@@ -265,7 +326,10 @@ class Worker:
                 t.number, current.token if current else None, resumed_from=_first(sources)
             )
             if token is not None:
-                hp = trial_hparams(self.settings, t.params)
+                params = t.params
+                if set(params) != set(self.settings.search_space):
+                    params = self._resample(t)  # its worker died between ask and sampling
+                hp = trial_hparams(self.settings, params)
                 return Job(t.number, t._trial_id, hp, "takeover", token,
                            t.user_attrs.get(ATTR + "retry_of"), sources)  # fmt: skip
         # 2. a trial that crashed on an error: continue it as a new trial with the same params
@@ -289,10 +353,26 @@ class Worker:
         if settled + active >= target or self.exhausted:
             return None
         trial = self._ask()
+        sampled = suggest(trial, self.settings)  # before the attempt: a registered trial has params
         token = lin.start_attempt(trial.number)
-        sampled = suggest(trial, self.settings)
         hp = trial_hparams(self.settings, sampled)
         return Job(trial.number, trial._trial_id, hp, "new", token)
+
+    def _resample(self, t: Any) -> dict[str, Any]:
+        """Sample the params of a trial whose worker died after `ask` and before sampling, with
+        the sampler seeded as `_ask` seeded it for that trial number; enqueued (fixed) params,
+        as a retry has, come back unchanged."""
+        study = self.s.study
+        name = self.settings.sampler.name
+        if name in RESEEDED_SAMPLERS:
+            study.sampler = make_sampler(
+                self.settings, mix_seed(self.settings.seed, t.number) % 2**31
+            )
+        elif type(study.sampler).__name__ != name:
+            study.sampler = make_sampler(self.settings, self.settings.seed)
+        params = suggest(optuna.trial.Trial(study, t._trial_id), self.settings)
+        self._say(f"trial {t.number}: had no params (its worker died while sampling); sampled now")
+        return params
 
     def _others_alive(self) -> bool:
         """Is another worker of this study alive (so a trial without an attempt yet may be
@@ -359,7 +439,10 @@ class Worker:
         study, lin, plan = self.s.study, self.s.lineage, self.plan
         start = time.monotonic()
         otrial = optuna.trial.Trial(study, job.trial_id)
-        trainer, source = self._trainer_for(job)
+        try:
+            trainer, source = self._trainer_for(job)
+        except UnusableCheckpoint as exc:
+            return self._fail_unstarted(otrial, job, start, f"{exc}")
         # a new trial, or one that died before its first checkpoint, starts its segment afresh
         fresh_segment = source is None if self.classic else source == self.base_id
         if fresh_segment and not self.classic:
@@ -415,23 +498,19 @@ class Worker:
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
-            self._account(otrial, job, hooks)
-            otrial.set_user_attr(ATTR + "fail_kind", "error")
-            reason = f"{type(exc).__name__}: {exc}"
-            otrial.set_user_attr(ATTR + "fail_reason", reason[:2000])
+            self.trainer = None  # its state is suspect: rebuild from a checkpoint next time
             with contextlib.suppress(Exception):  # the trial's error is the one to report
                 self.ckpt.flush()
-            if lin.owns(job.token):
-                self._tell(job.number, state=TrialState.FAIL)
-            lin.finish_attempt(job.token, "done")
-            self.trainer = None  # its state is suspect: rebuild from a checkpoint next time
-            newest = _first(self._sources(job.number, None))
-            raise TrialCrashed(
-                f"trial {job.number} failed: {reason}\n  kept: "
-                + (f"its newest checkpoint {newest}" if newest else "no checkpoint of it yet")
-                + "; fix the cause and run the same command again: it continues this trial "
-                f"(up to trials.retries={self.settings.trials.retries} times)"
-            ) from exc
+            self._account(otrial, job, hooks)
+            if _disk_full(exc):
+                lin.finish_attempt(job.token, "dead")  # resumable, as after a kill
+                raise StudyStopped(
+                    f"trial {job.number}: {type(exc).__name__}: {exc}\n  not the trial's fault, "
+                    "so it is left to continue from its newest checkpoint with its retries "
+                    "untouched; free disk space (or fix checkpoints.dir) and run the same "
+                    "command again"
+                ) from exc
+            return self._fail(otrial, job, start, exc)
         finally:
             bar.close()
         if not lin.owns(job.token):
@@ -449,6 +528,57 @@ class Worker:
         params = dict(study._storage.get_trial(job.trial_id).params)
         out = Outcome(job.number, state, value, params, steps,
                       time.monotonic() - start, note)  # fmt: skip
+        self._say(outcome_line(out, self.metric))
+        return out
+
+    def _fail(self, otrial: optuna.Trial, job: Job, start: float, exc: Exception) -> Outcome:
+        """A trial raised: record it as FAIL, let the loop retry it now (up to trials.retries),
+        and stop the run once trials.max_failures trials have failed for good."""
+        lin, trials = self.s.lineage, self.settings.trials
+        oom = _out_of_memory(exc)
+        reason = f"{type(exc).__name__}: {exc}"
+        # out of memory: the same params need the same memory, so a retry fails the same way
+        otrial.set_user_attr(ATTR + "fail_kind", "oom" if oom else "error")
+        otrial.set_user_attr(ATTR + "fail_reason", reason[:2000])
+        if lin.owns(job.token):
+            self._tell(job.number, state=TrialState.FAIL)
+        lin.finish_attempt(job.token, "done")
+        if oom and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        all_trials = self.s.study.get_trials(deepcopy=False)
+        mine = next(t for t in all_trials if t.number == job.number)
+        retried = {t.user_attrs.get(ATTR + "retry_of") for t in all_trials}
+        again = self._retryable(mine, all_trials, retried)
+        if again:
+            what = "retrying it from its newest checkpoint"
+        else:
+            self.failures += 1
+            what = "out of memory: not retried" if oom else "no retries left"
+        self._say(f"trial {job.number}: failed: {reason[:500]}; {what}")
+        if self.failures >= trials.max_failures:
+            raise TrialCrashed(
+                f"{self.failures} trials failed for good in this run (trials.max_failures="
+                f"{trials.max_failures}); the last, trial {job.number}: {reason[:500]}\n  fix "
+                "the cause and run the same command again; `hpsearch status` lists the failures"
+            ) from exc
+        steps = int(otrial.study._storage.get_trial(job.trial_id).user_attrs.get(
+            ATTR + "steps_trained", 0))  # fmt: skip
+        out = Outcome(job.number, "FAIL", None, dict(job.hparams), steps,
+                      time.monotonic() - start, reason[:200])  # fmt: skip
+        self._say(outcome_line(out, self.metric))
+        return out
+
+    def _fail_unstarted(self, otrial: optuna.Trial, job: Job, start: float, why: str) -> Outcome:
+        """No checkpoint the trial could start from is usable: it fails, the study goes on."""
+        lin = self.s.lineage
+        otrial.set_user_attr(ATTR + "fail_kind", "checkpoint")
+        otrial.set_user_attr(ATTR + "fail_reason", why[:2000])
+        if lin.owns(job.token):
+            self._tell(job.number, state=TrialState.FAIL)
+        lin.finish_attempt(job.token, "done")
+        self.trainer = None
+        out = Outcome(job.number, "FAIL", None, dict(job.hparams), 0,
+                      time.monotonic() - start, why[:200])  # fmt: skip
         self._say(outcome_line(out, self.metric))
         return out
 
@@ -475,18 +605,24 @@ class Worker:
         if not self.classic and self.base_id not in sources:
             sources = [*sources, self.base_id]  # cut off before its first checkpoint: fork again
         for ckpt_id in sources:
-            if ckpt_id == self.base_id and self.base is not None:
-                return self._from_base(), ckpt_id
             try:
+                if ckpt_id == self.base_id and self.base is not None:
+                    return self._from_base(), ckpt_id
                 loaded = self._load(ckpt_id)
-            except CheckpointError as exc:
-                self._say(f"warning: skipping checkpoint {ckpt_id}: {exc}")
-                continue
-            return self._adopt(loaded), ckpt_id
+                self._check_fits(loaded)
+                return self._adopt(loaded), ckpt_id
+            except (KeyboardInterrupt, SystemExit, Interrupted):
+                raise
+            except Exception as exc:  # any failure to restore: that source is unusable
+                self.trainer = None  # a copy that failed half-way leaves it half-loaded
+                self._say(
+                    f"warning: trial {job.number}: checkpoint {str(ckpt_id)[:100]} cannot be "
+                    f"used ({_why(exc)}); trying the next source"
+                )
         if self.classic:
             return self._trainer_for(Job(**{**job.__dict__, "sources": []}))
-        raise CheckpointError(
-            f"trial {job.number}: no loadable checkpoint among {', '.join(map(str, sources))}"
+        raise UnusableCheckpoint(
+            f"no usable checkpoint among {', '.join(str(x)[:100] for x in sources)}"
         )
 
     def _from_base(self) -> Trainer:
@@ -522,12 +658,51 @@ class Worker:
         for ckpt_id in ids:
             try:
                 loaded = self._load(ckpt_id)
-            except CheckpointError as exc:
-                self._say(f"warning: skipping checkpoint {ckpt_id}: {exc}")
+                self._check_fits(loaded)
+                trainer = self._restore(loaded.tensors, loaded.state)
+            except (KeyboardInterrupt, SystemExit, Interrupted):
+                raise
+            except Exception as exc:
+                self._say(f"warning: skipping checkpoint {ckpt_id}: {_why(exc)}")
                 continue
-            self._say(f"warm-up: continuing from step {loaded.state['progress']['step']}")
-            return self._restore(loaded.tensors, loaded.state), ckpt_id
+            self._say(f"warm-up: continuing from step {trainer.progress.step}")
+            return trainer, ckpt_id
         return None, None
+
+    def _check_fits(self, loaded: LoadedCheckpoint) -> None:
+        """What a checkpoint that passed its hashes must still satisfy before anything trains
+        on it: a state version this hpsearch reads, weights of the names, shapes and dtypes
+        the task's model has, optimizer param groups of the types the task's optimizer uses,
+        and finite values (a non-finite weight in a checkpoint is damage, not divergence)."""
+        state = loaded.state
+        version = state.get("version", 0)
+        if not isinstance(version, int) or version > STATE_VERSION:
+            raise CheckpointMismatch(
+                f"training state version {version!r}; this hpsearch reads up to {STATE_VERSION}"
+            )
+        hp = state["hparams"]
+        if not isinstance(hp, dict):
+            raise CheckpointMismatch(f"hparams are a {type(hp).__name__}, not a mapping")
+        task = self.s.task()
+        with torch.device("meta"):
+            model = task.model(dict(hp))
+        weights = loaded.tensors["model"]
+        expand = getattr(training_state, "expand_aliases", None)  # tied weights are saved once
+        if expand is not None:
+            weights = expand(weights, state.get("model_aliases"))
+        training_state.check_model_keys(model, weights)
+        wrong = [
+            f"{k} ({weights[k].dtype}, model {v.dtype})"
+            for k, v in model.state_dict().items()
+            if weights[k].dtype != v.dtype
+        ]
+        if wrong:
+            raise CheckpointMismatch(f"weights of another dtype: {', '.join(wrong[:5])}")
+        _check_groups(state["optimizer"], task.optimizer(model, dict(hp)))
+        for group, tensors in loaded.tensors.items():
+            for k, t in tensors.items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise CheckpointCorrupt(f"{group} tensor {k} holds non-finite values")
 
     def _load(self, ckpt_id: str) -> LoadedCheckpoint:
         return self.s.store.load(ckpt_id)
@@ -594,6 +769,77 @@ def run_study(
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _why(exc: BaseException) -> str:
+    """One line on why a checkpoint cannot be used."""
+    if isinstance(exc, MemoryError):
+        return "corrupt: reading it ran out of memory"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in out:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """A save that failed, or a full disk or quota: the environment's fault, not the trial's."""
+    return any(
+        isinstance(e, CheckpointWriteError)
+        or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+        for e in _causes(exc)
+    )
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", MemoryError)
+    return any(isinstance(e, (MemoryError, oom)) for e in _causes(exc))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, (list, tuple)):
+        return "sequence"
+    if isinstance(value, torch.Tensor) or (isinstance(value, dict) and "__tensor__" in value):
+        return "tensor"
+    return type(value).__name__
+
+
+def _check_groups(meta: Any, optimizer: torch.optim.Optimizer) -> None:
+    """The checkpoint's optimizer param groups against those the task's optimizer builds: the
+    same count, parameter counts, and for every setting a value of the same kind (a string
+    learning rate would only fail later, in the middle of a trial)."""
+    groups = meta.get("param_groups") if isinstance(meta, dict) else None
+    fresh = optimizer.state_dict()["param_groups"]
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise CheckpointMismatch("the optimizer's param groups are not a list of mappings")
+    if len(groups) != len(fresh):
+        raise CheckpointMismatch(
+            f"{len(groups)} optimizer param groups, the task's optimizer has {len(fresh)}"
+        )
+    for i, (saved, now) in enumerate(zip(groups, fresh, strict=True)):
+        params = saved.get("params")
+        if not isinstance(params, list) or len(params) != len(now["params"]):
+            raise CheckpointMismatch(f"optimizer param group {i}: its parameter list does not fit")
+        for key, value in now.items():
+            if key == "params" or value is None:
+                continue
+            if key not in saved:
+                raise CheckpointMismatch(f"optimizer param group {i} lacks {key!r}")
+            if saved[key] is not None and _kind(saved[key]) != _kind(value):
+                raise CheckpointMismatch(
+                    f"optimizer param group {i}: {key} is a {_kind(saved[key])}, the task's "
+                    f"optimizer uses a {_kind(value)}"
+                )
 
 
 def _first(items: list[str]) -> str | None:

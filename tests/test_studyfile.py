@@ -269,16 +269,17 @@ def test_trial_steps_default_to_four_evaluations(study_dir: Path) -> None:
     [
         ("sqlite:///runs/x.db", "sqlite:///{base}/runs/x.db"),
         ("sqlite:///../shared/x.db?timeout=30", "sqlite:///{parent}/shared/x.db?timeout=30"),
-        ("sqlite:////abs/x.db", "sqlite:////abs/x.db"),
-        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        # Absolute paths are kept; they lie in the temp dir because the directory is checked.
+        ("sqlite:///{base}/abs/x.db", "sqlite:///{base}/abs/x.db"),
         ("postgresql://user@db-host:5432/hp", "postgresql://user@db-host:5432/hp"),
         ("results/study.sqlite3", "sqlite:///{base}/results/study.sqlite3"),
-        ("/abs/study.db", "sqlite:////abs/study.db"),
+        ("{base}/abs/study.db", "sqlite:///{base}/abs/study.db"),
     ],
 )
 def test_storage_is_resolved_against_the_study_file(
     study_dir: Path, storage: str, expected: str
 ) -> None:
+    storage = storage.format(base=study_dir)
     s = load_study_file(write(study_dir, modified(storage=storage)))
     assert s.storage == expected.format(base=study_dir, parent=study_dir.parent)
 
@@ -286,15 +287,16 @@ def test_storage_is_resolved_against_the_study_file(
 @pytest.mark.parametrize(
     ("directory", "expected"),
     [
-        ("s3://bucket/prefix", "s3://bucket/prefix"),
         ("memory://ckpt", "memory://ckpt"),
+        ("file://{base}/ckpt", "file://{base}/ckpt"),
         ("ckpt/here", "{base}/ckpt/here"),
-        ("/abs/ckpt", "/abs/ckpt"),
+        ("{base}/abs/ckpt", "{base}/abs/ckpt"),  # in the temp dir: the directory is checked
     ],
 )
 def test_checkpoint_dir_is_a_local_path_or_a_url(
     study_dir: Path, directory: str, expected: str
 ) -> None:
+    directory = directory.format(base=study_dir)
     s = load_study_file(write(study_dir, modified(checkpoints={"dir": directory})))
     assert s.checkpoints.dir == expected.format(base=study_dir)
 
@@ -446,7 +448,12 @@ def test_missing_and_empty_files(study_dir: Path) -> None:
         ({"device": "gpu"}, "device", "must be cpu, cuda or cuda:N (N a GPU index), got 'gpu'"),
         ({"seed": -1}, "seed", "must be an integer >= 0 and < 4294967296, got -1"),
         ({"seed": True}, "seed", "must be an integer >= 0 and < 4294967296, got true"),
-        ({"warmup__epochs": 0}, "warmup.epochs", "must be > 0, got 0"),
+        (
+            {"warmup__epochs": 0},
+            "warmup.epochs",
+            "must be > 0 and <= 1000000, got 0; give the epochs the warm-up trains, "
+            "e.g. warmup.epochs: 2",
+        ),
         ({"trials__n": 0}, "trials.n", "must be an integer >= 1, got 0"),
         (
             {"trials__eval_every": 3},

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hpsearch.search.studyfile import check_budgets
 from hpsearch.training import Budget, Every
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ class Plan:
     @classmethod
     def of(cls, session: Session, n: int) -> Plan:
         s = session.settings
+        check_budgets(s, n)  # an epoch budget of 0 samples: a study-file error, before training
         bs = int(s.warmup.hparams["batch_size"])
         if s.warmup.epochs is not None:
             warmup, wsamples = (

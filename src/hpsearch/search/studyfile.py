@@ -11,7 +11,11 @@
 
 Everything is checked when the file is loaded, so a mistake stops the command before any training
 starts, as a `StudyFileError` whose message reads ``<file>: <key.path>: <rule, bad value, fix>``.
-The YAML is parsed with `yaml.safe_load` only.
+The YAML is parsed by a `yaml.SafeLoader` that also refuses anchors and aliases, and a message shows
+at most a couple of hundred characters of any value. Local storage and checkpoint directories are
+checked by creating (and deleting) an empty file; the sampler and pruner are built and run through
+two dry trials. What needs the task (its model, optimizer and data set size) is checked by
+`check_forkable` and `check_budgets` before the warm-up.
 
 The settings are frozen dataclasses. The mappings they hold (`WarmupSettings.hparams`,
 `StudySettings.search_space`, `ComponentSettings.kwargs`) are plain dicts so that the settings
@@ -21,12 +25,14 @@ for copies you may change.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import inspect
 import math
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -51,6 +57,7 @@ __all__ = [
     "StudySettings",
     "TrialSettings",
     "WarmupSettings",
+    "check_budgets",
     "check_forkable",
     "load_study_file",
     "make_pruner",
@@ -70,6 +77,12 @@ _CUDA = re.compile(r"^cuda:\d+$")
 # it as the float the user meant.
 _EXP_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_SHOWN = 200  # characters of one value a message shows: a value can be megabytes long
+_MAX_DEPTH = 50  # YAML nesting levels; a study file needs about five
+# Budgets past these are typos (or attacks): 1e308 epochs overflows the sample count.
+_MAX_EPOCHS = 1e6
+_MAX_STEPS = 10**12
+_MAX_GRID = 10**6  # values of one int range a GridSampler enumerates
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -183,21 +196,61 @@ class StudySettings:
 # -- reading values -------------------------------------------------------------------------------
 
 
-def _show(value: Any) -> str:
-    """A value as the user wrote it in YAML."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    return repr(value)
+class _Full(Exception):
+    """The message has shown enough of a value."""
+
+
+def _show(value: Any, limit: int = _SHOWN) -> str:
+    """A value as the user wrote it in YAML, cut after `limit` characters; a huge value is never
+    rendered in full."""
+    out: list[str] = []
+    left = limit + 1
+
+    def put(text: str) -> None:
+        nonlocal left
+        out.append(text[:left])
+        left -= len(text)
+        if left <= 0:
+            raise _Full
+
+    def walk(v: Any) -> None:
+        if v is None:
+            put("null")
+        elif isinstance(v, bool):
+            put("true" if v else "false")
+        elif isinstance(v, dict):
+            put("{")
+            for i, (k, x) in enumerate(v.items()):
+                put(", " if i else "")
+                walk(k)
+                put(": ")
+                walk(x)
+            put("}")
+        elif isinstance(v, list | tuple):
+            put("[")
+            for i, x in enumerate(v):
+                put(", " if i else "")
+                walk(x)
+            put("]")
+        elif isinstance(v, str):
+            put(repr(v[:left]) if len(v) > left else repr(v))
+        else:
+            put(repr(v))
+
+    try:
+        walk(value)
+    except _Full:
+        return "".join(out)[:limit] + "..."
+    return "".join(out)
+
+
+def _clip(text: str, limit: int = _SHOWN) -> str:
+    """Text from elsewhere (an exception, a class's argument list) cut for a message."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(word[: _SHOWN + 1], list(options), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -304,22 +357,36 @@ class _Reader:
             self.fail(key, f"must be one of {', '.join(options)}, got {_show(value)}{hint}")
         return value
 
-    def real(self, value: Any, key: str, bounds: _Bounds = _Bounds()) -> float:
+    def real(self, value: Any, key: str, bounds: _Bounds = _Bounds(), fix: str = "") -> float:
         value = _number(value)
+        fix = f"; {fix}" if fix else ""
         if not _is_number(value) or not math.isfinite(value):
             rule = f" {bounds.text()}" if bounds.text() else ""
-            self.fail(key, f"must be a number{rule}, got {_show(value)}")
+            self.fail(key, f"must be a number{rule}, got {_show(value)}{fix}")
         if not bounds.ok(value):
-            self.fail(key, f"must be {bounds.text()}, got {_show(value)}")
+            self.fail(key, f"must be {bounds.text()}, got {_show(value)}{fix}")
         return float(value)
 
-    def integer(self, value: Any, key: str, bounds: _Bounds = _Bounds()) -> int:
+    def integer(self, value: Any, key: str, bounds: _Bounds = _Bounds(), fix: str = "") -> int:
+        fix = f"; {fix}" if fix else ""
         if isinstance(value, bool) or not isinstance(value, int):
             rule = f" {bounds.text()}" if bounds.text() else ""
-            self.fail(key, f"must be an integer{rule}, got {_show(value)}")
+            self.fail(key, f"must be an integer{rule}, got {_show(value)}{fix}")
         if not bounds.ok(value):
-            self.fail(key, f"must be an integer {bounds.text()}, got {_show(value)}")
+            self.fail(key, f"must be an integer {bounds.text()}, got {_show(value)}{fix}")
         return value
+
+    def epochs(self, value: Any, key: str, what: str) -> float:
+        """An epoch budget: finite, positive and of a size a run can reach."""
+        return self.real(
+            value, key, _Bounds(gt=0, le=_MAX_EPOCHS), f"give the epochs {what}, e.g. {key}: 2"
+        )
+
+    def steps(self, value: Any, key: str, what: str) -> int:
+        """A step budget: a positive integer of a size a run can reach."""
+        return self.integer(
+            value, key, _Bounds(gt=0, le=_MAX_STEPS), f"give the optimizer steps {what}"
+        )
 
     def exactly_one(
         self, section: dict[str, Any], key: str, a: str, b: str, *, required: bool
@@ -364,6 +431,54 @@ _TOP = {
 }
 
 
+class _Refused(yaml.YAMLError):
+    """A YAML construct a study file may not use, at a place in the file."""
+
+    def __init__(self, mark: yaml.Mark, reason: str) -> None:
+        super().__init__(reason)
+        self.mark = mark
+        self.reason = reason
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` without anchors and aliases, nesting limited to _MAX_DEPTH levels.
+
+    An alias is a reference, expanded wherever its value is walked (a message, a deep copy, a
+    comparison): ten nested aliases in a 1 kB file are a billion values, and an anchor that refers
+    to itself never ends. Refusing them while composing means nothing is ever expanded."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(
+                event.start_mark,
+                "YAML anchors and aliases (&x / *x) are not allowed in a study file: "
+                "write the value out",
+            )
+        if self._depth >= _MAX_DEPTH:
+            raise _Refused(
+                event.start_mark,
+                f"nested more than {_MAX_DEPTH} levels deep; a study file needs a few",
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as e:  # a date like 2001-13-45, a 5000-digit integer
+            raise _Refused(
+                node.start_mark, f"cannot read this value: {_clip(str(e))}; write it differently"
+            ) from None
+
+
 def load_study_file(path: str | os.PathLike[str]) -> StudySettings:
     """Read and validate a study file; raise StudyFileError naming the key path and the fix."""
     shown = os.fspath(path)
@@ -376,7 +491,9 @@ def load_study_file(path: str | os.PathLike[str]) -> StudySettings:
     except (OSError, UnicodeDecodeError) as e:
         r.fail("", f"cannot read the file: {e}")
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StudyLoader)  # a SafeLoader, see _StudyLoader
+    except _Refused as e:
+        r.fail("", f"line {e.mark.line + 1}, column {e.mark.column + 1}: {e.reason}")
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -402,12 +519,14 @@ def load_study_file(path: str | os.PathLike[str]) -> StudySettings:
     device = _device(r, raw.get("device", "cpu"))
     objective = _objective(r, raw["objective"])
     storage = _storage(r, raw.get("storage"), base_dir, run_dir)
-    checkpoints = _checkpoints(r, raw.get("checkpoints"), base_dir, run_dir)
+    checkpoints = _checkpoints(r, raw.get("checkpoints"), base_dir, run_dir, name)
     warmup = _warmup(r, raw["warmup"])
     trials = _trials(r, raw["trials"])
     data = _data(r, raw.get("data"))
     search_space = _search_space(r, raw["search_space"], warmup.hparams)
-    return StudySettings(
+    sampler, sampler_obj = _sampler(r, raw.get("sampler"), search_space, seed)
+    pruner, pruner_obj = _pruner(r, raw.get("pruner", {"name": "MedianPruner"}))
+    settings = StudySettings(
         path=shown,
         base_dir=base_dir,
         run_dir=run_dir,
@@ -423,9 +542,11 @@ def load_study_file(path: str | os.PathLike[str]) -> StudySettings:
         data=data,
         search_space=search_space,
         schedule=_schedule(r, raw.get("schedule")),
-        sampler=_sampler(r, raw.get("sampler"), search_space, seed),
-        pruner=_pruner(r, raw.get("pruner", {"name": "MedianPruner"})),
+        sampler=sampler,
+        pruner=pruner,
     )
+    _dry_run(r, settings, sampler_obj, pruner_obj)
+    return settings
 
 
 def _name(r: _Reader, value: Any) -> str:
@@ -481,31 +602,85 @@ def _local_path(base_dir: str, path: str) -> str:
 
 def _storage(r: _Reader, value: Any, base_dir: str, run_dir: str) -> str:
     if value is None:
-        return "sqlite:///" + os.path.join(run_dir, "study.db")
+        url = "sqlite:///" + os.path.join(run_dir, "study.db")
+        _check_database_file(r, url[len("sqlite:///") :])
+        return url
     url = r.string(value, "storage")
     if not _URL.match(url):
         if url.lower().endswith(_SQLITE_SUFFIXES):
-            return "sqlite:///" + _local_path(base_dir, url)
+            file = _local_path(base_dir, url)
+            _check_database_file(r, file)
+            return "sqlite:///" + file
         r.fail(
             "storage",
             f"must be a database URL (sqlite:///path/to/study.db, postgresql://user@host/db, ...) "
-            f"or a path ending in .db, .sqlite or .sqlite3, got {url!r}",
+            f"or a path ending in .db, .sqlite or .sqlite3, got {_show(url)}",
         )
     scheme, rest = url.split("://", 1)
-    if scheme.split("+")[0].lower() != "sqlite" or not rest:
+    if scheme.split("+")[0].lower() != "sqlite":
         return url
+    if rest in ("", "/") or rest[1:].partition("?")[0] == ":memory:":
+        r.fail(
+            "storage",
+            f"{_show(url)} is an in-memory database: each connection (the study, its checkpoint "
+            f"tree, every worker) would see its own empty database; give a file path, e.g. "
+            f"sqlite:///runs/study.db (relative to the study file), or leave storage out",
+        )
     if not rest.startswith("/"):
         r.fail(
             "storage",
-            f"a sqlite URL is sqlite:///relative/path.db or sqlite:////abs/path.db, got {url!r}",
+            f"a sqlite URL is sqlite:///relative/path.db or sqlite:////abs/path.db, "
+            f"got {_show(url)}",
         )
     file, q, query = rest[1:].partition("?")
-    if file in ("", ":memory:") or file.startswith("/"):
-        return url
-    return f"{scheme}:///{_local_path(base_dir, file)}{q}{query}"
+    if not file.startswith("/"):
+        file = _local_path(base_dir, file)
+        url = f"{scheme}:///{file}{q}{query}"
+    _check_database_file(r, file)
+    return url
 
 
-def _checkpoints(r: _Reader, value: Any, base_dir: str, run_dir: str) -> CheckpointSettings:
+def _check_database_file(r: _Reader, file: str) -> None:
+    """The sqlite file can be opened or created: sqlite writes the file and, in WAL mode, two
+    more beside it, so its directory must take new files."""
+    fix = "point storage at a directory you can write, e.g. storage: runs/study.db"
+    if os.path.isdir(file):
+        r.fail("storage", f"{_show(file)} is a directory, not a database file; {fix}")
+    if os.path.exists(file) and not os.access(file, os.R_OK | os.W_OK):
+        r.fail("storage", f"the database {_show(file)} cannot be read and written; {fix}")
+    problem = _cannot_create_in(os.path.dirname(file))
+    if problem:
+        r.fail("storage", f"cannot create the database {_show(file)}: {problem}; {fix}")
+
+
+def _cannot_create_in(directory: str) -> str | None:
+    """Why no file can be created in `directory` (made on demand if missing), or None.
+
+    The test is an empty file created and deleted in `directory`, or, if it does not exist yet,
+    in its nearest existing parent. Creating the missing directories here and removing them again
+    would race with another process (a second worker) that is creating them for real."""
+    d = directory
+    while not os.path.lexists(d):
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    if not os.path.isdir(d):
+        kind = "a file" if os.path.isfile(d) else "not a directory"
+        return f"{_show(d)} is {kind}, so nothing can be created in it"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hpsearch-probe-", dir=d)
+    except OSError as e:
+        return f"{_show(d)} does not take new files ({e.strerror or type(e).__name__})"
+    os.close(fd)
+    with contextlib.suppress(OSError):  # an empty dot-file left behind harms nothing
+        os.unlink(probe)
+    return None
+
+
+def _checkpoints(
+    r: _Reader, value: Any, base_dir: str, run_dir: str, name: str
+) -> CheckpointSettings:
     allowed = ("dir", "every", "every_steps", "keep_best", "compression", "async")
     section = r.mapping(value, "checkpoints", allowed, optional=True)
     directory = os.path.join(run_dir, "checkpoints")
@@ -513,14 +688,17 @@ def _checkpoints(r: _Reader, value: Any, base_dir: str, run_dir: str) -> Checkpo
         directory = r.string(section["dir"], "checkpoints.dir")
         if not _URL.match(directory):
             directory = _local_path(base_dir, directory)
+    _check_checkpoint_dir(r, directory, name)
     every: float | None = 1.0
     every_steps: int | None = None
     which = r.exactly_one(section, "checkpoints", "every", "every_steps", required=False)
     if which == "every":
-        every = r.real(section["every"], "checkpoints.every", _Bounds(gt=0))
+        every = r.epochs(section["every"], "checkpoints.every", "between checkpoints")
     elif which == "every_steps":
         every = None
-        every_steps = r.integer(section["every_steps"], "checkpoints.every_steps", _Bounds(gt=0))
+        every_steps = r.steps(
+            section["every_steps"], "checkpoints.every_steps", "between checkpoints"
+        )
     return CheckpointSettings(
         dir=directory,
         every=every,
@@ -533,14 +711,66 @@ def _checkpoints(r: _Reader, value: Any, base_dir: str, run_dir: str) -> Checkpo
     )
 
 
+def _check_checkpoint_dir(r: _Reader, directory: str, name: str) -> None:
+    """Checkpoints can be written there: a known fsspec protocol whose package is installed, or
+    a local directory (made on demand) that takes new files. Checked now, not at the first save
+    after the warm-up."""
+    key = "checkpoints.dir"
+    if _URL.match(directory):
+        protocol, rest = directory.split("://", 1)
+        if protocol.lower() not in ("file", "local"):
+            _check_protocol(r, protocol, directory)
+            return
+        directory = rest
+    fix = "name a directory you can write (it is created if missing)"
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        r.fail(key, f"{_show(directory)} is a file, not a directory; {fix}")
+    problem = _cannot_create_in(directory)
+    if problem:
+        r.fail(key, f"cannot write checkpoints under {_show(directory)}: {problem}; {fix}")
+    # The study's own folder is the store's root: only looked at, never written here, because
+    # the store decides whether an existing root is its own.
+    root = os.path.join(directory, name)
+    if os.path.lexists(root) and not os.path.isdir(root):
+        r.fail(key, f"{_show(root)} (the study's folder in it) is a file, not a directory; {fix}")
+    if os.path.isdir(root) and not os.access(root, os.W_OK | os.X_OK):
+        r.fail(key, f"the study's folder {_show(root)} cannot be written; {fix}")
+
+
+def _check_protocol(r: _Reader, protocol: str, url: str) -> None:
+    import fsspec  # only for URLs
+    from fsspec.registry import known_implementations
+
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except ValueError:
+        known = fsspec.available_protocols()
+        r.fail(
+            "checkpoints.dir",
+            f"{_show(url)}: fsspec knows no protocol {_show(protocol)}"
+            f"{_did_you_mean(protocol, known)}; use a local directory or a URL such as "
+            f"s3://bucket/prefix, gs://bucket/prefix, file:///path",
+        )
+    except ImportError as e:
+        impl = known_implementations.get(protocol, {})
+        package = str(impl.get("class", "")).split(".")[0]
+        install = f"pip install {package}" if package else _clip(str(e))
+        r.fail(
+            "checkpoints.dir",
+            f"{_show(url)}: the {protocol}:// protocol needs the package {package or '?'}, "
+            f"which is not installed ({_clip(str(e))}); install it ({install}) or use a local "
+            f"directory",
+        )
+
+
 def _warmup(r: _Reader, value: Any) -> WarmupSettings:
     required = {"hparams": "hparams: {lr: 1.0e-3, batch_size: 64}"}
     section = r.mapping(value, "warmup", ("epochs", "steps", "hparams"), required)
     epochs = steps = None
     if r.exactly_one(section, "warmup", "epochs", "steps", required=True) == "epochs":
-        epochs = r.real(section["epochs"], "warmup.epochs", _Bounds(gt=0))
+        epochs = r.epochs(section["epochs"], "warmup.epochs", "the warm-up trains")
     else:
-        steps = r.integer(section["steps"], "warmup.steps", _Bounds(gt=0))
+        steps = r.steps(section["steps"], "warmup.steps", "the warm-up trains")
     hparams = _hparams(r, section["hparams"], "warmup.hparams")
     return WarmupSettings(epochs=epochs, steps=steps, hparams=hparams)
 
@@ -598,13 +828,13 @@ def _trials(r: _Reader, value: Any) -> TrialSettings:
     budget = r.exactly_one(section, "trials", "epochs", "steps", required=True)
     epochs = steps = None
     if budget == "epochs":
-        epochs = r.real(section["epochs"], "trials.epochs", _Bounds(gt=0))
+        epochs = r.epochs(section["epochs"], "trials.epochs", "each trial trains after its fork")
     else:
-        steps = r.integer(section["steps"], "trials.steps", _Bounds(gt=0))
+        steps = r.steps(section["steps"], "trials.steps", "each trial trains after its fork")
     every = r.exactly_one(section, "trials", "eval_every", "eval_every_steps", required=False)
     eval_every = eval_every_steps = None
     if every == "eval_every":
-        eval_every = r.real(section["eval_every"], "trials.eval_every", _Bounds(gt=0))
+        eval_every = r.epochs(section["eval_every"], "trials.eval_every", "between evaluations")
         if epochs is not None and eval_every > epochs:
             r.fail(
                 "trials.eval_every",
@@ -612,8 +842,8 @@ def _trials(r: _Reader, value: Any) -> TrialSettings:
                 f"got eval_every={_fmt(eval_every)} epochs={_fmt(epochs)}",
             )
     elif every == "eval_every_steps":
-        eval_every_steps = r.integer(
-            section["eval_every_steps"], "trials.eval_every_steps", _Bounds(gt=0)
+        eval_every_steps = r.steps(
+            section["eval_every_steps"], "trials.eval_every_steps", "between evaluations"
         )
         if steps is not None and eval_every_steps > steps:
             r.fail(
@@ -854,11 +1084,95 @@ def _component(
         for k in kwargs:
             if k not in params:
                 r.fail(
-                    f"{key}.{k}",
-                    f"{name} has no argument {k!r}{_did_you_mean(k, params)} "
-                    f"(its arguments: {', '.join(params)})",
+                    f"{key}.{_clip(str(k))}",
+                    f"{name} has no argument {_show(k)}{_did_you_mean(str(k), params)} "
+                    f"(its arguments: {_clip(', '.join(params))})",
                 )
+    for k, v in kwargs.items():
+        if k in params:
+            kwargs[k] = _check_argument(r, f"{key}.{k}", name, params[k], v)
     return ComponentSettings(name, kwargs), cls
+
+
+# What a YAML value can be for an annotation's alternative; None: cannot tell (accept it).
+_FITS: dict[str, Any] = {
+    "Any": lambda v: True,
+    "object": lambda v: True,
+    "None": lambda v: v is None,
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": _is_number,
+    "str": lambda v: isinstance(v, str),
+    "list": lambda v: isinstance(v, list),
+    "Sequence": lambda v: isinstance(v, list),
+    "tuple": lambda v: isinstance(v, list),
+    "dict": lambda v: isinstance(v, dict),
+    "Mapping": lambda v: isinstance(v, dict),
+}
+
+
+def _alternatives(annotation: str) -> list[str]:
+    """`int | None`, `Optional[int]` and `Union[int, str]` as their alternatives."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(annotation):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "|" and depth == 0:
+            parts.append(annotation[start:i])
+            start = i + 1
+    parts.append(annotation[start:])
+    out: list[str] = []
+    for part in (p.strip().removeprefix("typing.") for p in parts):
+        if part.startswith("Optional[") and part.endswith("]"):
+            out += [*_alternatives(part[len("Optional[") : -1]), "None"]
+        elif part.startswith("Union[") and part.endswith("]"):
+            out += _alternatives(part[len("Union[") : -1].replace(",", "|"))
+        else:
+            out.append(part)
+    return out
+
+
+def _fits(alternative: str, value: Any) -> bool | None:
+    base = alternative.split("[", 1)[0].strip()
+    if base in _FITS:
+        return bool(_FITS[base](value))
+    if base == "Callable" or base.startswith("Base") or base == "FrozenTrial":
+        return False  # a function or an Optuna object: no YAML value is one
+    return None
+
+
+def _check_argument(
+    r: _Reader, key: str, cls_name: str, param: inspect.Parameter, value: Any
+) -> Any:
+    """The value, if it can be of the type the argument is annotated with: a value of the wrong
+    type is often stored by the constructor and only fails at the first trial after the
+    warm-up."""
+    annotation = param.annotation
+    if annotation is inspect.Parameter.empty:
+        return value
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    text = text or str(annotation)
+    alternatives = _alternatives(text)
+    if "float" in alternatives and "str" not in alternatives:
+        value = _number(value)
+    if any(_fits(a, value) is not False for a in alternatives):
+        return value
+    if not any(a.split("[", 1)[0].strip() in _FITS for a in alternatives if a != "None"):
+        r.fail(
+            key,
+            f"{cls_name}'s {param.name} takes a Python object ({_clip(text)}), which a study "
+            f"file cannot give, got {_show(value)}; remove {param.name}",
+        )
+    default = param.default
+    example = (
+        f", e.g. its default {param.name}: {_show(default)}"
+        if default is not inspect.Parameter.empty and default is not None
+        else ""
+    )
+    r.fail(
+        key,
+        f"{cls_name}'s {param.name} takes {_clip(text)}, got {_show(value)}; give a value of "
+        f"that type{example}",
+    )
 
 
 def _build(settings: ComponentSettings, cls: type, extra: dict[str, Any]) -> Any:
@@ -867,25 +1181,30 @@ def _build(settings: ComponentSettings, cls: type, extra: dict[str, Any]) -> Any
 
 def _validate_build(
     r: _Reader, key: str, comp: ComponentSettings, cls: type, extra: dict[str, Any]
-) -> None:
+) -> Any:
     """Bind and build once at load so that bad arguments fail now, not after the warm-up."""
     try:
         inspect.signature(cls).bind(**comp.kwargs, **extra)
     except TypeError as e:
         r.fail(
             key,
-            f"{comp.name}: {e}; give its arguments as keys next to name "
-            f"(its arguments: {', '.join(inspect.signature(cls).parameters)})",
+            f"{comp.name}: {_clip(str(e))}; give its arguments as keys next to name "
+            f"(its arguments: {_clip(', '.join(inspect.signature(cls).parameters))})",
         )
-    args = ", ".join(f"{k}={_show(v)}" for k, v in comp.kwargs.items())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _build(comp, cls, extra)
+            return _build(comp, cls, extra)
     except Exception as e:
         r.fail(
-            key, f"{comp.name}({args}) cannot be built: {type(e).__name__}: {e}; fix the argument"
+            key,
+            f"{_call(comp)} cannot be built: {type(e).__name__}: {_clip(str(e))}; fix the argument",
         )
+
+
+def _call(comp: ComponentSettings) -> str:
+    args = ", ".join(f"{k}={_show(v, 60)}" for k, v in comp.kwargs.items())
+    return f"{comp.name}({_clip(args)})"
 
 
 def _grid_space(search_space: Mapping[str, Param]) -> dict[str, list[Any]]:
@@ -899,9 +1218,19 @@ def _grid_space(search_space: Mapping[str, Param]) -> dict[str, list[Any]]:
     return grid
 
 
+def _sampler_extra(cls: type, search_space: Mapping[str, Param], seed: int) -> dict[str, Any]:
+    """The arguments hpsearch gives the sampler: the seed, and a GridSampler's grid."""
+    extra: dict[str, Any] = {}
+    if cls is optuna.samplers.GridSampler:
+        extra["search_space"] = _grid_space(search_space)
+    if "seed" in inspect.signature(cls).parameters:
+        extra["seed"] = seed
+    return extra
+
+
 def _sampler(
     r: _Reader, value: Any, search_space: dict[str, Param], seed: int
-) -> ComponentSettings:
+) -> tuple[ComponentSettings, optuna.samplers.BaseSampler]:
     if value is None:
         value = {"name": "TPESampler"}
     comp, cls = _component(r, value, "sampler", optuna.samplers, optuna.samplers.BaseSampler)
@@ -911,7 +1240,6 @@ def _sampler(
             f"remove it: the sampler's seed comes from the top-level seed "
             f"(got seed={_show(comp.kwargs['seed'])}); set `seed:` instead",
         )
-    extra: dict[str, Any] = {}
     if cls is optuna.samplers.GridSampler:
         if "search_space" in comp.kwargs:
             r.fail(
@@ -927,19 +1255,66 @@ def _sampler(
                     f"[{_fmt(p.low)}, {_fmt(p.high)}]; write it as "
                     f"{{categorical: [...]}} or choose another sampler",
                 )
-        extra["search_space"] = _grid_space(search_space)
-    if "seed" in inspect.signature(cls).parameters:
-        extra["seed"] = seed
-    _validate_build(r, "sampler", comp, cls, extra)
-    return comp
+            if p.kind == "int":
+                assert isinstance(p.low, int) and isinstance(p.high, int)
+                count = (p.high - p.low) // int(p.step or 1) + 1
+                if count > _MAX_GRID:
+                    r.fail(
+                        f"search_space.{name}",
+                        f"GridSampler would list {count} values of this range (at most "
+                        f"{_MAX_GRID}); narrow it, raise its step, or choose another sampler",
+                    )
+    sampler = _validate_build(r, "sampler", comp, cls, _sampler_extra(cls, search_space, seed))
+    return comp, sampler
 
 
-def _pruner(r: _Reader, value: Any) -> ComponentSettings:
+def _pruner(r: _Reader, value: Any) -> tuple[ComponentSettings, optuna.pruners.BasePruner]:
     if value is None:
         value = {"name": "NopPruner"}
     comp, cls = _component(r, value, "pruner", optuna.pruners, optuna.pruners.BasePruner)
-    _validate_build(r, "pruner", comp, cls, {})
-    return comp
+    return comp, _validate_build(r, "pruner", comp, cls, {})
+
+
+def _dry_run(
+    r: _Reader,
+    settings: StudySettings,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+) -> None:
+    """Two trials of an in-memory study through the sampler and the pruner built from the file.
+
+    Samplers and pruners store most arguments unchecked; one of the wrong kind (a string where
+    a number belongs, a value out of its range) fails at the first trial that uses it, which
+    would be after the warm-up. The trials' values are made up, so only errors are looked at."""
+    verbosity = optuna.logging.get_verbosity()
+    # Its lines ("Trial 0 finished", "sampled independently") are about made-up trials.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    key, comp = "sampler", settings.sampler
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study = optuna.create_study(
+                sampler=sampler, pruner=pruner, direction=settings.objective.direction
+            )
+            for i in range(2):
+                key, comp = "sampler", settings.sampler
+                trial = study.ask()
+                _suggest(trial, settings.search_space)
+                key, comp = "pruner", settings.pruner
+                for step in range(2):
+                    trial.report(float(i + step), step)
+                    trial.should_prune()
+                key, comp = "sampler", settings.sampler
+                study.tell(trial, float(i))
+    except Exception as e:
+        fix = "fix its arguments"
+        if isinstance(e, ModuleNotFoundError) and e.name:
+            fix = f"install the package it needs (pip install {e.name.split('.')[0]})"
+        r.fail(
+            key, f"{_call(comp)} fails on a first trial: {type(e).__name__}: {_clip(str(e))}; {fix}"
+        )
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def make_sampler(settings: StudySettings, seed: int) -> optuna.samplers.BaseSampler:
@@ -948,11 +1323,7 @@ def make_sampler(settings: StudySettings, seed: int) -> optuna.samplers.BaseSamp
     A GridSampler gets its grid from `settings.search_space`.
     """
     cls = getattr(optuna.samplers, settings.sampler.name)
-    extra: dict[str, Any] = {}
-    if cls is optuna.samplers.GridSampler:
-        extra["search_space"] = _grid_space(settings.search_space)
-    if "seed" in inspect.signature(cls).parameters:
-        extra["seed"] = seed
+    extra = _sampler_extra(cls, settings.search_space, seed)
     sampler: optuna.samplers.BaseSampler = _build(settings.sampler, cls, extra)
     return sampler
 
@@ -970,8 +1341,12 @@ def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
 
 def suggest(trial: optuna.Trial, settings: StudySettings) -> dict[str, Any]:
     """Ask `trial` for a value of every search_space entry, in file order."""
+    return _suggest(trial, settings.search_space)
+
+
+def _suggest(trial: optuna.Trial, search_space: Mapping[str, Param]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, p in settings.search_space.items():
+    for name, p in search_space.items():
         if p.kind == "float":
             assert p.low is not None and p.high is not None
             out[name] = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
@@ -996,18 +1371,113 @@ def trial_hparams(settings: StudySettings, sampled: Mapping[str, Any]) -> dict[s
 def check_forkable(settings: StudySettings, task_cls: type[Task]) -> None:
     """Raise StudyFileError for a search_space key a fork cannot apply to a restored state.
 
-    The FORKABLE keys always can; any other key only if `task_cls` overrides `Task.apply_hparams`.
+    The FORKABLE keys can if the task's model and optimizer hold them: a param-group key
+    (`momentum`, `eps`, ...) must be in every param group, `dropout` needs a `torch.nn.Dropout*`
+    module; both are checked on a model and optimizer built once with the warm-up's hparams (on
+    the meta device, so no memory is spent on weights). Any other key is forkable only if
+    `task_cls` overrides `Task.apply_hparams`.
     """
     from hpsearch.search.taskload import overrides  # imports torch; only needed here
 
-    if overrides(task_cls, "apply_hparams"):
+    if not overrides(task_cls, "apply_hparams"):
+        for name in settings.search_space:
+            if name not in FORKABLE:
+                raise StudyFileError(
+                    settings.path,
+                    f"search_space.{name}",
+                    f"{name!r} cannot be forked: it changes the model's shape/data, which the "
+                    f"warm-up fixes. Remove it from search_space, or implement "
+                    f"Task.apply_hparams in {task_cls.__name__} to apply it to a restored model.",
+                )
+    _check_fork_targets(settings, task_cls)
+
+
+def _check_fork_targets(settings: StudySettings, task_cls: type[Task]) -> None:
+    # What the fork applies itself (hpsearch.training.fork): the same keys, the same test.
+    from hpsearch.training.fork import _DROPOUTS, GROUP_KEYS
+
+    searched = [n for n in settings.search_space if n in GROUP_KEYS or n == "dropout"]
+    if not searched:
         return
-    for name in settings.search_space:
-        if name not in FORKABLE:
+    model, optimizer = _build_for_check(settings, task_cls)
+    for name in searched:
+        key = f"search_space.{name}"
+        if name == "dropout":
+            if not any(isinstance(m, _DROPOUTS) for m in model.modules()):
+                raise StudyFileError(
+                    settings.path,
+                    key,
+                    f"the model that {task_cls.__name__}.model builds ({type(model).__name__}) "
+                    f"has no torch.nn.Dropout module, so a fork has no dropout to change; add "
+                    f"torch.nn.Dropout(hparams['dropout']) to the model, or remove dropout from "
+                    f"search_space",
+                )
+            continue
+        groups = getattr(optimizer, "param_groups", None) or []
+        lacking = [g for g in groups if name not in g]
+        if lacking:
+            has = ", ".join(k for k in lacking[0] if k != "params")
             raise StudyFileError(
                 settings.path,
-                f"search_space.{name}",
-                f"{name!r} cannot be forked: it changes the model's shape/data, which the warm-up "
-                f"fixes. Remove it from search_space, or implement Task.apply_hparams in "
-                f"{task_cls.__name__} to apply it to a restored model.",
+                key,
+                f"the task's optimizer {type(optimizer).__name__} has no {name!r} (its param "
+                f"groups have {has}), so a fork cannot set it; remove {name} from search_space, "
+                f"or have {task_cls.__name__}.optimizer return one that has it"
+                + (" (e.g. torch.optim.SGD)" if name == "momentum" else ""),
+            )
+
+
+def _build_for_check(settings: StudySettings, task_cls: type[Task]) -> tuple[Any, Any]:
+    """The task's model and optimizer for the warm-up's hparams, on the meta device if the task
+    allows it (else on the CPU). The global RNGs are left as they were."""
+    import torch
+
+    from hpsearch.errors import HpsearchError, TaskError
+    from hpsearch.training.state import rng_state, set_rng_state
+
+    saved = rng_state()
+    try:
+        task = task_cls()
+        hparams = warmup_hparams(settings)
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = task.model(hparams)
+                return model, task.optimizer(model, hparams)
+        except Exception:  # it loads weights, calls .item(), ...: build it for real, once
+            hparams = warmup_hparams(settings)
+            model = task.model(hparams)
+            return model, task.optimizer(model, hparams)
+    except (HpsearchError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise TaskError(
+            f"{settings.path}: task: building the model and optimizer of {settings.task} with "
+            f"warmup.hparams failed: {type(exc).__name__}: {_clip(str(exc))}; fix the task or "
+            f"warmup.hparams"
+        ) from exc
+    finally:
+        set_rng_state(saved)
+
+
+def check_budgets(settings: StudySettings, samples_per_epoch: int) -> None:
+    """Raise StudyFileError for an epoch budget that is 0 of the task's training samples.
+
+    Budgets in epochs become samples as round(epochs * samples_per_epoch) (see
+    `hpsearch.search.plan.Plan.of`); a 0 would train nothing, or evaluate or checkpoint after
+    every step. `trials.eval_every` defaults to a quarter of `trials.epochs`.
+    """
+    n = samples_per_epoch
+    for key, epochs in (
+        ("warmup.epochs", settings.warmup.epochs),
+        ("trials.epochs", settings.trials.epochs),
+        ("trials.eval_every", settings.trials.eval_every),
+        ("checkpoints.every", settings.checkpoints.every),
+    ):
+        if epochs is not None and round(epochs * n) < 1:
+            raise StudyFileError(
+                settings.path,
+                key,
+                f"{_fmt(epochs)} epochs of the task's {n} training samples is 0 samples; the "
+                f"minimum is {1 / max(n, 1):.3g} (1 sample); raise it",
             )

@@ -15,6 +15,7 @@ from hpsearch.checkpoint.async_save import AsyncSaver
 from hpsearch.checkpoint.format import FORMAT_VERSION, CheckpointInfo
 from hpsearch.checkpoint.store import (
     CheckpointStore,
+    ForeignStoreRoot,
     FsspecStore,
     LoadedCheckpoint,
     LocalStore,
@@ -26,6 +27,7 @@ __all__ = [
     "AsyncSaver",
     "CheckpointInfo",
     "CheckpointStore",
+    "ForeignStoreRoot",
     "FsspecStore",
     "LoadedCheckpoint",
     "LocalStore",

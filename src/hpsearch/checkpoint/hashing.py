@@ -18,7 +18,7 @@ import contextlib
 import hashlib
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
@@ -32,6 +32,8 @@ HASH = "blake3"
 # Big enough that a syscall and a hand-off to the hash thread cost nothing per byte, small
 # enough that hashing chunk k overlaps reading/writing chunk k+1.
 CHUNK = 8 << 20
+# The largest zstd window a read accepts (zstd's own default limit is 128 MiB).
+_MAX_ZSTD_WINDOW = 32 << 20
 # Pieces below this (small tensors, compressed frames) are gathered into one write.
 _SMALL = 256 << 10
 
@@ -224,28 +226,40 @@ def zstd_writer(sink: HashingWriter, size: int) -> Any:
     return cctx.stream_writer(sink, size=size, closefd=False)
 
 
-def zstd_decompress(stored: torch.Tensor, max_size: int) -> torch.Tensor:
-    """Decompress one verified zstd frame into a fresh uint8 tensor (raises ValueError if bad)."""
+@contextlib.contextmanager
+def zstd_frame(stored: torch.Tensor) -> Iterator[tuple[int, Any]]:
+    """Open one verified zstd frame for streaming reads: (declared content size or -1, reader).
+
+    Nothing is allocated for the output here: the caller reads what it can bound. ZstdError
+    anywhere inside becomes ValueError.
+    """
     zstd = zstd_module()
     src = stored.numpy().data
     try:
-        n = zstd.frame_content_size(src)
-    except zstd.ZstdError as e:
-        raise ValueError(f"not a zstd frame ({e})") from None
-    if n < 0 or n > max_size:
-        raise ValueError(f"zstd frame declares {n} bytes")
-    out = empty_bytes(n)
-    view = out.numpy().data
-    pos = 0
-    try:
-        with zstd.ZstdDecompressor().stream_reader(src, read_across_frames=False) as r:
-            while pos < n:
-                got = r.readinto(view[pos:])
-                if not got:
-                    break
-                pos += got
+        declared = zstd.frame_content_size(src)
+        # The frame names its window size too; levels 1-19 use at most 8 MiB (ours: level 1).
+        dctx = zstd.ZstdDecompressor(max_window_size=_MAX_ZSTD_WINDOW)
+        with dctx.stream_reader(src, read_across_frames=False) as r:
+            yield int(declared), r
     except zstd.ZstdError as e:
         raise ValueError(f"zstd data is damaged ({e})") from None
-    if pos != n:
-        raise ValueError(f"zstd frame holds {pos} bytes, declares {n}")
+
+
+def read_into(r: Any, view: memoryview) -> int:
+    """Fill `view` from reader `r` until it is full or `r` ends; returns the bytes read."""
+    pos = 0
+    while pos < len(view):
+        got = r.readinto(view[pos:])
+        if not got:
+            break
+        pos += got
+    return pos
+
+
+def read_exact(r: Any, n: int) -> bytearray:
+    """Exactly `n` bytes from reader `r` (ValueError if it ends first); memory: n bytes."""
+    out = bytearray(n)
+    got = read_into(r, memoryview(out))
+    if got != n:
+        raise ValueError(f"zstd frame ends after {got} of {n} bytes")
     return out

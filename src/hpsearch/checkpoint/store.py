@@ -16,6 +16,14 @@ Two backends share every rule but the commit:
 
 Ids and file names are checked against fixed patterns before they become paths, so nothing is
 ever written or deleted outside the store's root.
+
+The root is marked as hpsearch's by a small file, `.hpsearch-store`, written when the store first
+writes there. A non-empty root without the mark is refused (ForeignStoreRoot), unless everything
+in it is an hpsearch checkpoint (a root of an hpsearch from before the mark: adopted and marked).
+Even in a marked root only names hpsearch itself generates are ever deleted as leftovers.
+
+Reading a compressed file never allocates more than its safetensors header declares, and a store
+decompresses only the codec it was opened with (a 'none' store refuses zstd checkpoints).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import os
 import re
 import secrets
 import shutil
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,6 +50,7 @@ import torch
 from hpsearch.checkpoint import hashing
 from hpsearch.checkpoint.format import (
     COMPRESSIONS,
+    FORMAT,
     ID_RE,
     MANIFEST,
     STATE,
@@ -65,6 +75,7 @@ from hpsearch.errors import (
     CheckpointMismatch,
     CheckpointNotFound,
     CheckpointWriteError,
+    UsageError,
 )
 
 log = logging.getLogger(__name__)
@@ -72,6 +83,16 @@ log = logging.getLogger(__name__)
 _TMP_RE = re.compile(r"\.tmp-(?P<id>" + ID_RE.pattern + r")-(?P<pid>[0-9]+)")
 _DEL_RE = re.compile(r"\.del-(?P<id>" + ID_RE.pattern + r")")
 _MAX_MANIFEST = 64 << 20
+# Exactly the ids new_id() makes: the only checkpoint directories a cleanup may ever remove.
+NEW_ID_RE = re.compile(r"ck-[0-9a-f]{1,16}-[0-9a-f]{8}")
+# The file that marks a root as hpsearch's; its first line names the layout.
+MARKER = ".hpsearch-store"
+_MARKER_TEXT = (
+    b"hpsearch-store 1\n"
+    b"This directory holds hpsearch checkpoints. hpsearch deletes the checkpoints and torn saves\n"
+    b"it wrote here (ck-<hex>-<hex>, .tmp-*, .del-*) and nothing else.\n"
+)
+_MAX_SAFETENSORS_HEADER = 100_000_000  # the limit safetensors (and parse_file) enforce
 
 # How a backend lends its files to the shared writing code (`_StoreBase._write_files`):
 _OpenNew = Callable[[str], Any]  # file name -> a new binary file, opened for writing
@@ -93,6 +114,10 @@ class LoadedCheckpoint:
     state: dict[str, Any]
 
 
+class ForeignStoreRoot(UsageError):
+    """The checkpoint root holds files hpsearch did not write, so it is not used at all."""
+
+
 class CheckpointStore(Protocol):
     """What every checkpoint store does; `tests/test_checkpoint_store.py` checks each backend.
 
@@ -105,6 +130,11 @@ class CheckpointStore(Protocol):
     - `list`, `info`, `exists` and `load` see committed checkpoints only.
     - `delete` uncommits first, so a crash mid-delete never leaves something loadable.
     - ids are checked wherever they become paths; nothing outside the root is touched.
+    - the root is ours only if empty, marked (`.hpsearch-store`) or all hpsearch checkpoints;
+      otherwise the store raises ForeignStoreRoot when opened. Cleanups remove only names
+      hpsearch generates.
+    - `load` and `verify` decompress only the codec the store was opened with (or none), and
+      never allocate more than the file's safetensors header declares.
     """
 
     url: str
@@ -149,7 +179,7 @@ class CheckpointStore(Protocol):
         ...
 
     def leftovers(self) -> builtins.list[str]:
-        """Names of torn saves and half-done deletes under the root."""
+        """Names of torn saves and half-done deletes under the root (only names we generate)."""
         ...
 
     def clean_leftovers(self) -> int:
@@ -186,6 +216,7 @@ class _StoreBase:
         if compression == "zstd":
             hashing.zstd_module()  # fail now, not at the first save
         self.compression = compression
+        self._marked = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r}, compression={self.compression!r})"
@@ -208,6 +239,60 @@ class _StoreBase:
     def _open_read(self, ckpt_id: str, name: str) -> Iterator[tuple[BinaryIO, int]]:
         raise NotImplementedError
         yield  # pragma: no cover
+
+    def _entries(self) -> builtins.list[tuple[str, bool]] | None:
+        """(name, is a directory) of each entry of the root; None if the root does not exist."""
+        raise NotImplementedError
+
+    def _head(self, ckpt_id: str, name: str, n: int) -> bytes:
+        """The first `n` bytes of a file (FileNotFoundError if absent)."""
+        raise NotImplementedError
+
+    def _write_marker(self) -> None:
+        raise NotImplementedError
+
+    # -- whose root is this? ----------------------------------------------------------------
+
+    def _check_root(self, *, claim: bool, saving: bool = False) -> None:
+        """Refuse a root that holds what hpsearch did not write; with `claim`, mark it ours.
+
+        Called when the store is opened (claim=False: nothing is written by a read-only
+        command) and before the first save, delete or cleanup (claim=True); only a save
+        (`saving`) creates a root that does not exist yet.
+        """
+        if self._marked:
+            return
+        entries = self._entries()
+        if entries is None:
+            if saving:  # the first save creates the root, and marks it before anything else
+                self._write_marker()
+                self._marked = True
+            return
+        if any(name == MARKER for name, _ in entries):
+            self._marked = True
+            return
+        foreign = sorted(name for name, is_dir in entries if not self._ours(name, is_dir))
+        if foreign:
+            raise ForeignStoreRoot(_foreign_message(self.url, foreign))
+        if claim:
+            self._write_marker()  # empty, or an older hpsearch's root: adopt it
+            self._marked = True
+            if entries:
+                log.info("adopted %s (%d hpsearch entries) and marked it", self.url, len(entries))
+
+    def _ours(self, name: str, is_dir: bool) -> bool:
+        """Whether a root entry is one hpsearch writes (used to adopt an unmarked root)."""
+        if _TMP_RE.fullmatch(name) or _DEL_RE.fullmatch(name):
+            return True
+        if not is_dir or not ID_RE.fullmatch(name):
+            return False
+        if NEW_ID_RE.fullmatch(name):
+            return True
+        # An id given to save(ckpt_id=...): ours if it holds one of our manifests.
+        try:
+            return b'"format": "' + FORMAT.encode() + b'"' in self._head(name, MANIFEST, 4096)
+        except OSError:
+            return False
 
     # -- the protocol -----------------------------------------------------------------------
 
@@ -338,6 +423,8 @@ class _StoreBase:
             ) from None
         except OSError as e:
             raise CheckpointError(f"{self._where(ckpt_id, MANIFEST)}: cannot be read: {e}") from e
+        except MemoryError:
+            raise CheckpointCorrupt(_no_memory(self._where(ckpt_id, MANIFEST), None)) from None
         return decode_manifest(raw, ckpt_id, self._where(ckpt_id, MANIFEST), hashing.HASHERS)
 
     def load(self, ckpt_id: str, *, groups: Sequence[str] | None = None) -> LoadedCheckpoint:
@@ -348,6 +435,7 @@ class _StoreBase:
         CheckpointMismatch.
         """
         info = self.info(ckpt_id)
+        self._check_codec(info)
         by_group = {g: n for n in info.files if (g := group_of(n)) is not None}
         if isinstance(groups, str):
             groups = [groups]
@@ -368,6 +456,7 @@ class _StoreBase:
     def verify(self, ckpt_id: str) -> CheckpointInfo:
         """Re-read, re-hash and re-parse every file, one at a time (memory: the largest file)."""
         info = self.info(ckpt_id)
+        self._check_codec(info)
         for name in sorted(info.files):
             buf = self._read_verified(info, name)
             if name == STATE:
@@ -375,6 +464,17 @@ class _StoreBase:
             else:
                 self._parse(info, name, buf)
         return info
+
+    def _check_codec(self, info: CheckpointInfo) -> None:
+        """Decompress only what the study chose: the codec is named by the checkpoint itself,
+        and a manifest is no trust boundary (its hash has no key)."""
+        if info.compression != "none" and info.compression != self.compression:
+            raise CheckpointFormatError(
+                f"{self._where(info.id)}: compressed with {info.compression}, but this store "
+                f"was opened with compression {self.compression!r}; hpsearch decompresses only "
+                f"the codec the study configured. If this study wrote it, set "
+                f"checkpoints.compression: {info.compression}"
+            )
 
     def _read_verified(self, info: CheckpointInfo, name: str) -> torch.Tensor:
         size, digest = info.files[name]
@@ -395,6 +495,8 @@ class _StoreBase:
             raise CheckpointCorrupt(f"{where}: missing, but listed in the manifest") from None
         except OSError as e:
             raise CheckpointError(f"{where}: cannot be read: {e}") from e
+        except MemoryError:
+            raise CheckpointCorrupt(_no_memory(where, size)) from None
         if not exact:
             raise CheckpointCorrupt(f"{where}: changed size while being read")
         if got != digest:
@@ -406,12 +508,12 @@ class _StoreBase:
 
     def _parse(self, info: CheckpointInfo, name: str, buf: torch.Tensor) -> dict[str, torch.Tensor]:
         where = self._where(info.id, name)
-        if info.compression == "zstd":
-            try:
-                buf = hashing.zstd_decompress(buf, max_size=1 << 50)
-            except ValueError as e:
-                raise CheckpointCorrupt(f"{where}: {e}") from None
-        return parse_file(buf, where)
+        try:
+            if info.compression == "zstd":
+                buf = _decompress_safetensors(buf, where)
+            return parse_file(buf, where)
+        except MemoryError:
+            raise CheckpointCorrupt(_no_memory(where, None)) from None
 
     def list(self) -> list[CheckpointInfo]:
         """Committed checkpoints sorted by creation time (then id).
@@ -431,6 +533,87 @@ class _StoreBase:
 
     def _candidate_ids(self) -> builtins.list[str]:
         raise NotImplementedError
+
+
+def _decompress_safetensors(stored: torch.Tensor, where: str) -> torch.Tensor:
+    """Decompress one zstd-framed safetensors file, allocating only what its header declares.
+
+    The header (length, then JSON) is decompressed first and bounds everything after it; a
+    frame that declares another size, or holds more or less than the header says, is corrupt.
+    So a small file that would decompress to gigabytes costs at most its header's size.
+    """
+    try:
+        with hashing.zstd_frame(stored) as (declared, r):
+            head = hashing.read_exact(r, 8)
+            (hlen,) = struct.unpack("<Q", head)
+            if hlen > _MAX_SAFETENSORS_HEADER or 0 <= declared < 8 + hlen:
+                raise ValueError(
+                    f"safetensors header length {hlen} does not fit "
+                    + (f"the frame's {declared} bytes" if declared >= 0 else "the format's limit")
+                )
+            header = hashing.read_exact(r, hlen)
+            size = 8 + hlen + _declared_data_size(header)
+            if declared >= 0 and declared != size:
+                raise ValueError(
+                    f"zstd frame declares {declared} bytes, its safetensors header {size}"
+                )
+            out = hashing.empty_bytes(size)
+            view = out.numpy().data
+            view[:8] = head
+            view[8 : 8 + hlen] = header
+            del header
+            got = 8 + hlen + hashing.read_into(r, view[8 + hlen :])
+            if got != size or r.read(1):
+                raise ValueError(
+                    f"zstd frame holds {'more than' if got == size else got} bytes, "
+                    f"its safetensors header declares {size}"
+                )
+    except ValueError as e:
+        raise CheckpointCorrupt(f"{where}: {e}") from None
+    return out
+
+
+def _declared_data_size(header: bytes) -> int:
+    """The tensor bytes a safetensors header declares: the end of its last data span.
+
+    Lenient on purpose: this only bounds the allocation; parse_file then checks every entry.
+    """
+    try:
+        obj = json.loads(header)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValueError("safetensors header is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ValueError("safetensors header is not a JSON object")
+    end = 0
+    for key, entry in obj.items():
+        offs = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if key == "__metadata__" or not isinstance(offs, list) or len(offs) != 2:
+            continue
+        last = offs[1]
+        if isinstance(last, int) and not isinstance(last, bool) and last > end:
+            end = last
+    return end
+
+
+def _no_memory(where: str, size: int | None) -> str:
+    what = f"{size} bytes" if size is not None else "it"
+    return (
+        f"{where}: not enough memory to read {what}; treated as unreadable (a checkpoint "
+        "larger than this machine can hold is not usable here)"
+    )
+
+
+def _foreign_message(url: str, foreign: Sequence[str]) -> str:
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    return (
+        f"{url}: this directory holds files hpsearch did not write ({shown}). hpsearch removes "
+        "torn saves from its checkpoint directory, so it does not use one that holds anything "
+        "else. Point checkpoints.dir at an empty or new directory (checkpoints go to "
+        "<checkpoints.dir>/<study name>), or move those entries away. A directory of an older "
+        "hpsearch that holds only its checkpoints is adopted automatically; to adopt this one "
+        f"as it is, create the file {MARKER} in it (hpsearch then deletes only names it "
+        "generates there)."
+    )
 
 
 def _stream(out: Any, plan: FilePlan) -> None:
@@ -497,8 +680,11 @@ class LocalStore(_StoreBase):
 
     def __init__(self, root: str | os.PathLike[str], *, compression: str = "none") -> None:
         super().__init__(compression)
-        self.root = os.path.abspath(os.fspath(root))
-        self.url = self.root
+        self.url = os.path.abspath(os.fspath(root))
+        # A symlinked root is resolved once: the directory checked here is the one written to,
+        # even if the link is pointed elsewhere later.
+        self.root = os.path.realpath(self.url)
+        self._check_root(claim=False)
 
     def _where(self, ckpt_id: str, name: str | None = None) -> str:
         path = os.path.join(self.root, ckpt_id)
@@ -511,6 +697,7 @@ class LocalStore(_StoreBase):
             if not os.path.isdir(self.root):
                 os.makedirs(self.root, exist_ok=True)
                 _fsync_dir(os.path.dirname(self.root))
+            self._check_root(claim=True, saving=True)  # marked before any temp directory
         if os.path.lexists(final):
             raise CheckpointWriteError(
                 f"checkpoint {ckpt_id} already exists in {self.root}; ids are never reused"
@@ -547,7 +734,9 @@ class LocalStore(_StoreBase):
 
     def _read_small(self, ckpt_id: str, name: str) -> bytes:
         with open(self._where(ckpt_id, name), "rb") as f:
-            data = f.read(_MAX_MANIFEST + 1)
+            # read(n) allocates n bytes up front: ask for what the file holds, not the limit
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(size, _MAX_MANIFEST) + 1)
         if len(data) > _MAX_MANIFEST:
             raise CheckpointCorrupt(f"{self._where(ckpt_id, name)}: implausibly large")
         return data
@@ -556,6 +745,41 @@ class LocalStore(_StoreBase):
     def _open_read(self, ckpt_id: str, name: str) -> Iterator[tuple[BinaryIO, int]]:
         with open(self._where(ckpt_id, name), "rb", buffering=0) as f:
             yield f, os.fstat(f.fileno()).st_size  # type: ignore[misc]
+
+    def _entries(self) -> list[tuple[str, bool]] | None:
+        try:
+            with os.scandir(self.root) as it:
+                return [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            raise ForeignStoreRoot(
+                f"{self.url}: is a file, not a directory; point checkpoints.dir at a directory"
+            ) from None
+        except OSError as e:
+            raise CheckpointError(f"{self.url}: cannot be read: {e}") from e
+
+    def _head(self, ckpt_id: str, name: str, n: int) -> bytes:
+        path = self._where(ckpt_id, name)
+        if os.path.islink(path):
+            return b""
+        with open(path, "rb") as f:
+            return f.read(n)
+
+    def _write_marker(self) -> None:
+        path = os.path.join(self.root, MARKER)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return  # another process marked it first
+        try:
+            view = memoryview(_MARKER_TEXT)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.root)
 
     def _id_dirs(self) -> list[str]:
         """Entries of the root named like an id that are directories (a symlink is not)."""
@@ -577,7 +801,9 @@ class LocalStore(_StoreBase):
 
     def delete(self, ckpt_id: str) -> None:
         """Rename `<id>` to `.del-<id>` (after which nothing can load it), then remove it."""
-        doomed = self._uncommit(check_id(ckpt_id))
+        check_id(ckpt_id)
+        self._check_root(claim=True)
+        doomed = self._uncommit(ckpt_id)
         if os.path.lexists(doomed):
             _remove_tree(doomed)
 
@@ -603,8 +829,13 @@ class LocalStore(_StoreBase):
         except FileNotFoundError:
             return []
         # An id directory without a manifest is never made by a save here (saves are renamed
-        # into place whole): it is damage from outside, and as dead as a torn save.
-        out = [n for n in self._id_dirs() if not os.path.lexists(self._where(n, MANIFEST))]
+        # into place whole): it is damage from outside, and as dead as a torn save; but only
+        # a name new_id() makes is ours to remove.
+        out = [
+            n
+            for n in self._id_dirs()
+            if NEW_ID_RE.fullmatch(n) and not os.path.lexists(self._where(n, MANIFEST))
+        ]
         for name in names:
             if _DEL_RE.fullmatch(name):
                 out.append(name)
@@ -617,6 +848,7 @@ class LocalStore(_StoreBase):
         return sorted(out)
 
     def clean_leftovers(self) -> int:
+        self._check_root(claim=True)
         freed = 0
         for name in self.leftovers():
             path = os.path.join(self.root, name)
@@ -644,9 +876,10 @@ class FsspecStore(_StoreBase):
 
         super().__init__(compression)
         self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
-        self.root = root.rstrip("/")
-        self.url = url
         self._local = isinstance(self.fs, fsspec.implementations.local.LocalFileSystem)
+        self.root = os.path.realpath(root) if self._local else root.rstrip("/")
+        self.url = url
+        self._check_root(claim=False)
 
     def _path(self, ckpt_id: str, name: str | None = None) -> str:
         return f"{self.root}/{ckpt_id}" + (f"/{name}" if name else "")
@@ -660,6 +893,8 @@ class FsspecStore(_StoreBase):
             raise CheckpointWriteError(
                 f"checkpoint {ckpt_id} already exists in {self.url}; ids are never reused"
             )
+        with _writing(ckpt_id, self.url):
+            self._check_root(claim=True, saving=True)
         _inflight(self._where(ckpt_id), True)
         try:
             with _writing(ckpt_id, self._where(ckpt_id)):
@@ -705,6 +940,28 @@ class FsspecStore(_StoreBase):
         with self.fs.open(path, "rb") as f:
             yield f, size
 
+    def _entries(self) -> list[tuple[str, bool]] | None:
+        self.fs.invalidate_cache(self.root)
+        try:
+            if self.fs.isfile(self.root):
+                raise ForeignStoreRoot(
+                    f"{self.url}: is a file, not a directory; point checkpoints.dir at a directory"
+                )
+            entries = self.fs.ls(self.root, detail=True)
+        except FileNotFoundError:
+            return None
+        return [
+            (e["name"].rstrip("/").rsplit("/", 1)[-1], e["type"] == "directory") for e in entries
+        ]
+
+    def _head(self, ckpt_id: str, name: str, n: int) -> bytes:
+        return bytes(self.fs.cat_file(self._path(ckpt_id, name), start=0, end=n))
+
+    def _write_marker(self) -> None:
+        if self._local:
+            self.fs.makedirs(self.root, exist_ok=True)
+        self.fs.pipe_file(f"{self.root}/{MARKER}", _MARKER_TEXT)
+
     def _ids(self) -> list[str]:
         self.fs.invalidate_cache(self.root)
         try:
@@ -724,7 +981,9 @@ class FsspecStore(_StoreBase):
 
     def delete(self, ckpt_id: str) -> None:
         """Remove the manifest (the uncommit), then the rest."""
-        self._uncommit(check_id(ckpt_id))
+        check_id(ckpt_id)
+        self._check_root(claim=True)
+        self._uncommit(ckpt_id)
         d = self._path(ckpt_id)
         if self.fs.exists(d):
             self.fs.rm(d, recursive=True)
@@ -736,6 +995,8 @@ class FsspecStore(_StoreBase):
     def leftovers(self) -> list[str]:
         out = []
         for ckpt_id in self._ids():
+            if not NEW_ID_RE.fullmatch(ckpt_id):
+                continue  # only a name new_id() makes is ours to remove
             if not self.fs.exists(self._path(ckpt_id, MANIFEST)) and not _is_inflight(
                 self._where(ckpt_id)
             ):
@@ -743,6 +1004,7 @@ class FsspecStore(_StoreBase):
         return sorted(out)
 
     def clean_leftovers(self) -> int:
+        self._check_root(claim=True)
         freed = 0
         for ckpt_id in self.leftovers():
             d = self._path(ckpt_id)

@@ -12,9 +12,9 @@ from typing import Any
 import optuna
 import sqlalchemy as sa
 
-from hpsearch.checkpoint import CheckpointStore, open_store
+from hpsearch.checkpoint import CheckpointStore, ForeignStoreRoot, open_store
 from hpsearch.checkpoint.lineage import Lineage
-from hpsearch.errors import UsageError
+from hpsearch.errors import StudyFileError, UsageError
 from hpsearch.search.studyfile import StudySettings, check_forkable, load_study_file
 from hpsearch.search.taskload import load_task
 from hpsearch.task import Task
@@ -90,9 +90,12 @@ class Session:
 
         study.pruner = make_pruner(settings)
         lineage = Lineage(url, name)
-        store = open_store(
-            _join(settings.checkpoints.dir, name), compression=settings.checkpoints.compression
-        )
+        try:
+            store = open_store(
+                _join(settings.checkpoints.dir, name), compression=settings.checkpoints.compression
+            )
+        except ForeignStoreRoot as exc:
+            raise StudyFileError(settings.path, "checkpoints.dir", str(exc)) from None
         return cls(settings, classic, name, url, study, lineage, store)
 
     def task(self) -> Task:

@@ -20,7 +20,7 @@ import math
 import re
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,73 +204,160 @@ def _strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def parse_file(buf: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
-    """Parse a whole safetensors file held in the flat uint8 CPU tensor `buf`.
+_Entry = tuple[str, torch.dtype, list[int], int, int]  # name, dtype, shape, begin, end
 
-    Returns tensors that are views into `buf` (zero-copy; one that is not aligned to its item size
-    is copied). Every inconsistency raises CheckpointCorrupt naming `name`: only a file whose header
-    exactly describes its bytes is accepted.
-    """
 
-    def bad(why: str) -> CheckpointCorrupt:
-        return CheckpointCorrupt(f"{name}: not a valid safetensors file: {why}")
+def _bad(name: str, why: str) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{name}: not a valid safetensors file: {why}")
 
-    total = buf.numel()
-    if total < 8:
-        raise bad(f"{total} bytes is shorter than the 8-byte header length")
-    (hlen,) = struct.unpack("<Q", bytes(buf[:8].numpy()))
+
+def header_length(prefix: bytes, total: int, name: str) -> int:
+    """The header length the first 8 bytes of a `total`-byte safetensors file declare."""
+    if total < 8 or len(prefix) < 8:
+        raise _bad(name, f"{total} bytes is shorter than the 8-byte header length")
+    (hlen,) = struct.unpack("<Q", prefix[:8])
     if hlen > min(total - 8, _MAX_HEADER):
-        raise bad(f"header length {hlen} exceeds the file ({total} bytes)")
+        raise _bad(name, f"header length {hlen} exceeds the file ({total} bytes)")
+    return int(hlen)
+
+
+def layout(raw_header: bytes, data_len: int, name: str) -> list[_Entry]:
+    """Validate a safetensors header against the `data_len` bytes that follow it.
+
+    Returns the tensors sorted by position. Every inconsistency raises CheckpointCorrupt naming
+    `name`: only a header that exactly describes its bytes (no gap, no overlap, nothing left
+    over) is accepted, so nothing is allocated beyond what the file holds.
+    """
     try:
-        header = json.loads(bytes(buf[8 : 8 + hlen].numpy()), object_pairs_hook=_strict_pairs)
+        header = json.loads(raw_header, object_pairs_hook=_strict_pairs)
     except (UnicodeDecodeError, ValueError) as e:
-        raise bad(f"header is not valid JSON ({e})") from None
+        raise _bad(name, f"header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
-        raise bad("header is not a JSON object")
+        raise _bad(name, "header is not a JSON object")
     meta = header.pop("__metadata__", None)
     if meta is not None and not (
         isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
     ):
-        raise bad("__metadata__ must map strings to strings")
-    start = 8 + hlen
-    data_len = total - start
-    spans: list[tuple[int, int, str]] = []
-    entries: list[tuple[str, torch.dtype, list[int], int, int]] = []
+        raise _bad(name, "__metadata__ must map strings to strings")
+    entries: list[_Entry] = []
     for key, entry in header.items():
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise bad(f"tensor {key!r}: entry must hold exactly dtype, shape, data_offsets")
+            raise _bad(name, f"tensor {key!r}: entry must hold exactly dtype, shape, data_offsets")
         dtype = DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
         if dtype is None:
-            raise bad(f"tensor {key!r}: unknown dtype {entry['dtype']!r}")
+            raise _bad(name, f"tensor {key!r}: unknown dtype {entry['dtype']!r}")
         shape, offs = entry["shape"], entry["data_offsets"]
         if not (isinstance(shape, list) and all(_is_nat(d) for d in shape)):
-            raise bad(f"tensor {key!r}: shape {shape!r} is not a list of non-negative integers")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_nat(o) for o in offs)):
-            raise bad(f"tensor {key!r}: data_offsets {offs!r} is not [begin, end]")
-        begin, end = offs
-        itemsize = _ITEMSIZE[dtype]
-        if end < begin or end - begin != math.prod(shape) * itemsize:
-            raise bad(
-                f"tensor {key!r}: data_offsets {offs} do not hold shape {shape} of {entry['dtype']}"
+            raise _bad(
+                name, f"tensor {key!r}: shape {shape!r} is not a list of non-negative integers"
             )
-        spans.append((begin, end, key))
+        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_nat(o) for o in offs)):
+            raise _bad(name, f"tensor {key!r}: data_offsets {offs!r} is not [begin, end]")
+        begin, end = offs
+        if end < begin or end - begin != math.prod(shape) * _ITEMSIZE[dtype]:
+            raise _bad(
+                name,
+                f"tensor {key!r}: data_offsets {offs} do not hold shape {shape} of "
+                f"{entry['dtype']}",
+            )
         entries.append((key, dtype, shape, begin, end))
+    entries.sort(key=lambda e: (e[3], e[4]))
     pos = 0
-    for begin, end, key in sorted(spans):
+    for key, _, _, begin, end in entries:
         if begin != pos:
-            raise bad(f"tensor {key!r}: data starts at {begin}, expected {pos} (gap or overlap)")
+            raise _bad(
+                name, f"tensor {key!r}: data starts at {begin}, expected {pos} (gap or overlap)"
+            )
         pos = end
     if pos != data_len:
-        raise bad(f"tensor data covers {pos} bytes but the file holds {data_len} after the header")
+        raise _bad(
+            name, f"tensor data covers {pos} bytes but the file holds {data_len} after the header"
+        )
+    return entries
+
+
+def parse_file(buf: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
+    """Parse a whole safetensors file held in the flat uint8 CPU tensor `buf` (as `verify` does).
+
+    Returns tensors over `buf`'s memory (zero-copy; one that is not aligned to its item size is
+    copied), each with its own autograd version counter. Every inconsistency raises
+    CheckpointCorrupt naming `name`. To train on, prefer `read_file`, whose tensors each own an
+    allocation of their own.
+    """
+    total = buf.numel()
+    hlen = header_length(bytes(buf[:8].numpy()), total, name)
+    start = 8 + hlen
+    entries = layout(bytes(buf[8:start].numpy()), total - start, name)
     out: dict[str, torch.Tensor] = {}
+    storage = buf.untyped_storage()
+    base = buf.storage_offset()
     for key, dtype, shape, begin, end in entries:
         if begin == end:
             out[key] = torch.empty(shape, dtype=dtype)
             continue
-        raw = buf[start + begin : start + end]
-        if (start + begin) % _ITEMSIZE[dtype]:
-            raw = raw.clone()  # another writer's unaligned layout: copy rather than fail
-        out[key] = raw.view(dtype).reshape(shape)
+        at = base + start + begin
+        if at % _ITEMSIZE[dtype]:
+            # another writer's unaligned layout: copy rather than fail
+            out[key] = buf[start + begin : start + end].clone().view(dtype).reshape(shape)
+            continue
+        out[key] = _alias(storage, at // _ITEMSIZE[dtype], dtype, shape)
+    return out
+
+
+def _alias(
+    storage: torch.UntypedStorage, offset: int, dtype: torch.dtype, shape: list[int]
+) -> torch.Tensor:
+    """A tensor over `storage` that is not an autograd view of the file's buffer.
+
+    Views share their base's version counter, so an in-place update of one tensor (BatchNorm's
+    running statistics in the forward pass) would bump the version of every other one. `set_`
+    gives each tensor its own counter with no copy.
+    """
+    t = torch.empty(0, dtype=dtype)
+    stride = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        stride[i] = stride[i + 1] * max(shape[i + 1], 1)
+    return t.set_(storage, offset, shape, stride)
+
+
+def read_file(
+    readinto: Callable[[memoryview], int],
+    total: int,
+    name: str,
+    seen: Callable[[memoryview], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Read a `total`-byte safetensors file from a stream, each tensor into its own allocation.
+
+    `readinto(view) -> n` fills a buffer as a file's `readinto` does; `seen` gets every byte
+    read, in order (to hash them). Each tensor owns memory the allocator aligned, as a tensor
+    the task built would: vectorised CPU kernels round by alignment, so tensors that were views
+    at odd offsets of one buffer would not train bit for bit like the run that saved them. Peak
+    memory is the tensors' bytes. Nothing is allocated beyond what the header declares and the
+    header must describe exactly `total` bytes. The caller must not use the tensors before it
+    has checked the bytes' hash.
+    """
+
+    def read(view: memoryview) -> None:
+        pos = 0
+        while pos < len(view):
+            got = readinto(view[pos:])
+            if not got:
+                raise _bad(name, f"ends after {pos} of {len(view)} bytes")
+            pos += got
+        if seen is not None:
+            seen(view)
+
+    prefix = bytearray(8)
+    read(memoryview(prefix))
+    hlen = header_length(bytes(prefix), total, name)
+    raw_header = bytearray(hlen)
+    read(memoryview(raw_header))
+    out: dict[str, torch.Tensor] = {}
+    for key, dtype, shape, begin, end in layout(bytes(raw_header), total - 8 - hlen, name):
+        t = torch.empty(shape, dtype=dtype)
+        if end > begin:
+            read(t.reshape(-1).view(torch.uint8).numpy().data)
+        out[key] = t
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from hpsearch.errors import CheckpointMismatch, TrainingDiverged
+from hpsearch.errors import CheckpointMismatch, TaskError, TrainingDiverged
 from hpsearch.task import Task
 from hpsearch.training import state as st
 from hpsearch.training.data import DataStream, eval_loader
@@ -107,7 +107,9 @@ class Trainer:
         total_samples: int | None,
         progress: Progress,
         history: list[dict[str, Any]],
+        objective: str | None = None,
     ) -> None:
+        _check_supported(optimizer, scheduler, objective)
         self.task = task
         self.hparams = hparams
         self.model = model
@@ -115,14 +117,16 @@ class Trainer:
         self.scheduler = scheduler
         self.stream = stream
         self.val_loader = eval_loader(
-            val_set, getattr(task, "eval_batch_size", 256), task.collate, stream.num_workers
-        )
+            val_set, getattr(task, "eval_batch_size", 256), task.collate, stream.num_workers,
+            seed=seed,
+        )  # fmt: skip
         self.seed = seed
         self.device = device
         self.schedule = schedule
         self.total_samples = total_samples
         self.progress = progress
         self.history = history
+        self.objective = objective  # the metric a ReduceLROnPlateau scheduler watches
         self.saved_step: int | None = None  # step of the newest checkpoint of this trainer
         self._before = Progress(**vars(progress))
 
@@ -140,8 +144,12 @@ class Trainer:
         total_samples: int | None = None,
         num_workers: int = 0,
         datasets: tuple[Any, Any] | None = None,
+        objective: str | None = None,
     ) -> Trainer:
-        """A fresh run: seed every RNG, then build the model, optimizer and scheduler."""
+        """A fresh run: seed every RNG, then build the model, optimizer and scheduler.
+
+        `objective` names the metric a task's `ReduceLROnPlateau` is stepped with, at each
+        evaluation (every other scheduler steps once per optimizer step)."""
         torch.set_flush_denormal(True)  # denormals in Adam's moments make CPU steps 20x slower
         train_set, val_set = datasets if datasets is not None else task.datasets()
         hp = dict(hparams)
@@ -168,7 +176,7 @@ class Trainer:
         return cls(
             task, hp, model, optimizer, scheduler, stream, val_set,
             seed=seed, device=dev, schedule=schedule, total_samples=total_samples,
-            progress=Progress(), history=[],
+            progress=Progress(), history=[], objective=objective,
         )  # fmt: skip
 
     @classmethod
@@ -195,7 +203,7 @@ class Trainer:
         dev = torch.device(device)
         with torch.device("meta"):
             model = task.model(hp)
-        model_tensors = tensors["model"]
+        model_tensors = st.expand_aliases(tensors["model"], state.get("model_aliases"))
         if dev.type == "cpu":
             st.load_model_state(model, model_tensors, assign=True)
         else:
@@ -219,7 +227,7 @@ class Trainer:
                 raise CheckpointMismatch(
                     "the task returns a scheduler but the checkpoint holds no scheduler state"
                 )
-            scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
+            scheduler.load_state_dict(st.from_json(state["scheduler"]))
         p = state["progress"]
         stream = DataStream(
             train_set,
@@ -235,6 +243,7 @@ class Trainer:
             seed=state["seed"], device=dev,
             schedule=Schedule(**sched) if sched else None, total_samples=total,
             progress=Progress(**p), history=copy.deepcopy(list(state.get("metrics", []))),
+            objective=state.get("objective"),
         )  # fmt: skip
         st.set_rng_state(state["rng"])
         trainer.saved_step = trainer.progress.step
@@ -245,19 +254,21 @@ class Trainer:
     ) -> None:
         """Restore saved state into this trainer's existing objects by copying (the source stays
         untouched): the fast path for forking many trials from one base held in memory."""
-        st.check_model_keys(self.model, tensors["model"])
+        model_tensors = st.expand_aliases(tensors["model"], state.get("model_aliases"))
+        st.check_model_keys(self.model, model_tensors)
         with torch.no_grad():
             for name, t in self.model.state_dict(keep_vars=True).items():
-                t.copy_(tensors["model"][name])
+                t.copy_(model_tensors[name])
         st.copy_optimizer_state(self.optimizer, tensors["optimizer"], state["optimizer"])
         self.hparams = dict(state["hparams"])
         if self.scheduler is not None:
-            self.scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
+            self.scheduler.load_state_dict(st.from_json(state["scheduler"]))
         sched = state.get("schedule")
         self.schedule = Schedule(**sched) if sched else None
         self.total_samples = state.get("total_samples")
         self.progress = Progress(**state["progress"])
         self.history = copy.deepcopy(list(state.get("metrics", [])))
+        self.objective = state.get("objective", self.objective)
         self.seed = state["seed"]
         self.stream.seed = self.seed
         self.stream.set_batch_size(int(self.hparams["batch_size"]))
@@ -270,6 +281,7 @@ class Trainer:
     def state(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
         """The full training state: live tensors (copy them before training on) and JSON."""
         opt_tensors, opt_meta = st.optimizer_state(self.optimizer)
+        model_tensors, aliases = st.model_state(self.model)
         p = self.progress
         info = {
             "version": STATE_VERSION,
@@ -289,8 +301,10 @@ class Trainer:
             ),
             "rng": st.rng_state(),
             "metrics": copy.deepcopy(self.history),
+            "objective": self.objective,
+            "model_aliases": aliases,
         }
-        return {"model": dict(self.model.state_dict()), "optimizer": opt_tensors}, info
+        return {"model": model_tensors, "optimizer": opt_tensors}, info
 
     # -- training ----------------------------------------------------------------------------
 
@@ -340,13 +354,19 @@ class Trainer:
                 group["lr"] = lr * group.get(LR_SCALE, 1.0)
         self.model.train()
         loss = self.task.loss(self.model, _to_device(batch, self.device))
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            what = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise TaskError(
+                f"{type(self.task).__name__}.loss must return a scalar tensor, got {what}: "
+                "reduce it (e.g. .mean()) before returning"
+            )
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingDiverged("the training loss", value, p.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        if self.scheduler is not None:
+        if self.scheduler is not None and not _is_plateau(self.scheduler):
             self.scheduler.step()
         p.step += 1
         p.samples += len(indices)
@@ -377,10 +397,31 @@ class Trainer:
             {"step": p.step, "samples": p.samples, "segment_samples": p.samples - p.origin_samples,
              "index": index, **metrics}
         )  # fmt: skip
+        if self.scheduler is not None and _is_plateau(self.scheduler):
+            self.scheduler.step(metrics[self.objective])  # type: ignore[index]
         hooks.on_eval(self, index, metrics)
 
 
 _BOOKKEEPING = ("step", "samples", "segment_samples", "index")
+
+
+def _is_plateau(scheduler: Any) -> bool:
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def _check_supported(optimizer: Any, scheduler: Any, objective: str | None) -> None:
+    """Refuse, with the reason and what to do instead, what the loop cannot run exactly."""
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise TaskError(
+            "torch.optim.LBFGS is not supported: its step() needs a closure that re-evaluates "
+            "the loss several times per step, and hpsearch's loop computes one loss per batch. "
+            "Use a first-order optimizer (SGD, Adam, ...)"
+        )
+    if _is_plateau(scheduler) and objective is None:
+        raise TaskError(
+            "ReduceLROnPlateau is stepped with a metric at each evaluation, but this run has no "
+            "objective metric to give it (pass objective= to Trainer.create)"
+        )
 
 
 def _crossed(every: Every, now: Progress, before: Progress) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import random
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +32,14 @@ def check_model_keys(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]
         for k, v in expected.items()
         if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
     )
+    typed = sorted(
+        f"{k} (checkpoint {tensors[k].dtype}, model {v.dtype})"
+        for k, v in expected.items()
+        if k in tensors and tensors[k].dtype != v.dtype
+    )
     problems = []
+    if typed:
+        problems.append(f"keys of another dtype: {', '.join(typed)}")
     if missing:
         problems.append(f"missing keys: {', '.join(missing)}")
     if unexpected:
@@ -47,13 +55,84 @@ def check_model_keys(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]
         )
 
 
+def model_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The model's state dict with each shared tensor once, and the alias map {alias: name}.
+
+    Tied weights (`head.weight = emb.weight`, as in GPT-2) appear twice in `state_dict()` over
+    one storage; safetensors stores a storage once, so the second name is kept as an alias and
+    `load_model_state` re-ties it.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[Any, ...], str] = {}
+    for name, t in model.state_dict().items():
+        if t.numel() and t.device.type != "meta":
+            key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype,
+                   tuple(t.shape), t.stride())  # fmt: skip
+            if key in seen:
+                aliases[name] = seen[key]
+                continue
+            seen[key] = name
+        tensors[name] = t
+    return tensors, aliases
+
+
+def expand_aliases(
+    tensors: Mapping[str, torch.Tensor], aliases: Mapping[str, str] | None
+) -> dict[str, torch.Tensor]:
+    """Every state-dict name, the aliases pointing at the tensor of the name they share."""
+    out = dict(tensors)
+    for alias, name in (aliases or {}).items():
+        if not isinstance(alias, str) or name not in tensors:
+            raise CheckpointMismatch(
+                f"the checkpoint's alias {alias!r} -> {name!r} names no saved tensor"
+            )
+        out[alias] = tensors[name]
+    return out
+
+
+def tied_names(model: torch.nn.Module) -> list[list[str]]:
+    """Groups of parameter/buffer names that are one object in `model` (tied weights)."""
+    by_id: dict[int, list[str]] = {}
+    named = [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]
+    for name, t in named:
+        by_id.setdefault(id(t), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+def retie(model: torch.nn.Module, groups: list[list[str]]) -> None:
+    """Make each group's names one object again, the first name's, as `Task.model()` built
+    them: a load with `assign=True` gives every name its own tensor."""
+    for first, *rest in groups:
+        obj = model.get_parameter(first) if _is_param(model, first) else model.get_buffer(first)
+        for name in rest:
+            prefix, _, leaf = name.rpartition(".")
+            owner = model.get_submodule(prefix)
+            if isinstance(obj, torch.nn.Parameter):
+                owner._parameters[leaf] = obj
+            else:
+                owner._buffers[leaf] = obj
+
+
+def _is_param(model: torch.nn.Module, name: str) -> bool:
+    prefix, _, leaf = name.rpartition(".")
+    return leaf in model.get_submodule(prefix)._parameters
+
+
 def load_model_state(
     model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], *, assign: bool = False
 ) -> None:
-    """Load weights. With `assign`, the module takes the given tensors (zero copy)."""
+    """Load weights. With `assign`, the module takes the given tensors (zero copy); tied weights
+    stay tied either way."""
     check_model_keys(model, tensors)
+    groups = tied_names(model)
     with torch.no_grad():
         model.load_state_dict(dict(tensors), strict=True, assign=assign)
+    if assign:
+        retie(model, groups)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,8 +302,16 @@ def to_json(value: Any, what: str) -> Any:
         return value
     if isinstance(value, (tuple, list)):
         return [to_json(v, what) for v in value]
+    if isinstance(value, Counter) or (
+        isinstance(value, dict) and not all(isinstance(k, str) for k in value)
+    ):
+        # JSON keys are strings: MultiStepLR's milestones (a Counter of ints) would come back as
+        # {"2": 1} and never match an int step again. Keep the pairs and the type.
+        kind = "counter" if isinstance(value, Counter) else "dict"
+        items = [[to_json(k, what), to_json(v, what)] for k, v in value.items()]
+        return {"__items__": items, "__type__": kind}
     if isinstance(value, dict):
-        return {str(k): to_json(v, what) for k, v in value.items()}
+        return {k: to_json(v, what) for k, v in value.items()}
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -233,3 +320,19 @@ def to_json(value: Any, what: str) -> Any:
         f"{what}: a value of type {type(value).__name__} cannot be saved as JSON; hpsearch "
         "saves only tensors and JSON (never pickle)"
     )
+
+
+def from_json(value: Any) -> Any:
+    """Undo `to_json`'s tagging of dicts whose keys are not strings (a Counter stays one)."""
+    if isinstance(value, list):
+        return [from_json(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"__items__", "__type__"}:
+            pairs = [(_key(from_json(k)), from_json(v)) for k, v in value["__items__"]]
+            return Counter(dict(pairs)) if value["__type__"] == "counter" else dict(pairs)
+        return {k: from_json(v) for k, v in value.items()}
+    return value
+
+
+def _key(k: Any) -> Any:
+    return tuple(k) if isinstance(k, list) else k  # a list key was a tuple: keep it hashable

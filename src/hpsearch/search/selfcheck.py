@@ -2,38 +2,105 @@
 
 Train k steps, checkpoint, train k more (the uninterrupted run); then restore the checkpoint in a
 fresh Python process, train the same k steps there, and compare both end states tensor by tensor,
-plus RNG, data position, scheduler and metrics. The first component that differs is named.
+plus RNG, data position, scheduler and metrics. The first component that differs is named, with
+its likely cause. Anything the task raises is reported as `file: what failed: error`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from hpsearch.checkpoint import open_store
+from hpsearch.errors import HpsearchError
 from hpsearch.search.studyfile import load_study_file, warmup_hparams
 from hpsearch.search.taskload import load_task
 from hpsearch.training import Budget, Schedule, Trainer
 
+EXACT, NOT_EXACT = 0, 1  # exit statuses; a usage error is 2, as everywhere
 
-def _trainer(path: str) -> tuple[Trainer, Any]:
+
+class TaskFailed(HpsearchError):
+    """The user's task raised during the self-test: `file: what failed: error`."""
+
+    def __init__(self, path: str, phase: str, error: str, trace: str = "") -> None:
+        self.trace = trace
+        super().__init__(f"{path}: {phase} failed: {error}")
+
+
+@contextlib.contextmanager
+def _phase(path: str, what: str) -> Iterator[None]:
+    """Report anything the task raises while doing `what` as TaskFailed, with no traceback;
+    hpsearch's own errors (a bad study file, a task that does not fit) pass as they are."""
+    try:
+        yield
+    except (HpsearchError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise TaskFailed(path, what, _describe(exc), traceback.format_exc()) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    first = text.splitlines()[0]
+    return first if len(first) <= 400 else first[:400] + "…"
+
+
+def _trainer(path: str) -> Trainer:
     settings = load_study_file(path)
     task = load_task(settings.task, study_path=settings.path)()
     sched = settings.schedule
     hp = warmup_hparams(settings)
-    n = len(task.datasets()[0])
-    trainer = Trainer.create(
-        task, hp, seed=settings.seed, device=settings.device,
-        schedule=Schedule(sched.name, sched.warmup, sched.final) if sched else None,
-        total_samples=4 * n, num_workers=settings.data.num_workers,
-    )  # fmt: skip
-    return trainer, settings
+    with _phase(path, "Task.datasets()"):
+        n = len(task.datasets()[0])
+    with _phase(path, "building the run (Task.model, optimizer, scheduler)"):
+        return Trainer.create(
+            task, hp, seed=settings.seed, device=settings.device,
+            schedule=Schedule(sched.name, sched.warmup, sched.final) if sched else None,
+            total_samples=4 * n, num_workers=settings.data.num_workers,
+            objective=settings.objective.metric,
+        )  # fmt: skip
+
+
+# Where a difference first shows, and what usually causes it there.
+_CAUSES = (
+    (
+        "rng",
+        "something draws random numbers the checkpoint does not hold (an RNG of its own, or "
+        "randomness from outside torch, numpy and random)",
+    ),
+    ("progress", "the data position: a sampler or dataset that keeps state of its own"),
+    (
+        "scheduler",
+        "a scheduler whose state_dict() does not hold all of its state (a closure, a "
+        "counter kept elsewhere)",
+    ),
+    ("metrics", "Task.evaluate is not deterministic, or reads state outside the model"),
+    ("optimizer", "optimizer state kept outside state_dict(), or a nondeterministic kernel"),
+    (
+        "model",
+        "state kept outside the model and optimizer (on the task object, in a global), a "
+        "nondeterministic kernel (torch.use_deterministic_algorithms(True) names them), or data "
+        "augmentation that draws from an RNG of its own",
+    ),
+)
+
+
+def likely_cause(component: str) -> str:
+    """What usually makes a resumed run differ first at `component`."""
+    for prefix, cause in _CAUSES:
+        if component.startswith(prefix):
+            return cause
+    return "state the checkpoint does not hold"
 
 
 def first_difference(a: tuple[dict, dict], b: tuple[dict, dict]) -> str | None:
@@ -47,7 +114,7 @@ def first_difference(a: tuple[dict, dict], b: tuple[dict, dict]) -> str | None:
             x, y = ta[group][key], tb[group][key]
             if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x.cpu(), y.cpu()):
                 return f"{group}.{key}"
-    for key in ("progress", "hparams", "optimizer", "scheduler", "metrics"):
+    for key in ("progress", "hparams", "optimizer", "scheduler", "metrics", "model_aliases"):
         if json.dumps(sa.get(key), sort_keys=True) != json.dumps(sb.get(key), sort_keys=True):
             return key
     for key in sorted(set(sa["rng"]) | set(sb["rng"])):
@@ -56,51 +123,80 @@ def first_difference(a: tuple[dict, dict], b: tuple[dict, dict]) -> str | None:
     return None
 
 
-def check_resume(path: str, *, steps: int = 20) -> tuple[bool, str]:
-    """Run the self-test; returns (exact, report)."""
-    trainer, _ = _trainer(path)
+def check_resume(path: str, *, steps: int = 20) -> tuple[int, str]:
+    """Run the self-test; returns (exit status: EXACT or NOT_EXACT, report).
+
+    Raises TaskFailed when the task raises (in this process or in the fresh one), and the usual
+    UsageError for a bad study file or a task that does not fit.
+    """
+    trainer = _trainer(path)
     with tempfile.TemporaryDirectory(prefix="hpsearch-check-") as tmp:
         store = open_store(os.path.join(tmp, "ckpt"))
-        trainer.train(Budget(steps=steps))
-        tensors, state = trainer.state()
-        info = store.save(tensors, state)
-        trainer.train(Budget(steps=2 * steps))
+        with _phase(path, f"training the first {steps} steps"):
+            trainer.train(Budget(steps=steps))
+        info = store.save(*trainer.state())
+        with _phase(path, f"training {steps} steps more (the uninterrupted run)"):
+            trainer.train(Budget(steps=2 * steps))
         expected = trainer.state()
         cmd = [sys.executable, "-m", "hpsearch.search.selfcheck", path, store.url, info.id]
         proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            return False, f"the resumed process failed:\n{proc.stderr.strip()}"
-        got = store.load(proc.stdout.strip().splitlines()[-1])
+        lines = proc.stdout.strip().splitlines()
+        result = _child_result(lines[-1] if lines else "")
+        if proc.returncode != 0 or "id" not in result:
+            if "failed" in result:
+                raise TaskFailed(path, result["failed"], result["error"], result.get("trace", ""))
+            raise TaskFailed(
+                path, "the fresh process", f"exit status {proc.returncode}", proc.stderr.strip()
+            )
+        got = store.load(result["id"])
         diff = first_difference(expected, (got.tensors, got.state))
     if diff is None:
         n = sum(t.numel() for g in expected[0].values() for t in g.values())
-        return True, (
+        return EXACT, (
             f"exact: after {steps} steps, a checkpoint restored in a fresh process and trained "
             f"{steps} more steps equals the uninterrupted run bit for bit ({n} numbers in "
             f"{sum(len(g) for g in expected[0].values())} tensors, RNG, data position, "
             "scheduler, metrics)"
         )
-    return False, (
-        f"NOT exact: the first component that differs is {diff}. Look for randomness outside "
-        "torch/numpy/random, state kept outside the model and optimizer, or nondeterministic "
-        "kernels (torch.use_deterministic_algorithms)."
+    return NOT_EXACT, (
+        f"NOT exact: the first component that differs is {diff}. Likely cause: "
+        f"{likely_cause(diff)}. See the README's 'What a task must not do'."
     )
 
 
-def _child(path: str, url: str, ckpt_id: str) -> None:
-    settings = load_study_file(path)
-    task = load_task(settings.task, study_path=settings.path)()
-    store = open_store(url)
-    loaded = store.load(ckpt_id)
-    trainer = Trainer.restore(
-        task, loaded.tensors, loaded.state, device=settings.device,
-        num_workers=settings.data.num_workers,
-    )  # fmt: skip
-    steps = loaded.state["progress"]["step"]
-    trainer.train(Budget(steps=2 * steps))
-    info = store.save(*trainer.state())
-    print(info.id)
+def _child_result(line: str) -> dict[str, Any]:
+    try:
+        out = json.loads(line)
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def _child(path: str, url: str, ckpt_id: str) -> int:
+    """Restore and continue in this fresh process; print one JSON line: the saved id, or what
+    failed."""
+    phase = "restoring the checkpoint in a fresh process"
+    try:
+        settings = load_study_file(path)
+        task = load_task(settings.task, study_path=settings.path)()
+        store = open_store(url)
+        loaded = store.load(ckpt_id)
+        trainer = Trainer.restore(
+            task, loaded.tensors, loaded.state, device=settings.device,
+            num_workers=settings.data.num_workers,
+        )  # fmt: skip
+        steps = loaded.state["progress"]["step"]
+        phase = f"training {steps} steps after the restore"
+        trainer.train(Budget(steps=2 * steps))
+        phase = "saving the resumed run"
+        info = store.save(*trainer.state())
+    except Exception as exc:
+        failed = {"failed": phase, "error": _describe(exc), "trace": traceback.format_exc()}
+        print(json.dumps(failed))
+        return 3
+    print(json.dumps({"id": info.id}))
+    return 0
 
 
 if __name__ == "__main__":
-    _child(*sys.argv[1:4])
+    sys.exit(_child(*sys.argv[1:4]))

@@ -289,20 +289,40 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from hpsearch.errors import CheckpointError
+    """Re-hash every checkpoint the tree says is committed (and any other on disk). A committed
+    one that is missing, unreadable or in a newer format, an invalid id, and a base the study
+    names but the tree does not hold are failures: each means the study cannot continue."""
+    from hpsearch.errors import CheckpointNotFound
 
     session = _open(args)
     bad = 0
     try:
-        infos = session.store.list()
-        for info in infos:
+        rows = session.lineage.checkpoints(statuses=("committed",))
+        committed = {r.id for r in rows}
+        ids = [r.id for r in rows]
+        try:
+            ids += [i.id for i in session.store.list() if i.id not in committed]
+        except Exception as exc:  # an unlistable store: the tree's rows are still checked
+            bad += 1
+            print(f"UNREADABLE  {session.store.url}: {type(exc).__name__}: {exc}")
+        for bad_id in session.lineage.invalid_ids():
+            bad += 1
+            print(f"INVALID  {bad_id[:100]!r}: the database lists it, but it is no checkpoint id")
+        base = session.attr("base_checkpoint")
+        if base is not None and base not in committed:
+            bad += 1
+            print(f"MISSING  {str(base)[:100]!r}: the study's base checkpoint is not committed")
+        for ckpt_id in ids:
             try:
-                session.store.verify(info.id)
-                print(f"ok       {info.id}")
-            except CheckpointError as exc:
+                session.store.verify(ckpt_id)
+                print(f"ok       {ckpt_id}")
+            except CheckpointNotFound as exc:
                 bad += 1
-                print(f"CORRUPT  {info.id}: {exc}")
-        print(f"{len(infos)} checkpoints verified, {bad} failed")
+                print(f"MISSING  {ckpt_id}: {exc}")
+            except Exception as exc:  # corrupt, newer format, unreadable, out of memory
+                bad += 1
+                print(f"CORRUPT  {ckpt_id}: {type(exc).__name__}: {exc}")
+        print(f"{len(ids)} checkpoints verified, {bad} failed")
     finally:
         session.close()
     return 1 if bad else 0

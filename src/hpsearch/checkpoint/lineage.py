@@ -204,6 +204,21 @@ class Lineage:
             rows = [CheckpointRow(**r._mapping) for r in c.execute(q)]
         return [r for r in rows if self._valid(r)]
 
+    def invalid_ids(self, *, statuses: tuple[str, ...] | None = None) -> list[str]:
+        """Ids of rows that `checkpoints()` leaves out because they are not valid ids."""
+        q = sa.select(checkpoints.c.id).where(checkpoints.c.study == self.study)
+        if statuses is not None:
+            q = q.where(checkpoints.c.status.in_(statuses))
+        with self.engine.connect() as c:
+            ids = [r[0] for r in c.execute(q)]
+        out = []
+        for ckpt_id in ids:
+            try:
+                check_id(ckpt_id)
+            except ValueError:
+                out.append(ckpt_id)
+        return out
+
     def _valid(self, row: CheckpointRow) -> bool:
         """A row whose id could not be a path in the store (hand-edited or damaged database) is
         left out with one warning: no caller may turn it into a path or delete by it."""

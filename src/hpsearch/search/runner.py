@@ -341,6 +341,11 @@ class Worker:
                     dict(t.params), user_attrs={ATTR + "retry_of": t.number}, skip_if_exists=False
                 )
                 trial = self._ask()
+                for key in ("grid_id", "search_space"):  # the same grid point, for GridSampler
+                    if key in t.system_attrs:
+                        study._storage.set_trial_system_attr(
+                            trial._trial_id, key, t.system_attrs[key]
+                        )
                 hp = trial_hparams(self.settings, suggest(trial, self.settings))  # fixed params
                 token = lin.start_attempt(trial.number, resumed_from=_first(sources))
                 return Job(trial.number, trial._trial_id, hp, "retry", token,
@@ -563,7 +568,8 @@ class Worker:
             ) from exc
         steps = int(otrial.study._storage.get_trial(job.trial_id).user_attrs.get(
             ATTR + "steps_trained", 0))  # fmt: skip
-        out = Outcome(job.number, "FAIL", None, dict(job.hparams), steps,
+        params = dict(self.s.study._storage.get_trial(job.trial_id).params)
+        out = Outcome(job.number, "FAIL", None, params, steps,
                       time.monotonic() - start, reason[:200])  # fmt: skip
         self._say(outcome_line(out, self.metric))
         return out
@@ -577,7 +583,8 @@ class Worker:
             self._tell(job.number, state=TrialState.FAIL)
         lin.finish_attempt(job.token, "done")
         self.trainer = None
-        out = Outcome(job.number, "FAIL", None, dict(job.hparams), 0,
+        params = dict(self.s.study._storage.get_trial(job.trial_id).params)
+        out = Outcome(job.number, "FAIL", None, params, 0,
                       time.monotonic() - start, why[:200])  # fmt: skip
         self._say(outcome_line(out, self.metric))
         return out
@@ -683,9 +690,15 @@ class Worker:
         hp = state["hparams"]
         if not isinstance(hp, dict):
             raise CheckpointMismatch(f"hparams are a {type(hp).__name__}, not a mapping")
-        task = self.s.task()
-        with torch.device("meta"):
-            model = task.model(dict(hp))
+        if self.trainer is not None:
+            # compare with the live trainer: calling the task's model() and optimizer() again
+            # would replace what a task keeps of them (its optimizer, say) by meta copies
+            model, optimizer = self.trainer.model, self.trainer.optimizer
+        else:  # a restore follows, and builds the real ones last
+            task = self.s.task()
+            with torch.device("meta"):
+                model = task.model(dict(hp))
+            optimizer = task.optimizer(model, dict(hp))
         weights = loaded.tensors["model"]
         expand = getattr(training_state, "expand_aliases", None)  # tied weights are saved once
         if expand is not None:
@@ -698,7 +711,7 @@ class Worker:
         ]
         if wrong:
             raise CheckpointMismatch(f"weights of another dtype: {', '.join(wrong[:5])}")
-        _check_groups(state["optimizer"], task.optimizer(model, dict(hp)))
+        _check_groups(state["optimizer"], optimizer)
         for group, tensors in loaded.tensors.items():
             for k, t in tensors.items():
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):

@@ -441,3 +441,10 @@ def test_no_prune_on_the_final_report(one_trial_study, tmp_path):
     s = _session(path)
     assert all(s.store.exists(t.user_attrs[ATTR + "final_checkpoint"]) for t in trials)
     s.close()
+
+
+def test_max_failures_must_be_positive(tmp_path, capsys):
+    path = write_study(tmp_path, name="mv", trials={**FAST["trials"], "max_failures": 0})
+    assert main(["run", path]) == 2
+    err = capsys.readouterr().err
+    assert "trials.max_failures: must be an integer >= 1, got 0" in err

@@ -21,6 +21,7 @@ import fsspec
 import pytest
 import torch
 
+import hpsearch
 from hpsearch.checkpoint import FsspecStore, LocalStore, hashing, open_store
 from hpsearch.checkpoint.format import CheckpointInfo, encode_manifest
 from hpsearch.checkpoint.store import MARKER, ForeignStoreRoot, _StoreBase
@@ -29,7 +30,8 @@ from hpsearch.errors import CheckpointCorrupt, CheckpointFormatError, UsageError
 from hpsearch.search.session import Session
 from studyutil import write_study
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the child runs the same hpsearch as this test
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(hpsearch.__file__)))
 
 
 def tensors() -> dict[str, dict[str, torch.Tensor]]:
@@ -327,7 +329,7 @@ def test_memory_error_while_reading_is_a_corrupt_checkpoint(tmp_path: Any) -> No
         [sys.executable, "-c", OOM_CHILD, store.root, small.id, big_zstd.id, big_plain.id],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "src")},
+        env={**os.environ, "PYTHONPATH": SRC},
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()

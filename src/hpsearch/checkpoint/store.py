@@ -540,17 +540,16 @@ def _decompress_safetensors(stored: torch.Tensor, where: str) -> torch.Tensor:
 
     The header (length, then JSON) is decompressed first and bounds everything after it; a
     frame that declares another size, or holds more or less than the header says, is corrupt.
-    So a small file that would decompress to gigabytes costs at most its header's size.
+    So a small file that would decompress to gigabytes costs only what its header declares.
     """
     try:
         with hashing.zstd_frame(stored) as (declared, r):
             head = hashing.read_exact(r, 8)
             (hlen,) = struct.unpack("<Q", head)
-            if hlen > _MAX_SAFETENSORS_HEADER or 0 <= declared < 8 + hlen:
-                raise ValueError(
-                    f"safetensors header length {hlen} does not fit "
-                    + (f"the frame's {declared} bytes" if declared >= 0 else "the format's limit")
-                )
+            if hlen > _MAX_SAFETENSORS_HEADER:
+                raise ValueError(f"safetensors header length {hlen} exceeds the format's limit")
+            if 0 <= declared < 8 + hlen:
+                raise ValueError(f"safetensors header length {hlen} exceeds the frame's {declared}")
             header = hashing.read_exact(r, hlen)
             size = 8 + hlen + _declared_data_size(header)
             if declared >= 0 and declared != size:

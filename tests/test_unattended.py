@@ -347,6 +347,24 @@ def test_an_edited_warmup_is_refused_with_what_changed(one_trial_study, tmp_path
     assert [t.state for t in _trials(path)] == [TrialState.COMPLETE]  # nothing left RUNNING
 
 
+def test_a_first_run_that_trained_nothing_binds_no_settings(tmp_path, capsys):
+    fast = {**FAST, "trials": {**FAST["trials"], "n": 1}}
+    path = write_study(tmp_path, name="fr", objective={"metric": "nope", "direction": "maximize"},
+                       **fast)  # fmt: skip
+    assert main(["run", path]) == 2  # found before any training
+    assert "objective.metric" in capsys.readouterr().err
+
+    def fix(doc: dict) -> None:
+        doc["objective"]["metric"] = "val_accuracy"
+        doc["warmup"]["hparams"]["dropout"] = 0.2  # and retune while at it
+
+    _edit(path, fix)
+    assert main(["run", path]) == 0
+    s = _session(path)
+    assert s.attr("fingerprint")["warmup.hparams.dropout"] == 0.2
+    s.close()
+
+
 def test_a_study_without_a_fingerprint_adopts_one(one_trial_study, tmp_path):
     path = _copy(one_trial_study, tmp_path)
     s = _session(path)

@@ -195,6 +195,9 @@ def check_fingerprint(session: Session) -> None:
         for key in sorted(set(old) | set(now))
         if old.get(key, "(unset)") != now.get(key, "(unset)")
     ]
+    if changed and not _anything_made(session):  # nothing depends on the old settings yet
+        session.set_attr("fingerprint", now)
+        return
     if changed:
         raise UsageError(
             f"{session.settings.path}: the study {session.study_name!r} in "
@@ -202,6 +205,14 @@ def check_fingerprint(session: Session) -> None:
             "and its trials depend on:\n" + "\n".join(changed) + "\nuse a new `name`, or "
             "revert the change"
         )
+
+
+def _anything_made(session: Session) -> bool:
+    """Did a run of this study train anything: a checkpoint (of the warm-up or any trial) or a
+    trial? A first run that failed before (a task error, a bad hyperparameter) did not."""
+    if session.study.get_trials(deepcopy=False):
+        return True
+    return bool(session.lineage.checkpoints(statuses=("pending", "committed", "unusable")))
 
 
 def _show(value: Any) -> str:

@@ -542,11 +542,13 @@ class Worker:
         lin, trials = self.s.lineage, self.settings.trials
         oom = _out_of_memory(exc)
         reason = f"{type(exc).__name__}: {exc}"
+        if not lin.owns(job.token):  # another worker has it now: its outcome, not ours
+            self._say(f"trial {job.number}: {reason[:500]}; taken over by another worker")
+            return Outcome(job.number, "LOST", None, job.hparams, 0, time.monotonic() - start)
         # out of memory: the same params need the same memory, so a retry fails the same way
         otrial.set_user_attr(ATTR + "fail_kind", "oom" if oom else "error")
         otrial.set_user_attr(ATTR + "fail_reason", reason[:2000])
-        if lin.owns(job.token):
-            self._tell(job.number, state=TrialState.FAIL)
+        self._tell(job.number, state=TrialState.FAIL)
         lin.finish_attempt(job.token, "done")
         if oom and torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -74,6 +74,7 @@ _ITEMSIZE: dict[torch.dtype, int] = {
     dt: torch.empty((), dtype=dt).element_size() for dt in _DTYPE_NAMES
 }
 _MAX_HEADER = 100_000_000  # the limit safetensors itself enforces
+_CHUNK = 8 << 20
 
 
 def check_id(ckpt_id: object) -> str:
@@ -338,14 +339,16 @@ def read_file(
     """
 
     def read(view: memoryview) -> None:
-        pos = 0
-        while pos < len(view):
-            got = readinto(view[pos:])
-            if not got:
-                raise _bad(name, f"ends after {pos} of {len(view)} bytes")
-            pos += got
-        if seen is not None:
-            seen(view)
+        for start in range(0, len(view), _CHUNK):  # so hashing chunk k overlaps reading k+1
+            chunk = view[start : start + _CHUNK]
+            pos = 0
+            while pos < len(chunk):
+                got = readinto(chunk[pos:])
+                if not got:
+                    raise _bad(name, f"ends after {start + pos} of {len(view)} bytes")
+                pos += got
+            if seen is not None:
+                seen(chunk)
 
     prefix = bytearray(8)
     read(memoryview(prefix))
@@ -354,7 +357,10 @@ def read_file(
     read(memoryview(raw_header))
     out: dict[str, torch.Tensor] = {}
     for key, dtype, shape, begin, end in layout(bytes(raw_header), total - 8 - hlen, name):
-        t = torch.empty(shape, dtype=dtype)
+        try:  # torch.empty, not NumPy: the same 64-byte alignment as the tensors that were saved
+            t = torch.empty(shape, dtype=dtype)
+        except RuntimeError as e:  # torch's allocator says "can't allocate memory" this way
+            raise MemoryError(str(e)) from None
         if end > begin:
             read(t.reshape(-1).view(torch.uint8).numpy().data)
         out[key] = t

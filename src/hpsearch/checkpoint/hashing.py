@@ -43,7 +43,7 @@ HASHERS: dict[str, Callable[[bytes], str]] = {
 }
 
 
-def _new_hasher(algo: str) -> Any:
+def new_hasher(algo: str) -> Any:
     return blake3.blake3() if algo == "blake3" else hashlib.new(algo)
 
 
@@ -95,7 +95,7 @@ class HashingWriter:
 
     def __init__(self, f: BinaryIO, algo: str = HASH) -> None:
         self._f = f
-        self._hasher = _new_hasher(algo)
+        self._hasher = new_hasher(algo)
         # A pool per writer, not per process: a process-wide pool would hang in a forked child.
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="hpsearch-hash")
         self._pending: list[Future[None]] = []
@@ -166,7 +166,9 @@ def empty_bytes(n: int) -> torch.Tensor:
     return torch.from_numpy(np.empty(n, dtype=np.uint8))
 
 
-def read_hashed(f: BinaryIO, size: int, algo: str) -> tuple[torch.Tensor, str, bool]:
+def read_hashed(
+    f: BinaryIO, size: int, algo: str, where: str = ""
+) -> tuple[torch.Tensor, str, bool]:
     """Read `size` bytes of `f` into one fresh uint8 tensor, hashing while reading.
 
     Returns (buffer, hex digest, exact): `exact` is False if the file ended early or has more
@@ -177,7 +179,7 @@ def read_hashed(f: BinaryIO, size: int, algo: str) -> tuple[torch.Tensor, str, b
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)  # larger readahead
     buf = empty_bytes(size)
     view = buf.numpy().data
-    hasher = _new_hasher(algo)
+    hasher = new_hasher(algo)
     readinto = getattr(f, "readinto", None)
     pos = 0
     with ThreadPoolExecutor(1, thread_name_prefix="hpsearch-hash") as pool:

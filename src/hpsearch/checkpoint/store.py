@@ -66,6 +66,7 @@ from hpsearch.checkpoint.format import (
     group_of,
     parse_file,
     plan_file,
+    read_file,
 )
 from hpsearch.checkpoint.procs import pid_alive
 from hpsearch.errors import (
@@ -430,9 +431,10 @@ class _StoreBase:
     def load(self, ckpt_id: str, *, groups: Sequence[str] | None = None) -> LoadedCheckpoint:
         """Load a checkpoint: every file read is hashed and checked before any tensor exists.
 
-        Tensors are CPU views into one buffer per file (no copy after the read). `groups`
-        limits which tensor groups are read; asking for one that was not saved raises
-        CheckpointMismatch.
+        Each tensor is read straight from the file into an allocation of its own (no copy after
+        the read, peak memory the tensors' bytes), and handed out only once the whole file's
+        hash matched. `groups` limits which tensor groups are read; asking for one that was not
+        saved raises CheckpointMismatch.
         """
         info = self.info(ckpt_id)
         self._check_codec(info)
@@ -445,12 +447,13 @@ class _StoreBase:
             raise CheckpointMismatch(
                 f"checkpoint {ckpt_id} has no tensor group(s) {missing}; it has {sorted(by_group)}"
             )
-        raw = {
-            name: self._read_verified(info, name)
-            for name in [STATE, *(by_group[g] for g in wanted)]
-        }
-        tensors = {g: self._parse(info, by_group[g], raw.pop(by_group[g])) for g in wanted}
-        state = decode_state(bytes(raw[STATE].numpy()), self._where(ckpt_id, STATE))
+        raw_state = self._read_verified(info, STATE)
+        if info.compression == "zstd":
+            tensors = {g: self._parse(info, by_group[g], self._read_verified(info, by_group[g]))
+                       for g in wanted}  # fmt: skip
+        else:
+            tensors = {g: self._read_verified(info, by_group[g], _read_tensors) for g in wanted}
+        state = decode_state(bytes(raw_state.numpy()), self._where(ckpt_id, STATE))
         return LoadedCheckpoint(info=info, tensors=tensors, state=state)
 
     def verify(self, ckpt_id: str) -> CheckpointInfo:
@@ -476,7 +479,11 @@ class _StoreBase:
                 f"checkpoints.compression: {info.compression}"
             )
 
-    def _read_verified(self, info: CheckpointInfo, name: str) -> torch.Tensor:
+    def _read_verified(
+        self, info: CheckpointInfo, name: str, read: Callable[..., Any] = hashing.read_hashed
+    ) -> Any:
+        """Read one file with `read(f, size, algo, where) -> (what was read, digest, exact)` and
+        return what was read only if its size and hash match the manifest."""
         size, digest = info.files[name]
         where = self._where(info.id, name)
         try:
@@ -486,7 +493,7 @@ class _StoreBase:
                         f"{where}: {actual} bytes, but the manifest says {size} "
                         f"({'truncated' if actual < size else 'bytes appended'})"
                     )
-                buf, got, exact = hashing.read_hashed(f, size, info.hash)
+                buf, got, exact = read(f, size, info.hash, where)
         except FileNotFoundError:
             if not self.exists(info.id):
                 raise CheckpointNotFound(
@@ -510,7 +517,7 @@ class _StoreBase:
         where = self._where(info.id, name)
         try:
             if info.compression == "zstd":
-                buf = _decompress_safetensors(buf, where)
+                return _decompress_safetensors(buf, where)
             return parse_file(buf, where)
         except MemoryError:
             raise CheckpointCorrupt(_no_memory(where, None)) from None
@@ -556,20 +563,57 @@ def _decompress_safetensors(stored: torch.Tensor, where: str) -> torch.Tensor:
                 raise ValueError(
                     f"zstd frame declares {declared} bytes, its safetensors header {size}"
                 )
-            out = hashing.empty_bytes(size)
-            view = out.numpy().data
-            view[:8] = head
-            view[8 : 8 + hlen] = header
-            del header
-            got = 8 + hlen + hashing.read_into(r, view[8 + hlen :])
-            if got != size or r.read(1):
-                raise ValueError(
-                    f"zstd frame holds {'more than' if got == size else got} bytes, "
-                    f"its safetensors header declares {size}"
-                )
+            tensors = read_file(_Replay(bytes(head) + bytes(header), r).readinto, size, where)
+            if r.read(1):
+                raise ValueError(f"zstd frame holds more than the {size} bytes its header declares")
     except ValueError as e:
         raise CheckpointCorrupt(f"{where}: {e}") from None
-    return out
+    return tensors
+
+
+class _Replay:
+    """A reader that yields `prefix` (bytes already read) and then the rest of `r`."""
+
+    def __init__(self, prefix: bytes, r: Any) -> None:
+        self.prefix, self.r = memoryview(prefix), r
+
+    def readinto(self, view: memoryview) -> int:
+        if self.prefix:
+            n = min(len(view), len(self.prefix))
+            view[:n] = self.prefix[:n]
+            self.prefix = self.prefix[n:]
+            return n
+        return int(self.r.readinto(view))
+
+
+def _read_tensors(
+    f: BinaryIO, size: int, algo: str, where: str
+) -> tuple[dict[str, torch.Tensor], str, bool]:
+    """Read a `size`-byte safetensors file into one allocation per tensor, hashing while
+    reading (in a second thread, in order): (tensors, hex digest, exact). The caller must not
+    use the tensors unless `exact` and the digest matches."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    hasher = hashing.new_hasher(algo)
+    readinto = getattr(f, "readinto", None)
+
+    def fill(view: memoryview) -> int:
+        if readinto is not None:
+            return int(readinto(view))
+        data = f.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="hpsearch-hash") as pool:
+        pending: list[Future[None]] = []
+        try:
+            tensors = read_file(
+                fill, size, where, lambda v: pending.append(pool.submit(hasher.update, v))
+            )
+        finally:
+            for p in pending:
+                p.result()
+    return tensors, hasher.hexdigest(), not f.read(1)
 
 
 def _declared_data_size(header: bytes) -> int:

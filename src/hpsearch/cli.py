@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     common(cmd("verify", "re-hash every committed checkpoint"))
     c = cmd("check-resume", "self-test of exact resume on your task")
     c.add_argument("--steps", type=int, default=20, help="steps before and after the checkpoint")
+    c.add_argument("--debug", action="store_true", help="show the traceback of a task that fails")
     return p
 
 
@@ -254,7 +255,13 @@ def _export_best(session: Session, best: TrialView, out_dir: str) -> None:
 
     loaded = session.store.load(best.final_checkpoint, groups=("model",))
     os.makedirs(out_dir, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in loaded.tensors["model"].items()}
+    from hpsearch.training.state import expand_aliases
+
+    # every state-dict name, tied weights as copies, so `model.load_state_dict(load_file(...))`
+    # works as it is (safetensors refuses two names over one storage)
+    named = expand_aliases(loaded.tensors["model"], loaded.state.get("model_aliases"))
+    tensors = {k: v.clone() if k in (loaded.state.get("model_aliases") or {}) else v.contiguous()
+               for k, v in named.items()}  # fmt: skip
     save_file(tensors, os.path.join(out_dir, "model.safetensors"))
     params = {
         "trial": best.number,
@@ -329,11 +336,21 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_resume(args: argparse.Namespace) -> int:
-    from hpsearch.search.selfcheck import check_resume
+    from hpsearch.search.selfcheck import TaskFailed, check_resume
 
-    ok, report = check_resume(args.study, steps=args.steps)
+    if args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    try:
+        status, report = check_resume(args.study, steps=args.steps)
+    except TaskFailed as exc:
+        if args.debug and exc.trace:
+            print(exc.trace, file=sys.stderr)
+        print(f"hpsearch: error: {exc}", file=sys.stderr)
+        if not args.debug:
+            print("(hpsearch check-resume --debug shows the traceback)", file=sys.stderr)
+        return 1
     print(report)
-    return 0 if ok else 1
+    return status
 
 
 if __name__ == "__main__":

@@ -332,7 +332,7 @@ class _Reader:
                 self.fail(key, f"keys must be strings, got {_show(k)}")
             if k not in allowed:
                 self.fail(
-                    _join(key, k),
+                    _join(key, _clip(k)),
                     f"unknown key{_did_you_mean(k, allowed)} (allowed here: {', '.join(allowed)})",
                 )
         for k, example in (required or {}).items():
@@ -556,7 +556,7 @@ def _name(r: _Reader, value: Any) -> str:
         r.fail(
             "name",
             f"must be 1-100 letters, digits, '_', '.' or '-' starting with a letter or digit "
-            f"(it becomes a directory name), got {name!r}; use e.g. {fixed!r}",
+            f"(it becomes a directory name), got {_show(name)}; use e.g. {fixed!r}",
         )
     return name
 
@@ -566,18 +566,18 @@ def _task(r: _Reader, value: Any, base_dir: str) -> str:
     module, sep, cls = spec.rpartition(":")
     form = "write it as 'package.module:Class' or 'path/to/file.py:Class'"
     if not sep or not module or not cls.isidentifier():
-        r.fail("task", f"must name a module or .py file and a class, got {spec!r}; {form}")
+        r.fail("task", f"must name a module or .py file and a class, got {_show(spec)}; {form}")
     if module.endswith(".py"):
         file = os.path.normpath(os.path.join(base_dir, os.path.expanduser(module)))
         if not os.path.isfile(file):
             r.fail(
                 "task",
-                f"file not found: {file} (a relative path is resolved against the study file's "
-                f"directory, {base_dir}); fix the path",
+                f"file not found: {_clip(file)} (a relative path is resolved against the study "
+                f"file's directory, {base_dir}); fix the path",
             )
         return f"{file}:{cls}"
     if not all(part.isidentifier() for part in module.split(".")):
-        r.fail("task", f"{module!r} is neither a module path nor a .py file; {form}")
+        r.fail("task", f"{_show(module)} is neither a module path nor a .py file; {form}")
     return spec
 
 
@@ -786,7 +786,7 @@ def _hparams(r: _Reader, value: Any, key: str) -> dict[str, Any]:
     for k, v in value.items():
         if not isinstance(k, str):
             r.fail(key, f"keys must be strings, got {_show(k)}")
-        here = f"{key}.{k}"
+        here = f"{key}.{_clip(k)}"
         v = _number(v)
         if isinstance(v, list):
             v = [_number(x) for x in v]
@@ -907,12 +907,12 @@ def _search_space(r: _Reader, value: Any, hparams: dict[str, Any]) -> dict[str, 
     for name, entry in value.items():
         if not isinstance(name, str):
             r.fail("search_space", f"keys must be strings, got {_show(name)}")
-        key = f"search_space.{name}"
+        key = f"search_space.{_clip(name)}"
         param = _param(r, name, entry, key)
         if name not in hparams:
             r.fail(
                 key,
-                f"{name!r} is not in warmup.hparams; add it to warmup.hparams with the "
+                f"{_show(name)} is not in warmup.hparams; add it to warmup.hparams with the "
                 f"value the warm-up should use",
             )
         _check_known(r, param, key)
@@ -1384,8 +1384,8 @@ def check_forkable(settings: StudySettings, task_cls: type[Task]) -> None:
             if name not in FORKABLE:
                 raise StudyFileError(
                     settings.path,
-                    f"search_space.{name}",
-                    f"{name!r} cannot be forked: it changes the model's shape/data, which the "
+                    f"search_space.{_clip(name)}",
+                    f"{_show(name)} cannot be forked: it changes the model's shape/data, which the "
                     f"warm-up fixes. Remove it from search_space, or implement "
                     f"Task.apply_hparams in {task_cls.__name__} to apply it to a restored model.",
                 )

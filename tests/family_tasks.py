@@ -135,3 +135,10 @@ class RaisesAfterRestore(DigitsMLP):
         if os.environ.get("HPSEARCH_TEST_FIRST_PROCESS") != str(os.getpid()):
             raise RuntimeError("the vocabulary was never loaded in this process")
         return super().loss(model, batch)
+
+
+class PlateauDigits(DigitsMLP):
+    """The digits MLP with ReduceLROnPlateau, stepped at each evaluation with the objective."""
+
+    def scheduler(self, optimizer: Any, hparams: dict[str, Any], total_steps: int) -> Any:
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", factor=0.5, patience=0)

@@ -125,7 +125,7 @@ class Worker:
         try:
             probe = Trainer.create(
                 task, warmup_hparams(self.settings), seed=self.settings.seed,
-                device=self.settings.device, datasets=self.s.datasets(),
+                device=self.settings.device, datasets=self.s.datasets(), objective=self.metric,
             )  # fmt: skip
             metrics = probe.evaluate()
         except (HpsearchError, KeyboardInterrupt):
@@ -274,6 +274,7 @@ class Worker:
                 schedule=Schedule(sched.name, sched.warmup, sched.final) if sched else None,
                 total_samples=self.plan.warmup_samples + self.plan.trial_samples,
                 num_workers=self.settings.data.num_workers, datasets=self.s.datasets(),
+                objective=self.metric,
             )  # fmt: skip
         bar = _bar("warm-up", self.plan.warmup, self.plan.n)
         hooks = TrialHooks(self, trainer, WARMUP, token, self.plan.warmup, bar, parent=source)
@@ -608,7 +609,7 @@ class Worker:
                 task, hp, seed=self.settings.seed, device=self.settings.device,
                 schedule=Schedule(sched.name, sched.warmup, sched.final) if sched else None,
                 total_samples=total, num_workers=self.settings.data.num_workers,
-                datasets=self.s.datasets(),
+                datasets=self.s.datasets(), objective=self.metric,
             ), None  # fmt: skip
         sources = job.sources if job.kind != "new" else [self.base_id]
         if not self.classic and self.base_id not in sources:

@@ -420,3 +420,13 @@ def test_an_exponent_float_argument_is_read_as_a_number(tmp_path: Path) -> None:
     doc["pruner"] = {"name": "PercentilePruner", "percentile": "2.5e1"}  # YAML 1.1 reads a str
     Path(path).write_text(yaml.safe_dump(doc))
     assert load_study_file(path).pruner.kwargs == {"percentile": 25.0}
+
+
+def test_the_dry_trials_accept_a_grid_they_cover(tmp_path: Path) -> None:
+    # A GridSampler stops its study once the grid is covered; two dry trials cover this one.
+    path = write_study(
+        tmp_path,
+        sampler={"name": "GridSampler"},
+        search_space={"batch_size": {"categorical": [64]}},
+    )
+    assert load_study_file(path).sampler.name == "GridSampler"

@@ -1289,24 +1289,29 @@ def _dry_run(
     verbosity = optuna.logging.get_verbosity()
     # Its lines ("Trial 0 finished", "sampled independently") are about made-up trials.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    key, comp = "sampler", settings.sampler
+    stage = ["sampler"]
+
+    def objective(trial: optuna.Trial) -> float:
+        stage[0] = "sampler"
+        _suggest(trial, settings.search_space)
+        stage[0] = "pruner"
+        for step in range(2):
+            trial.report(float(trial.number + step), step)
+            trial.should_prune()
+        stage[0] = "sampler"  # tell() and the sampler's after_trial
+        return float(trial.number)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             study = optuna.create_study(
                 sampler=sampler, pruner=pruner, direction=settings.objective.direction
             )
-            for i in range(2):
-                key, comp = "sampler", settings.sampler
-                trial = study.ask()
-                _suggest(trial, settings.search_space)
-                key, comp = "pruner", settings.pruner
-                for step in range(2):
-                    trial.report(float(i + step), step)
-                    trial.should_prune()
-                key, comp = "sampler", settings.sampler
-                study.tell(trial, float(i))
+            # optimize(), not ask/tell: a GridSampler stops the study once its grid is covered.
+            study.optimize(objective, n_trials=2)
     except Exception as e:
+        key = stage[0]
+        comp = settings.sampler if key == "sampler" else settings.pruner
         fix = "fix its arguments"
         if isinstance(e, ModuleNotFoundError) and e.name:
             fix = f"install the package it needs (pip install {e.name.split('.')[0]})"

@@ -243,11 +243,6 @@ def test_a_study_file_error_leaves_no_database_behind(tmp_path: Path, capsys: An
     nothing_written(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session.py opens the storage before the task is checked: Session.open should load "
-    "the task, run check_forkable and check_budgets before RDBStorage (see the report)",
-)
 def test_a_task_check_error_leaves_no_database_behind(tmp_path: Path, capsys: Any) -> None:
     changes = {"trials": {"n": 2, "epochs": 1, "eval_every": 0.0001}}
     refused(write_study(tmp_path, **changes), capsys)
@@ -430,3 +425,12 @@ def test_the_dry_trials_accept_a_grid_they_cover(tmp_path: Path) -> None:
         search_space={"batch_size": {"categorical": [64]}},
     )
     assert load_study_file(path).sampler.name == "GridSampler"
+
+
+def test_read_only_commands_do_not_probe_for_writes(tmp_path: Path) -> None:
+    # `status`, `plot` and the like open a study without writing: no probe file, and a study
+    # whose directories take no new files (a read-only mount) can still be looked at
+    path = write_study(tmp_path, checkpoints={"dir": "/proc/hpsearch-ro"})
+    with pytest.raises(StudyFileError, match=r"checkpoints\.dir"):
+        load_study_file(path)
+    assert load_study_file(path, writable=False).checkpoints.dir == "/proc/hpsearch-ro"

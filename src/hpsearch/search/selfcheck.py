@@ -56,7 +56,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _trainer(path: str) -> Trainer:
-    settings = load_study_file(path)
+    settings = load_study_file(path, writable=False)
     task = load_task(settings.task, study_path=settings.path)()
     sched = settings.schedule
     hp = warmup_hparams(settings)
@@ -177,7 +177,7 @@ def _child(path: str, url: str, ckpt_id: str) -> int:
     failed."""
     phase = "restoring the checkpoint in a fresh process"
     try:
-        settings = load_study_file(path)
+        settings = load_study_file(path, writable=False)
         task = load_task(settings.task, study_path=settings.path)()
         store = open_store(url)
         loaded = store.load(ckpt_id)

@@ -15,7 +15,12 @@ import sqlalchemy as sa
 from hpsearch.checkpoint import CheckpointStore, ForeignStoreRoot, open_store
 from hpsearch.checkpoint.lineage import Lineage
 from hpsearch.errors import StudyFileError, UsageError
-from hpsearch.search.studyfile import StudySettings, check_forkable, load_study_file
+from hpsearch.search.studyfile import (
+    StudySettings,
+    check_budgets,
+    check_forkable,
+    load_study_file,
+)
 from hpsearch.search.taskload import load_task
 from hpsearch.task import Task
 
@@ -46,7 +51,8 @@ class Session:
     ) -> Session:
         """Open (or create) the study of a study file. `classic` selects the from-scratch twin
         study `<name>-classic`, which lives beside the forking one for comparisons."""
-        settings = settings or load_study_file(path)
+        settings = settings or load_study_file(path, writable=create)
+        task, datasets = _checked_task(settings) if create else (None, None)
         url = storage or settings.storage
         name = settings.name + ("-classic" if classic else "")
         if url.startswith("sqlite:///"):
@@ -96,7 +102,7 @@ class Session:
             )
         except ForeignStoreRoot as exc:
             raise StudyFileError(settings.path, "checkpoints.dir", str(exc)) from None
-        return cls(settings, classic, name, url, study, lineage, store)
+        return cls(settings, classic, name, url, study, lineage, store, task, datasets)
 
     def task(self) -> Task:
         if self._task is None:
@@ -121,6 +127,17 @@ class Session:
 
     def close(self) -> None:
         self.lineage.close()
+
+
+def _checked_task(settings: StudySettings) -> tuple[Task, tuple[Any, Any]]:
+    """The task, built and checked against the study file (forkable keys, budgets in samples)
+    before anything is created: a study-file error found here leaves no database behind."""
+    cls = load_task(settings.task, study_path=settings.path)
+    check_forkable(settings, cls)
+    task = cls()
+    datasets = task.datasets()
+    check_budgets(settings, len(datasets[0]))
+    return task, datasets
 
 
 def _join(root: str, name: str) -> str:

@@ -306,8 +306,9 @@ _KNOWN = {
 class _Reader:
     """Checks raw YAML values; every failure becomes a StudyFileError for this file."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, writable: bool = True) -> None:
         self.path = path
+        self.writable = writable  # probe that the storage and checkpoint dirs take new files
 
     def fail(self, key: str, message: str) -> NoReturn:
         raise StudyFileError(self.path, key, message)
@@ -479,10 +480,15 @@ class _StudyLoader(yaml.SafeLoader):
             ) from None
 
 
-def load_study_file(path: str | os.PathLike[str]) -> StudySettings:
-    """Read and validate a study file; raise StudyFileError naming the key path and the fix."""
+def load_study_file(path: str | os.PathLike[str], *, writable: bool = True) -> StudySettings:
+    """Read and validate a study file; raise StudyFileError naming the key path and the fix.
+
+    With `writable` (the commands that train), the storage's and the checkpoints' directories
+    must take new files (an empty file is created and deleted there); the read-only commands
+    (`status`, `plot`, ...) pass False and work on a study in a read-only place.
+    """
     shown = os.fspath(path)
-    r = _Reader(shown)
+    r = _Reader(shown, writable=writable)
     try:
         with open(shown, encoding="utf-8") as f:
             text = f.read()
@@ -648,7 +654,7 @@ def _check_database_file(r: _Reader, file: str) -> None:
         r.fail("storage", f"{_show(file)} is a directory, not a database file; {fix}")
     if os.path.exists(file) and not os.access(file, os.R_OK | os.W_OK):
         r.fail("storage", f"the database {_show(file)} cannot be read and written; {fix}")
-    problem = _cannot_create_in(os.path.dirname(file))
+    problem = _cannot_create_in(os.path.dirname(file)) if r.writable else None
     if problem:
         r.fail("storage", f"cannot create the database {_show(file)}: {problem}; {fix}")
 
@@ -725,7 +731,7 @@ def _check_checkpoint_dir(r: _Reader, directory: str, name: str) -> None:
     fix = "name a directory you can write (it is created if missing)"
     if os.path.exists(directory) and not os.path.isdir(directory):
         r.fail(key, f"{_show(directory)} is a file, not a directory; {fix}")
-    problem = _cannot_create_in(directory)
+    problem = _cannot_create_in(directory) if r.writable else None
     if problem:
         r.fail(key, f"cannot write checkpoints under {_show(directory)}: {problem}; {fix}")
     # The study's own folder is the store's root: only looked at, never written here, because
@@ -733,7 +739,7 @@ def _check_checkpoint_dir(r: _Reader, directory: str, name: str) -> None:
     root = os.path.join(directory, name)
     if os.path.lexists(root) and not os.path.isdir(root):
         r.fail(key, f"{_show(root)} (the study's folder in it) is a file, not a directory; {fix}")
-    if os.path.isdir(root) and not os.access(root, os.W_OK | os.X_OK):
+    if r.writable and os.path.isdir(root) and not os.access(root, os.W_OK | os.X_OK):
         r.fail(key, f"the study's folder {_show(root)} cannot be written; {fix}")
 
 

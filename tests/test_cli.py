@@ -141,3 +141,8 @@ def test_check_resume_on_the_example_task(study, capsys):
 def test_unknown_study_file(capsys):
     assert main(["status", "/nonexistent/x.yaml"]) == 2
     assert "no such study file" in capsys.readouterr().err
+
+
+def test_an_in_memory_storage_on_the_command_line_is_refused(study, capsys):
+    assert main(["run", study, "--storage", "sqlite:///:memory:"]) == 2
+    assert "in-memory database is refused" in capsys.readouterr().err

@@ -52,8 +52,13 @@ class Session:
         """Open (or create) the study of a study file. `classic` selects the from-scratch twin
         study `<name>-classic`, which lives beside the forking one for comparisons."""
         settings = settings or load_study_file(path, writable=create)
-        task, datasets = _checked_task(settings) if create else (None, None)
         url = storage or settings.storage
+        if url.rstrip("/") in ("sqlite:", "sqlite:/") or ":memory:" in url:  # --storage too
+            raise UsageError(
+                f"--storage {url}: an in-memory database is refused: every process (and every "
+                "engine) would see its own empty study; give a file, e.g. sqlite:///study.db"
+            )
+        task, datasets = _checked_task(settings) if create else (None, None)
         name = settings.name + ("-classic" if classic else "")
         if url.startswith("sqlite:///"):
             db = url[len("sqlite:///") :]

@@ -319,3 +319,30 @@ def test_in_place_load_drops_optimizer_state_the_checkpoint_lacks():
     assert worker.state()[0]["optimizer"].keys() == expected_keys
     worker.train(Budget(steps=10))
     _states_equal(worker.state()[0], fresh.state()[0])
+
+
+class _StopAt(Hooks):
+    """Raises after step `n`, like the study's stop flag after a Ctrl-C (checked after a step,
+    so a step that crossed an evaluation boundary is saved before it is evaluated)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def on_step(self, trainer, indices, loss):
+        if trainer.progress.step == self.n:
+            raise KeyboardInterrupt
+
+
+def test_a_stop_between_a_step_and_its_evaluation_evaluates_on_resume(tmp_path):
+    ref = Trainer.create(DigitsMLP(), HP, seed=3)
+    ref.train(Budget(steps=12), eval_every=Every(steps=5))
+    stopped = Trainer.create(DigitsMLP(), HP, seed=3)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.train(Budget(steps=12), hooks=_StopAt(10), eval_every=Every(steps=5))
+    assert [h["step"] for h in stopped.history] == [5]  # step 10 was never evaluated
+    store = open_store(str(tmp_path / "ck"))
+    loaded = store.load(store.save(*stopped.state()).id)
+    resumed = Trainer.restore(DigitsMLP(), loaded.tensors, loaded.state)
+    resumed.train(Budget(steps=12), eval_every=Every(steps=5))
+    assert resumed.history == ref.history
+    _states_equal(resumed.state()[0], ref.state()[0])

@@ -329,6 +329,10 @@ class Trainer:
         final metrics. A trainer restored mid-segment continues exactly where it left off."""
         hooks = hooks or Hooks()
         p = self.progress
+        if eval_every is not None and self._eval_pending(eval_every):
+            # saved right after a step that crossed an evaluation boundary, before it was
+            # evaluated (a Ctrl-C checkpoints between the two): evaluate now, as the run would
+            self._eval(hooks, eval_every.index(p))
         while not until.reached(p):
             self.step(hooks)
             if eval_every is not None and _crossed(eval_every, p, self._before):
@@ -341,6 +345,13 @@ class Trainer:
         if self.saved_step != p.step:
             self.checkpoint(hooks)
         return {k: v for k, v in self.history[-1].items() if k not in _BOOKKEEPING}
+
+    def _eval_pending(self, eval_every: Every) -> bool:
+        p = self.progress
+        if self.history and self.history[-1]["step"] == p.step:
+            return False
+        done = [h["index"] for h in self.history if h["samples"] > p.origin_samples]
+        return eval_every.index(p) > max(done, default=0)
 
     def step(self, hooks: Hooks) -> float:
         """One optimizer step on the next batch."""

@@ -8,17 +8,19 @@
 Kills are driven by what the study did, never by how long it took, so a test proves the same
 thing on a loaded machine as on a quiet one. The watcher only reads: the checkpoint root (one
 directory per committed checkpoint, `.tmp-*` while one is written, `.del-*` while one is
-deleted) and the study's sqlite database, opened read-only. It wakes on inotify events from both
-(Linux; elsewhere it polls every few milliseconds). When an event is seen it freezes the run's
-process group with SIGSTOP, checks the event on the frozen state (nothing can change any more),
-and then SIGKILLs it, or lets it go on with SIGCONT if the event had already passed. So each
-`Kill` records exactly what the killed run left behind.
+deleted) and the study's sqlite database, opened read-only. It wakes on inotify events from the
+root (and from the database's directory, for reports); on other systems than Linux it polls
+every few milliseconds. When an event is seen it freezes the run's process group with SIGSTOP,
+checks the event on the frozen state (nothing can change any more), and then SIGKILLs it, or
+lets it go on with SIGCONT if the event had already passed. So each `Kill` records exactly what
+the killed run left behind, and a kill after a commit is never "too late" however slow the
+machine: the state it records is the state it killed.
 
-Events (each counted from the start of that run, N drawn from 1..`most`):
+Events (counted from the start of each run; N is drawn from 1..`most`):
 
-- `commit`: after the run's Nth committed checkpoint, at a moment a trial of it is mid-way and has
-  a committed checkpoint of its own. Each such kill therefore forces a takeover: the next run must
-  continue that trial from that checkpoint.
+- `commit`: after the run's Nth committed checkpoint, at a moment a trial of it is mid-way (still
+  RUNNING) and has a checkpoint of its own on disk. Each such kill therefore forces a takeover:
+  the next run must continue that trial from that checkpoint (`takeovers_after` checks it).
 - `save`: inside a save (its temporary directory exists, no manifest yet), once the run has
   committed one checkpoint. Best effort: a small save can be over before the watcher runs; after
   `misses` saves missed the kill lands on the state after the last one (`Kill.hit` says which).
@@ -110,10 +112,11 @@ class Watch:
     def __init__(self, paths: StudyPaths) -> None:
         self.p = paths
         self.fds: dict[str, int] = {}  # one inotify instance per directory, to wake on either
-        self.libc = None
+        self.libc: ctypes.CDLL | None = None
         with contextlib.suppress(OSError, AttributeError):
-            self.libc = ctypes.CDLL(None, use_errno=True)
-            self.libc.inotify_init1  # noqa: B018 (Linux only)
+            libc = ctypes.CDLL(None, use_errno=True)
+            if hasattr(libc, "inotify_init1"):  # Linux only
+                self.libc = libc
 
     def close(self) -> None:
         for fd in self.fds.values():

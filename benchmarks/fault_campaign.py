@@ -200,7 +200,8 @@ def kill_and_forge(
             mark = f"checkpoint {k.checkpoint} cannot be used ("
             if mark in said:
                 why = said.partition(mark)[2].partition("); trying")[0]
-                refused.append(f"trial {k.trial}: {why[:70]}")
+                why = why.rpartition(k.checkpoint + "/")[2] or why  # the file, not its path
+                refused.append(f"trial {k.trial}: {why[:90]}")
             elif status.get(k.checkpoint) != "committed":  # recovery dropped it unread
                 refused.append(f"trial {k.trial}: dropped ({status.get(k.checkpoint)})")
             else:
@@ -220,8 +221,10 @@ def kill_and_forge(
 
 
 def _last(text: str) -> str:
+    """The last line of a run's output, with the long temporary paths cut to their file."""
     lines = [x for x in text.strip().splitlines() if x.strip()]
-    return lines[-1][:160] if lines else ""
+    words = [w.rpartition("/")[2] if "/" in w else w for w in (lines[-1] if lines else "").split()]
+    return " ".join(words)[:200]
 
 
 def _checkpoint_bytes(path: str) -> int:

@@ -1,4 +1,4 @@
-"""Resume anything: a study SIGKILLed at 20 events ends identical to an uninterrupted one;
+"""Resume anything: a study SIGKILLed at 12 events ends identical to an uninterrupted one;
 stale trials are taken over; Ctrl-C and SIGTERM stop cleanly; a crashed trial continues."""
 
 from __future__ import annotations
@@ -24,9 +24,12 @@ STUDY = {
     "warmup": {"epochs": 1, "hparams": {"lr": 1e-2, "dropout": 0.1, "batch_size": 64,
                                         "weight_decay": 1e-4, "hidden": 64}},
     "trials": {"n": 10, "epochs": 1.5, "eval_every": 0.25},
-    # about 50 checkpoints and 30 reports in all: enough events for 20 kills
+    # about 50 checkpoints and 30 reports in all: enough events for the 12 kills
     "checkpoints": {"every": 0.125, "keep_best": 100},
 }  # fmt: skip
+# 3 of each event; each run is a fresh process (about 3 s of start-up), so this is the test's
+# cost; `benchmarks/fault_campaign.py --kills N` runs longer campaigns
+KILLS = 12
 
 
 def _hpsearch(*args: str) -> list[str]:
@@ -81,11 +84,11 @@ def test_sigkill_campaign_ends_identical_to_an_uninterrupted_study(tmp_path, ref
     path = write_study(tmp_path, name="kc", **STUDY)
     # each kill lands right after an event of the run (its first commit, save, report or
     # deletion), so what it proves does not depend on how fast the machine is
-    kills = kill_at_events(_hpsearch("run", path), StudyPaths.of(path), 20, random.Random(7),
+    kills = kill_at_events(_hpsearch("run", path), StudyPaths.of(path), KILLS, random.Random(7),
                            most=1, env=_env())  # fmt: skip
-    assert len(kills) == 20, f"only {len(kills)} kills before the study finished"
+    assert len(kills) == KILLS, f"only {len(kills)} kills before the study finished"
     modes = {e: sum(k.event == e for k in kills) for e in ("commit", "save", "report", "gc")}
-    assert modes == {"commit": 5, "save": 5, "report": 5, "gc": 5}
+    assert modes == {"commit": 3, "save": 3, "report": 3, "gc": 3}
     forced = [k for k in kills if k.trial is not None]
     # every `commit` kill leaves a trial mid-way with a checkpoint of its own: by construction
     assert all(k.trial is not None for k in kills if k.event == "commit")
@@ -122,7 +125,7 @@ def test_sigkill_campaign_ends_identical_to_an_uninterrupted_study(tmp_path, ref
           f"{len(got)} trials, {len(forced)} kills left a trial mid-way, {takeovers} trials "
           f"continued from their own checkpoint; recomputed work per kill <= {interval} samples "
           "(one checkpoint interval)")  # fmt: skip
-    assert takeovers >= len(forced) >= 5
+    assert takeovers >= len(forced) >= 3
     assert s.store.leftovers() == []
     s.close()
 

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from hpsearch.errors import CheckpointCorrupt, CheckpointFormatError
@@ -321,6 +322,25 @@ def _alias(
     return t.set_(storage, offset, shape, stride)
 
 
+_ALIGN = 64  # what torch's CPU allocator gives every tensor
+_BIG = 1 << 20
+
+
+def _empty(shape: list[int], dtype: torch.dtype, nbytes: int) -> torch.Tensor:
+    """A fresh tensor aligned as torch aligns its own (vectorised kernels round by alignment).
+
+    Large ones come from NumPy, offset to a 64-byte boundary: NumPy asks the kernel for
+    transparent huge pages, which makes filling fresh memory several times faster."""
+    try:
+        if nbytes < _BIG:
+            return torch.empty(shape, dtype=dtype)
+        raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+        skip = -raw.ctypes.data % _ALIGN
+        return torch.from_numpy(raw[skip : skip + nbytes]).view(dtype).reshape(shape)
+    except RuntimeError as e:  # torch's allocator says "can't allocate memory" this way
+        raise MemoryError(str(e)) from None
+
+
 def read_file(
     readinto: Callable[[memoryview], int],
     total: int,
@@ -357,10 +377,7 @@ def read_file(
     read(memoryview(raw_header))
     out: dict[str, torch.Tensor] = {}
     for key, dtype, shape, begin, end in layout(bytes(raw_header), total - 8 - hlen, name):
-        try:  # torch.empty, not NumPy: the same 64-byte alignment as the tensors that were saved
-            t = torch.empty(shape, dtype=dtype)
-        except RuntimeError as e:  # torch's allocator says "can't allocate memory" this way
-            raise MemoryError(str(e)) from None
+        t = _empty(shape, dtype, end - begin)
         if end > begin:
             read(t.reshape(-1).view(torch.uint8).numpy().data)
         out[key] = t

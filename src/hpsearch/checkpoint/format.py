@@ -213,22 +213,27 @@ def _bad(name: str, why: str) -> CheckpointCorrupt:
     return CheckpointCorrupt(f"{name}: not a valid safetensors file: {why}")
 
 
-def header_length(prefix: bytes, total: int, name: str) -> int:
-    """The header length the first 8 bytes of a `total`-byte safetensors file declare."""
-    if total < 8 or len(prefix) < 8:
+def header_length(prefix: bytes, total: int | None, name: str) -> int:
+    """The header length the first 8 bytes of a `total`-byte safetensors file declare (`total`
+    None: a stream of unknown length, bounded by the format's header limit only)."""
+    if (total is not None and total < 8) or len(prefix) < 8:
         raise _bad(name, f"{total} bytes is shorter than the 8-byte header length")
     (hlen,) = struct.unpack("<Q", prefix[:8])
-    if hlen > min(total - 8, _MAX_HEADER):
+    if hlen > _MAX_HEADER:
+        raise _bad(name, f"header length {hlen} exceeds the format's limit of {_MAX_HEADER}")
+    if total is not None and hlen > total - 8:
         raise _bad(name, f"header length {hlen} exceeds the file ({total} bytes)")
     return int(hlen)
 
 
-def layout(raw_header: bytes, data_len: int, name: str) -> list[_Entry]:
+def layout(raw_header: bytes, data_len: int | None, name: str) -> list[_Entry]:
     """Validate a safetensors header against the `data_len` bytes that follow it.
 
     Returns the tensors sorted by position. Every inconsistency raises CheckpointCorrupt naming
     `name`: only a header that exactly describes its bytes (no gap, no overlap, nothing left
-    over) is accepted, so nothing is allocated beyond what the file holds.
+    over) is accepted, so nothing is allocated beyond what the file holds. With `data_len`
+    None (a stream of unknown length) the header's own spans say how long the data is, and the
+    caller checks that the stream ends there.
     """
     try:
         header = json.loads(raw_header, object_pairs_hook=_strict_pairs)
@@ -271,7 +276,7 @@ def layout(raw_header: bytes, data_len: int, name: str) -> list[_Entry]:
                 name, f"tensor {key!r}: data starts at {begin}, expected {pos} (gap or overlap)"
             )
         pos = end
-    if pos != data_len:
+    if data_len is not None and pos != data_len:
         raise _bad(
             name, f"tensor data covers {pos} bytes but the file holds {data_len} after the header"
         )
@@ -343,7 +348,7 @@ def _empty(shape: list[int], dtype: torch.dtype, nbytes: int) -> torch.Tensor:
 
 def read_file(
     readinto: Callable[[memoryview], int],
-    total: int,
+    total: int | None,
     name: str,
     seen: Callable[[memoryview], None] | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -354,8 +359,9 @@ def read_file(
     the task built would: vectorised CPU kernels round by alignment, so tensors that were views
     at odd offsets of one buffer would not train bit for bit like the run that saved them. Peak
     memory is the tensors' bytes. Nothing is allocated beyond what the header declares and the
-    header must describe exactly `total` bytes. The caller must not use the tensors before it
-    has checked the bytes' hash.
+    header must describe exactly `total` bytes (`total` None: a decompressing stream, whose
+    end the caller checks). The caller must not use the tensors before it has checked the
+    bytes' hash.
     """
 
     def read(view: memoryview) -> None:
@@ -376,7 +382,8 @@ def read_file(
     raw_header = bytearray(hlen)
     read(memoryview(raw_header))
     out: dict[str, torch.Tensor] = {}
-    for key, dtype, shape, begin, end in layout(bytes(raw_header), total - 8 - hlen, name):
+    data_len = None if total is None else total - 8 - hlen
+    for key, dtype, shape, begin, end in layout(bytes(raw_header), data_len, name):
         t = _empty(shape, dtype, end - begin)
         if end > begin:
             read(t.reshape(-1).view(torch.uint8).numpy().data)

@@ -245,23 +245,3 @@ def zstd_frame(stored: torch.Tensor) -> Iterator[tuple[int, Any]]:
             yield int(declared), r
     except zstd.ZstdError as e:
         raise ValueError(f"zstd data is damaged ({e})") from None
-
-
-def read_into(r: Any, view: memoryview) -> int:
-    """Fill `view` from reader `r` until it is full or `r` ends; returns the bytes read."""
-    pos = 0
-    while pos < len(view):
-        got = r.readinto(view[pos:])
-        if not got:
-            break
-        pos += got
-    return pos
-
-
-def read_exact(r: Any, n: int) -> bytearray:
-    """Exactly `n` bytes from reader `r` (ValueError if it ends first); memory: n bytes."""
-    out = bytearray(n)
-    got = read_into(r, memoryview(out))
-    if got != n:
-        raise ValueError(f"zstd frame ends after {got} of {n} bytes")
-    return out

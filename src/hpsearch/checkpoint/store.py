@@ -37,7 +37,6 @@ import os
 import re
 import secrets
 import shutil
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -93,7 +92,6 @@ _MARKER_TEXT = (
     b"This directory holds hpsearch checkpoints. hpsearch deletes the checkpoints and torn saves\n"
     b"it wrote here (ck-<hex>-<hex>, .tmp-*, .del-*) and nothing else.\n"
 )
-_MAX_SAFETENSORS_HEADER = 100_000_000  # the limit safetensors (and parse_file) enforce
 
 # How a backend lends its files to the shared writing code (`_StoreBase._write_files`):
 _OpenNew = Callable[[str], Any]  # file name -> a new binary file, opened for writing
@@ -542,8 +540,9 @@ class _StoreBase:
         raise NotImplementedError
 
 
-def _decompress_safetensors(stored: torch.Tensor, where: str) -> torch.Tensor:
-    """Decompress one zstd-framed safetensors file, allocating only what its header declares.
+def _decompress_safetensors(stored: torch.Tensor, where: str) -> dict[str, torch.Tensor]:
+    """Decompress one zstd-framed safetensors file straight into its tensors, allocating only
+    what its header declares.
 
     The header (length, then JSON) is decompressed first and bounds everything after it; a
     frame that declares another size, or holds more or less than the header says, is corrupt.
@@ -551,39 +550,12 @@ def _decompress_safetensors(stored: torch.Tensor, where: str) -> torch.Tensor:
     """
     try:
         with hashing.zstd_frame(stored) as (declared, r):
-            head = hashing.read_exact(r, 8)
-            (hlen,) = struct.unpack("<Q", head)
-            if hlen > _MAX_SAFETENSORS_HEADER:
-                raise ValueError(f"safetensors header length {hlen} exceeds the format's limit")
-            if 0 <= declared < 8 + hlen:
-                raise ValueError(f"safetensors header length {hlen} exceeds the frame's {declared}")
-            header = hashing.read_exact(r, hlen)
-            size = 8 + hlen + _declared_data_size(header)
-            if declared >= 0 and declared != size:
-                raise ValueError(
-                    f"zstd frame declares {declared} bytes, its safetensors header {size}"
-                )
-            tensors = read_file(_Replay(bytes(head) + bytes(header), r).readinto, size, where)
+            tensors = read_file(r.readinto, declared if declared >= 0 else None, where)
             if r.read(1):
-                raise ValueError(f"zstd frame holds more than the {size} bytes its header declares")
+                raise ValueError("the zstd frame holds more than its safetensors header declares")
     except ValueError as e:
         raise CheckpointCorrupt(f"{where}: {e}") from None
     return tensors
-
-
-class _Replay:
-    """A reader that yields `prefix` (bytes already read) and then the rest of `r`."""
-
-    def __init__(self, prefix: bytes, r: Any) -> None:
-        self.prefix, self.r = memoryview(prefix), r
-
-    def readinto(self, view: memoryview) -> int:
-        if self.prefix:
-            n = min(len(view), len(self.prefix))
-            view[:n] = self.prefix[:n]
-            self.prefix = self.prefix[n:]
-            return n
-        return int(self.r.readinto(view))
 
 
 def _read_tensors(
@@ -614,28 +586,6 @@ def _read_tensors(
             for p in pending:
                 p.result()
     return tensors, hasher.hexdigest(), not f.read(1)
-
-
-def _declared_data_size(header: bytes) -> int:
-    """The tensor bytes a safetensors header declares: the end of its last data span.
-
-    Lenient on purpose: this only bounds the allocation; parse_file then checks every entry.
-    """
-    try:
-        obj = json.loads(header)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ValueError("safetensors header is not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise ValueError("safetensors header is not a JSON object")
-    end = 0
-    for key, entry in obj.items():
-        offs = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if key == "__metadata__" or not isinstance(offs, list) or len(offs) != 2:
-            continue
-        last = offs[1]
-        if isinstance(last, int) and not isinstance(last, bool) and last > end:
-            end = last
-    return end
 
 
 def _no_memory(where: str, size: int | None) -> str:

@@ -702,18 +702,8 @@ class Worker:
             with torch.device("meta"):
                 model = task.model(dict(hp))
             optimizer = task.optimizer(model, dict(hp))
-        weights = loaded.tensors["model"]
-        expand = getattr(training_state, "expand_aliases", None)  # tied weights are saved once
-        if expand is not None:
-            weights = expand(weights, state.get("model_aliases"))
-        training_state.check_model_keys(model, weights)
-        wrong = [
-            f"{k} ({weights[k].dtype}, model {v.dtype})"
-            for k, v in model.state_dict().items()
-            if weights[k].dtype != v.dtype
-        ]
-        if wrong:
-            raise CheckpointMismatch(f"weights of another dtype: {', '.join(wrong[:5])}")
+        weights = training_state.expand_aliases(loaded.tensors["model"], state.get("model_aliases"))
+        training_state.check_model_keys(model, weights)  # names, shapes and dtypes
         _check_groups(state["optimizer"], optimizer)
         for group, tensors in loaded.tensors.items():
             for k, t in tensors.items():

@@ -195,10 +195,9 @@ class DataStream:
             return indices, batch
 
     def _epoch_iter(self) -> Iterator[tuple[list[int], Any]]:
-        sampler = PositionBatchSampler(self.seed, self.n, self.batch_size, self.position)
         keyed = PositionBatchSampler(self.seed, self.n, self.batch_size, self.position, keys=True)
         g = torch.Generator()
-        g.manual_seed(mix_seed(self.seed, sampler.epoch, sampler.offset, 1))
+        g.manual_seed(mix_seed(self.seed, keyed.epoch, keyed.offset, 1))
         if self._samples.seed != self.seed:  # a fork may load another run's seed
             self._samples = SeededSamples(self.dataset, self.seed)
         loader = DataLoader(
@@ -208,7 +207,9 @@ class DataStream:
             num_workers=self.num_workers,
             generator=g,
         )
-        return zip(iter(sampler), loader, strict=True)
+        first = keyed.epoch * self.n  # keys are epoch * n + index
+        batches = zip(iter(keyed), loader, strict=True)
+        return (([k - first for k in keys], batch) for keys, batch in batches)
 
 
 def eval_loader(

@@ -99,8 +99,8 @@ def _cmd(path: str) -> list[str]:
 
 def _finish(path: str, tries: int = 5) -> tuple[int, subprocess.CompletedProcess[str]]:
     """Rerun the study until it has all its trials (or `tries` runs); returns the runs made."""
+    from hpsearch.config import load_study_file
     from hpsearch.search.session import Session
-    from hpsearch.search.studyfile import load_study_file
 
     want = load_study_file(path).trials.n
     for run in range(1, tries + 1):

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hpsearch.plot import branch_plot_data, draw_branch_plot
+from hpsearch.report.plot import branch_plot_data, draw_branch_plot
 from hpsearch.testing import synthetic_study
 
 

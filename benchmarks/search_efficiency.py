@@ -207,8 +207,8 @@ def run_mode(study_file: str, mode: str, seed: int) -> Run:
     """Run one search to the end in this process and read its trials back."""
     import optuna
 
+    from hpsearch.config import load_study_file
     from hpsearch.search.runner import run_study
-    from hpsearch.search.studyfile import load_study_file
 
     settings = load_study_file(study_file)
     name = settings.name + ("-classic" if mode == "classic" else "")
@@ -233,8 +233,8 @@ def prime(study_file: str) -> None:
     before anything is timed, so that they do not land on whichever mode runs first."""
     import torch
 
-    from hpsearch.search.studyfile import load_study_file, warmup_hparams
-    from hpsearch.search.taskload import load_task
+    from hpsearch.config import load_study_file, warmup_hparams
+    from hpsearch.config.taskload import load_task
 
     settings = load_study_file(study_file)
     task = load_task(settings.task, study_path=study_file)()

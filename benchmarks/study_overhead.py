@@ -187,7 +187,7 @@ def run(study: str, trials: int) -> dict[str, float]:
     workdir = tempfile.mkdtemp(prefix="hpsearch-overhead-")
     try:
         path = _copy_study(study, workdir)
-        from hpsearch.search.studyfile import load_study_file
+        from hpsearch.config import load_study_file
 
         ckpt_dir = load_study_file(path).checkpoints.dir
         sampler = DiskSampler(ckpt_dir)

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 import hpsearch
 from hpsearch.cli import main
-from hpsearch.plot import branch_plot_data
-from hpsearch.report import study_view
+from hpsearch.report.plot import branch_plot_data
+from hpsearch.report.status import study_view
 from hpsearch.search.session import Session
 from studyutil import write_study
 

@@ -12,7 +12,7 @@ import pytest
 from pandas.testing import assert_frame_equal
 
 from hpsearch.errors import UsageError
-from hpsearch.export import (
+from hpsearch.report.export import (
     MissingDependency,
     format_status_table,
     human_bytes,
@@ -20,7 +20,7 @@ from hpsearch.export import (
     trials_dataframe,
     write_export,
 )
-from hpsearch.views import StudyView, TrialView
+from hpsearch.report.views import StudyView, TrialView
 
 COLUMNS = [
     "number",

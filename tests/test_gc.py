@@ -11,9 +11,9 @@ import time
 
 import yaml
 
-from hpsearch.checkpoint.gc import TrialFacts, plan_gc
-from hpsearch.checkpoint.lineage import WARMUP, CheckpointRow
 from hpsearch.cli import main
+from hpsearch.lineage import WARMUP, CheckpointRow
+from hpsearch.lineage.gc import TrialFacts, plan_gc
 from hpsearch.search.session import Session
 from studyutil import write_study
 

@@ -9,8 +9,8 @@ import time
 
 from optuna.trial import TrialState
 
-from hpsearch.checkpoint.lineage import Lineage, attempt_is_stale
 from hpsearch.cli import main
+from hpsearch.lineage import Lineage, attempt_is_stale
 from hpsearch.search.session import Session
 from studyutil import ROOT, write_study
 

@@ -12,7 +12,7 @@ import matplotlib.image
 import pytest
 
 from hpsearch.errors import UsageError
-from hpsearch.plot import (
+from hpsearch.report.plot import (
     CONNECTOR_FRACTION,
     BranchPlotData,
     branch_plot_data,
@@ -20,8 +20,8 @@ from hpsearch.plot import (
     format_param,
     plot_study,
 )
+from hpsearch.report.views import StudyView, TrialView
 from hpsearch.testing import synthetic_study
-from hpsearch.views import StudyView, TrialView
 
 
 def curve(start: float, end: float, v0: float, v1: float, n: int = 4) -> tuple:
@@ -253,8 +253,8 @@ def test_odd_chains_still_draw_every_trial_once() -> None:
 
 def test_computing_the_data_does_not_import_matplotlib() -> None:
     code = (
-        "import sys; from hpsearch.plot import branch_plot_data; "
-        "from hpsearch.views import StudyView; "
+        "import sys; from hpsearch.report.plot import branch_plot_data; "
+        "from hpsearch.report.views import StudyView; "
         "branch_plot_data(StudyView('s', 'loss', 'minimize', False, 10, 1.0, 10)); "
         "assert 'matplotlib' not in sys.modules"
     )

@@ -251,8 +251,8 @@ def test_a_crashed_trial_continues_from_its_checkpoint_in_the_same_run(tmp_path)
     weights = s.store.load(retry.user_attrs[ATTR + "final_checkpoint"]).tensors["model"]
     assert all(torch.equal(weights[k], reference[2][4][k]) for k in weights)
     # the plot draws the failed attempt and its continuation as one branch
-    from hpsearch.plot import branch_plot_data
-    from hpsearch.report import study_view
+    from hpsearch.report.plot import branch_plot_data
+    from hpsearch.report.status import study_view
 
     data = branch_plot_data(study_view(s))
     branch = data.branch(retry.number)

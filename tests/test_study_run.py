@@ -10,10 +10,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch.checkpoint.lineage import WORKERS
 from hpsearch.cli import main
+from hpsearch.config import load_study_file, make_pruner, make_sampler
+from hpsearch.lineage import WORKERS
 from hpsearch.search.session import ATTR, Session
-from hpsearch.search.studyfile import load_study_file, make_pruner, make_sampler
 from studyutil import ROOT, write_study
 
 

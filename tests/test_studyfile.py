@@ -12,8 +12,7 @@ import optuna
 import pytest
 import yaml
 
-from hpsearch.errors import StudyFileError, UsageError
-from hpsearch.search.studyfile import (
+from hpsearch.config import (
     FORKABLE,
     CheckpointSettings,
     ComponentSettings,
@@ -32,6 +31,7 @@ from hpsearch.search.studyfile import (
     trial_hparams,
     warmup_hparams,
 )
+from hpsearch.errors import StudyFileError, UsageError
 from hpsearch.task import Task
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

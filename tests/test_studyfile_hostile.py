@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from hpsearch.cli import main
+from hpsearch.config import load_study_file
 from hpsearch.errors import StudyFileError
-from hpsearch.search.studyfile import load_study_file
 from studyutil import ROOT, write_study
 
 HPARAMS = {"lr": 1e-2, "dropout": 0.1, "batch_size": 64, "weight_decay": 1e-4, "hidden": 64}

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from hpsearch.config.taskload import load_task, overrides
 from hpsearch.errors import TaskError, UsageError
-from hpsearch.search.taskload import load_task, overrides
 from hpsearch.task import REQUIRED_METHODS, Task
 
 GOOD = """\

@@ -19,12 +19,12 @@ from hpsearch.errors import (
 from hpsearch.task import Task
 
 if TYPE_CHECKING:
-    from hpsearch.report import StudyHandle
+    from hpsearch.report.status import StudyHandle
 
 
 def load(study_file: str, *, storage: str | None = None, classic: bool = False) -> StudyHandle:
     """Open an existing study for reading: `hpsearch.load("studies/x.yaml").dataframe()`."""
-    from hpsearch.report import load as _load
+    from hpsearch.report.status import load as _load
 
     return _load(study_file, storage=storage, classic=classic)
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from hpsearch.errors import HpsearchError, UsageError
 
 if TYPE_CHECKING:
+    from hpsearch.report.views import TrialView
     from hpsearch.search.session import Session
-    from hpsearch.views import TrialView
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,9 +111,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
+    from hpsearch.config import load_study_file
     from hpsearch.search.runner import run_study
     from hpsearch.search.session import Session
-    from hpsearch.search.studyfile import load_study_file
     from hpsearch.search.summary import format_summary
 
     settings = load_study_file(args.study)
@@ -166,8 +166,8 @@ def _open(args: argparse.Namespace) -> Session:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from hpsearch.export import format_status_table
-    from hpsearch.report import study_view
+    from hpsearch.report.export import format_status_table
+    from hpsearch.report.status import study_view
 
     session = _open(args)
     try:
@@ -178,7 +178,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
-    from hpsearch.report import format_tree
+    from hpsearch.report.status import format_tree
 
     session = _open(args)
     try:
@@ -189,8 +189,8 @@ def _cmd_tree(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from hpsearch.plot import plot_study
-    from hpsearch.report import study_view
+    from hpsearch.report.plot import plot_study
+    from hpsearch.report.status import study_view
 
     session = _open(args)
     try:
@@ -206,8 +206,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hpsearch.export import trials_dataframe, write_export
-    from hpsearch.report import study_view
+    from hpsearch.report.export import trials_dataframe, write_export
+    from hpsearch.report.status import study_view
 
     session = _open(args)
     try:
@@ -225,7 +225,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
-    from hpsearch.report import study_view
+    from hpsearch.report.status import study_view
 
     session = _open(args)
     try:

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from hpsearch.checkpoint.lineage import WARMUP
 from hpsearch.console import Bar
 from hpsearch.errors import TaskError
+from hpsearch.lineage import WARMUP
 from hpsearch.search.control import Interrupted, LostTrial
 from hpsearch.training import Budget, Hooks, Trainer
 

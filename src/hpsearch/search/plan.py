@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.search.studyfile import check_budgets
+from hpsearch.config import check_budgets
 from hpsearch.training import Budget, Every
 
 if TYPE_CHECKING:

@@ -22,8 +22,7 @@ from optuna.trial import TrialState
 
 from hpsearch.checkpoint import LoadedCheckpoint
 from hpsearch.checkpoint.format import check_id
-from hpsearch.checkpoint.gc import Deletion, TrialFacts, apply_gc, plan_gc
-from hpsearch.checkpoint.lineage import WARMUP, WORKERS, attempt_is_stale
+from hpsearch.config import make_sampler, suggest, trial_hparams, warmup_hparams
 from hpsearch.console import Bar, say
 from hpsearch.errors import (
     CheckpointCorrupt,
@@ -34,6 +33,8 @@ from hpsearch.errors import (
     TaskError,
     TrainingDiverged,
 )
+from hpsearch.lineage import WARMUP, WORKERS, attempt_is_stale
+from hpsearch.lineage.gc import Deletion, TrialFacts, apply_gc, plan_gc
 from hpsearch.search.control import (
     Interrupted,
     LostTrial,
@@ -46,7 +47,6 @@ from hpsearch.search.hooks import TrialHooks
 from hpsearch.search.plan import Job, Outcome, Plan
 from hpsearch.search.saving import Checkpointer
 from hpsearch.search.session import ATTR, Session, check_fingerprint
-from hpsearch.search.studyfile import make_sampler, suggest, trial_hparams, warmup_hparams
 from hpsearch.search.summary import Summary, outcome_line, summarize
 from hpsearch.training import Budget, Schedule, Trainer, fork
 from hpsearch.training import state as training_state

@@ -7,8 +7,8 @@ from concurrent.futures import Future
 from typing import Any
 
 from hpsearch.checkpoint import AsyncSaver, CheckpointInfo, CheckpointStore
-from hpsearch.checkpoint.gc import Deletion, apply_gc
-from hpsearch.checkpoint.lineage import Lineage
+from hpsearch.lineage import Lineage
+from hpsearch.lineage.gc import Deletion, apply_gc
 from hpsearch.training import Trainer
 
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from hpsearch.checkpoint import open_store
+from hpsearch.config import load_study_file, warmup_hparams
+from hpsearch.config.taskload import load_task
 from hpsearch.errors import HpsearchError
-from hpsearch.search.studyfile import load_study_file, warmup_hparams
-from hpsearch.search.taskload import load_task
 from hpsearch.training import Budget, Schedule, Trainer
 
 EXACT, NOT_EXACT = 0, 1  # exit statuses; a usage error is 2, as everywhere

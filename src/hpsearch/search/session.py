@@ -13,15 +13,15 @@ import optuna
 import sqlalchemy as sa
 
 from hpsearch.checkpoint import CheckpointStore, ForeignStoreRoot, open_store
-from hpsearch.checkpoint.lineage import Lineage
-from hpsearch.errors import StudyFileError, UsageError
-from hpsearch.search.studyfile import (
+from hpsearch.config import (
     StudySettings,
     check_budgets,
     check_forkable,
     load_study_file,
 )
-from hpsearch.search.taskload import load_task
+from hpsearch.config.taskload import load_task
+from hpsearch.errors import StudyFileError, UsageError
+from hpsearch.lineage import Lineage
 from hpsearch.task import Task
 
 ATTR = "hpsearch."  # prefix of every user attribute hpsearch sets on studies and trials
@@ -97,7 +97,7 @@ class Session:
                 f"created to {study.direction.name.lower()}, the file says {direction}; use "
                 "another study name to change it"
             )
-        from hpsearch.search.studyfile import make_pruner
+        from hpsearch.config import make_pruner
 
         study.pruner = make_pruner(settings)
         lineage = Lineage(url, name)

@@ -61,7 +61,7 @@ class StudyPaths:
 
     @classmethod
     def of(cls, study_file: str) -> StudyPaths:
-        from hpsearch.search.studyfile import load_study_file
+        from hpsearch.config import load_study_file
 
         s = load_study_file(study_file)
         if not s.storage.startswith("sqlite:///") or "://" in s.checkpoints.dir:

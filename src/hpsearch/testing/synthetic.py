@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 
-from hpsearch.views import StudyView, TrialView
+from hpsearch.report.views import StudyView, TrialView
 
 
 def synthetic_study(

@@ -1,6 +1,6 @@
 """Read models of a finished or running study: what `plot`, `export` and `status` show.
 
-They are plain data, built from the Optuna study and the checkpoint tree by `hpsearch.report`,
+They are plain data, built from the Optuna study and the tree by `hpsearch.report.status`,
 so the renderers never touch a database and can be tested on synthetic studies.
 Training progress is measured in epochs of the training set (samples / len(train set)).
 """

@@ -15,10 +15,10 @@ from typing import Any
 
 from optuna.trial import TrialState
 
-from hpsearch.checkpoint.lineage import WARMUP, CheckpointRow
 from hpsearch.console import human_bytes
+from hpsearch.lineage import WARMUP, CheckpointRow
+from hpsearch.report.views import StudyView, TrialView
 from hpsearch.search.session import ATTR, Session
-from hpsearch.views import StudyView, TrialView
 
 
 def study_view(session: Session) -> StudyView:
@@ -181,7 +181,7 @@ class StudyHandle:
         return study_view(self.session)
 
     def dataframe(self) -> Any:
-        from hpsearch.export import trials_dataframe
+        from hpsearch.report.export import trials_dataframe
 
         return trials_dataframe(self.view())
 

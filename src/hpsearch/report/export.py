@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from hpsearch.errors import HpsearchError, UsageError
-from hpsearch.views import StudyView, TrialView
+from hpsearch.report.views import StudyView, TrialView
 
 EXPORT_SUFFIXES = (".csv", ".parquet", ".json")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from hpsearch.checkpoint.lineage import LIVE, WARMUP, CheckpointRow, Lineage
+from hpsearch.lineage import LIVE, WARMUP, CheckpointRow, Lineage
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hpsearch.errors import UsageError
-from hpsearch.views import StudyView, TrialView
+from hpsearch.report.views import StudyView, TrialView
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 X_AXES = ("epochs", "samples")

@@ -1388,7 +1388,7 @@ def check_forkable(settings: StudySettings, task_cls: type[Task]) -> None:
     the meta device, so no memory is spent on weights). Any other key is forkable only if
     `task_cls` overrides `Task.apply_hparams`.
     """
-    from hpsearch.search.taskload import overrides  # imports torch; only needed here
+    from hpsearch.config.taskload import overrides  # imports torch; only needed here
 
     if not overrides(task_cls, "apply_hparams"):
         for name in settings.search_space:

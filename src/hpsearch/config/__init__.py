@@ -2,7 +2,7 @@
 components it names. Nothing here imports torch: `hpsearch status` and friends read study files
 without paying for it."""
 
-from hpsearch.config.studyfile import (
+from hpsearch.config.components import (
     FORKABLE,
     CheckpointSettings,
     ComponentSettings,

@@ -1,0 +1,134 @@
+"""What a lineage backend must do: the checkpoint tree and the coordination of workers.
+
+A lineage serves one study; several lineages (of one or several studies, in one or several
+processes) may share a database. Everything is keyed by study name and trial number and knows
+nothing of Optuna. `hpsearch.testing.conformance.lineage.LineageTestCase` checks these rules
+against a backend; `SqlLineage` (sqlite, PostgreSQL) and `MemoryLineage` pass it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from hpsearch.lineage.model import (
+    AttemptRow,
+    AttemptStatus,
+    CheckpointKind,
+    CheckpointRow,
+    CheckpointStatus,
+)
+
+
+class CheckpointTree(Protocol):
+    """The checkpoint rows of one study: what each checkpoint is for and where it stands."""
+
+    @property
+    def study(self) -> str: ...
+
+    def add_pending(
+        self,
+        ckpt_id: str,
+        *,
+        trial: int,
+        kind: CheckpointKind,
+        parent: str | None,
+        step: int,
+        samples: int,
+        epoch: float,
+        attempt: str | None = None,
+    ) -> None:
+        """Record a checkpoint about to be written: status `pending`, `nbytes` 0. Raises
+        `DuplicateCheckpoint` when the id is a row already (ids are unique in the database)."""
+        ...
+
+    def set_status(
+        self,
+        ckpt_id: str,
+        status: CheckpointStatus,
+        *,
+        nbytes: int | None = None,
+        kind: CheckpointKind | None = None,
+    ) -> None:
+        """Move a row of this study to `status` (and set `nbytes`, `kind` when given), touching
+        `updated`. An id with no row of this study is ignored."""
+        ...
+
+    def get(self, ckpt_id: str) -> CheckpointRow | None:
+        """The row of this study with that id, or None."""
+        ...
+
+    def checkpoints(
+        self,
+        *,
+        trial: int | None = None,
+        statuses: tuple[CheckpointStatus, ...] | None = None,
+        kinds: tuple[CheckpointKind, ...] | None = None,
+    ) -> list[CheckpointRow]:
+        """Rows of this study ordered by trial, step, then creation; each filter that is given
+        narrows. A row whose id is not a valid checkpoint id (`check_id`) is left out, with one
+        warning on stderr per id: no caller may turn it into a path or delete by it."""
+        ...
+
+    def invalid_ids(self, *, statuses: tuple[CheckpointStatus, ...] | None = None) -> list[str]:
+        """Ids of this study's rows that `checkpoints()` leaves out as invalid."""
+        ...
+
+
+class Coordination(Protocol):
+    """The attempts of trials (with heartbeats and takeovers), one-time claims, and worker
+    presence (attempts of trial `WORKERS`). Every run of a trial holds a random token; a worker
+    that was wrongly declared dead finds its token superseded and must not commit (`owns`)."""
+
+    def start_attempt(self, trial: int, *, resumed_from: str | None = None) -> str:
+        """Register this process as a runner of `trial` (status `running`); returns its token.
+        Unconditional: use `take_over` where two workers may start the same trial."""
+        ...
+
+    def take_over(
+        self, trial: int, old_token: str | None, *, resumed_from: str | None
+    ) -> str | None:
+        """Start our attempt of `trial` atomically, or return None: with `old_token`, only
+        while that attempt is still running (it becomes `dead`); with None, only while the
+        trial has no running attempt. Of any number of workers that try at once (in any
+        processes), exactly one gets a token."""
+        ...
+
+    def heartbeat(
+        self,
+        token: str,
+        *,
+        steps: int | None = None,
+        samples: int | None = None,
+        start_step: int | None = None,
+    ) -> bool:
+        """Refresh a running attempt's heartbeat and the counts given; False when the attempt
+        is no longer running (taken over or finished): its worker must stop."""
+        ...
+
+    def owns(self, token: str) -> bool:
+        """True while the attempt is running."""
+        ...
+
+    def finish_attempt(self, token: str, status: AttemptStatus = "done") -> None:
+        """End a running attempt as `done` or `dead`; an attempt that is not running is left."""
+        ...
+
+    def current_attempt(self, trial: int) -> AttemptRow | None:
+        """The newest running attempt of `trial` in this study, or None."""
+        ...
+
+    def attempts(self, trial: int | None = None) -> list[AttemptRow]:
+        """This study's attempts (of one trial when given), oldest first."""
+        ...
+
+    def claim(self, key: str) -> bool:
+        """Take a study-wide one-time claim (e.g. "retry:7"); True for the first taker only."""
+        ...
+
+
+class Lineage(CheckpointTree, Coordination, Protocol):
+    """The checkpoint tree and the coordination of one study. Open one with `open_lineage`."""
+
+    def close(self) -> None:
+        """Release what this lineage opened (not an engine it was given)."""
+        ...

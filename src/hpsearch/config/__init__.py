@@ -1,41 +1,70 @@
-"""The study file: its schema, the reader that checks it, the search space and the Optuna
-components it names. Nothing here imports torch: `hpsearch status` and friends read study files
-without paying for it."""
+"""The study file: its schema, the reader that checks it, the search space, the forkable keys and
+the Optuna components it names. Nothing here imports torch when imported: `hpsearch status` and
+friends read study files without paying for it (`check_forkable` imports it when called).
 
-from hpsearch.config.components import (
+    schema      the frozen settings dataclasses and the Literals of their closed choices
+    reader      load_study_file: the YAML (no aliases), then each section in order
+    values      the Reader of one raw value, and how a message shows it
+    sections    name, task, device, objective, warmup, trials, data, schedule
+    places      storage and checkpoints: resolved and probed for writing
+    space       search_space, suggest, warmup/trial hparams, check_budgets
+    components  sampler and pruner: read, dry-run, make_sampler/make_pruner
+    forkable    the forkable-key registry and check_forkable
+    taskload    load_task: the user's Task class (imports torch)
+"""
+
+from hpsearch.config.components import make_pruner, make_sampler
+from hpsearch.config.forkable import (
+    DROPOUT_KEY,
+    DROPOUT_MODULES,
+    FORK_KEYS,
     FORKABLE,
+    GROUP_KEYS,
+    ForkKind,
+    check_forkable,
+    dropout_types,
+)
+from hpsearch.config.reader import load_study_file
+from hpsearch.config.schema import (
     CheckpointSettings,
     ComponentSettings,
+    Compression,
     DataSettings,
+    Direction,
     Objective,
     Param,
+    ParamKind,
+    ScheduleName,
     ScheduleSettings,
     StudySettings,
     TrialSettings,
     WarmupSettings,
-    check_budgets,
-    check_forkable,
-    load_study_file,
-    make_pruner,
-    make_sampler,
-    suggest,
-    trial_hparams,
-    warmup_hparams,
 )
+from hpsearch.config.space import check_budgets, suggest, trial_hparams, warmup_hparams
 
 __all__ = [
+    "DROPOUT_KEY",
+    "DROPOUT_MODULES",
     "FORKABLE",
+    "FORK_KEYS",
+    "GROUP_KEYS",
     "CheckpointSettings",
     "ComponentSettings",
+    "Compression",
     "DataSettings",
+    "Direction",
+    "ForkKind",
     "Objective",
     "Param",
+    "ParamKind",
+    "ScheduleName",
     "ScheduleSettings",
     "StudySettings",
     "TrialSettings",
     "WarmupSettings",
     "check_budgets",
     "check_forkable",
+    "dropout_types",
     "load_study_file",
     "make_pruner",
     "make_sampler",

@@ -1,0 +1,199 @@
+"""The study file: YAML in, frozen typed settings out, and every mistake named by file and key path.
+
+    settings = load_study_file("studies/digits.yaml")
+    study = optuna.create_study(
+        study_name=settings.name, storage=settings.storage,
+        direction=settings.objective.direction,
+        sampler=make_sampler(settings, settings.seed), pruner=make_pruner(settings),
+        load_if_exists=True,
+    )
+    hparams = trial_hparams(settings, suggest(trial, settings))
+
+Everything is checked when the file is loaded, so a mistake stops the command before any training
+starts, as a `StudyFileError` whose message reads ``<file>: <key.path>: <rule, bad value, fix>``.
+The YAML is parsed by a `yaml.SafeLoader` that also refuses anchors and aliases, and a message shows
+at most a couple of hundred characters of any value. Local storage and checkpoint directories are
+checked by creating (and deleting) an empty file; the sampler and pruner are built and run through
+two dry trials. What needs the task (its model, optimizer and data set size) is checked by
+`check_forkable` and `check_budgets` before the warm-up.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import optuna
+import yaml
+
+from hpsearch.config.components import dry_run, read_pruner, read_sampler
+from hpsearch.config.places import read_checkpoints, read_storage
+from hpsearch.config.schema import StudySettings
+from hpsearch.config.sections import (
+    read_data,
+    read_device,
+    read_name,
+    read_objective,
+    read_schedule,
+    read_task,
+    read_trials,
+    read_warmup,
+)
+from hpsearch.config.space import read_search_space
+from hpsearch.config.values import Bounds, Reader, clip
+
+__all__ = ["load_study_file"]
+
+_MAX_DEPTH = 50  # YAML nesting levels; a study file needs about five
+
+_TOP = {
+    "name": "name: digits-mlp",
+    "task": "task: path/to/file.py:MyTask",
+    "seed": None,
+    "device": None,
+    "objective": "objective: {metric: val_accuracy, direction: maximize}",
+    "storage": None,
+    "checkpoints": None,
+    "warmup": "warmup: {epochs: 5, hparams: {lr: 1.0e-3, batch_size: 64}}",
+    "trials": "trials: {n: 20, epochs: 2}",
+    "data": None,
+    "search_space": "search_space: {lr: {float: [1.0e-5, 1.0e-1], log: true}}",
+    "schedule": None,
+    "sampler": None,
+    "pruner": None,
+}
+
+
+class _Refused(yaml.YAMLError):
+    """A YAML construct a study file may not use, at a place in the file."""
+
+    def __init__(self, mark: yaml.Mark, reason: str) -> None:
+        super().__init__(reason)
+        self.mark = mark
+        self.reason = reason
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` without anchors and aliases, nesting limited to _MAX_DEPTH levels.
+
+    An alias is a reference, expanded wherever its value is walked (a message, a deep copy, a
+    comparison): ten nested aliases in a 1 kB file are a billion values, and an anchor that refers
+    to itself never ends. Refusing them while composing means nothing is ever expanded."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(
+                event.start_mark,
+                "YAML anchors and aliases (&x / *x) are not allowed in a study file: "
+                "write the value out",
+            )
+        if self._depth >= _MAX_DEPTH:
+            raise _Refused(
+                event.start_mark,
+                f"nested more than {_MAX_DEPTH} levels deep; a study file needs a few",
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as e:  # a date like 2001-13-45, a 5000-digit integer
+            raise _Refused(
+                node.start_mark, f"cannot read this value: {clip(str(e))}; write it differently"
+            ) from None
+
+
+def load_study_file(path: str | os.PathLike[str], *, writable: bool = True) -> StudySettings:
+    """Read and validate a study file; raise StudyFileError naming the key path and the fix.
+
+    With `writable` (the commands that train), the storage's and the checkpoints' directories
+    must take new files (an empty file is created and deleted there); the read-only commands
+    (`status`, `plot`, ...) pass False and work on a study in a read-only place.
+    """
+    shown = os.fspath(path)
+    r = Reader(shown, writable=writable)
+    required = {k: v for k, v in _TOP.items() if v is not None}
+    raw = r.mapping(_parse(r, shown), "", _TOP, required)
+    settings, sampler, pruner = _read_sections(r, raw, shown)
+    dry_run(r, settings, sampler, pruner)
+    return settings
+
+
+def _parse(r: Reader, shown: str) -> Any:
+    """The file's YAML, read by `_StudyLoader`; not None."""
+    try:
+        with open(shown, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        r.fail("", f"file not found (looked for {os.path.abspath(shown)}); check the path")
+    except (OSError, UnicodeDecodeError) as e:
+        r.fail("", f"cannot read the file: {e}")
+    try:
+        raw = yaml.load(text, Loader=_StudyLoader)  # a SafeLoader, see _StudyLoader
+    except _Refused as e:
+        r.fail("", f"line {e.mark.line + 1}, column {e.mark.column + 1}: {e.reason}")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        context = getattr(e, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        r.fail("", f"invalid YAML{where}: {detail}; fix the syntax there")
+    if raw is None:
+        r.fail(
+            "",
+            "the file is empty; a study needs name, task, objective, warmup, trials and "
+            "search_space",
+        )
+    return raw
+
+
+def _read_sections(
+    r: Reader, raw: dict[str, Any], shown: str
+) -> tuple[StudySettings, optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+    """The settings, and the sampler and pruner built from them for the dry run."""
+    # Sections are checked in the order the SPEC example lists them; the first mistake is raised.
+    base_dir = os.path.dirname(os.path.abspath(shown))
+    name = read_name(r, raw["name"])
+    run_dir = os.path.join(base_dir, "runs", name)
+    task = read_task(r, raw["task"], base_dir)
+    seed = r.integer(raw.get("seed", 0), "seed", Bounds(ge=0, lt=2**32))
+    device = read_device(r, raw.get("device", "cpu"))
+    objective = read_objective(r, raw["objective"])
+    storage = read_storage(r, raw.get("storage"), base_dir, run_dir)
+    checkpoints = read_checkpoints(r, raw.get("checkpoints"), base_dir, run_dir, name)
+    warmup = read_warmup(r, raw["warmup"])
+    trials = read_trials(r, raw["trials"])
+    data = read_data(r, raw.get("data"))
+    search_space = read_search_space(r, raw["search_space"], warmup.hparams)
+    sampler, sampler_obj = read_sampler(r, raw.get("sampler"), search_space, seed)
+    pruner, pruner_obj = read_pruner(r, raw.get("pruner", {"name": "MedianPruner"}))
+    settings = StudySettings(
+        path=shown,
+        base_dir=base_dir,
+        run_dir=run_dir,
+        name=name,
+        task=task,
+        seed=seed,
+        device=device,
+        objective=objective,
+        storage=storage,
+        checkpoints=checkpoints,
+        warmup=warmup,
+        trials=trials,
+        data=data,
+        search_space=search_space,
+        schedule=read_schedule(r, raw.get("schedule")),
+        sampler=sampler,
+        pruner=pruner,
+    )
+    return settings, sampler_obj, pruner_obj

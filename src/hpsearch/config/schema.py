@@ -1,0 +1,148 @@
+"""The settings a study file becomes: frozen dataclasses, with a `Literal` for every closed choice.
+
+The mappings they hold (`WarmupSettings.hparams`, `StudySettings.search_space`,
+`ComponentSettings.kwargs`) are plain dicts so that the settings pickle into worker processes;
+treat them as read-only and use `warmup_hparams` / `trial_hparams` for copies you may change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+__all__ = [
+    "COMPRESSIONS",
+    "DIRECTIONS",
+    "PARAM_KINDS",
+    "SCHEDULE_NAMES",
+    "CheckpointSettings",
+    "ComponentSettings",
+    "Compression",
+    "DataSettings",
+    "Direction",
+    "Objective",
+    "Param",
+    "ParamKind",
+    "ScheduleName",
+    "ScheduleSettings",
+    "StudySettings",
+    "TrialSettings",
+    "WarmupSettings",
+]
+
+Direction = Literal["minimize", "maximize"]
+Compression = Literal["none", "zstd"]
+ScheduleName = Literal["cosine", "linear", "constant"]
+ParamKind = Literal["float", "int", "categorical"]
+
+# The choices a study file may write, in the order messages list them: read off the Literals, so
+# the type and the check cannot disagree.
+DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
+COMPRESSIONS: tuple[Compression, ...] = get_args(Compression)
+SCHEDULE_NAMES: tuple[ScheduleName, ...] = get_args(ScheduleName)
+PARAM_KINDS: tuple[ParamKind, ...] = get_args(ParamKind)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The metric `Task.evaluate` returns that Optuna optimizes."""
+
+    metric: str
+    direction: Direction
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """Where and how often checkpoints are written; exactly one of `every`/`every_steps` is set."""
+
+    dir: str  # an absolute local path, or an fsspec URL ("s3://bucket/prefix") kept as written
+    every: float | None  # epochs between checkpoints
+    every_steps: int | None  # optimizer steps between checkpoints
+    keep_best: int
+    compression: Compression
+    async_save: bool  # the YAML key `async`
+
+
+@dataclass(frozen=True)
+class WarmupSettings:
+    """The shared warm-up; exactly one of `epochs`/`steps` is set."""
+
+    epochs: float | None
+    steps: int | None
+    hparams: dict[str, Any]  # read-only; always holds lr (float) and batch_size (int)
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """Each trial's budget after its fork; exactly one of `epochs`/`steps` and one of
+    `eval_every`/`eval_every_steps` is set."""
+
+    n: int
+    epochs: float | None
+    steps: int | None
+    eval_every: float | None  # epochs between evaluations reported to the pruner
+    eval_every_steps: int | None
+    retries: int  # how many times a trial that crashed on an error is continued
+    heartbeat_s: float
+    grace_s: float
+    max_failures: int = 3  # trials of one run that fail for good (errors) before the run stops
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Data loading."""
+
+    num_workers: int
+
+
+@dataclass(frozen=True)
+class Param:
+    """One search-space entry. Ranges have `low`, `high`, `log`, `step`; categoricals `choices`."""
+
+    name: str
+    kind: ParamKind
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None  # None for a continuous float range; >= 1 for int
+    choices: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """The LR schedule as a fraction of the whole run (warm-up + trial budget)."""
+
+    name: ScheduleName
+    warmup: float  # fraction of the run spent ramping up, in [0, 1)
+    final: float  # final LR as a fraction of the base LR, in [0, 1]
+
+
+@dataclass(frozen=True)
+class ComponentSettings:
+    """An Optuna sampler or pruner: a class name in its module and keyword arguments (read-only)."""
+
+    name: str
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """A validated study file. Paths are absolute strings; URLs are kept as written."""
+
+    path: str  # the study file as given
+    base_dir: str  # its directory (absolute): relative paths in the file are resolved against it
+    run_dir: str  # <base_dir>/runs/<name>
+    name: str
+    task: str  # "package.module:Class" or "/absolute/path/file.py:Class"
+    seed: int
+    device: str  # "cpu", "cuda" or "cuda:N": N is open-ended, so no Literal
+    objective: Objective
+    storage: str
+    checkpoints: CheckpointSettings
+    warmup: WarmupSettings
+    trials: TrialSettings
+    data: DataSettings
+    search_space: dict[str, Param]  # read-only, in file order
+    schedule: ScheduleSettings | None
+    sampler: ComponentSettings
+    pruner: ComponentSettings  # `pruner: null` is stored as NopPruner

@@ -1,0 +1,204 @@
+"""One reader per section of a study file that needs no file system and no Optuna: name, task,
+device, objective, warm-up (and its hparams), trials, data and schedule. Each takes the raw YAML
+value and returns its settings, or raises `StudyFileError` naming the key and the fix."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from hpsearch.config.schema import (
+    DIRECTIONS,
+    SCHEDULE_NAMES,
+    DataSettings,
+    Objective,
+    ScheduleSettings,
+    TrialSettings,
+    WarmupSettings,
+)
+from hpsearch.config.values import (
+    KNOWN_BOUNDS,
+    Bounds,
+    Reader,
+    as_number,
+    clip,
+    fmt,
+    is_number,
+    show,
+)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_CUDA = re.compile(r"^cuda:\d+$")
+
+
+def read_name(r: Reader, value: Any) -> str:
+    name = r.string(value, "name")
+    if not NAME_PATTERN.match(name):
+        fixed = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).lstrip("._-")[:100] or "my-study"
+        r.fail(
+            "name",
+            f"must be 1-100 letters, digits, '_', '.' or '-' starting with a letter or digit "
+            f"(it becomes a directory name), got {show(name)}; use e.g. {fixed!r}",
+        )
+    return name
+
+
+def read_task(r: Reader, value: Any, base_dir: str) -> str:
+    spec = r.string(value, "task")
+    module, sep, cls = spec.rpartition(":")
+    form = "write it as 'package.module:Class' or 'path/to/file.py:Class'"
+    if not sep or not module or not cls.isidentifier():
+        r.fail("task", f"must name a module or .py file and a class, got {show(spec)}; {form}")
+    if module.endswith(".py"):
+        file = os.path.normpath(os.path.join(base_dir, os.path.expanduser(module)))
+        if not os.path.isfile(file):
+            r.fail(
+                "task",
+                f"file not found: {clip(file)} (a relative path is resolved against the study "
+                f"file's directory, {base_dir}); fix the path",
+            )
+        return f"{file}:{cls}"
+    if not all(part.isidentifier() for part in module.split(".")):
+        r.fail("task", f"{show(module)} is neither a module path nor a .py file; {form}")
+    return spec
+
+
+def read_device(r: Reader, value: Any) -> str:
+    if not isinstance(value, str) or not (value in ("cpu", "cuda") or _CUDA.match(value)):
+        r.fail("device", f"must be cpu, cuda or cuda:N (N a GPU index), got {show(value)}")
+    return value
+
+
+def read_objective(r: Reader, value: Any) -> Objective:
+    required = {"metric": "metric: val_accuracy", "direction": "direction: maximize"}
+    section = r.mapping(value, "objective", required, required)
+    return Objective(
+        metric=r.string(section["metric"], "objective.metric"),
+        direction=r.choice(section["direction"], "objective.direction", DIRECTIONS),
+    )
+
+
+def read_warmup(r: Reader, value: Any) -> WarmupSettings:
+    required = {"hparams": "hparams: {lr: 1.0e-3, batch_size: 64}"}
+    section = r.mapping(value, "warmup", ("epochs", "steps", "hparams"), required)
+    epochs = steps = None
+    if r.exactly_one(section, "warmup", "epochs", "steps", required=True) == "epochs":
+        epochs = r.epochs(section["epochs"], "warmup.epochs", "the warm-up trains")
+    else:
+        steps = r.steps(section["steps"], "warmup.steps", "the warm-up trains")
+    hparams = _hparams(r, section["hparams"], "warmup.hparams")
+    return WarmupSettings(epochs=epochs, steps=steps, hparams=hparams)
+
+
+def _hparams(r: Reader, value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        r.fail(
+            key,
+            f"must be a mapping of hyperparameter to value such as "
+            f"{{lr: 1.0e-3, batch_size: 64}}, got {show(value)}",
+        )
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            r.fail(key, f"keys must be strings, got {show(k)}")
+        here = f"{key}.{clip(k)}"
+        v = as_number(v)
+        if isinstance(v, list):
+            v = [as_number(x) for x in v]
+            if not all(is_number(x) for x in v):
+                r.fail(here, f"a list must hold numbers only, got {show(v)}")
+        elif v is not None and not isinstance(v, str | int | float | bool):
+            r.fail(
+                here,
+                f"must be a number, string, true/false, null or a list of numbers, got {show(v)}",
+            )
+        out[k] = v
+    for k, example in (("lr", "lr: 1.0e-3"), ("batch_size", "batch_size: 64")):
+        if k not in out:
+            r.fail(f"{key}.{k}", f"required: the warm-up's {k}; add it, e.g. `{example}`")
+    out["batch_size"] = r.integer(out["batch_size"], f"{key}.batch_size", Bounds(ge=1))
+    for k, bounds in KNOWN_BOUNDS.items():
+        if k in out:
+            out[k] = r.real(out[k], f"{key}.{k}", bounds)
+    if "betas" in out:
+        betas = out["betas"]
+        if not (isinstance(betas, list) and len(betas) == 2 and all(0 <= b < 1 for b in betas)):
+            r.fail(f"{key}.betas", f"must be a pair [beta1, beta2] in [0, 1), got {show(betas)}")
+    return out
+
+
+def read_trials(r: Reader, value: Any) -> TrialSettings:
+    allowed = (
+        "n",
+        "epochs",
+        "steps",
+        "eval_every",
+        "eval_every_steps",
+        "retries",
+        "heartbeat_s",
+        "grace_s",
+        "max_failures",
+    )
+    section = r.mapping(value, "trials", allowed, {"n": "n: 20"})
+    budget = r.exactly_one(section, "trials", "epochs", "steps", required=True)
+    epochs = steps = None
+    if budget == "epochs":
+        epochs = r.epochs(section["epochs"], "trials.epochs", "each trial trains after its fork")
+    else:
+        steps = r.steps(section["steps"], "trials.steps", "each trial trains after its fork")
+    every = r.exactly_one(section, "trials", "eval_every", "eval_every_steps", required=False)
+    eval_every = eval_every_steps = None
+    if every == "eval_every":
+        eval_every = r.epochs(section["eval_every"], "trials.eval_every", "between evaluations")
+        if epochs is not None and eval_every > epochs:
+            r.fail(
+                "trials.eval_every",
+                f"must be <= trials.epochs, or the pruner never hears from a trial, "
+                f"got eval_every={fmt(eval_every)} epochs={fmt(epochs)}",
+            )
+    elif every == "eval_every_steps":
+        eval_every_steps = r.steps(
+            section["eval_every_steps"], "trials.eval_every_steps", "between evaluations"
+        )
+        if steps is not None and eval_every_steps > steps:
+            r.fail(
+                "trials.eval_every_steps",
+                f"must be <= trials.steps, or the pruner never hears from a trial, "
+                f"got eval_every_steps={eval_every_steps} steps={steps}",
+            )
+    elif epochs is not None:
+        eval_every = 0.25 * epochs
+    else:
+        assert steps is not None
+        eval_every_steps = max(1, steps // 4)
+    return TrialSettings(
+        n=r.integer(section["n"], "trials.n", Bounds(ge=1)),
+        epochs=epochs,
+        steps=steps,
+        eval_every=eval_every,
+        eval_every_steps=eval_every_steps,
+        retries=r.integer(section.get("retries", 2), "trials.retries", Bounds(ge=0)),
+        heartbeat_s=r.real(section.get("heartbeat_s", 30.0), "trials.heartbeat_s", Bounds(gt=0)),
+        grace_s=r.real(section.get("grace_s", 120.0), "trials.grace_s", Bounds(gt=0)),
+        max_failures=r.integer(section.get("max_failures", 3), "trials.max_failures", Bounds(ge=1)),
+    )
+
+
+def read_data(r: Reader, value: Any) -> DataSettings:
+    section = r.mapping(value, "data", ("num_workers",), optional=True)
+    return DataSettings(
+        num_workers=r.integer(section.get("num_workers", 0), "data.num_workers", Bounds(ge=0))
+    )
+
+
+def read_schedule(r: Reader, value: Any) -> ScheduleSettings | None:
+    if value is None:
+        return None
+    required = {"name": "name: cosine"}
+    section = r.mapping(value, "schedule", ("name", "warmup", "final"), required)
+    return ScheduleSettings(
+        name=r.choice(section["name"], "schedule.name", SCHEDULE_NAMES),
+        warmup=r.real(section.get("warmup", 0.0), "schedule.warmup", Bounds(ge=0, lt=1)),
+        final=r.real(section.get("final", 0.0), "schedule.final", Bounds(ge=0, le=1)),
+    )

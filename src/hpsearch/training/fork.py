@@ -16,22 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hpsearch.config import DROPOUT_KEY, FORK_KEYS, FORKABLE, dropout_types
 from hpsearch.errors import ForkError
 
 if TYPE_CHECKING:
     from hpsearch.training.loop import Trainer
 
-GROUP_KEYS = ("weight_decay", "momentum", "betas", "eps")
-FORKABLE = ("lr", *GROUP_KEYS, "dropout", "batch_size")
+__all__ = ["FORKABLE", "fork", "reapply_model_hparams"]
 
-_DROPOUTS = (
-    torch.nn.Dropout,
-    torch.nn.Dropout1d,
-    torch.nn.Dropout2d,
-    torch.nn.Dropout3d,
-    torch.nn.AlphaDropout,
-    torch.nn.FeatureAlphaDropout,
-)
+_DROPOUTS = dropout_types()
 
 
 def fork(trainer: Trainer, changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -43,13 +36,14 @@ def fork(trainer: Trainer, changes: Mapping[str, Any]) -> dict[str, Any]:
     changed = {k: v for k, v in changes.items() if trainer.hparams.get(k) != v}
     custom: dict[str, Any] = {}
     for key, value in changed.items():
-        if key == "lr":
+        kind = FORK_KEYS.get(key)  # what the key is: the registry in hpsearch.config.forkable
+        if kind == "lr":
             _set_lr(trainer, float(value))
-        elif key in GROUP_KEYS:
+        elif kind == "param_group":
             _set_group_key(trainer.optimizer, key, value, trainer.hparams.get(key))
-        elif key == "dropout":
+        elif kind == "dropout":
             _set_dropout(trainer.model, float(value))
-        elif key == "batch_size":
+        elif kind == "batch_size":
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ForkError(f"batch_size must be a positive integer, got {value!r}")
             trainer.stream.set_batch_size(value)
@@ -139,8 +133,8 @@ def _set_dropout(model: torch.nn.Module, p: float) -> None:
 def reapply_model_hparams(trainer: Trainer, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
     """After copying a saved state into a trainer built for other hparams: set what lives in the
     model rather than in the saved tensors (dropout, keys of `Task.apply_hparams`)."""
-    if "dropout" in new and old.get("dropout") != new["dropout"]:
-        _set_dropout(trainer.model, float(new["dropout"]))
+    if DROPOUT_KEY in new and old.get(DROPOUT_KEY) != new[DROPOUT_KEY]:
+        _set_dropout(trainer.model, float(new[DROPOUT_KEY]))
     custom = {k: v for k, v in new.items() if k not in FORKABLE and k in old and old[k] != v}
     if custom:
         trainer.task.apply_hparams(trainer.model, trainer.optimizer, custom)

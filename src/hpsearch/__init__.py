@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -16,10 +16,20 @@ from hpsearch.errors import (
     TaskError,
     UsageError,
 )
-from hpsearch.task import Task
 
 if TYPE_CHECKING:
     from hpsearch.report.status import StudyHandle
+    from hpsearch.task import Task
+
+
+def __getattr__(name: str) -> Any:
+    # `Task` imports torch; importing it on first use lets `import hpsearch.config` (status,
+    # plot, export read study files) run without torch.
+    if name == "Task":
+        from hpsearch.task import Task
+
+        return Task
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load(study_file: str, *, storage: str | None = None, classic: bool = False) -> StudyHandle:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,10 @@ import pytest
 import yaml
 
 from hpsearch.config import (
+    DROPOUT_KEY,
+    FORK_KEYS,
     FORKABLE,
+    GROUP_KEYS,
     CheckpointSettings,
     ComponentSettings,
     DataSettings,
@@ -656,6 +662,34 @@ def test_a_non_forkable_key_needs_apply_hparams(study_dir: Path) -> None:
         "dropout",
         "batch_size",
     }
+
+
+def test_the_fork_applies_the_one_registry_of_forkable_keys() -> None:
+    import hpsearch.training
+
+    fork_module = importlib.import_module("hpsearch.training.fork")
+    assert hpsearch.training.FORKABLE is FORKABLE
+    assert fork_module.FORKABLE is FORKABLE
+    assert FORKABLE == ("lr", "weight_decay", "momentum", "betas", "eps", "dropout", "batch_size")
+    assert GROUP_KEYS == ("weight_decay", "momentum", "betas", "eps")
+    assert DROPOUT_KEY == "dropout"
+    assert {k: FORK_KEYS[k] for k in ("lr", "dropout", "batch_size")} == {
+        "lr": "lr",
+        "dropout": "dropout",
+        "batch_size": "batch_size",
+    }
+
+
+def test_reading_a_study_file_imports_no_torch(study_dir: Path) -> None:
+    # `hpsearch status` and friends read study files; torch costs them seconds.
+    code = (
+        "import sys\n"
+        "from hpsearch.config import load_study_file\n"
+        f"load_study_file({write(study_dir, minimal())!r})\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0] == 'torch'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout == "[]\n"
 
 
 # -- building the Optuna parts ------------------------------------------------------------------

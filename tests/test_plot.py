@@ -20,6 +20,17 @@ from hpsearch.report.plot import (
     format_param,
     plot_study,
 )
+from hpsearch.report.plot.layout import (
+    FADED_ALPHA,
+    NEUTRAL,
+    ColorScale,
+    curve_y_limits,
+    labelled_branches,
+    sizes,
+    tree_y_limits,
+    warmup_compression,
+    x_axis,
+)
 from hpsearch.report.views import StudyView, TrialView
 from hpsearch.testing import synthetic_study
 
@@ -273,6 +284,55 @@ def test_format_param() -> None:
 
 
 # --- the files ----------------------------------------------------------------------------------
+
+
+def test_layout_compresses_a_long_warmup(view: StudyView) -> None:
+    # warm-up 0..2, trials 2..4: half the range, so it is squeezed to a quarter of the axis
+    axis = x_axis(branch_plot_data(view))
+    squeeze = axis.compression
+    assert squeeze is not None and squeeze.factor == pytest.approx(3.0)
+    assert [float(squeeze.forward(x)) for x in (0.0, 2.0, 3.0)] == pytest.approx([0, 2 / 3, 5 / 3])
+    xs = [0.0, 0.5, 2.0, 2.7, 4.0]
+    assert [float(squeeze.inverse(squeeze.forward(x))) for x in xs] == pytest.approx(xs)
+    assert 2.0 in squeeze.ticks and list(squeeze.ticks) == sorted(squeeze.ticks)
+    width = 2.0 / 0.75  # the trials' stretch is 3/4 of the axis
+    assert (axis.lo, axis.hi) == pytest.approx((-0.01 * width * 3.0, 4.0 + 0.09 * width))
+
+
+def test_layout_keeps_a_short_warmup_and_classic_linear() -> None:
+    assert warmup_compression(0.0, 1.0, 4.0) is None  # a quarter of the range: drawn as it is
+    assert warmup_compression(0.0, 0.0, 4.0) is None
+    axis = x_axis(branch_plot_data(synthetic_study(30, seed=4, classic=True)))
+    assert axis.compression is None
+    assert (axis.lo, axis.hi) == pytest.approx((-0.02, 2.0 + 0.09 * 2.0))
+
+
+def test_layout_sizes_labels_and_limits_follow_the_rows(view: StudyView) -> None:
+    data = branch_plot_data(view)
+    assert (sizes(data).line_width, sizes(data).marker_size) == (2.0, 40.0)
+    assert [b.number for b in labelled_branches(data)] == [
+        b.number for b in data.branches if b.number != 3
+    ]
+    assert tree_y_limits(data) == (-(len(data.branches) + 1), 3.0)
+    assert curve_y_limits(data) == pytest.approx((0.4 - 0.0275, 0.95 + 0.0275))
+    many = branch_plot_data(synthetic_study(200, seed=1))
+    rows = len(many.branches)  # fewer than 200: continuations share their attempt's row
+    assert 100 < rows < 200
+    assert (sizes(many).line_width, sizes(many).marker_size) == (0.6, 2400.0 / rows)
+    assert labelled_branches(many) == []  # so many labels would be unreadable
+    assert tree_y_limits(many) == (-(rows + 1), pytest.approx(0.14 * rows))
+
+
+def test_colour_scale_clips_greys_and_fades(view: StudyView) -> None:
+    import matplotlib
+
+    data = branch_plot_data(view)  # maximize: vmin 0.85, vmax 0.95
+    scale = ColorScale(data)
+    top = matplotlib.colormaps["viridis"](1.0)
+    assert scale.rgba(0.95) == pytest.approx(top) and scale.rgba(7.0) == pytest.approx(top)
+    assert scale.rgba(None) == NEUTRAL
+    assert scale.rgba(0.95, faded=True)[3] == FADED_ALPHA
+    assert scale.best_color() == pytest.approx(top)
 
 
 def check_file(path: Path) -> None:

@@ -1,24 +1,43 @@
-"""The branch plot (SPEC section 7); the module moved into a package, split in the next commit."""
+"""The branch plot (SPEC section 7): its data, its layout, and drawing it.
+
+Like `optuna.visualization`, computing and drawing are apart. `branch_plot_data` (in `data`) is a
+pure function of a `StudyView` that returns plain dataclasses (every coordinate, colour value and
+marker the figure shows), so tests assert on values instead of pixels; `layout` turns that data
+into the figure's decisions (x axis and the compression of a long warm-up, sizes, colour scale,
+row labels, title); `draw_branch_plot` (in `draw`, the only module that draws) applies them with
+matplotlib's Agg canvas, without touching the user's pyplot backend::
+
+    data = branch_plot_data(view, x="epochs")
+    draw_branch_plot(data, "branches.png")
+    # or both at once:
+    plot_study(view, "branches.svg")
+
+The figure: the warm-up is the trunk along y=0; each trial is a branch that leaves the trunk at
+its fork point, fans out to a row of its own and runs to where it finished, was pruned, failed
+or (while running) its latest checkpoint; colour is the objective; a second panel shows every
+trial's objective curve against the same x axis.
+
+Imports flow one way (data → layout → draw), and matplotlib is imported only inside functions,
+so `import hpsearch.report.plot` does not load it.
+"""
 
 from hpsearch.report.plot.data import (
     CONNECTOR_FRACTION,
-    PLOT_SUFFIXES,
     X_AXES,
     Branch,
     BranchPlotData,
     Curve,
-    PlotFormatError,
     Segment,
     branch_plot_data,
-    default_title,
-    draw_branch_plot,
     format_param,
-    plot_study,
 )
+from hpsearch.report.plot.draw import PLOT_SUFFIXES, PlotFormatError, draw_branch_plot, plot_study
+from hpsearch.report.plot.layout import WARMUP_SHARE, default_title
 
 __all__ = [
     "CONNECTOR_FRACTION",
     "PLOT_SUFFIXES",
+    "WARMUP_SHARE",
     "X_AXES",
     "Branch",
     "BranchPlotData",

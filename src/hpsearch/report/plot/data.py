@@ -1,46 +1,28 @@
-"""The branch plot (SPEC section 7): computing its data, and drawing it.
+"""The branch plot's data (SPEC section 7): a pure function of a `StudyView`, no matplotlib.
 
-Like `optuna.visualization`, the work is split in two. `branch_plot_data` is a pure function of a
-`StudyView` that returns plain dataclasses (every coordinate, colour value and marker the figure
-shows), so tests assert on values instead of pixels. `draw_branch_plot` only draws that data, with
-matplotlib's Agg canvas, without touching the user's pyplot backend::
-
-    data = branch_plot_data(view, x="epochs")
-    draw_branch_plot(data, "branches.png")
-    # or both at once:
-    plot_study(view, "branches.svg")
-
-The figure: the warm-up is the trunk along y=0; each trial is a branch that leaves the trunk at
-its fork point, fans out to a row of its own and runs to where it finished, was pruned, failed
-or (while running) its latest checkpoint; colour is the objective; a second panel shows every
-trial's objective curve against the same x axis.
+`branch_plot_data` returns plain dataclasses with every coordinate (in data units: x is training
+progress, y is the branch's row), colour value and marker the figure shows, so tests assert on
+values instead of pixels; `hpsearch.report.plot.layout` turns them into the figure's axes, sizes,
+colours and labels, and `hpsearch.report.plot.draw` draws them.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from hpsearch.errors import UsageError
 from hpsearch.report.views import StudyView, TrialView
 
-PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 X_AXES = ("epochs", "samples")
 
 # Fraction of the trials' x span (first fork to last end) a branch takes to climb from the trunk
 # to its row: short enough that x still reads as progress, long enough that 200 connectors fan out.
 CONNECTOR_FRACTION = 0.04
 
-
-class PlotFormatError(UsageError, ValueError):
-    """The output path of a plot has a suffix that no renderer handles."""
-
-
+Marker = Literal["complete", "pruned", "failed", "running"]
 Point = tuple[float, float]
 
 
@@ -81,7 +63,7 @@ class Branch:
     y: float
     color_value: float | None
     faded: bool
-    marker: str
+    marker: Marker
     is_best: bool
     label: str
     attempts: tuple[int, ...] = ()
@@ -103,7 +85,7 @@ class Curve:
     points: tuple[Point, ...]
     color_value: float | None
     faded: bool
-    marker: str
+    marker: Marker
     is_best: bool
 
 
@@ -147,11 +129,6 @@ class BranchPlotData:
         raise KeyError(f"trial #{number} is not drawn (not_drawn={list(self.not_drawn)})")
 
 
-# --------------------------------------------------------------------------------------------
-# Computing
-# --------------------------------------------------------------------------------------------
-
-
 def branch_plot_data(view: StudyView, *, x: str = "epochs") -> BranchPlotData:
     """Compute the branch plot of `view`: pure, no matplotlib.
 
@@ -169,16 +146,57 @@ def branch_plot_data(view: StudyView, *, x: str = "epochs") -> BranchPlotData:
         raise ValueError(f"x must be one of {', '.join(X_AXES)}, but got x={x!r}")
     scale = float(view.samples_per_epoch) if x == "samples" else 1.0
     maximize = view.direction == "maximize"
-
     chains, not_drawn = _chains(view.trials)
     best = view.best()
     best_number = best.number if best is not None else None
+    branches, curves = _rows(chains, maximize, scale, best_number)
 
+    trunk = None
+    if not view.classic and view.warmup_progress > 0:
+        trunk = Segment(0.0, 0.0, view.warmup_progress * scale, 0.0, None)
+    best_path: tuple[Segment, ...] = ()
+    best_text = None
+    if best is not None:
+        best_branch = next(b for b in branches if b.is_best)
+        best_path = ((trunk,) if trunk is not None else ()) + best_branch.segments
+        best_text = _best_text(view, best, best_branch)
+    vmin, vmax = _color_range(branches)
+    counts: dict[str, int] = {}
+    for t in view.trials:
+        counts[t.state] = counts.get(t.state, 0) + 1
+
+    return BranchPlotData(
+        study=view.name,
+        metric=view.metric,
+        direction=view.direction,
+        x=x,
+        x_label="training progress (epochs)" if x == "epochs" else "training progress (samples)",
+        classic=view.classic,
+        trunk=trunk,
+        branches=branches,
+        best_number=best_number,
+        best_value=best.value if best is not None else None,
+        best_path=best_path,
+        best_text=best_text,
+        curves=curves,
+        warmup_curve=tuple((p * scale, v) for p, v in view.warmup_curve),
+        vmin=vmin,
+        vmax=vmax,
+        cmap="viridis" if maximize else "viridis_r",
+        counts=counts,
+        n_trials=len(view.trials),
+        not_drawn=not_drawn,
+    )
+
+
+def _rows(
+    chains: list[list[TrialView]], maximize: bool, scale: float, best_number: int | None
+) -> tuple[tuple[Branch, ...], tuple[Curve, ...]]:
+    """The branches in row order (row 1 right under the trunk), each with its objective curve."""
     ends = [_end(c[-1]) for c in chains]
     starts = [c[0].fork_progress for c in chains]
     span = (max(ends) - min(starts)) if chains else 0.0
     connector = CONNECTOR_FRACTION * span * scale
-
     order = sorted(range(len(chains)), key=lambda i: _row_key(chains[i], maximize))
     branches: list[Branch] = []
     curves: list[Curve] = []
@@ -197,45 +215,7 @@ def branch_plot_data(view: StudyView, *, x: str = "epochs") -> BranchPlotData:
                 is_best=branch.is_best,
             )
         )
-
-    trunk = None
-    if not view.classic and view.warmup_progress > 0:
-        trunk = Segment(0.0, 0.0, view.warmup_progress * scale, 0.0, None)
-
-    best_path: tuple[Segment, ...] = ()
-    best_text = None
-    if best is not None:
-        best_branch = next(b for b in branches if b.is_best)
-        best_path = ((trunk,) if trunk is not None else ()) + best_branch.segments
-        best_text = _best_text(view, best, best_branch)
-
-    vmin, vmax = _color_range(branches)
-    counts: dict[str, int] = {}
-    for t in view.trials:
-        counts[t.state] = counts.get(t.state, 0) + 1
-
-    return BranchPlotData(
-        study=view.name,
-        metric=view.metric,
-        direction=view.direction,
-        x=x,
-        x_label="training progress (epochs)" if x == "epochs" else "training progress (samples)",
-        classic=view.classic,
-        trunk=trunk,
-        branches=tuple(branches),
-        best_number=best_number,
-        best_value=best.value if best is not None else None,
-        best_path=best_path,
-        best_text=best_text,
-        curves=tuple(curves),
-        warmup_curve=tuple((p * scale, v) for p, v in view.warmup_curve),
-        vmin=vmin,
-        vmax=vmax,
-        cmap="viridis" if maximize else "viridis_r",
-        counts=counts,
-        n_trials=len(view.trials),
-        not_drawn=not_drawn,
-    )
+    return tuple(branches), tuple(curves)
 
 
 def _chains(trials: Sequence[TrialView]) -> tuple[list[list[TrialView]], tuple[int, ...]]:
@@ -294,7 +274,12 @@ def _color_value(t: TrialView) -> float | None:
     return v
 
 
-_MARKERS = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
+_MARKERS: dict[str, Marker] = {
+    "COMPLETE": "complete",
+    "PRUNED": "pruned",
+    "FAIL": "failed",
+    "RUNNING": "running",
+}
 _GROUP = {"COMPLETE": 0, "RUNNING": 1, "PRUNED": 2, "FAIL": 3}
 
 
@@ -414,341 +399,3 @@ def _best_text(view: StudyView, best: TrialView, branch: Branch) -> str:
     if crashed:
         head += f"  (resumed after crash of {', '.join(f'#{n}' for n in crashed)})"
     return head + (f"\n{params}" if params else "")
-
-
-# --------------------------------------------------------------------------------------------
-# Drawing
-# --------------------------------------------------------------------------------------------
-
-# A warm-up longer than the trials would squeeze every branch into a sliver at the right; above
-# this share of the x range, its stretch of the axis is compressed down to it.
-WARMUP_SHARE = 0.25
-
-_NEUTRAL = (0.6, 0.6, 0.6, 1.0)
-_FADED_ALPHA = 0.3
-_TRUNK_COLOR = "0.15"
-_FAIL_COLOR = "#d62728"
-
-
-def _check_suffix(path: str | os.PathLike[str]) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix not in PLOT_SUFFIXES:
-        raise PlotFormatError(
-            f"plot file must end in one of {', '.join(PLOT_SUFFIXES)}, but got {os.fspath(path)!r}"
-        )
-    return suffix
-
-
-def draw_branch_plot(
-    data: BranchPlotData,
-    path: str | os.PathLike[str],
-    *,
-    title: str | None = None,
-    figsize: tuple[float, float] = (12.0, 8.0),
-    dpi: int = 120,
-) -> None:
-    """Draw `data` into `path` (.png, .svg or .pdf, chosen by suffix), headless.
-
-    Uses a `Figure` with its own Agg canvas, so it neither needs a display nor changes the
-    backend of a user's pyplot session. The title defaults to the study name, metric, direction,
-    number of trials and best value.
-    """
-    suffix = _check_suffix(path)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax_tree, ax_curves = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
-    _draw(fig, ax_tree, ax_curves, data, title)
-    fig.savefig(path, format=suffix[1:], dpi=dpi)
-
-
-def plot_study(
-    view: StudyView,
-    path: str | os.PathLike[str],
-    *,
-    x: str = "epochs",
-    title: str | None = None,
-) -> BranchPlotData:
-    """Compute and draw the branch plot of `view` into `path`; returns the data it drew."""
-    _check_suffix(path)  # fail before any work
-    data = branch_plot_data(view, x=x)
-    draw_branch_plot(data, path, title=title)
-    return data
-
-
-def default_title(data: BranchPlotData) -> str:
-    """Study name, metric, direction, number of trials by state, best value."""
-    words = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
-    order = [*words, *sorted(set(data.counts) - set(words))]
-    states = ", ".join(
-        f"{data.counts[s]} {words.get(s, s.lower())}" for s in order if data.counts.get(s)
-    )
-    head = f"{data.study}: {data.metric} ({data.direction}), {data.n_trials} trials"
-    if states:
-        head += f" ({states})"
-    if data.best_value is not None:
-        head += f" — best {data.best_value:.4g} (trial #{data.best_number})"
-    return head
-
-
-def _draw(fig: Any, ax_tree: Any, ax_curves: Any, data: BranchPlotData, title: str | None) -> None:
-    import matplotlib
-    from matplotlib import patheffects
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.collections import LineCollection
-    from matplotlib.colors import Normalize
-    from matplotlib.lines import Line2D
-
-    cmap = matplotlib.colormaps[data.cmap]
-    norm = Normalize(data.vmin, data.vmax, clip=True)
-    n = max(len(data.branches), 1)
-    lw = min(2.0, max(0.6, 60.0 / n))
-    msize = min(40.0, max(8.0, 2400.0 / n))
-
-    def rgba(value: float | None, faded: bool) -> tuple[float, float, float, float]:
-        r, g, b, _ = _NEUTRAL if value is None else cmap(norm(value))
-        return (r, g, b, _FADED_ALPHA if faded else 1.0)
-
-    outline = [patheffects.Stroke(linewidth=lw * 2 + 4, foreground="black"), patheffects.Normal()]
-
-    # --- top panel: trunk and branches ---------------------------------------------------------
-    segs, colors = [], []
-    for b in data.branches:
-        c = rgba(b.color_value, b.faded)
-        for s in b.segments:
-            segs.append(((s.x0, s.y0), (s.x1, s.y1)))
-            colors.append(c)
-    ax_tree.add_collection(LineCollection(segs, colors=colors, linewidths=lw, zorder=2))
-
-    if data.trunk is not None:
-        t = data.trunk
-        ax_tree.plot(
-            [t.x0, t.x1], [0, 0], color=_TRUNK_COLOR, lw=4, solid_capstyle="butt", zorder=4
-        )
-        ax_tree.plot([t.x1], [0], "o", color=_TRUNK_COLOR, ms=7, zorder=5)
-        ax_tree.annotate(
-            "fork: trials start\nfrom this checkpoint",
-            (t.x1, 0),
-            xytext=(-8, -10),
-            textcoords="offset points",
-            ha="right",
-            va="top",
-            fontsize=8,
-            color="0.3",
-        )
-        for ax in (ax_tree, ax_curves):
-            ax.axvline(t.x1, color="0.5", lw=0.8, ls="--", zorder=1)
-
-    def scatter(kind: str, **kw: Any) -> None:
-        pts = [(b.x1, b.y, b) for b in data.branches if b.marker == kind and not b.is_best]
-        if pts:
-            ax_tree.scatter([p[0] for p in pts], [p[1] for p in pts], zorder=3, **kw)
-
-    branch_c = {id(b): rgba(b.color_value, False) for b in data.branches}
-
-    def cols(kind: str, alpha: float) -> list[tuple[float, float, float, float]]:
-        bs = [b for b in data.branches if b.marker == kind and not b.is_best]
-        return [(*branch_c[id(b)][:3], alpha) for b in bs]
-
-    scatter("complete", marker="o", s=msize, c=cols("complete", 1.0), edgecolors="none")
-    scatter("pruned", marker="x", s=msize * 1.2, c=cols("pruned", 0.8), linewidths=1.2)
-    scatter("failed", marker="D", s=msize, c=_FAIL_COLOR, edgecolors="black", linewidths=0.5)
-    scatter("running", marker=">", s=msize * 1.5, c=cols("running", 1.0), edgecolors="black")
-    resumes = [(x, b.y) for b in data.branches for x in b.resumes]
-    if resumes:
-        ax_tree.scatter(
-            *zip(*resumes, strict=True), marker="|", s=msize * 3, c="black", lw=1.5, zorder=7
-        )
-
-    best = next((b for b in data.branches if b.is_best), None)
-    if best is not None and data.best_path:
-        c = rgba(best.color_value, False)
-        branch_part = [s for s in data.best_path if s.trial is not None]
-        xs_b = [branch_part[0].x0, *(s.x1 for s in branch_part)]
-        ys_b = [branch_part[0].y0, *(s.y1 for s in branch_part)]
-        ax_tree.plot(  # one polyline, so the outline has no seams where attempts hand over
-            xs_b,
-            ys_b,
-            color=c,
-            lw=max(3.5, lw * 2 + 1.5),
-            solid_capstyle="butt",
-            solid_joinstyle="round",
-            path_effects=outline,
-            zorder=6,
-        )
-        ax_tree.scatter(
-            [best.x1], [best.y], marker="*", s=260, c=[c], edgecolors="black", lw=1.2, zorder=7
-        )
-        ax_tree.annotate(
-            data.best_text,
-            (best.x1, best.y),
-            xytext=(-6, 14),
-            textcoords="offset points",
-            ha="right",
-            va="bottom",
-            fontsize=9,
-            bbox={"boxstyle": "round,pad=0.35", "fc": "white", "ec": "black", "alpha": 0.92},
-            arrowprops={"arrowstyle": "->", "color": "black", "lw": 1},
-            zorder=8,
-        )
-
-    if len(data.branches) <= 40:  # one label per row still reads; beyond, only the best
-        for b in data.branches:
-            if b.is_best:
-                continue
-            ax_tree.annotate(
-                b.label,
-                (b.x1, b.y),
-                xytext=(6, 0),
-                textcoords="offset points",
-                va="center",
-                fontsize=7,
-                color="0.35" if b.faded else "0.1",
-            )
-
-    xs = [s.x0 for b in data.branches for s in b.segments] + [b.x1 for b in data.branches]
-    xs += [p[0] for p in data.warmup_curve]
-    xs += [data.trunk.x0, data.trunk.x1] if data.trunk else [0.0]
-    x_lo, x_hi = min(xs), max(xs)
-    right_pad = 0.09 if len(data.branches) <= 40 else 0.045
-    factor = None
-    if data.trunk is not None and x_hi > data.trunk.x1:
-        factor = _compress_warmup(ax_tree, x_lo, data.trunk.x1, x_hi)
-    if data.trunk is not None and factor:
-        width = (x_hi - data.trunk.x1) / (1 - WARMUP_SHARE)  # the axis width in trial units
-        ax_tree.set_xlim(x_lo - 0.01 * width * factor, x_hi + right_pad * width)
-    else:
-        width = (x_hi - x_lo) or 1.0
-        ax_tree.set_xlim(x_lo - 0.01 * width, x_hi + right_pad * width)
-    if data.trunk is not None:
-        t = data.trunk
-        note = f", x axis compressed {factor:.3g}×" if factor else ""
-        ax_tree.annotate(
-            f"warm-up, shared by all trials{note}",
-            (t.x0, 0),
-            xytext=(2, 6),
-            textcoords="offset points",
-            ha="left",
-            va="bottom",
-            fontsize=9,
-        )
-        if factor:
-            for ax in (ax_tree, ax_curves):
-                ax.axvspan(t.x0, t.x1, color="0.5", alpha=0.08, lw=0, zorder=0)
-    headroom = max(3.0, 0.14 * n)  # room above the trunk for its label and the best's note
-    ax_tree.set_ylim(-(len(data.branches) + 1), headroom)
-    ax_tree.set_yticks([])
-    ax_tree.set_ylabel(
-        "trials, one row each\n(completed by value, best on top;\nthen running, pruned, failed)"
-    )
-    for side in ("top", "right", "left"):
-        ax_tree.spines[side].set_visible(False)
-
-    # --- bottom panel: objective curves ----------------------------------------------------------
-    curve_lines, curve_colors = [], []
-    ends: dict[str, list[tuple[float, float]]] = {}
-    for cv in data.curves:
-        if cv.is_best or not cv.points:
-            continue
-        curve_lines.append(cv.points)
-        curve_colors.append(rgba(cv.color_value, cv.faded))
-        if cv.marker == "pruned":
-            ends.setdefault("pruned", []).append(cv.points[-1])
-    ax_curves.add_collection(
-        LineCollection(curve_lines, colors=curve_colors, linewidths=lw * 0.8, zorder=2)
-    )
-    if ends.get("pruned"):
-        ax_curves.scatter(
-            *zip(*ends["pruned"], strict=True), marker="x", s=msize * 0.8, c="0.4", lw=1, zorder=3
-        )
-    if data.warmup_curve:
-        ax_curves.plot(*zip(*data.warmup_curve, strict=True), color=_TRUNK_COLOR, lw=2.5, zorder=4)
-    best_curve = next((cv for cv in data.curves if cv.is_best), None)
-    if best_curve is not None and best_curve.points:
-        ax_curves.plot(
-            *zip(*best_curve.points, strict=True),
-            color=rgba(best_curve.color_value, False),
-            lw=lw * 2 + 1,
-            path_effects=outline,
-            zorder=5,
-        )
-    ys = [p[1] for cv in data.curves for p in cv.points] + [p[1] for p in data.warmup_curve]
-    ys = [v for v in ys if math.isfinite(v)]
-    if ys:
-        lo, hi = min(ys), max(ys)
-        pad = 0.05 * (hi - lo) or 0.5
-        ax_curves.set_ylim(lo - pad, hi + pad)
-    ax_curves.set_ylabel(data.metric)
-    ax_curves.set_xlabel(data.x_label)
-    ax_curves.grid(alpha=0.3)
-    for side in ("top", "right"):
-        ax_curves.spines[side].set_visible(False)
-
-    # --- colour bar, legend, title ---------------------------------------------------------------
-    sm = ScalarMappable(norm=Normalize(data.vmin, data.vmax), cmap=cmap)
-    cbar = fig.colorbar(sm, ax=[ax_tree, ax_curves], shrink=0.9, pad=0.01, aspect=40)
-    cbar.set_label(f"{data.metric} (final value)   better →")
-    if data.direction != "maximize":
-        cbar.ax.invert_yaxis()  # better is always up
-
-    proxy_c = cmap(norm(data.vmax if data.direction == "maximize" else data.vmin))
-    kinds = {b.marker for b in data.branches if not b.is_best}
-    handles = []
-    if data.trunk is not None:
-        handles.append(Line2D([], [], color=_TRUNK_COLOR, lw=4, label="warm-up (trunk)"))
-    if best is not None:
-        handles += [
-            Line2D([], [], color=proxy_c, lw=3, path_effects=outline, label="best trial's path"),
-            Line2D([], [], color=proxy_c, marker="*", ms=13, mec="black", ls="", label="best"),
-        ]
-    legend_marks: dict[str, dict[str, Any]] = {
-        "complete": {"marker": "o", "ms": 6, "color": "0.4", "label": "completed"},
-        "pruned": {"marker": "x", "ms": 7, "mew": 1.5, "color": "0.4", "label": "pruned (faded)"},
-        "failed": {"marker": "D", "ms": 6, "mec": "black", "color": _FAIL_COLOR, "label": "failed"},
-        "running": {"marker": ">", "ms": 8, "mec": "black", "color": "0.4", "label": "running"},
-    }
-    handles += [Line2D([], [], ls="", **legend_marks[k]) for k in legend_marks if k in kinds]
-    if resumes:
-        label = "resumed after a crash"
-        handles.append(
-            Line2D([], [], color="black", marker="|", ms=10, mew=1.5, ls="", label=label)
-        )
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9)
-    fig.suptitle(title if title is not None else default_title(data), fontsize=12)
-
-
-def _compress_warmup(ax: Any, lo: float, fork: float, hi: float) -> float | None:
-    """Compress the x axis over the warm-up [lo, fork] to WARMUP_SHARE of the width.
-
-    Piecewise linear, so both stretches still read truthfully against their own ticks; returns the
-    compression factor, or None when the warm-up is short enough to draw as it is.
-    """
-    import numpy as np
-    from matplotlib.ticker import FixedLocator, MaxNLocator
-
-    warm, trials = fork - lo, hi - fork
-    if warm <= 0 or warm / (warm + trials) <= WARMUP_SHARE * 1.6:
-        return None
-    squeezed = trials * WARMUP_SHARE / (1 - WARMUP_SHARE)
-    k = squeezed / warm
-
-    def forward(x: Any) -> Any:
-        x = np.asarray(x, dtype=float)
-        return np.where(x <= fork, lo + (x - lo) * k, lo + squeezed + (x - fork))
-
-    def inverse(u: Any) -> Any:
-        u = np.asarray(u, dtype=float)
-        return np.where(u <= lo + squeezed, lo + (u - lo) / k, fork + (u - lo - squeezed))
-
-    ax.set_xscale("function", functions=(forward, inverse))  # shared with the curves panel
-    steps = [1, 2, 2.5, 5, 10]
-    warm_ticks = MaxNLocator(3, steps=steps).tick_values(lo, fork)
-    trial_ticks = MaxNLocator(8, steps=steps).tick_values(fork, hi)
-    step = trial_ticks[1] - trial_ticks[0]
-    ticks = [t for t in warm_ticks if lo <= t <= fork - warm / 4] + [fork]
-    ticks += [t for t in trial_ticks if fork + step / 2 <= t <= hi + step / 100]
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    return 1 / k

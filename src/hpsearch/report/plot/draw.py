@@ -1,0 +1,355 @@
+"""Drawing the branch plot with matplotlib: the only module of the plot that draws.
+
+`draw_branch_plot` draws a `BranchPlotData` on a `Figure` with its own Agg canvas, so it needs no
+display and leaves a user's pyplot backend alone; every decision about axes, sizes, colours and
+labels comes from `hpsearch.report.plot.layout`. matplotlib is imported inside the functions, so
+importing the package stays cheap for `status` and `export`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from hpsearch.errors import UsageError
+from hpsearch.report.plot.data import Branch, BranchPlotData, branch_plot_data
+from hpsearch.report.plot.layout import (
+    ColorScale,
+    Sizes,
+    WarmupCompression,
+    XAxis,
+    curve_y_limits,
+    default_title,
+    labelled_branches,
+    sizes,
+    tree_y_limits,
+    x_axis,
+)
+from hpsearch.report.views import StudyView
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+TRUNK_COLOR = "0.15"
+FAIL_COLOR = "#d62728"
+
+
+class PlotFormatError(UsageError, ValueError):
+    """The output path of a plot has a suffix that no renderer handles."""
+
+
+def _check_suffix(path: str | os.PathLike[str]) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in PLOT_SUFFIXES:
+        raise PlotFormatError(
+            f"plot file must end in one of {', '.join(PLOT_SUFFIXES)}, but got {os.fspath(path)!r}"
+        )
+    return suffix
+
+
+def draw_branch_plot(
+    data: BranchPlotData,
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    figsize: tuple[float, float] = (12.0, 8.0),
+    dpi: int = 120,
+) -> None:
+    """Draw `data` into `path` (.png, .svg or .pdf, chosen by suffix), headless.
+
+    Uses a `Figure` with its own Agg canvas, so it neither needs a display nor changes the
+    backend of a user's pyplot session. The title defaults to the study name, metric, direction,
+    number of trials and best value.
+    """
+    suffix = _check_suffix(path)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_tree, ax_curves = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    _draw(fig, ax_tree, ax_curves, data, title)
+    fig.savefig(path, format=suffix[1:], dpi=dpi)
+
+
+def plot_study(
+    view: StudyView,
+    path: str | os.PathLike[str],
+    *,
+    x: str = "epochs",
+    title: str | None = None,
+) -> BranchPlotData:
+    """Compute and draw the branch plot of `view` into `path`; returns the data it drew."""
+    _check_suffix(path)  # fail before any work
+    data = branch_plot_data(view, x=x)
+    draw_branch_plot(data, path, title=title)
+    return data
+
+
+def _draw(fig: Any, ax_tree: Any, ax_curves: Any, data: BranchPlotData, title: str | None) -> None:
+    """Both panels, the colour bar, the legend and the title; the order of the calls is the
+    order of drawing where zorders tie."""
+    from matplotlib import patheffects
+
+    scale = ColorScale(data)
+    size = sizes(data)
+    lw = size.line_width
+    outline = [patheffects.Stroke(linewidth=lw * 2 + 4, foreground="black"), patheffects.Normal()]
+    best = next((b for b in data.branches if b.is_best), None)
+
+    _draw_branches(ax_tree, data, scale, lw)
+    if data.trunk is not None:
+        _draw_trunk(ax_tree, ax_curves, data)
+    _draw_ends(ax_tree, data, scale, size)
+    if best is not None and data.best_path:
+        _draw_best(ax_tree, data, best, scale, lw, outline)
+    _draw_labels(ax_tree, data)
+    _set_x_axis(ax_tree, ax_curves, data, x_axis(data))
+    _style_tree_axes(ax_tree, data)
+    _draw_curves(ax_curves, data, scale, size, outline)
+    _draw_colorbar(fig, [ax_tree, ax_curves], data, scale)
+    _draw_legend(fig, data, best is not None, scale, outline)
+    fig.suptitle(title if title is not None else default_title(data), fontsize=12)
+
+
+# -- top panel: trunk and branches -----------------------------------------------------------------
+
+
+def _draw_branches(ax: Any, data: BranchPlotData, scale: ColorScale, lw: float) -> None:
+    from matplotlib.collections import LineCollection
+
+    segs, colors = [], []
+    for b in data.branches:
+        c = scale.rgba(b.color_value, b.faded)
+        for s in b.segments:
+            segs.append(((s.x0, s.y0), (s.x1, s.y1)))
+            colors.append(c)
+    ax.add_collection(LineCollection(segs, colors=colors, linewidths=lw, zorder=2))
+
+
+def _draw_trunk(ax_tree: Any, ax_curves: Any, data: BranchPlotData) -> None:
+    """The warm-up along y=0, its fork point, and the fork's dashed line across both panels."""
+    t = data.trunk
+    assert t is not None
+    ax_tree.plot([t.x0, t.x1], [0, 0], color=TRUNK_COLOR, lw=4, solid_capstyle="butt", zorder=4)
+    ax_tree.plot([t.x1], [0], "o", color=TRUNK_COLOR, ms=7, zorder=5)
+    ax_tree.annotate(
+        "fork: trials start\nfrom this checkpoint",
+        (t.x1, 0),
+        xytext=(-8, -10),
+        textcoords="offset points",
+        ha="right",
+        va="top",
+        fontsize=8,
+        color="0.3",
+    )
+    for ax in (ax_tree, ax_curves):
+        ax.axvline(t.x1, color="0.5", lw=0.8, ls="--", zorder=1)
+
+
+def _draw_ends(ax: Any, data: BranchPlotData, scale: ColorScale, size: Sizes) -> None:
+    """Each branch's end mark by how it ended (the best's is its star), and the resume ticks."""
+    msize = size.marker_size
+    others = [b for b in data.branches if not b.is_best]
+
+    def scatter(kind: str, alpha: float | None, **kw: Any) -> None:
+        ends = [b for b in others if b.marker == kind]
+        if not ends:
+            return
+        if alpha is not None:  # the branch's colour at the mark's own opacity
+            kw["c"] = [(*scale.rgba(b.color_value)[:3], alpha) for b in ends]
+        ax.scatter([b.x1 for b in ends], [b.y for b in ends], zorder=3, **kw)
+
+    scatter("complete", 1.0, marker="o", s=msize, edgecolors="none")
+    scatter("pruned", 0.8, marker="x", s=msize * 1.2, linewidths=1.2)
+    scatter("failed", None, marker="D", s=msize, c=FAIL_COLOR, edgecolors="black", linewidths=0.5)
+    scatter("running", 1.0, marker=">", s=msize * 1.5, edgecolors="black")
+    resumes = [(x, b.y) for b in data.branches for x in b.resumes]
+    if resumes:
+        ax.scatter(
+            *zip(*resumes, strict=True), marker="|", s=msize * 3, c="black", lw=1.5, zorder=7
+        )
+
+
+def _draw_best(
+    ax: Any, data: BranchPlotData, best: Branch, scale: ColorScale, lw: float, outline: list[Any]
+) -> None:
+    """The best trial's path, outlined, its star and its note (value and params)."""
+    c = scale.rgba(best.color_value)
+    branch_part = [s for s in data.best_path if s.trial is not None]
+    xs = [branch_part[0].x0, *(s.x1 for s in branch_part)]
+    ys = [branch_part[0].y0, *(s.y1 for s in branch_part)]
+    ax.plot(  # one polyline, so the outline has no seams where attempts hand over
+        xs,
+        ys,
+        color=c,
+        lw=max(3.5, lw * 2 + 1.5),
+        solid_capstyle="butt",
+        solid_joinstyle="round",
+        path_effects=outline,
+        zorder=6,
+    )
+    ax.scatter([best.x1], [best.y], marker="*", s=260, c=[c], edgecolors="black", lw=1.2, zorder=7)
+    ax.annotate(
+        data.best_text,
+        (best.x1, best.y),
+        xytext=(-6, 14),
+        textcoords="offset points",
+        ha="right",
+        va="bottom",
+        fontsize=9,
+        bbox={"boxstyle": "round,pad=0.35", "fc": "white", "ec": "black", "alpha": 0.92},
+        arrowprops={"arrowstyle": "->", "color": "black", "lw": 1},
+        zorder=8,
+    )
+
+
+def _draw_labels(ax: Any, data: BranchPlotData) -> None:
+    for b in labelled_branches(data):
+        ax.annotate(
+            b.label,
+            (b.x1, b.y),
+            xytext=(6, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=7,
+            color="0.35" if b.faded else "0.1",
+        )
+
+
+def _set_x_axis(ax_tree: Any, ax_curves: Any, data: BranchPlotData, axis: XAxis) -> None:
+    """The shared x axis (compressed over a long warm-up) and the warm-up's label and shading."""
+    if axis.compression is not None:
+        _compress(ax_tree, axis.compression)
+    ax_tree.set_xlim(axis.lo, axis.hi)
+    if data.trunk is None:
+        return
+    t = data.trunk
+    note = f", x axis compressed {axis.compression.factor:.3g}×" if axis.compression else ""
+    ax_tree.annotate(
+        f"warm-up, shared by all trials{note}",
+        (t.x0, 0),
+        xytext=(2, 6),
+        textcoords="offset points",
+        ha="left",
+        va="bottom",
+        fontsize=9,
+    )
+    if axis.compression is not None:
+        for ax in (ax_tree, ax_curves):
+            ax.axvspan(t.x0, t.x1, color="0.5", alpha=0.08, lw=0, zorder=0)
+
+
+def _compress(ax: Any, compression: WarmupCompression) -> None:
+    from matplotlib.ticker import FixedLocator
+
+    # the scale is shared with the curves panel
+    ax.set_xscale("function", functions=(compression.forward, compression.inverse))
+    ax.xaxis.set_major_locator(FixedLocator(compression.ticks))
+
+
+def _style_tree_axes(ax: Any, data: BranchPlotData) -> None:
+    ax.set_ylim(*tree_y_limits(data))
+    ax.set_yticks([])
+    ax.set_ylabel(
+        "trials, one row each\n(completed by value, best on top;\nthen running, pruned, failed)"
+    )
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+
+
+# -- bottom panel: objective curves ----------------------------------------------------------------
+
+
+def _draw_curves(
+    ax: Any, data: BranchPlotData, scale: ColorScale, size: Sizes, outline: list[Any]
+) -> None:
+    """Every trial's objective curve (pruned ones end in a cross), the warm-up's, the best's."""
+    from matplotlib.collections import LineCollection
+
+    lw = size.line_width
+    lines, colors, pruned_ends = [], [], []
+    for cv in data.curves:
+        if cv.is_best or not cv.points:
+            continue
+        lines.append(cv.points)
+        colors.append(scale.rgba(cv.color_value, cv.faded))
+        if cv.marker == "pruned":
+            pruned_ends.append(cv.points[-1])
+    ax.add_collection(LineCollection(lines, colors=colors, linewidths=lw * 0.8, zorder=2))
+    if pruned_ends:
+        ax.scatter(
+            *zip(*pruned_ends, strict=True),
+            marker="x",
+            s=size.marker_size * 0.8,
+            c="0.4",
+            lw=1,
+            zorder=3,
+        )
+    if data.warmup_curve:
+        ax.plot(*zip(*data.warmup_curve, strict=True), color=TRUNK_COLOR, lw=2.5, zorder=4)
+    best_curve = next((cv for cv in data.curves if cv.is_best), None)
+    if best_curve is not None and best_curve.points:
+        ax.plot(
+            *zip(*best_curve.points, strict=True),
+            color=scale.rgba(best_curve.color_value),
+            lw=lw * 2 + 1,
+            path_effects=outline,
+            zorder=5,
+        )
+    limits = curve_y_limits(data)
+    if limits is not None:
+        ax.set_ylim(*limits)
+    ax.set_ylabel(data.metric)
+    ax.set_xlabel(data.x_label)
+    ax.grid(alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+# -- colour bar, legend ----------------------------------------------------------------------------
+
+
+def _draw_colorbar(fig: Any, axes: list[Any], data: BranchPlotData, scale: ColorScale) -> None:
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    sm = ScalarMappable(norm=Normalize(data.vmin, data.vmax), cmap=scale.cmap)
+    cbar = fig.colorbar(sm, ax=axes, shrink=0.9, pad=0.01, aspect=40)
+    cbar.set_label(f"{data.metric} (final value)   better →")
+    if data.direction != "maximize":
+        cbar.ax.invert_yaxis()  # better is always up
+
+
+_LEGEND_MARKS: dict[str, dict[str, Any]] = {
+    "complete": {"marker": "o", "ms": 6, "color": "0.4", "label": "completed"},
+    "pruned": {"marker": "x", "ms": 7, "mew": 1.5, "color": "0.4", "label": "pruned (faded)"},
+    "failed": {"marker": "D", "ms": 6, "mec": "black", "color": FAIL_COLOR, "label": "failed"},
+    "running": {"marker": ">", "ms": 8, "mec": "black", "color": "0.4", "label": "running"},
+}
+
+
+def _draw_legend(
+    fig: Any, data: BranchPlotData, has_best: bool, scale: ColorScale, outline: list[Any]
+) -> None:
+    """One entry per kind of thing the figure shows, below both panels."""
+    from matplotlib.lines import Line2D
+
+    proxy_c = scale.best_color()
+    kinds = {b.marker for b in data.branches if not b.is_best}
+    handles = []
+    if data.trunk is not None:
+        handles.append(Line2D([], [], color=TRUNK_COLOR, lw=4, label="warm-up (trunk)"))
+    if has_best:
+        handles += [
+            Line2D([], [], color=proxy_c, lw=3, path_effects=outline, label="best trial's path"),
+            Line2D([], [], color=proxy_c, marker="*", ms=13, mec="black", ls="", label="best"),
+        ]
+    handles += [Line2D([], [], ls="", **_LEGEND_MARKS[k]) for k in _LEGEND_MARKS if k in kinds]
+    if any(b.resumes for b in data.branches):
+        label = "resumed after a crash"
+        handles.append(
+            Line2D([], [], color="black", marker="|", ms=10, mew=1.5, ls="", label=label)
+        )
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9)

@@ -278,7 +278,7 @@ def test_half_done_delete_is_a_leftover(tmp_path: object) -> None:
     keep = store.save(tensors(), {})
     doomed = store.save(tensors(), {})
     manifest = os.path.getsize(os.path.join(store.root, doomed.id, "manifest.json"))
-    store._uncommit(doomed.id)  # the first step of delete(), as if the process died right after
+    store.backend.uncommit(doomed.id)  # the first step of delete(), as if the process died then
     assert not store.exists(doomed.id)
     assert [i.id for i in store.list()] == [keep.id]
     assert store.leftovers() == [f".del-{doomed.id}"]

@@ -24,7 +24,7 @@ import torch
 import hpsearch
 from hpsearch.checkpoint import FsspecStore, LocalStore, hashing, open_store
 from hpsearch.checkpoint.format import CheckpointInfo, encode_manifest
-from hpsearch.checkpoint.store import MARKER, ForeignStoreRoot, _StoreBase
+from hpsearch.checkpoint.store import MARKER, ForeignStoreRoot
 from hpsearch.cli import main
 from hpsearch.errors import CheckpointCorrupt, CheckpointFormatError, UsageError
 from hpsearch.search.session import Session
@@ -160,7 +160,7 @@ def test_old_root_of_only_hpsearch_checkpoints_is_adopted(tmp_path: Any, kind: s
     a = store.save(tensors(), {"a": 1})
     b = store.save(tensors(), {"b": 1}, ckpt_id="warmup-base")  # an id new_id() did not make
     doomed = store.save(tensors(), {})
-    store._uncommit(doomed.id)  # type: ignore[attr-defined]  # a delete cut short
+    store.backend.uncommit(doomed.id)  # type: ignore[attr-defined]  # a delete cut short
     # as an hpsearch from before the marker left it
     if isinstance(store, LocalStore):
         os.unlink(os.path.join(store.root, MARKER))
@@ -226,7 +226,7 @@ def rle_frame(prefix: bytes, zeros: int, *, declare: bool) -> bytes:
     return bytes(out)
 
 
-def forge(store: _StoreBase, ckpt_id: str, name: str, data: bytes) -> None:
+def forge(store: LocalStore, ckpt_id: str, name: str, data: bytes) -> None:
     """Replace one file of a committed checkpoint and rewrite its manifest to match, as anyone
     who can write the directory can (the manifest's hash has no key)."""
     info = store.info(ckpt_id)

@@ -14,16 +14,19 @@ from __future__ import annotations
 from hpsearch.checkpoint.async_save import AsyncSaver
 from hpsearch.checkpoint.format import FORMAT_VERSION, CheckpointInfo
 from hpsearch.checkpoint.store import (
+    MARKER,
     CheckpointStore,
     ForeignStoreRoot,
     FsspecStore,
     LoadedCheckpoint,
     LocalStore,
+    MemoryStore,
     open_store,
 )
 
 __all__ = [
     "FORMAT_VERSION",
+    "MARKER",
     "AsyncSaver",
     "CheckpointInfo",
     "CheckpointStore",
@@ -31,5 +34,6 @@ __all__ = [
     "FsspecStore",
     "LoadedCheckpoint",
     "LocalStore",
+    "MemoryStore",
     "open_store",
 ]

@@ -147,6 +147,25 @@ def read_trials(r: Reader, value: Any) -> TrialSettings:
         epochs = r.epochs(section["epochs"], "trials.epochs", "each trial trains after its fork")
     else:
         steps = r.steps(section["steps"], "trials.steps", "each trial trains after its fork")
+    eval_every, eval_every_steps = _evaluations(r, section, epochs, steps)
+    return TrialSettings(
+        n=r.integer(section["n"], "trials.n", Bounds(ge=1)),
+        epochs=epochs,
+        steps=steps,
+        eval_every=eval_every,
+        eval_every_steps=eval_every_steps,
+        retries=r.integer(section.get("retries", 2), "trials.retries", Bounds(ge=0)),
+        heartbeat_s=r.real(section.get("heartbeat_s", 30.0), "trials.heartbeat_s", Bounds(gt=0)),
+        grace_s=r.real(section.get("grace_s", 120.0), "trials.grace_s", Bounds(gt=0)),
+        max_failures=r.integer(section.get("max_failures", 3), "trials.max_failures", Bounds(ge=1)),
+    )
+
+
+def _evaluations(
+    r: Reader, section: dict[str, Any], epochs: float | None, steps: int | None
+) -> tuple[float | None, int | None]:
+    """`trials.eval_every` or `eval_every_steps`: at most the trial's budget, by default four
+    evaluations of it."""
     every = r.exactly_one(section, "trials", "eval_every", "eval_every_steps", required=False)
     eval_every = eval_every_steps = None
     if every == "eval_every":
@@ -172,17 +191,7 @@ def read_trials(r: Reader, value: Any) -> TrialSettings:
     else:
         assert steps is not None
         eval_every_steps = max(1, steps // 4)
-    return TrialSettings(
-        n=r.integer(section["n"], "trials.n", Bounds(ge=1)),
-        epochs=epochs,
-        steps=steps,
-        eval_every=eval_every,
-        eval_every_steps=eval_every_steps,
-        retries=r.integer(section.get("retries", 2), "trials.retries", Bounds(ge=0)),
-        heartbeat_s=r.real(section.get("heartbeat_s", 30.0), "trials.heartbeat_s", Bounds(gt=0)),
-        grace_s=r.real(section.get("grace_s", 120.0), "trials.grace_s", Bounds(gt=0)),
-        max_failures=r.integer(section.get("max_failures", 3), "trials.max_failures", Bounds(ge=1)),
-    )
+    return eval_every, eval_every_steps
 
 
 def read_data(r: Reader, value: Any) -> DataSettings:

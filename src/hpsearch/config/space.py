@@ -71,31 +71,13 @@ def _param(r: Reader, name: str, value: Any, key: str) -> Param:
     if not isinstance(bounds, list) or len(bounds) != 2:
         r.fail(key, f"{kind} must be a range [low, high], got {show(bounds)}")
     log = r.boolean(section.get("log", False), f"{key}.log")
+    low: float | int
+    high: float | int
+    step: float | int | None
     if kind == "float":
-        low, high = (as_number(b) for b in bounds)
-        if not (is_number(low) and is_number(high)):
-            r.fail(key, f"float range bounds must be numbers, got {show(bounds)}")
-        step = section.get("step")
-        if step is not None:
-            step = r.real(step, f"{key}.step", Bounds(gt=0))
-        if log and step is not None:
-            r.fail(key, "log and step are exclusive: a log range cannot have a step; remove one")
-        low, high = float(low), float(high)
+        low, high, step = _float_range(r, bounds, section.get("step"), log, key)
     else:
-        low, high = bounds
-        if not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
-            r.fail(
-                key,
-                f"int range bounds must be integers, got {show(bounds)}; "
-                f"use float: for a real-valued range",
-            )
-        step = r.integer(section.get("step", 1), f"{key}.step", Bounds(ge=1))
-        if log and step != 1:
-            r.fail(
-                key,
-                f"log and step are exclusive: a log range cannot have a step, got "
-                f"step={step}; remove one",
-            )
+        low, high, step = _int_range(r, bounds, section.get("step", 1), log, key)
     if not low < high:
         r.fail(
             key,
@@ -105,6 +87,39 @@ def _param(r: Reader, name: str, value: Any, key: str) -> Param:
     if log and low <= 0:
         r.fail(key, f"log: true requires low > 0, got low={fmt(low)}; raise low or set log: false")
     return Param(name, kind, low=low, high=high, log=log, step=step)
+
+
+def _float_range(
+    r: Reader, bounds: list[Any], step: Any, log: bool, key: str
+) -> tuple[float, float, float | None]:
+    low, high = (as_number(b) for b in bounds)
+    if not (is_number(low) and is_number(high)):
+        r.fail(key, f"float range bounds must be numbers, got {show(bounds)}")
+    if step is not None:
+        step = r.real(step, f"{key}.step", Bounds(gt=0))
+    if log and step is not None:
+        r.fail(key, "log and step are exclusive: a log range cannot have a step; remove one")
+    return float(low), float(high), step
+
+
+def _int_range(
+    r: Reader, bounds: list[Any], step: Any, log: bool, key: str
+) -> tuple[int, int, int]:
+    if not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
+        r.fail(
+            key,
+            f"int range bounds must be integers, got {show(bounds)}; "
+            f"use float: for a real-valued range",
+        )
+    step = r.integer(step, f"{key}.step", Bounds(ge=1))
+    if log and step != 1:
+        r.fail(
+            key,
+            f"log and step are exclusive: a log range cannot have a step, got "
+            f"step={step}; remove one",
+        )
+    low, high = bounds
+    return low, high, step
 
 
 def _choices(r: Reader, value: Any, key: str) -> tuple[Any, ...]:

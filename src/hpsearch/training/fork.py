@@ -7,6 +7,9 @@
 - `dropout`: `p` of every `torch.nn.Dropout*` module.
 - `batch_size`: the data stream continues from the same sample position with the new size.
 - anything else: `Task.apply_hparams`; without it the key is not forkable.
+
+Which key is which is the registry in `hpsearch.config.forkable`, which `check_forkable` reads
+too: a key added there is applied here by its kind.
 """
 
 from __future__ import annotations

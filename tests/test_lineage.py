@@ -1,44 +1,88 @@
-"""The checkpoint tree's tables: attempts, take-overs, tokens, claims; and a worker that was
-wrongly declared dead, which must not commit over the one that took its trial over."""
+"""What only the SQL lineage has (the rules of every backend are tests/test_lineage_conformance.py):
+its on-disk tables, Optuna's engine shared, and a worker that was wrongly declared dead, which
+must not commit over the one that took its trial over."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import time
 
+import optuna
 from optuna.trial import TrialState
 
 from hpsearch.cli import main
-from hpsearch.lineage import Lineage, attempt_is_stale
+from hpsearch.lineage import (
+    WARMUP,
+    SqlLineage,
+    attempt_is_stale,
+    configure_sqlite,
+    engine_kwargs,
+    open_lineage,
+)
 from hpsearch.search.session import Session
 from studyutil import ROOT, write_study
 
+SCHEMA = {  # the on-disk format: columns in order, as older databases have them
+    "hpsearch_checkpoints": ["id", "study", "trial", "attempt", "kind", "parent", "step",
+                             "samples", "epoch", "nbytes", "status", "created", "updated"],
+    "hpsearch_attempts": ["token", "study", "trial", "host", "pid", "status", "started",
+                          "heartbeat", "start_step", "steps", "samples", "resumed_from"],
+    "hpsearch_claims": ["study", "key", "token", "created"],
+}  # fmt: skip
 
-def test_attempts_take_over_and_tokens(tmp_path):
+
+def test_the_tables_keep_their_on_disk_layout(tmp_path):
+    db = tmp_path / "t.db"
+    open_lineage(f"sqlite:///{db}", "s").close()
+    con = sqlite3.connect(db)
+    for table, columns in SCHEMA.items():
+        assert [r[1] for r in con.execute(f"pragma table_info({table})")] == columns
+    pks = {t: [r[1] for r in con.execute(f"pragma table_info({t})") if r[5]] for t in SCHEMA}
+    assert pks == {"hpsearch_checkpoints": ["id"], "hpsearch_attempts": ["token"],
+                   "hpsearch_claims": ["study", "key"]}  # fmt: skip
+    con.close()
+
+
+def test_the_lineage_shares_optunas_engine(tmp_path):
+    """One engine per database: the lineage runs on the engine of Optuna's RDBStorage, with the
+    sqlite pragmas set once, and closing the lineage leaves the engine to Optuna."""
     url = f"sqlite:///{tmp_path}/t.db"
-    lin = Lineage(url, "s")
-    a = lin.start_attempt(3)
-    assert lin.owns(a) and lin.heartbeat(a, steps=5)
-    assert lin.current_attempt(3).token == a
-    assert lin.take_over(3, None, resumed_from=None) is None  # someone runs it
-    b = lin.take_over(3, a, resumed_from="ck-x")
-    assert b is not None and lin.current_attempt(3).token == b
-    # two workers that both saw `a` as stale: only one wins
-    assert lin.take_over(3, a, resumed_from=None) is None
-    # the loser, or `a` itself if it was only slow, can no longer commit
-    assert not lin.owns(a) and not lin.heartbeat(a, steps=6)
-    assert lin.owns(b)
-    assert lin.claim("retry:3") and not lin.claim("retry:3")
-    assert Lineage(url, "other").claim("retry:3")  # claims are per study
-    # a running attempt of a process on this host that is gone is stale at once
-    row = lin.current_attempt(3)
-    assert not attempt_is_stale(row, grace_s=60)
-    dead = row.__class__(**{**row.__dict__, "pid": 2**22 + 12345})
-    assert attempt_is_stale(dead, grace_s=60)
-    old = row.__class__(**{**row.__dict__, "host": "elsewhere", "heartbeat": time.time() - 61})
-    assert attempt_is_stale(old, grace_s=60)
+    rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    configure_sqlite(rdb.engine)
+    pool = rdb.engine.pool
+    configure_sqlite(rdb.engine)  # a second call changes nothing (no second listener, no dispose)
+    assert rdb.engine.pool is pool
+    with rdb.engine.connect() as c:
+        assert c.exec_driver_sql("pragma journal_mode").scalar() == "wal"
+        assert c.exec_driver_sql("pragma synchronous").scalar() == 1  # NORMAL
+    study = optuna.create_study(study_name="s", storage=rdb)
+    lin = open_lineage(url, "s", engine=rdb.engine)
+    assert isinstance(lin, SqlLineage) and lin.engine is rdb.engine
+    token = lin.take_over(WARMUP, None, resumed_from=None)  # BEGIN IMMEDIATE on Optuna's engine
+    trial = study.ask()  # Optuna writes through the same pool between the lineage's writes
+    assert token is not None and lin.take_over(WARMUP, None, resumed_from=None) is None
+    lin.add_pending("ck-1", trial=trial.number, kind="trial", parent=None, step=1, samples=8,
+                    epoch=0.1, attempt=token)  # fmt: skip
     lin.close()
+    assert rdb.engine.pool is pool  # not disposed: Optuna's
+    study.tell(trial, 1.0)
+    assert study.best_value == 1.0
+    again = open_lineage(url, "s")  # an engine of its own sees the same rows
+    assert [r.id for r in again.checkpoints()] == ["ck-1"]
+    again.close()
+
+
+def test_a_stale_worker_is_taken_over_and_cannot_commit(tmp_path):
+    url = f"sqlite:///{tmp_path}/t.db"
+    lin = open_lineage(url, "s")
+    slow = lin.start_attempt(3)
+    row = lin.current_attempt(3)
+    assert attempt_is_stale(row, grace_s=60, now=row.heartbeat + 61)
+    other = open_lineage(url, "s")  # another worker, which found it stale
+    assert other.take_over(3, slow, resumed_from="ck-x") is not None
+    assert not lin.owns(slow) and not lin.heartbeat(slow, steps=6)
+    lin.close()
+    other.close()
 
 
 def test_a_worker_declared_dead_does_not_commit(tmp_path, capsys):

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
+from hpsearch.console import human_bytes
 from hpsearch.errors import UsageError
 from hpsearch.report.export import (
     MissingDependency,
     format_status_table,
-    human_bytes,
     read_export,
     trials_dataframe,
     write_export,
@@ -286,11 +286,20 @@ def test_status_table_empty_study() -> None:
 
 
 def test_human_bytes() -> None:
-    assert [human_bytes(n) for n in (0, 1023, 1024, 1536, 5 * 1024**2, 3 * 1024**5)] == [
+    sizes = (0, 1023, 1024, 1536, 1000 * 1024, 5 * 1024**2, 3 * 1024**5)
+    assert [human_bytes(n) for n in sizes] == [
         "0 B",
         "1023 B",
         "1 KiB",
         "1.5 KiB",
+        "1000 KiB",
         "5 MiB",
         "3072 TiB",
     ]
+
+
+def test_one_human_bytes_for_every_output() -> None:
+    """`status`, `tree`, `gc` and the end-of-run summary all print sizes through this one
+    function, in binary units: 4.2 million bytes read "4.2 MB" in the summary before."""
+    assert human_bytes(4_200_000) == "4.01 MiB"
+    assert human_bytes(4_200_000.0) == "4.01 MiB"  # sums of sizes may arrive as floats

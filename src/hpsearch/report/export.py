@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from hpsearch.console import human_bytes
 from hpsearch.errors import HpsearchError, UsageError
 from hpsearch.report.views import StudyView, TrialView
 
@@ -214,18 +215,6 @@ def _columns(params: Iterable[str]) -> list[str]:
 
 PARAMS_WIDTH = 60
 CHECKPOINT_WIDTH = 24
-
-
-def human_bytes(n: int) -> str:
-    """Bytes in binary units: 0 B, 512 B, 1.5 KiB, 12.3 MiB, 1.02 GiB."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            if unit == "B":
-                return f"{int(size)} B"
-            return f"{size:.3g} {unit}" if abs(size) < 1000 else f"{size:.0f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def shorten(text: str, width: int, *, middle: bool = False) -> str:

@@ -1,5 +1,8 @@
 """What goes wrong on real disks: corruption, torn writes, a full disk, hostile ids and paths.
 
+(The Protocol-level versions, over every backend, are in the shipped StoreTestCase: a missing
+manifest, bad ids everywhere, a flipped byte; here are the exhaustive and disk-specific ones.)
+
 Every test damages real files (or kills a real process) and checks the store's promise: nothing
 half-written or corrupted is ever loaded, failures name the file and the cause, and nothing
 outside the store's root is touched.
@@ -29,7 +32,6 @@ from hpsearch.checkpoint.store import MARKER
 from hpsearch.errors import (
     CheckpointCorrupt,
     CheckpointFormatError,
-    CheckpointNotFound,
     CheckpointWriteError,
 )
 
@@ -136,18 +138,6 @@ def test_damaged_manifest_is_caught(store: CheckpointStore, damage: str) -> None
         with pytest.raises(CheckpointCorrupt, match=r"manifest\.json"):
             check(info.id)
     assert store.list() == []  # logged and left out, never listed as loadable
-
-
-def test_missing_manifest_means_not_a_checkpoint(store: CheckpointStore) -> None:
-    info = store.save(tensors(), {})
-    write_bytes(store, info.id, "manifest.json", None)
-    assert not store.exists(info.id)
-    with pytest.raises(CheckpointNotFound, match="not a checkpoint"):
-        store.load(info.id)
-    assert store.list() == []
-    assert store.leftovers() == [info.id]
-    assert store.clean_leftovers() > 0
-    assert store.leftovers() == []
 
 
 def test_newer_format_version_is_refused(store: CheckpointStore) -> None:
@@ -397,25 +387,6 @@ def test_read_only_root_fails_cleanly(tmp_path: object) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Path safety
-
-
-BAD_IDS = ["../x", "a/b", "", ".tmp-x", ".del-x", "..", ".", "/etc", "a\\b", "x" * 200, "a b", "é"]
-
-
-@pytest.mark.parametrize("bad", BAD_IDS)
-def test_bad_ids_are_refused_everywhere(store: CheckpointStore, bad: str) -> None:
-    calls: list[Callable[[], object]] = [
-        lambda: store.load(bad),
-        lambda: store.verify(bad),
-        lambda: store.info(bad),
-        lambda: store.exists(bad),
-        lambda: store.delete(bad),
-        lambda: store.save({}, {}, ckpt_id=bad),
-    ]
-    for call in calls:
-        with pytest.raises(ValueError, match="invalid checkpoint id"):
-            call()
-    assert store.list() == [] and store.leftovers() == []
 
 
 def test_delete_never_follows_a_symlink_out_of_the_root(tmp_path: object) -> None:

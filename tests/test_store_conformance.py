@@ -1,0 +1,122 @@
+"""The shipped StoreTestCase over every store backend there is: a local directory, memory, and
+fsspec on memory:// and on file://."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from hpsearch.checkpoint import FsspecStore, LocalStore, MemoryStore
+from hpsearch.checkpoint.store import CheckpointStore
+from hpsearch.testing.conformance.store import StoreTestCase
+
+Change = Callable[[bytes], "bytes | None"]
+
+
+class TestLocalStore(StoreTestCase):
+    def make_store(self, tmp_path: Path, compression: str = "none") -> CheckpointStore:
+        return LocalStore(tmp_path / "ck", compression=compression)
+
+    def reopen(self, store: CheckpointStore, compression: str = "none") -> CheckpointStore:
+        assert isinstance(store, LocalStore)
+        return LocalStore(store.url, compression=compression)
+
+    def damage_file(self, store: CheckpointStore, ckpt_id: str, name: str, change: Change) -> None:
+        assert isinstance(store, LocalStore)
+        path = os.path.join(store.root, ckpt_id, name)
+        with open(path, "rb") as f:
+            data = change(f.read())
+        if data is None:
+            os.unlink(path)
+        else:
+            with open(path, "wb") as f:
+                f.write(data)
+
+    def put_foreign(self, store: CheckpointStore, path: str, data: bytes) -> None:
+        assert isinstance(store, LocalStore)
+        full = os.path.join(store.root, path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
+            f.write(data)
+
+    def read_foreign(self, store: CheckpointStore, path: str) -> bytes | None:
+        assert isinstance(store, LocalStore)
+        try:
+            with open(os.path.join(store.root, path), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+
+class TestMemoryStore(StoreTestCase):
+    def make_store(self, tmp_path: Path, compression: str = "none") -> CheckpointStore:
+        return MemoryStore(compression=compression)
+
+    def reopen(self, store: CheckpointStore, compression: str = "none") -> CheckpointStore:
+        assert isinstance(store, MemoryStore)
+        return MemoryStore(store.blobs, compression=compression)
+
+    def damage_file(self, store: CheckpointStore, ckpt_id: str, name: str, change: Change) -> None:
+        assert isinstance(store, MemoryStore)
+        files = store.blobs.dirs[ckpt_id]
+        data = change(files[name])
+        if data is None:
+            del files[name]
+        else:
+            files[name] = data
+
+    def put_foreign(self, store: CheckpointStore, path: str, data: bytes) -> None:
+        assert isinstance(store, MemoryStore)
+        entry, name = path.split("/")
+        store.blobs.exists = True
+        store.blobs.dirs.setdefault(entry, {})[name] = data
+
+    def read_foreign(self, store: CheckpointStore, path: str) -> bytes | None:
+        assert isinstance(store, MemoryStore)
+        entry, name = path.split("/")
+        return store.blobs.dirs.get(entry, {}).get(name)
+
+
+class FsspecCase(StoreTestCase):
+    def reopen(self, store: CheckpointStore, compression: str = "none") -> CheckpointStore:
+        assert isinstance(store, FsspecStore)
+        return FsspecStore(store.url, compression=compression)
+
+    def damage_file(self, store: CheckpointStore, ckpt_id: str, name: str, change: Change) -> None:
+        assert isinstance(store, FsspecStore)
+        path = f"{store.root}/{ckpt_id}/{name}"
+        data = change(bytes(store.fs.cat_file(path)))
+        if data is None:
+            store.fs.rm_file(path)
+        else:
+            store.fs.pipe_file(path, data)
+
+    def put_foreign(self, store: CheckpointStore, path: str, data: bytes) -> None:
+        assert isinstance(store, FsspecStore)
+        full = f"{store.root}/{path}"
+        store.fs.makedirs(full.rsplit("/", 1)[0], exist_ok=True)
+        store.fs.pipe_file(full, data)
+
+    def read_foreign(self, store: CheckpointStore, path: str) -> bytes | None:
+        assert isinstance(store, FsspecStore)
+        try:
+            return bytes(store.fs.cat_file(f"{store.root}/{path}"))
+        except FileNotFoundError:
+            return None
+
+
+class TestFsspecMemoryStore(FsspecCase):
+    def make_store(self, tmp_path: Path, compression: str = "none") -> CheckpointStore:
+        return FsspecStore(f"memory://hpsearch-conf-{uuid.uuid4().hex}", compression=compression)
+
+    def close_store(self, store: CheckpointStore) -> None:
+        assert isinstance(store, FsspecStore)
+        if store.fs.exists(store.root):
+            store.fs.rm(store.root, recursive=True)  # memory:// is process-wide
+
+
+class TestFsspecFileStore(FsspecCase):
+    def make_store(self, tmp_path: Path, compression: str = "none") -> CheckpointStore:
+        return FsspecStore(f"file://{tmp_path}/fs-ck", compression=compression)

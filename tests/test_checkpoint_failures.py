@@ -13,13 +13,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import random
 import signal
 import struct
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -212,53 +210,84 @@ def test_parser_is_strict(case: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Torn writes: a real process killed while saving
+# Torn writes: a real process killed while saving, at chosen points of the save
 
 
 CHILD = textwrap.dedent(
     """
-    import sys
+    import os, signal, sys, threading
     sys.path.insert(0, sys.argv[1])
     import torch
-    from hpsearch.checkpoint import FsspecStore, LocalStore
-    store = LocalStore(sys.argv[3]) if sys.argv[2] == "local" else FsspecStore(sys.argv[3])
-    big = {"model": {"w": torch.ones(8_000_000)}, "optimizer": {"m": torch.zeros(6_000_000)}}
-    print("ready", flush=True)
-    i = 0
-    while True:
-        store.save(big, {"i": i})
-        i += 1
+    from hpsearch.checkpoint import FsspecStore, LocalStore, hashing
+
+    def save_and_die_at(kind, url, event):
+        store = LocalStore(url) if kind == "local" else FsspecStore(url)
+        layer, n = event.split(":")
+        name = {"write": "write_all", "fsync": "fsync"}[layer]
+        real = getattr(hashing, name)
+        calls, lock = [0], threading.Lock()
+
+        def hook(*args):
+            with lock:
+                calls[0] += 1
+                hit = calls[0] == int(n)
+            if hit:  # the same as a SIGKILL from outside at this very point of the save
+                print("at", event, flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args)
+
+        setattr(hashing, name, hook)
+        big = {"model": {"w": torch.ones(1_000_000)}, "optimizer": {"m": torch.zeros(750_000)}}
+        store.save(big, {"i": 1})
+        print("saved without reaching", event, flush=True)
+
+    # torch is imported once; each save runs in a fork of this process (which has run no torch
+    # op, so no thread pool is copied half-held into the forks)
+    for event in sys.argv[4:]:
+        pid = os.fork()
+        if pid == 0:
+            save_and_die_at(sys.argv[2], sys.argv[3], event)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print("died", event, os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, flush=True)
     """
 )
 
+# Where each save is killed, counted in the two functions every byte and every fsync goes
+# through, and whether it has committed by then. A local save writes 6 times (header and data
+# of each tensor file, the state, the manifest) and fsyncs 6 times (3 files, the manifest, the
+# temp directory, then the root after the rename); an fsspec save writes 6 times (the manifest
+# last), without fsyncs.
+KILLS = {
+    "local": {"write:1": False, "write:6": False, "fsync:5": False, "fsync:6": True},
+    "fsspec-file": {"write:3": False, "write:6": False},
+}
 
-@pytest.mark.parametrize("kind", ["local", "fsspec-file"])
+
+@pytest.mark.parametrize("kind", list(KILLS))
 def test_killed_save_leaves_only_loadable_checkpoints(kind: str, tmp_path: object) -> None:
     root = os.path.join(str(tmp_path), "ckpts")
     store: CheckpointStore = LocalStore(root) if kind == "local" else FsspecStore(f"file://{root}")
     earlier = store.save(tensors(), {"earlier": True})
-    rng = random.Random(1234)
-    seen_torn = 0
-    for attempt in range(8):
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, SRC, kind.split("-")[0], store.url],
-            stdout=subprocess.PIPE,
-        )
-        assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
-        time.sleep(rng.uniform(0.05, 0.4))  # a 56 MB save takes about 50-200 ms
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(30) == -signal.SIGKILL
-        for info in store.list():
-            loaded = store.load(info.id)  # every listed checkpoint is whole
-            assert store.verify(info.id) == info
-            if "i" in loaded.state:
-                assert bool((loaded.tensors["model"]["w"] == 1).all())
-        seen_torn += bool(store.leftovers())
-        store.clean_leftovers()
-        assert store.leftovers() == []
-        if attempt >= 2 and seen_torn:
-            break
-    assert seen_torn, "no kill landed mid-save; the test did not test anything"
+    kills = KILLS[kind]
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, SRC, kind.split("-")[0], store.url, *kills],
+        capture_output=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr.decode()
+    lines = child.stdout.decode().splitlines()
+    assert lines == [x for e in kills for x in (f"at {e}", f"died {e} {int(signal.SIGKILL)}")]
+    listed = store.list()
+    assert len(listed) == 1 + sum(kills.values())  # the earlier one, and saves renamed in time
+    for info in listed:
+        loaded = store.load(info.id)  # every listed checkpoint is whole
+        assert store.verify(info.id) == info
+        if "i" in loaded.state:
+            assert bool((loaded.tensors["model"]["w"] == 1).all())
+    assert len(store.leftovers()) == len(kills) - sum(kills.values())  # one per torn save
+    assert store.clean_leftovers() > 0
+    assert store.leftovers() == []
     assert store.load(earlier.id).state == {"earlier": True}
     assert store.verify(earlier.id) == earlier
 

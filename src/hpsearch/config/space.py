@@ -215,8 +215,8 @@ def trial_hparams(settings: StudySettings, sampled: Mapping[str, Any]) -> dict[s
 def check_budgets(settings: StudySettings, samples_per_epoch: int) -> None:
     """Raise StudyFileError for an epoch budget that is 0 of the task's training samples.
 
-    Budgets in epochs become samples as round(epochs * samples_per_epoch) (see
-    `hpsearch.search.plan.Plan.of`); a 0 would train nothing, or evaluate or checkpoint after
+    Budgets in epochs become samples as round(epochs * samples_per_epoch) (where `hpsearch.search`
+    sizes a run's budgets); a 0 would train nothing, or evaluate or checkpoint after
     every step. `trials.eval_every` defaults to a quarter of `trials.epochs`.
     """
     n = samples_per_epoch

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+# pandas ships no type hints and pandas-stubs is not a dependency: typed as Any here
+import pandas as pd  # type: ignore[import-untyped]
 
 from hpsearch.console import human_bytes
 from hpsearch.errors import HpsearchError, UsageError

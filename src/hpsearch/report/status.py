@@ -11,68 +11,27 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.console import human_bytes
 from hpsearch.lineage import WARMUP, CheckpointRow
-from hpsearch.report.views import StudyView, TrialView
+from hpsearch.report.views import StudyView, TrialStateName, TrialView
 from hpsearch.search.session import ATTR, Session
 
 
 def study_view(session: Session) -> StudyView:
     """Everything `plot`, `export` and `status` show, as plain data."""
-    study = session.study
     n = int(session.attr("samples_per_epoch", 0) or 0) or session.samples_per_epoch()
     rows = session.lineage.checkpoints()
     by_trial: dict[int, list[CheckpointRow]] = {}
     for r in rows:
         by_trial.setdefault(r.trial, []).append(r)
-    trials = []
-    for t in study.get_trials(deepcopy=False):
-        ua = t.user_attrs
-        mine = by_trial.get(t.number, [])
-        live = [r for r in mine if r.status == "committed"]
-        fork_samples = ua.get(ATTR + "fork_samples")
-        fork_progress = fork_samples / n if fork_samples is not None else 0.0
-        steps = int(ua.get(ATTR + "steps_trained", 0))
-        samples = int(ua.get(ATTR + "samples_trained", 0))
-        if t.state == TrialState.RUNNING:
-            attempts = session.lineage.attempts(t.number)
-            steps = sum(a.steps for a in attempts)
-            samples = sum(a.samples for a in attempts)
-        end = _end_progress(t, mine, fork_progress, samples, n)
-        origin = fork_samples or 0
-        # intermediate values are keyed by evaluation index; place them by the samples seen
-        inter = _intermediate(t, session, origin, n)
-        duration = None
-        if t.datetime_start is not None:
-            stop = t.datetime_complete.timestamp() if t.datetime_complete else time.time()
-            duration = stop - t.datetime_start.timestamp()
-        trials.append(
-            TrialView(
-                number=t.number,
-                state=t.state.name,
-                value=t.value if t.state == TrialState.COMPLETE else _last(t),
-                params=dict(t.params),
-                parent_checkpoint=ua.get(ATTR + "parent_checkpoint"),
-                fork_step=ua.get(ATTR + "fork_step"),
-                fork_progress=fork_progress,
-                end_progress=end,
-                steps_trained=steps,
-                samples_trained=samples,
-                intermediate=inter,
-                pruned_at=ua.get(ATTR + "pruned_at"),
-                retry_of=ua.get(ATTR + "retry_of"),
-                final_checkpoint=ua.get(ATTR + "final_checkpoint")
-                if any(r.id == ua.get(ATTR + "final_checkpoint") for r in live)
-                else None,
-                checkpoint_bytes=sum(r.nbytes for r in live),
-                duration_s=duration,
-                fail_reason=ua.get(ATTR + "fail_reason"),
-            )
-        )
+    trials = tuple(
+        _trial_view(t, session, by_trial.get(t.number, []), n)
+        for t in session.study.get_trials(deepcopy=False)
+    )
     curve = tuple((float(x), float(y)) for x, y in session.attr("warmup_curve", []) or [])
     warm_samples = int(session.attr("warmup_samples", 0) or 0)
     disk = sum(r.nbytes for r in rows if r.status == "committed")
@@ -86,8 +45,48 @@ def study_view(session: Session) -> StudyView:
         warmup_steps=int(session.attr("warmup_steps", 0) or 0),
         warmup_curve=curve,
         base_checkpoint=session.attr("base_checkpoint"),
-        trials=tuple(trials),
+        trials=trials,
         disk_bytes=disk,
+    )
+
+
+def _trial_view(t: FrozenTrial, session: Session, mine: list[CheckpointRow], n: int) -> TrialView:
+    """One trial from its Optuna record and its checkpoints (`mine`); `n` samples per epoch."""
+    ua = t.user_attrs
+    live = [r for r in mine if r.status == "committed"]
+    fork_samples = ua.get(ATTR + "fork_samples")
+    fork_progress = fork_samples / n if fork_samples is not None else 0.0
+    steps = int(ua.get(ATTR + "steps_trained", 0))
+    samples = int(ua.get(ATTR + "samples_trained", 0))
+    if t.state == TrialState.RUNNING:
+        attempts = session.lineage.attempts(t.number)
+        steps = sum(a.steps for a in attempts)
+        samples = sum(a.samples for a in attempts)
+    duration = None
+    if t.datetime_start is not None:
+        stop = t.datetime_complete.timestamp() if t.datetime_complete else time.time()
+        duration = stop - t.datetime_start.timestamp()
+    final = ua.get(ATTR + "final_checkpoint")
+    return TrialView(
+        number=t.number,
+        # Optuna's TrialState has exactly these five members
+        state=cast(TrialStateName, t.state.name),
+        value=t.value if t.state == TrialState.COMPLETE else _last(t),
+        params=dict(t.params),
+        parent_checkpoint=ua.get(ATTR + "parent_checkpoint"),
+        fork_step=ua.get(ATTR + "fork_step"),
+        fork_progress=fork_progress,
+        end_progress=_end_progress(t, mine, fork_progress, samples, n),
+        steps_trained=steps,
+        samples_trained=samples,
+        # intermediate values are keyed by evaluation index; place them by the samples seen
+        intermediate=_intermediate(t, session, fork_samples or 0, n),
+        pruned_at=ua.get(ATTR + "pruned_at"),
+        retry_of=ua.get(ATTR + "retry_of"),
+        final_checkpoint=final if any(r.id == final for r in live) else None,
+        checkpoint_bytes=sum(r.nbytes for r in live),
+        duration_s=duration,
+        fail_reason=ua.get(ATTR + "fail_reason"),
     )
 
 
@@ -118,6 +117,7 @@ def _intermediate(t: Any, session: Session, origin: int, n: int) -> tuple[tuple[
             ((origin + k * unit) / n, float(v)) for k, v in sorted(t.intermediate_values.items())
         )
     # step-based evaluation: place by the trial's batch size
+    assert every.eval_every_steps is not None  # TrialSettings holds exactly one of the two
     bs = int(t.params.get("batch_size", session.settings.warmup.hparams["batch_size"]))
     unit = every.eval_every_steps * bs
     return tuple(

@@ -8,7 +8,13 @@ Training progress is measured in epochs of the training set (samples / len(train
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from hpsearch.config import Direction
+
+# The names of Optuna's trial states, as the views carry them.
+TrialStateName = Literal["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +28,7 @@ class TrialView:
     """
 
     number: int
-    state: str  # "COMPLETE" | "PRUNED" | "FAIL" | "RUNNING" | "WAITING"
+    state: TrialStateName
     value: float | None
     params: dict[str, Any]
     parent_checkpoint: str | None
@@ -46,7 +52,7 @@ class StudyView:
 
     name: str
     metric: str
-    direction: str  # "minimize" | "maximize"
+    direction: Direction
     classic: bool  # trials trained from scratch (--no-fork)
     samples_per_epoch: int
     warmup_progress: float  # where the trunk ends (0 in classic mode)
@@ -58,8 +64,8 @@ class StudyView:
 
     def best(self) -> TrialView | None:
         """The best COMPLETE trial by value, or None."""
-        done = [t for t in self.trials if t.state == "COMPLETE" and t.value is not None]
+        done = [(t.value, t) for t in self.trials if t.state == "COMPLETE" and t.value is not None]
         if not done:
             return None
         pick = max if self.direction == "maximize" else min
-        return pick(done, key=lambda t: t.value)
+        return pick(done, key=lambda pair: pair[0])[1]  # of equal values, the first trial

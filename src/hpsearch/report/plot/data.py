@@ -12,9 +12,12 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from hpsearch.report.views import StudyView, TrialView
+from hpsearch.report.views import StudyView, TrialStateName, TrialView
+
+if TYPE_CHECKING:
+    from hpsearch.config import Direction
 
 X_AXES = ("epochs", "samples")
 
@@ -56,7 +59,7 @@ class Branch:
     """
 
     number: int
-    state: str
+    state: TrialStateName
     value: float | None
     x0: float
     x1: float
@@ -81,7 +84,7 @@ class Curve:
     """
 
     number: int
-    state: str
+    state: TrialStateName
     points: tuple[Point, ...]
     color_value: float | None
     faded: bool
@@ -102,7 +105,7 @@ class BranchPlotData:
 
     study: str
     metric: str
-    direction: str
+    direction: Direction
     x: str
     x_label: str
     classic: bool

@@ -14,7 +14,6 @@ from hpsearch.cli import main
 from hpsearch.lineage import (
     WARMUP,
     SqlLineage,
-    attempt_is_stale,
     configure_sqlite,
     engine_kwargs,
     open_lineage,
@@ -70,19 +69,6 @@ def test_the_lineage_shares_optunas_engine(tmp_path):
     again = open_lineage(url, "s")  # an engine of its own sees the same rows
     assert [r.id for r in again.checkpoints()] == ["ck-1"]
     again.close()
-
-
-def test_a_stale_worker_is_taken_over_and_cannot_commit(tmp_path):
-    url = f"sqlite:///{tmp_path}/t.db"
-    lin = open_lineage(url, "s")
-    slow = lin.start_attempt(3)
-    row = lin.current_attempt(3)
-    assert attempt_is_stale(row, grace_s=60, now=row.heartbeat + 61)
-    other = open_lineage(url, "s")  # another worker, which found it stale
-    assert other.take_over(3, slow, resumed_from="ck-x") is not None
-    assert not lin.owns(slow) and not lin.heartbeat(slow, steps=6)
-    lin.close()
-    other.close()
 
 
 def test_a_worker_declared_dead_does_not_commit(tmp_path, capsys):

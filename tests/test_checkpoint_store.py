@@ -30,7 +30,7 @@ from hpsearch.checkpoint import (
 )
 from hpsearch.checkpoint.format import parse_file, plan_file
 from hpsearch.errors import CheckpointWriteError
-from hpsearch.testing.conformance.store import all_dtypes_tensors, same, small_state
+from hpsearch.testing.conformance.store_data import all_dtypes_tensors, same, small_state
 
 
 def test_open_store_picks_backend(tmp_path: object) -> None:

@@ -49,7 +49,6 @@ from hpsearch.checkpoint.format import (
     encode_manifest,
     encode_state,
     group_of,
-    plan_file,
 )
 from hpsearch.checkpoint.procs import pid_alive
 from hpsearch.checkpoint.store import reading
@@ -66,6 +65,7 @@ from hpsearch.checkpoint.store.backend import (
 )
 from hpsearch.checkpoint.store.protocol import ForeignStoreRoot, LoadedCheckpoint
 from hpsearch.checkpoint.store.writing import write_files
+from hpsearch.checkpoint.tensorfile import plan_file
 from hpsearch.errors import (
     CheckpointCorrupt,
     CheckpointError,

@@ -14,8 +14,9 @@ from typing import Any, BinaryIO
 import torch
 
 from hpsearch.checkpoint import hashing
-from hpsearch.checkpoint.format import CheckpointInfo, parse_file, read_file
+from hpsearch.checkpoint.format import CheckpointInfo
 from hpsearch.checkpoint.store.backend import MAX_MANIFEST, BlobBackend
+from hpsearch.checkpoint.tensorfile import parse_file, read_file
 from hpsearch.errors import CheckpointCorrupt, CheckpointError, CheckpointNotFound
 
 # read(f, size, algo, where) -> (what was read, hex digest, whether exactly `size` bytes)

@@ -7,8 +7,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from hpsearch.checkpoint import hashing
-from hpsearch.checkpoint.format import MANIFEST, STATE, FilePlan
+from hpsearch.checkpoint.format import MANIFEST, STATE
 from hpsearch.checkpoint.store.backend import StagedSave, writing
+from hpsearch.checkpoint.tensorfile import FilePlan
 
 
 def write_files(

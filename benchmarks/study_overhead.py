@@ -26,7 +26,8 @@ import time
 import optuna
 import yaml
 
-from hpsearch.search import runner
+from hpsearch.search import runner, worker
+from hpsearch.search.scheduler.fork_from_base import ForkFromBase
 from hpsearch.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,30 +158,30 @@ class TrialsClock:
         self.compute, self.optuna_clock = compute, optuna_clock
         self.start = self.compute_at_start = self.optuna_at_start = 0.0
         self.states: list[str] = []
-        self._ensure_base = runner.Worker.ensure_base
-        self._run_trial = runner.Worker.run_trial
+        self._prepare = ForkFromBase.prepare
+        self._run_trial = worker.Worker.run_trial
 
     def __enter__(self) -> TrialsClock:
         clock = self
 
-        def ensure_base(worker):
-            clock._ensure_base(worker)
+        def prepare(scheduler):
+            clock._prepare(scheduler)
             clock.start = time.perf_counter()
             clock.compute_at_start = clock.compute.seconds
             clock.optuna_at_start = clock.optuna_clock.seconds
 
-        def run_trial(worker, job):
-            out = clock._run_trial(worker, job)
+        def run_trial(w, trials, job):
+            out = clock._run_trial(w, trials, job)
             clock.states.append(out.state)
             return out
 
-        runner.Worker.ensure_base = ensure_base  # type: ignore[method-assign]
-        runner.Worker.run_trial = run_trial  # type: ignore[method-assign]
+        ForkFromBase.prepare = prepare  # type: ignore[method-assign]
+        worker.Worker.run_trial = run_trial  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        runner.Worker.ensure_base = self._ensure_base  # type: ignore[method-assign]
-        runner.Worker.run_trial = self._run_trial  # type: ignore[method-assign]
+        ForkFromBase.prepare = self._prepare  # type: ignore[method-assign]
+        worker.Worker.run_trial = self._run_trial  # type: ignore[method-assign]
 
 
 def run(study: str, trials: int) -> dict[str, float]:

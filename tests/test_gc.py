@@ -13,7 +13,8 @@ import yaml
 
 from hpsearch.cli import main
 from hpsearch.lineage import WARMUP, CheckpointRow
-from hpsearch.lineage.gc import TrialFacts, plan_gc
+from hpsearch.lineage.gc import TrialFacts, collectable
+from hpsearch.search.scheduler.fork_from_base import base_pins
 from hpsearch.search.session import Session
 from studyutil import write_study
 
@@ -47,29 +48,22 @@ def test_rules():
         6: TrialFacts(6, "RUNNING"),
         7: TrialFacts(7, "PRUNED"),
     }
-    plan = plan_gc(rows, facts, keep_best=1, direction="maximize", base="base",
-                   warmup_running=False)  # fmt: skip
+    pins = base_pins(rows, "base")
+    plan = collectable(rows, facts, pins=pins, keep_best=1, direction="maximize")
     gone = {d.id: d.reason for d in plan}
     assert set(gone) == {"w1", "orphan-base", "r1", "p1", "c1", "d1", "f1", "x1", "z"}
     assert "pruned" in gone["p1"] and "best 1" in gone["d1"]
     # minimize flips who is best
-    plan = plan_gc(rows, facts, keep_best=1, direction="minimize", base="base",
-                   warmup_running=False)  # fmt: skip
+    plan = collectable(rows, facts, pins=pins, keep_best=1, direction="minimize")
     assert "c2" in {d.id for d in plan} and "d1" not in {d.id for d in plan}
     # while the warm-up runs, its newest checkpoint is kept; a running trial without a
     # checkpoint of its own keeps the one it was forked from
-    plan = plan_gc(
-        [_row("w1", WARMUP, "warmup", 1), _row("w2", WARMUP, "warmup", 2)],
-        {},
-        keep_best=1,
-        direction="maximize",
-        base=None,
-        warmup_running=True,
-    )
+    warmup = [_row("w1", WARMUP, "warmup", 1), _row("w2", WARMUP, "warmup", 2)]
+    plan = collectable(warmup, {}, pins=base_pins(warmup, None), keep_best=1, direction="maximize")
     assert {d.id for d in plan} == {"w1"}
-    plan = plan_gc([_row("p", 9, "trial", 3)], {8: TrialFacts(8, "RUNNING", parent="p"),
-                   9: TrialFacts(9, "FAIL")}, keep_best=1, direction="maximize", base=None,
-                   warmup_running=False)  # fmt: skip
+    plan = collectable([_row("p", 9, "trial", 3)], {8: TrialFacts(8, "RUNNING", parent="p"),
+                       9: TrialFacts(9, "FAIL")}, pins=set(), keep_best=1,
+                       direction="maximize")  # fmt: skip
     assert plan == []
 
 

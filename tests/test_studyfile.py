@@ -29,7 +29,6 @@ from hpsearch.config import (
     StudySettings,
     TrialSettings,
     WarmupSettings,
-    check_forkable,
     load_study_file,
     make_pruner,
     make_sampler,
@@ -39,6 +38,7 @@ from hpsearch.config import (
 )
 from hpsearch.errors import StudyFileError, UsageError
 from hpsearch.task import Task
+from hpsearch.training.forkcheck import check_forkable
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -253,6 +253,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
 def _export_best(session: Session, best: TrialView, out_dir: str) -> None:
     from safetensors.torch import save_file
 
+    assert best.final_checkpoint is not None  # the caller checked
     loaded = session.store.load(best.final_checkpoint, groups=("model",))
     os.makedirs(out_dir, exist_ok=True)
     from hpsearch.training.state import expand_aliases
@@ -278,13 +279,13 @@ def _export_best(session: Session, best: TrialView, out_dir: str) -> None:
 
 def _cmd_gc(args: argparse.Namespace) -> int:
     from hpsearch.console import human_bytes
-    from hpsearch.search.runner import Worker
+    from hpsearch.search.collect import collect_garbage, recover
 
     session = _open(args)
     try:
-        worker = Worker(session)
-        worker.recover() if not args.dry_run else None
-        plan = worker.collect_garbage(dry_run=args.dry_run)
+        if not args.dry_run:
+            recover(session)
+        plan = collect_garbage(session, dry_run=args.dry_run)
         verb = "would delete" if args.dry_run else "deleted"
         for d in plan:
             print(f"{verb} {d.id}  ({d.kind}, {human_bytes(d.nbytes)}): {d.reason}")

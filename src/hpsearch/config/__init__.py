@@ -1,6 +1,6 @@
 """The study file: its schema, the reader that checks it, the search space, the forkable keys and
 the Optuna components it names. Nothing here imports torch when imported: `hpsearch status` and
-friends read study files without paying for it (`check_forkable` imports it when called).
+friends read study files without paying for it.
 
     schema      the frozen settings dataclasses and the Literals of their closed choices
     reader      load_study_file: the YAML (no aliases), then each section in order
@@ -9,7 +9,7 @@ friends read study files without paying for it (`check_forkable` imports it when
     places      storage and checkpoints: resolved and probed for writing
     space       search_space, suggest, warmup/trial hparams, check_budgets
     components  sampler and pruner: read, dry-run, make_sampler/make_pruner
-    forkable    the forkable-key registry and check_forkable
+    forkable    the forkable-key registry (its check is hpsearch.training.forkcheck)
     taskload    load_task: the user's Task class (imports torch)
 """
 
@@ -21,7 +21,6 @@ from hpsearch.config.forkable import (
     FORKABLE,
     GROUP_KEYS,
     ForkKind,
-    check_forkable,
     dropout_types,
 )
 from hpsearch.config.reader import load_study_file
@@ -63,7 +62,6 @@ __all__ = [
     "TrialSettings",
     "WarmupSettings",
     "check_budgets",
-    "check_forkable",
     "dropout_types",
     "load_study_file",
     "make_pruner",

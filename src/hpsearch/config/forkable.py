@@ -11,27 +11,20 @@ The registry says what each key is; `hpsearch.training.fork` applies it by that 
 - `batch_size`: the data stream's batch size, from the same sample position.
 
 To make another param-group key forkable, add it here as "param_group"; both the fork and
-`check_forkable` follow. This module imports no torch: only `check_forkable` (which builds the
-task's model) and `dropout_types` do, when called.
+`hpsearch.training.forkcheck.check_forkable` follow. This module imports no torch: only
+`dropout_types` does, when called.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
-
-from hpsearch.config.schema import StudySettings
-from hpsearch.config.space import warmup_hparams
-from hpsearch.config.values import clip, show
-from hpsearch.errors import HpsearchError, StudyFileError, TaskError
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     # The base torch gives every dropout class: it types `p` as a float, as nn.Module cannot.
     from torch.nn.modules.dropout import _DropoutNd
 
-    from hpsearch.task import Task
 
 __all__ = [
     "DROPOUT_KEY",
@@ -40,7 +33,6 @@ __all__ = [
     "FORK_KEYS",
     "GROUP_KEYS",
     "ForkKind",
-    "check_forkable",
     "dropout_types",
 ]
 
@@ -83,93 +75,3 @@ def dropout_types() -> tuple[type[_DropoutNd], ...]:
     import torch
 
     return tuple(getattr(torch.nn, name) for name in DROPOUT_MODULES)
-
-
-def check_forkable(settings: StudySettings, task_cls: type[Task]) -> None:
-    """Raise StudyFileError for a search_space key a fork cannot apply to a restored state.
-
-    The FORKABLE keys can if the task's model and optimizer hold them: a param-group key
-    (`momentum`, `eps`, ...) must be in every param group, `dropout` needs a `torch.nn.Dropout*`
-    module; both are checked on a model and optimizer built once with the warm-up's hparams (on
-    the meta device, so no memory is spent on weights). Any other key is forkable only if
-    `task_cls` overrides `Task.apply_hparams`.
-    """
-    from hpsearch.config.taskload import overrides  # imports torch; only needed here
-
-    if not overrides(task_cls, "apply_hparams"):
-        for name in settings.search_space:
-            if name not in FORKABLE:
-                raise StudyFileError(
-                    settings.path,
-                    f"search_space.{clip(name)}",
-                    f"{show(name)} cannot be forked: it changes the model's shape/data, which the "
-                    f"warm-up fixes. Remove it from search_space, or implement "
-                    f"Task.apply_hparams in {task_cls.__name__} to apply it to a restored model.",
-                )
-    _check_fork_targets(settings, task_cls)
-
-
-def _check_fork_targets(settings: StudySettings, task_cls: type[Task]) -> None:
-    # What the fork applies itself (hpsearch.training.fork): the same keys, the same test.
-    searched = [n for n in settings.search_space if FORK_KEYS.get(n) in ("param_group", "dropout")]
-    if not searched:
-        return
-    model, optimizer = _build_for_check(settings, task_cls)
-    dropouts = dropout_types()
-    for name in searched:
-        key = f"search_space.{name}"
-        if FORK_KEYS[name] == "dropout":
-            if not any(isinstance(m, dropouts) for m in model.modules()):
-                raise StudyFileError(
-                    settings.path,
-                    key,
-                    f"the model that {task_cls.__name__}.model builds ({type(model).__name__}) "
-                    f"has no torch.nn.Dropout module, so a fork has no dropout to change; add "
-                    f"torch.nn.Dropout(hparams['dropout']) to the model, or remove dropout from "
-                    f"search_space",
-                )
-            continue
-        groups = getattr(optimizer, "param_groups", None) or []
-        lacking = [g for g in groups if name not in g]
-        if lacking:
-            has = ", ".join(k for k in lacking[0] if k != "params")
-            raise StudyFileError(
-                settings.path,
-                key,
-                f"the task's optimizer {type(optimizer).__name__} has no {name!r} (its param "
-                f"groups have {has}), so a fork cannot set it; remove {name} from search_space, "
-                f"or have {task_cls.__name__}.optimizer return one that has it"
-                + (" (e.g. torch.optim.SGD)" if name == "momentum" else ""),
-            )
-
-
-def _build_for_check(settings: StudySettings, task_cls: type[Task]) -> tuple[Any, Any]:
-    """The task's model and optimizer for the warm-up's hparams, on the meta device if the task
-    allows it (else on the CPU). The global RNGs are left as they were."""
-    import torch  # the model is built on torch's meta device
-
-    from hpsearch.training.state import rng_state, set_rng_state
-
-    saved = rng_state()
-    try:
-        task = task_cls()
-        hparams = warmup_hparams(settings)
-        try:
-            with torch.device("meta"), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = task.model(hparams)
-                return model, task.optimizer(model, hparams)
-        except Exception:  # it loads weights, calls .item(), ...: build it for real, once
-            hparams = warmup_hparams(settings)
-            model = task.model(hparams)
-            return model, task.optimizer(model, hparams)
-    except (HpsearchError, KeyboardInterrupt):
-        raise
-    except Exception as exc:
-        raise TaskError(
-            f"{settings.path}: task: building the model and optimizer of {settings.task} with "
-            f"warmup.hparams failed: {type(exc).__name__}: {clip(str(exc))}; fix the task or "
-            f"warmup.hparams"
-        ) from exc
-    finally:
-        set_rng_state(saved)

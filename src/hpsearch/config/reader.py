@@ -15,7 +15,7 @@ The YAML is parsed by a `yaml.SafeLoader` that also refuses anchors and aliases,
 at most a couple of hundred characters of any value. Local storage and checkpoint directories are
 checked by creating (and deleting) an empty file; the sampler and pruner are built and run through
 two dry trials. What needs the task (its model, optimizer and data set size) is checked by
-`check_forkable` and `check_budgets` before the warm-up.
+`training.forkcheck.check_forkable` and `check_budgets` before the warm-up.
 """
 
 from __future__ import annotations

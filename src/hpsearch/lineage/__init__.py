@@ -5,8 +5,6 @@ a study database (`sql.py`: sqlite, PostgreSQL); `MemoryLineage` keeps one in me
 The rows and their states are in `model.py`.
 """
 
-from typing import TYPE_CHECKING
-
 from hpsearch.lineage.memory import MemoryDatabase, MemoryLineage
 from hpsearch.lineage.model import (
     LIVE,
@@ -20,16 +18,8 @@ from hpsearch.lineage.model import (
     DuplicateCheckpoint,
     attempt_is_stale,
 )
-from hpsearch.lineage.protocol import CheckpointTree, Coordination
+from hpsearch.lineage.protocol import CheckpointTree, Coordination, Lineage
 from hpsearch.lineage.sql import SqlLineage, configure_sqlite, engine_kwargs, open_lineage
-
-if TYPE_CHECKING:
-    from hpsearch.lineage.protocol import Lineage
-else:
-    # TEMPORARY: at run time `Lineage(url, study)` still builds a SqlLineage, so callers that
-    # construct it keep working until they call open_lineage; then import the Protocol here
-    # unconditionally (delete this else branch).
-    from hpsearch.lineage.sql import SqlLineage as Lineage
 
 __all__ = [
     "LIVE",

@@ -1,13 +1,13 @@
-"""Garbage collection by lineage, never by age.
+"""Garbage collection by reachability over the lineage, never by age.
 
-A checkpoint is kept only while something needs it:
-- the base checkpoint (the warm-up's end), always; another base (a warm-up cut off between its
-  save and its adoption) goes only while the adopted base is a committed base row of the tree;
-- the warm-up's newest checkpoint while the warm-up runs (before the study adopts a base);
-- a live (running) trial's newest committed checkpoint -- and, until it has one, the checkpoint
-  it was forked or continued from;
+A checkpoint is kept while something may still start from it or is pinned by a rule:
+- a live (running or queued) trial's newest committed checkpoint -- and, until it has one, the
+  checkpoint it was forked or continued from;
 - a failed trial's newest checkpoint while it may still be continued (retries left);
-- a completed trial's final checkpoint while the trial is among the best `keep_best`.
+- a completed trial's final checkpoint while the trial is among the best `keep_best`;
+- what the study's scheduler pins: the checkpoints new trials may fork from (the base, the
+  warm-up's newest while the warm-up runs, a tree's survivors);
+- a row being written (its writer decides).
 Everything else -- pruned trials' checkpoints, older checkpoints of any trial -- goes.
 
 Deleting marks the row `deleting` before the files go and `deleted` after, so a crash mid-GC
@@ -19,14 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
-from hpsearch.lineage import LIVE, WARMUP, CheckpointRow, Lineage
+from hpsearch.lineage.model import LIVE, WARMUP, CheckpointRow
+from hpsearch.lineage.protocol import Lineage
+
+TrialState = Literal["RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL"]
 
 
 @dataclass(frozen=True)
 class TrialFacts:
     number: int
-    state: str  # RUNNING | WAITING | COMPLETE | PRUNED | FAIL
+    state: TrialState  # as Optuna names it
     value: float | None = None
     retryable: bool = False  # a FAIL trial that a later run may continue
     parent: str | None = None  # the checkpoint it was forked or continued from
@@ -45,39 +49,41 @@ class Deletion:
         return cls(row.id, row.trial, row.kind, row.nbytes, reason)
 
 
-def plan_gc(
+def collectable(
     rows: Iterable[CheckpointRow],
     trials: Mapping[int, TrialFacts],
     *,
+    pins: Iterable[str],
     keep_best: int,
     direction: str,
-    base: str | None,
-    warmup_running: bool,
 ) -> list[Deletion]:
-    """Which checkpoints no one needs any more, and why. A pure function of the tree."""
+    """Which checkpoints nothing can reach any more, and why. A pure function of the tree."""
     rows = [r for r in rows if r.status in (*LIVE, "deleting")]
+    keep = _reachable(rows, trials, keep_best=keep_best, direction=direction)
+    keep |= set(pins)
+    out = []
+    for r in rows:
+        if r.id in keep:
+            continue
+        facts = trials.get(r.trial)
+        if facts is None and r.trial != WARMUP and r.status != "deleting":
+            continue  # a trial we know nothing about (another study's worker mid-ask): keep
+        out.append(Deletion.of(r, _reason(r, facts, keep_best)))
+    return out
+
+
+def _reachable(
+    rows: list[CheckpointRow], trials: Mapping[int, TrialFacts], *, keep_best: int, direction: str
+) -> set[str]:
     by_trial: dict[int, list[CheckpointRow]] = {}
     for r in rows:
         by_trial.setdefault(r.trial, []).append(r)
-
-    keep: set[str] = {base} if base else set()
-    adopted = any(r.id == base and r.trial == WARMUP and r.kind == "base" for r in rows)
-    if not adopted:
-        # the study's base attribute names no base of this tree (damaged, or the warm-up is not
-        # done): no base is provably an orphan, so none goes -- deleting the real one would end
-        # the study
-        keep |= {r.id for r in rows if r.trial == WARMUP and r.kind == "base"}
-    for r in rows:
-        if r.status == "pending":
-            keep.add(r.id)  # being written: its writer decides
-    if warmup_running:
-        keep |= _newest_committed(by_trial.get(WARMUP, []))
-
+    keep = {r.id for r in rows if r.status == "pending"}
     finals = []
     for number, facts in trials.items():
         own = by_trial.get(number, [])
         if facts.state in ("RUNNING", "WAITING") or (facts.state == "FAIL" and facts.retryable):
-            newest = _newest_committed(own)
+            newest = newest_committed(own)
             keep |= newest
             if not newest and facts.parent:
                 keep.add(facts.parent)
@@ -87,34 +93,27 @@ def plan_gc(
                 finals.append((facts.value, number, final[-1].id))
     finals.sort(key=lambda f: (-f[0] if direction == "maximize" else f[0], f[1]))
     keep |= {ckpt for _, _, ckpt in finals[:keep_best]}
-
-    out = []
-    for r in rows:
-        if r.id in keep:
-            continue
-        facts = trials.get(r.trial)
-        state = facts.state if facts else ("WARMUP" if r.trial == WARMUP else "UNKNOWN")
-        if r.trial == WARMUP and r.kind == "base":
-            reason = "a base checkpoint that was never adopted (the warm-up was cut off)"
-        elif r.trial == WARMUP:
-            reason = "warm-up checkpoint superseded by a newer one"
-        elif state == "PRUNED":
-            reason = f"trial {r.trial} was pruned"
-        elif state == "COMPLETE" and r.kind == "final":
-            reason = f"trial {r.trial} is no longer among the best {keep_best}"
-        elif state == "FAIL":
-            reason = f"trial {r.trial} failed and will not be continued"
-        elif r.status == "deleting":
-            reason = "deletion interrupted earlier"
-        else:
-            reason = f"superseded by a newer checkpoint of trial {r.trial}"
-        if facts is None and r.trial != WARMUP and r.status != "deleting":
-            continue  # a trial we know nothing about (another study's worker mid-ask): keep
-        out.append(Deletion.of(r, reason))
-    return out
+    return keep
 
 
-def _newest_committed(rows: list[CheckpointRow]) -> set[str]:
+def _reason(r: CheckpointRow, facts: TrialFacts | None, keep_best: int) -> str:
+    state = facts.state if facts else ("WARMUP" if r.trial == WARMUP else "UNKNOWN")
+    if r.trial == WARMUP and r.kind == "base":
+        return "a base checkpoint that was never adopted (the warm-up was cut off)"
+    if r.trial == WARMUP:
+        return "warm-up checkpoint superseded by a newer one"
+    if state == "PRUNED":
+        return f"trial {r.trial} was pruned"
+    if state == "COMPLETE" and r.kind == "final":
+        return f"trial {r.trial} is no longer among the best {keep_best}"
+    if state == "FAIL":
+        return f"trial {r.trial} failed and will not be continued"
+    if r.status == "deleting":
+        return "deletion interrupted earlier"
+    return f"superseded by a newer checkpoint of trial {r.trial}"
+
+
+def newest_committed(rows: list[CheckpointRow]) -> set[str]:
     done = [r for r in rows if r.status == "committed"]
     return {max(done, key=lambda r: (r.step, r.created)).id} if done else set()
 

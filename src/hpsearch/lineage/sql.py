@@ -179,10 +179,6 @@ class SqlLineage:
         except sa.exc.IntegrityError:
             raise DuplicateCheckpoint(f"checkpoint id {ckpt_id!r} is a row already") from None
 
-    def plan(self, ckpt_id: str, **row: Any) -> None:
-        """TEMPORARY old name of `add_pending`, until search/saving.py calls the new one."""
-        self.add_pending(ckpt_id, **row)
-
     def set_status(
         self,
         ckpt_id: str,

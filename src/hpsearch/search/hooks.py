@@ -3,20 +3,19 @@ the progress bar, and the stop flag."""
 
 from __future__ import annotations
 
-import copy
+import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 
 from hpsearch.console import Bar
-from hpsearch.errors import TaskError
+from hpsearch.errors import CheckpointError, TaskError
 from hpsearch.lineage import WARMUP
-from hpsearch.search.control import Interrupted, LostTrial
+from hpsearch.search import optuna_bridge as bridge
+from hpsearch.search.context import RunContext
+from hpsearch.search.control import LostTrial
 from hpsearch.training import Budget, Hooks, Trainer
-
-if TYPE_CHECKING:
-    from hpsearch.search.runner import Worker
 
 
 class TrialHooks(Hooks):
@@ -24,7 +23,7 @@ class TrialHooks(Hooks):
 
     def __init__(
         self,
-        worker: Worker,
+        ctx: RunContext,
         trainer: Trainer,
         trial: int,
         token: str,
@@ -34,37 +33,36 @@ class TrialHooks(Hooks):
         parent: str | None,
         otrial: optuna.Trial | None = None,
     ) -> None:
-        self.w, self.trial, self.token, self.budget, self.bar = worker, trial, token, budget, bar
+        self.ctx, self.trial, self.token, self.budget, self.bar = ctx, trial, token, budget, bar
         self.otrial = otrial
         self.last = parent  # newest checkpoint of this chain
         self.parent = parent
         self.last_value: float | None = None
         self.stopping = False
-        self.beat_every = worker.settings.trials.heartbeat_s
+        self.beat_every = ctx.settings.trials.heartbeat_s
         self.next_beat = time.monotonic() + self.beat_every
         self.steps = 0
         self.samples = 0
         self.reported: set[int] = set()
         if otrial is not None:
-            ft = worker.s.study._storage.get_trial(otrial._trial_id)
+            ft = bridge.frozen(ctx.session.study, bridge.trial_id(otrial))
             self.reported = set(ft.intermediate_values)
-        worker.s.lineage.heartbeat(token, start_step=trainer.progress.step)
+        ctx.lineage.heartbeat(token, start_step=trainer.progress.step)
 
     def on_step(self, trainer: Trainer, indices: list[int], loss: float) -> None:
         self.steps += 1
         self.samples += len(indices)
-        self.bar.update(_budget_done(self.budget, trainer.progress, self.w.plan.n),
+        self.bar.update(_budget_done(self.budget, trainer.progress, self.ctx.budgets.n),
                         f"loss {loss:.4g}")  # fmt: skip
         now = time.monotonic()
         if now >= self.next_beat:
             self.next_beat = now + self.beat_every
-            if not self.w.s.lineage.heartbeat(self.token, steps=self.steps, samples=self.samples):
+            if not self.ctx.lineage.heartbeat(self.token, steps=self.steps, samples=self.samples):
                 raise LostTrial("another worker took this trial over")
-        if self.w.stop:
-            raise Interrupted(f"stopped by signal {self.w.stop.signal}")
+        self.ctx.check_stop()
 
     def on_eval(self, trainer: Trainer, index: int, metrics: dict[str, float]) -> None:
-        metric = self.w.metric
+        metric = self.ctx.metric
         if metric not in metrics:
             raise TaskError(
                 f"objective.metric {metric!r} is not among the metrics evaluate() returned "
@@ -75,7 +73,7 @@ class TrialHooks(Hooks):
         self.bar.update(self.bar.done, f"{metric} {value:.4g}")
         if self.otrial is None:
             return
-        study = self.w.s.study
+        study = self.ctx.session.study
         if index not in self.reported:
             self.otrial.report(value, index)  # through the Trial: should_prune reads its cache
             self.reported.add(index)
@@ -88,14 +86,12 @@ class TrialHooks(Hooks):
         else:
             # a continuation recomputing what a killed attempt reported: decide as the
             # uninterrupted run did at this step, without the reports that came after it
-            ft = copy.deepcopy(study._storage.get_trial(self.otrial._trial_id))
-            ft.intermediate_values = {k: v for k, v in ft.intermediate_values.items() if k <= index}
-            prune = study.pruner.prune(study, ft)
+            prune = bridge.prune_as_of(study, bridge.trial_id(self.otrial), index)
         if prune:
             raise optuna.TrialPruned(f"pruned at evaluation {index}")
 
     def on_checkpoint(self, trainer: Trainer) -> None:
-        lin = self.w.s.lineage
+        lin = self.ctx.lineage
         if not lin.heartbeat(self.token, steps=self.steps, samples=self.samples):
             raise LostTrial("another worker took this trial over")
         final = self.budget.reached(trainer.progress) and not self.stopping
@@ -103,11 +99,28 @@ class TrialHooks(Hooks):
             kind = "base" if final else "warmup"
         else:
             kind = "final" if final else "trial"
-        ckpt = self.w.ckpt.save(
+        ckpt = self.ctx.checkpointer.save(
             trainer, trial=self.trial, kind=kind, parent=self.last, attempt=self.token,
             supersedes=self.last if self.last != self.parent else None,
         )  # fmt: skip
         self.last = ckpt
+
+
+def progress_bar(label: str, b: Budget, n: int) -> Bar:
+    if b.samples is not None:
+        return Bar(label, b.samples / n, unit=" epochs")
+    return Bar(label, float(b.steps or 0), unit=" steps")
+
+
+def checkpoint_on_stop(ctx: RunContext, trainer: Trainer, hooks: TrialHooks) -> None:
+    """On a clean stop: save the current state unless it is saved already."""
+    try:
+        if trainer.saved_step != trainer.progress.step:
+            hooks.stopping = True
+            trainer.checkpoint(hooks)
+        ctx.checkpointer.flush()
+    except CheckpointError as exc:
+        print(f"warning: could not checkpoint on stop: {exc}", file=sys.stderr)
 
 
 def _budget_done(b: Budget, p: Any, n: int) -> float:

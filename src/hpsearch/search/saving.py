@@ -42,7 +42,7 @@ class Checkpointer:
         self.flush()
         ckpt_id = self.store.new_id()
         p = trainer.progress
-        self.lineage.plan(
+        self.lineage.add_pending(
             ckpt_id, trial=trial, kind=kind, parent=parent, step=p.step, samples=p.samples,
             epoch=trainer.epoch, attempt=attempt,
         )  # fmt: skip

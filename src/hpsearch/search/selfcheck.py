@@ -61,7 +61,7 @@ def _trainer(path: str) -> Trainer:
     sched = settings.schedule
     hp = warmup_hparams(settings)
     with _phase(path, "Task.datasets()"):
-        n = len(task.datasets()[0])
+        n = len(task.datasets()[0])  # type: ignore[arg-type]  # a TypeError is reported below
     with _phase(path, "building the run (Task.model, optimizer, scheduler)"):
         return Trainer.create(
             task, hp, seed=settings.seed, device=settings.device,

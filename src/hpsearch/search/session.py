@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,15 +17,16 @@ from hpsearch.checkpoint import CheckpointStore, ForeignStoreRoot, open_store
 from hpsearch.config import (
     StudySettings,
     check_budgets,
-    check_forkable,
     load_study_file,
 )
 from hpsearch.config.taskload import load_task
-from hpsearch.errors import StudyFileError, UsageError
-from hpsearch.lineage import Lineage
+from hpsearch.errors import StudyFileError, TaskError, UsageError
+from hpsearch.lineage import Lineage, configure_sqlite, engine_kwargs, open_lineage
+from hpsearch.search.records import PREFIX, StudyKey, set_study_attr, study_attr
 from hpsearch.task import Task
+from hpsearch.training.forkcheck import check_forkable
 
-ATTR = "hpsearch."  # prefix of every user attribute hpsearch sets on studies and trials
+ATTR = PREFIX  # kept for the report layer until it reads through records
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Session:
     store: CheckpointStore
     _task: Task | None = field(default=None, repr=False)
     _datasets: tuple[Any, Any] | None = field(default=None, repr=False)
+    _engine: sa.Engine | None = field(default=None, repr=False)  # Optuna's, shared with lineage
 
     @classmethod
     def open(
@@ -69,9 +72,8 @@ class Session:
                 )
             os.makedirs(os.path.dirname(os.path.abspath(db)), exist_ok=True)
         try:
-            rdb = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-            if url.startswith("sqlite"):
-                fast_sqlite(rdb.engine)
+            rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+            configure_sqlite(rdb.engine)
         except Exception as exc:  # SQLAlchemy/driver errors vary by backend
             raise UsageError(
                 f"{settings.path}: storage: cannot open {url!r}: {type(exc).__name__}: {exc}. "
@@ -100,14 +102,14 @@ class Session:
         from hpsearch.config import make_pruner
 
         study.pruner = make_pruner(settings)
-        lineage = Lineage(url, name)
+        lineage = open_lineage(url, name, engine=rdb.engine)  # one pool for both
         try:
             store = open_store(
                 _join(settings.checkpoints.dir, name), compression=settings.checkpoints.compression
             )
         except ForeignStoreRoot as exc:
             raise StudyFileError(settings.path, "checkpoints.dir", str(exc)) from None
-        return cls(settings, classic, name, url, study, lineage, store, task, datasets)
+        return cls(settings, classic, name, url, study, lineage, store, task, datasets, rdb.engine)
 
     def task(self) -> Task:
         if self._task is None:
@@ -122,16 +124,24 @@ class Session:
         return self._datasets
 
     def samples_per_epoch(self) -> int:
-        return len(self.datasets()[0])
+        train = self.datasets()[0]
+        if not isinstance(train, Sized):
+            raise TaskError(
+                f"{self.settings.path}: task: datasets() returned a training set without len(): "
+                "hpsearch needs a map-style dataset (with __len__ and __getitem__)"
+            )
+        return len(train)
 
-    def attr(self, key: str, default: Any = None) -> Any:
-        return self.study.user_attrs.get(ATTR + key, default)
+    def attr(self, key: StudyKey, default: Any = None) -> Any:
+        return study_attr(self.study, key, default)
 
-    def set_attr(self, key: str, value: Any) -> None:
-        self.study.set_user_attr(ATTR + key, value)
+    def set_attr(self, key: StudyKey, value: Any) -> None:
+        set_study_attr(self.study, key, value)
 
     def close(self) -> None:
         self.lineage.close()
+        if self._engine is not None:
+            self._engine.dispose()
 
 
 def _checked_task(settings: StudySettings) -> tuple[Task, tuple[Any, Any]]:
@@ -149,29 +159,6 @@ def _join(root: str, name: str) -> str:
     if "://" in root:
         return root.rstrip("/") + "/" + name
     return os.path.join(root, name)
-
-
-def fast_sqlite(engine: sa.Engine) -> None:
-    """Write-ahead logging with `synchronous=NORMAL`: a commit no longer waits for an fsync
-    (about 5 ms -> well under 1 ms each), yet a killed process loses nothing that was committed;
-    only a power cut can lose the last commits, never corrupt the file. hpsearch reports every
-    evaluation, so this is most of a trial's bookkeeping time."""
-
-    @sa.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn: Any, _: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=60000")
-        cur.close()
-
-    engine.dispose()  # connections made before the listener get the pragmas too
-
-
-def _engine_kwargs(url: str) -> dict[str, Any]:
-    if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True}
 
 
 # -- what the base checkpoint depends on ----------------------------------------------------------

@@ -12,7 +12,7 @@ from hpsearch.console import human_bytes, human_time
 from hpsearch.search.session import ATTR, Session
 
 if TYPE_CHECKING:
-    from hpsearch.search.plan import Outcome
+    from hpsearch.search.jobs import Outcome
 
 
 @dataclass
@@ -40,7 +40,7 @@ def summarize(session: Session, seconds: float) -> Summary:
     best = None
     if done:
         pick = max if session.settings.objective.direction == "maximize" else min
-        best = pick(done, key=lambda t: t.value)
+        best = pick(done, key=lambda t: float(t.value or 0.0))  # `done` has values
     warm = int(session.attr("warmup_steps", 0) or 0)
     own = sum(int(t.user_attrs.get(ATTR + "steps_trained", 0)) for t in trials)
     counted = [t for t in trials if t.user_attrs.get(ATTR + "retry_of") is None]

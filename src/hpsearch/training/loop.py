@@ -324,7 +324,7 @@ class Trainer:
         hooks: Hooks | None = None,
         eval_every: Every | None = None,
         checkpoint_every: Every | None = None,
-    ) -> dict[str, float] | None:
+    ) -> dict[str, float]:
         """Train until the budget; evaluate at the end of the segment; checkpoint it. Returns the
         final metrics. A trainer restored mid-segment continues exactly where it left off."""
         hooks = hooks or Hooks()

@@ -1,9 +1,9 @@
-"""The study's budgets in the training loop's units, and the jobs a worker runs."""
+"""The study's budgets in the training loop's units."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.config import check_budgets
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Budgets:
     """The study's budgets in the loop's units."""
 
     n: int  # training samples per epoch
@@ -26,7 +26,7 @@ class Plan:
     trial_samples: int
 
     @classmethod
-    def of(cls, session: Session, n: int) -> Plan:
+    def of(cls, session: Session, n: int) -> Budgets:
         s = session.settings
         check_budgets(s, n)  # an epoch budget of 0 samples: a study-file error, before training
         bs = int(s.warmup.hparams["batch_size"])
@@ -36,11 +36,13 @@ class Plan:
                 round(s.warmup.epochs * n),
             )
         else:
-            warmup, wsamples = Budget(steps=s.warmup.steps), s.warmup.steps * bs
+            steps = _given(s.warmup.steps)
+            warmup, wsamples = Budget(steps=steps), steps * bs
         if s.trials.epochs is not None:
             trial, tsamples = Budget(samples=round(s.trials.epochs * n)), round(s.trials.epochs * n)
         else:
-            trial, tsamples = Budget(steps=s.trials.steps), s.trials.steps * bs
+            steps = _given(s.trials.steps)
+            trial, tsamples = Budget(steps=steps), steps * bs
         if s.trials.eval_every is not None:
             ev = Every(samples=max(1, round(s.trials.eval_every * n)))
         else:
@@ -63,23 +65,8 @@ class Plan:
         return origin_samples + self.trial_samples
 
 
-@dataclass
-class Job:
-    number: int
-    trial_id: int
-    hparams: dict[str, Any]
-    kind: str  # new | takeover | retry
-    token: str
-    retry_of: int | None = None
-    sources: list[str] = field(default_factory=list)  # checkpoints to continue from, best first
-
-
-@dataclass
-class Outcome:
-    number: int
-    state: str
-    value: float | None
-    params: dict[str, Any]
-    steps: int
-    seconds: float
-    note: str = ""
+def _given(steps: int | None) -> int:
+    """A budget in steps where the study file has no budget in epochs (the reader ensures one)."""
+    if steps is None:
+        raise ValueError("a budget needs epochs or steps")
+    return steps

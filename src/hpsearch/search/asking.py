@@ -1,0 +1,69 @@
+"""Asking Optuna for trials so that a resumed study samples what an uninterrupted one would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.config import make_sampler, suggest, trial_hparams
+from hpsearch.search import optuna_bridge as bridge
+from hpsearch.search.context import RunContext
+from hpsearch.search.jobs import Job
+from hpsearch.search.retries import retried_numbers, retryable, settled
+from hpsearch.training.data import mix_seed
+
+
+def ask(ctx: RunContext) -> optuna.Trial:
+    """Ask with a sampler seeded by (seed, trial number): a resumed study samples the same trials
+    as an uninterrupted one, though the sampler object is new. Samplers that keep their plan in
+    the study's storage (grid, QMC) keep one seed instead: reseeding would reshuffle the plan they
+    have already half carried out."""
+    study = ctx.session.study
+    name = ctx.settings.sampler.name
+    if name in bridge.RESEEDED_SAMPLERS:
+        number = len(study.get_trials(deepcopy=False))
+        seed = mix_seed(ctx.settings.seed, number) % 2**31
+        study.sampler = make_sampler(ctx.settings, seed)
+    elif type(study.sampler).__name__ != name:
+        study.sampler = make_sampler(ctx.settings, ctx.settings.seed)
+    return study.ask()
+
+
+def resample(ctx: RunContext, t: FrozenTrial) -> dict[str, Any]:
+    """Sample the params of a trial whose worker died after `ask` and before sampling, with the
+    sampler seeded as `ask` seeded it for that trial number; enqueued (fixed) params, as a retry
+    has, come back unchanged."""
+    study = ctx.session.study
+    name = ctx.settings.sampler.name
+    if name in bridge.RESEEDED_SAMPLERS:
+        study.sampler = make_sampler(ctx.settings, mix_seed(ctx.settings.seed, t.number) % 2**31)
+    elif type(study.sampler).__name__ != name:
+        study.sampler = make_sampler(ctx.settings, ctx.settings.seed)
+    params = suggest(bridge.handle(study, bridge.trial_id(t)), ctx.settings)
+    ctx.say(f"trial {t.number}: had no params (its worker died while sampling); sampled now")
+    return params
+
+
+def wanted(ctx: RunContext, target: int) -> bool:
+    """Does the study need another new trial to reach `target` finished ones?"""
+    if ctx.exhausted:
+        return False
+    trials = ctx.session.study.get_trials(deepcopy=False)
+    retried, retries = retried_numbers(trials), ctx.settings.trials.retries
+    done = sum(1 for t in trials if settled(t, trials, retried, retries))
+    active = sum(1 for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING))
+    active += sum(1 for t in trials if retryable(t, trials, retried, retries))
+    return done + active < target
+
+
+def new_job(ctx: RunContext, target: int, *, parent: str | None) -> Job | None:
+    """A new Optuna trial starting from `parent` (None: from scratch), if the study needs one."""
+    if not wanted(ctx, target):
+        return None
+    trial = ask(ctx)
+    sampled = suggest(trial, ctx.settings)  # before the attempt: a registered trial has params
+    token = ctx.lineage.start_attempt(trial.number)
+    hp = trial_hparams(ctx.settings, sampled)
+    return Job(trial.number, bridge.trial_id(trial), hp, "new", token, parent=parent)

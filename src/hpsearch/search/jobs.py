@@ -1,0 +1,32 @@
+"""A job is one trial a worker runs: the Optuna trial, where it starts, and its hyperparameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+JobKind = Literal["new", "takeover", "retry"]
+OutcomeState = Literal["COMPLETE", "PRUNED", "FAIL", "LOST"]
+
+
+@dataclass
+class Job:
+    number: int
+    trial_id: int
+    hparams: dict[str, Any]
+    kind: JobKind
+    token: str
+    retry_of: int | None = None
+    sources: list[str] = field(default_factory=list)  # its own checkpoints, newest first
+    parent: str | None = None  # where its segment starts when no source is usable (None: scratch)
+
+
+@dataclass
+class Outcome:
+    number: int
+    state: OutcomeState
+    value: float | None
+    params: dict[str, Any]
+    steps: int
+    seconds: float
+    note: str = ""

@@ -1,0 +1,82 @@
+"""Every call into Optuna's private API, in one place, checked against the versions we test.
+
+hpsearch drives Optuna's ask-and-tell interface from its own loop, and a few things that loop
+needs have no public API: a trial's frozen state by id while it runs, a `Trial` handle for a trial
+another process asked for, `tell` as `optimize` calls it (so a sampler may stop the study), and
+copying a grid point to a retry. pyproject.toml pins optuna below the next major version;
+`check_version` says so at run time when someone installs an untested one anyway.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+SUPPORTED_MAJORS = (4, 5)  # keep in step with the pin in pyproject.toml
+
+# samplers whose randomness is all in their seed: reseeding them by (seed, trial number) makes a
+# resumed study sample what an uninterrupted one would; others (grid, QMC) keep their plan in the
+# study's storage and keep one seed
+RESEEDED_SAMPLERS = frozenset(
+    {"TPESampler", "RandomSampler", "CmaEsSampler", "GPSampler", "NSGAIISampler", "NSGAIIISampler"}
+)
+
+_warned = False
+
+
+def check_version() -> None:
+    global _warned
+    major = int(optuna.__version__.split(".")[0])
+    if major not in SUPPORTED_MAJORS and not _warned:
+        _warned = True
+        print(
+            f"warning: optuna {optuna.__version__} is untested with this hpsearch (tested: "
+            f"{', '.join(f'{m}.x' for m in SUPPORTED_MAJORS)}); its private API may differ",
+            file=sys.stderr,
+        )
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    return int(trial._trial_id)
+
+
+def frozen(study: optuna.Study, tid: int) -> FrozenTrial:
+    """A trial's state as the storage holds it now (`study.trials` would copy every trial)."""
+    return study._storage.get_trial(tid)
+
+
+def handle(study: optuna.Study, tid: int) -> optuna.Trial:
+    """A `Trial` to report to, sample and prune with, for a trial asked earlier (maybe by
+    another process, which died)."""
+    return optuna.trial.Trial(study, tid)
+
+
+def copy_system_attrs(study: optuna.Study, tid: int, attrs: dict[str, Any]) -> None:
+    for key, value in attrs.items():
+        study._storage.set_trial_system_attr(tid, key, value)
+
+
+def tell(study: optuna.Study, number: int, *args: Any, **kwargs: Any) -> bool:
+    """`study.tell` as `optimize` calls it, so a sampler may stop the study (GridSampler does once
+    its grid is covered). Returns True when it did: then no new trial should be asked."""
+    study._thread_local.in_optimize_loop = True
+    try:
+        study.tell(number, *args, **kwargs)
+    finally:
+        study._thread_local.in_optimize_loop = False
+    if getattr(study, "_stop_flag", False):
+        study._stop_flag = False
+        return True
+    return False
+
+
+def prune_as_of(study: optuna.Study, tid: int, index: int) -> bool:
+    """What the pruner decided at evaluation `index`, without the reports that came after it: a
+    continuation recomputing what a killed attempt reported decides as the uninterrupted run did."""
+    ft = copy.deepcopy(frozen(study, tid))
+    ft.intermediate_values = {k: v for k, v in ft.intermediate_values.items() if k <= index}
+    return bool(study.pruner.prune(study, ft))

@@ -1,0 +1,94 @@
+"""What hpsearch records on Optuna's study and trials, in one place.
+
+Every fact lives in a user attribute named `hpsearch.<key>`, so `optuna.load_study`, the dashboard
+and pandas see it. The keys are `Literal`s: a misspelt key is a type error, not a silent `None`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import optuna
+from optuna.trial import FrozenTrial
+
+PREFIX = "hpsearch."  # of every user attribute hpsearch sets on studies and trials
+
+StudyKey = Literal[
+    "mode",  # fork | classic
+    "samples_per_epoch",
+    "preflight_ok",  # the objective metric was found among evaluate()'s metrics once
+    "fingerprint",  # the settings the base checkpoint depends on
+    "base_checkpoint",  # the warm-up's end, which fork-from-base trials start from
+    "warmup_curve",  # [(epoch, objective)] of the warm-up
+    "warmup_steps",
+    "warmup_samples",
+]
+
+TrialKey = Literal[
+    "retry_of",  # the failed trial this one continues
+    "parent_checkpoint",  # where the trial's own segment started (None: from scratch)
+    "fork_step",
+    "fork_samples",
+    "final_checkpoint",
+    "steps_trained",  # the trial's own training, summed over its attempts
+    "samples_trained",
+    "pruned_at",  # epoch
+    "fail_kind",
+    "fail_reason",
+]
+
+FailKind = Literal["error", "oom", "diverged", "checkpoint"]
+Mode = Literal["fork", "classic"]
+
+
+def study_attr(study: optuna.Study, key: StudyKey, default: Any = None) -> Any:
+    return study.user_attrs.get(PREFIX + key, default)
+
+
+def set_study_attr(study: optuna.Study, key: StudyKey, value: Any) -> None:
+    study.set_user_attr(PREFIX + key, value)
+
+
+def trial_attr(trial: FrozenTrial, key: TrialKey, default: Any = None) -> Any:
+    return trial.user_attrs.get(PREFIX + key, default)
+
+
+def set_trial_attrs(trial: optuna.Trial, **values: Any) -> None:
+    """Set several `hpsearch.*` attributes of a running trial; the names are checked."""
+    for key, value in values.items():
+        if key not in _TRIAL_KEYS:
+            raise KeyError(f"not an hpsearch trial attribute: {key!r}")
+        trial.set_user_attr(PREFIX + key, value)
+
+
+_TRIAL_KEYS = frozenset(TrialKey.__args__)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """The `hpsearch.*` facts of one trial, typed."""
+
+    number: int
+    retry_of: int | None
+    parent_checkpoint: str | None
+    fork_step: int | None
+    fork_samples: int | None
+    final_checkpoint: str | None
+    steps_trained: int
+    samples_trained: int
+    pruned_at: float | None
+    fail_kind: str | None
+    fail_reason: str | None
+
+    @classmethod
+    def of(cls, t: FrozenTrial) -> TrialRecord:
+        def get(key: TrialKey) -> Any:
+            return trial_attr(t, key)
+
+        return cls(
+            t.number, get("retry_of"), get("parent_checkpoint"), get("fork_step"),
+            get("fork_samples"), get("final_checkpoint"), int(get("steps_trained") or 0),
+            int(get("samples_trained") or 0), get("pruned_at"), get("fail_kind"),
+            get("fail_reason"),
+        )  # fmt: skip

@@ -1,0 +1,40 @@
+"""Schedulers: where a study's trials start from (see `base.Scheduler`).
+
+To add one: implement the `Scheduler` Protocol in a module here, pick it in `make_scheduler`
+(and its GC pins in `pins_of`), and run `SchedulerTestCase` over it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from hpsearch.lineage import CheckpointRow
+from hpsearch.search.records import study_attr
+from hpsearch.search.scheduler.base import Scheduler
+from hpsearch.search.scheduler.fork_from_base import base_pins
+
+if TYPE_CHECKING:
+    from hpsearch.search.context import RunContext
+    from hpsearch.search.restore import Restorer
+    from hpsearch.search.session import Session
+
+
+def make_scheduler(ctx: RunContext, restorer: Restorer) -> Scheduler:
+    from hpsearch.search.scheduler.classic import Classic
+    from hpsearch.search.scheduler.fork_from_base import ForkFromBase
+
+    if ctx.session.classic:
+        return Classic(ctx)
+    return ForkFromBase(ctx, restorer)
+
+
+def pins_of(session: Session, rows: Sequence[CheckpointRow]) -> set[str]:
+    """The checkpoints a study's scheduler keeps, read from the study alone (for `hpsearch gc`,
+    which runs no worker)."""
+    if session.classic:
+        return set()
+    return base_pins(rows, study_attr(session.study, "base_checkpoint"))
+
+
+__all__ = ["Scheduler", "make_scheduler", "pins_of"]

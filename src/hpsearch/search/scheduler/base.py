@@ -1,0 +1,45 @@
+"""The scheduler seam: where a study's trials start from.
+
+A worker settles what crashes left (takeovers, retries) the same way whatever the strategy; the
+scheduler decides the rest: what is built before the first trial (a warm-up), where a new trial
+starts (the base, a tree's survivor, or scratch) and with which hyperparameters, how long a trial
+trains, and which checkpoints must outlive GC because new trials may still fork from them.
+`hpsearch.testing.conformance.scheduler.SchedulerTestCase` checks a scheduler against these rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from hpsearch.lineage import CheckpointRow
+from hpsearch.search.jobs import Job
+from hpsearch.search.records import Mode
+from hpsearch.training import Budget
+
+
+class Scheduler(Protocol):
+    mode: Mode
+
+    @property
+    def budget(self) -> Budget:
+        """One trial's own training, from where it starts."""
+        ...
+
+    def prepare(self) -> None:
+        """Build (or wait for, or continue) what new trials start from; runs once per worker,
+        before its first trial."""
+        ...
+
+    def new_job(self, target: int) -> Job | None:
+        """A new trial to run -- asked from Optuna, its parent chosen -- or None when the study
+        needs no more (it has `target` trials finished or running)."""
+        ...
+
+    def default_parent(self) -> str | None:
+        """Where a trial that recorded no parent (cut off before) starts; None: from scratch."""
+        ...
+
+    def pins(self, rows: Sequence[CheckpointRow]) -> set[str]:
+        """Checkpoints GC must keep because new trials may still start from them."""
+        ...

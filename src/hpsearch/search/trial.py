@@ -1,0 +1,194 @@
+"""Running one trial: find the state it starts from, train it with reports and checkpoints, and
+tell Optuna how it ended."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpsearch.errors import TrainingDiverged
+from hpsearch.search import optuna_bridge as bridge
+from hpsearch.search.context import RunContext
+from hpsearch.search.control import Interrupted, LostTrial, StudyStopped, UnusableCheckpoint
+from hpsearch.search.failures import FailureHandler, disk_full
+from hpsearch.search.hooks import TrialHooks, checkpoint_on_stop, progress_bar
+from hpsearch.search.jobs import Job, Outcome, OutcomeState
+from hpsearch.search.records import set_trial_attrs
+from hpsearch.search.restore import PASS_THROUGH, Restorer, why
+from hpsearch.search.scheduler import Scheduler
+from hpsearch.search.summary import outcome_line
+from hpsearch.training import Trainer, fork
+
+
+class TrialRunner:
+    def __init__(self, ctx: RunContext, restorer: Restorer, scheduler: Scheduler) -> None:
+        self.ctx, self.restorer, self.scheduler = ctx, restorer, scheduler
+        self.failures = FailureHandler(ctx, restorer)
+
+    def run(self, job: Job) -> Outcome:
+        start = time.monotonic()
+        otrial = bridge.handle(self.ctx.session.study, job.trial_id)
+        try:
+            trainer, source, fresh = self.start(job)
+        except UnusableCheckpoint as exc:
+            return self.failures.unstarted(otrial, job, start, f"{exc}")
+        self._record_start(otrial, job, trainer, source, fresh)
+        budget = self.scheduler.budget
+        b = self.ctx.budgets
+        bar = progress_bar(f"trial {job.number}", budget, b.n)
+        hooks = TrialHooks(self.ctx, trainer, job.number, job.token, budget, bar, parent=source,
+                           otrial=otrial)  # fmt: skip
+        try:
+            state, value, note = self._train(otrial, trainer, hooks)
+        except Interrupted:
+            checkpoint_on_stop(self.ctx, trainer, hooks)
+            self.failures.account(otrial, job, hooks)
+            self.ctx.lineage.finish_attempt(job.token, "dead")
+            raise
+        except LostTrial as exc:
+            self.ctx.say(f"trial {job.number}: {exc}; leaving it to that worker")
+            self.restorer.forget()
+            return Outcome(job.number, "LOST", None, job.hparams, 0, time.monotonic() - start)
+        except PASS_THROUGH:
+            raise
+        except Exception as exc:
+            return self._crashed(otrial, job, hooks, start, exc)
+        finally:
+            bar.close()
+        return self._finish(otrial, job, hooks, start, state, value, note)
+
+    # -- where it starts --------------------------------------------------------------------
+
+    def start(self, job: Job) -> tuple[Trainer, str | None, bool]:
+        """The trainer holding the state the job starts from, that state's checkpoint, and
+        whether the trial's own segment starts there (from its parent, or from scratch)."""
+        for ckpt_id in job.sources:  # its own checkpoints: continue where it was cut off
+            trainer = self._try(job, ckpt_id)
+            if trainer is not None:
+                return trainer, ckpt_id, False
+        parent = job.parent
+        if parent is None:
+            return self._scratch(job), None, True
+        trainer = self._try(job, parent)
+        if trainer is None:
+            if self.scheduler.mode == "classic":  # a classic trial can always start over
+                return self._scratch(job), None, True
+            tried = [*job.sources, parent]
+            raise UnusableCheckpoint(
+                f"no usable checkpoint among {', '.join(str(x)[:100] for x in tried)}"
+            )
+        fork(trainer, job.hparams)
+        trainer.begin_segment()
+        trainer.total_samples = self._schedule_end(trainer.progress.samples, job.hparams)
+        return trainer, parent, True
+
+    def _try(self, job: Job, ckpt_id: str) -> Trainer | None:
+        try:
+            return self.restorer.from_checkpoint(ckpt_id)
+        except PASS_THROUGH:
+            raise
+        except Exception as exc:  # any failure to restore: that source is unusable
+            self.restorer.forget()  # a copy that failed half-way leaves it half-loaded
+            self.ctx.say(
+                f"warning: trial {job.number}: checkpoint {str(ckpt_id)[:100]} cannot be "
+                f"used ({why(exc)}); trying the next source"
+            )
+            return None
+
+    def _scratch(self, job: Job) -> Trainer:
+        return self.restorer.scratch(job.hparams, total_samples=self._schedule_end(0, job.hparams))
+
+    def _schedule_end(self, origin_samples: int, hparams: dict[str, Any]) -> int:
+        """Where the learning-rate schedule of a segment starting at `origin_samples` ends."""
+        budget = self.scheduler.budget
+        if budget.samples is not None:
+            return origin_samples + budget.samples
+        return origin_samples + int(budget.steps or 0) * int(hparams["batch_size"])
+
+    def _record_start(
+        self, otrial: optuna.Trial, job: Job, trainer: Trainer, source: str | None, fresh: bool
+    ) -> None:
+        p = trainer.progress
+        if fresh or job.kind == "retry":
+            # a retry that continues its failed attempt's checkpoint starts its record there
+            set_trial_attrs(
+                otrial, parent_checkpoint=source, fork_step=p.step, fork_samples=p.samples
+            )
+        if job.kind == "retry" and not fresh:
+            self._report_history(otrial, trainer)
+        if job.kind != "new":
+            what = "continued" if job.kind == "takeover" else f"retry of trial {job.retry_of}"
+            where = f"step {p.step}" + (f" ({source})" if source else "")
+            self.ctx.say(f"trial {job.number}: {what} from {where}")
+
+    def _report_history(self, otrial: optuna.Trial, trainer: Trainer) -> None:
+        """A retry is a new Optuna trial: give it the evaluations its failed attempt reported."""
+        study = self.ctx.session.study
+        done = set(bridge.frozen(study, bridge.trial_id(otrial)).intermediate_values)
+        origin = trainer.progress.origin_samples
+        for h in trainer.history:
+            if h["samples"] > origin and h["index"] not in done:
+                otrial.report(h[self.ctx.metric], h["index"])
+
+    # -- training and its end ---------------------------------------------------------------
+
+    def _train(
+        self, otrial: optuna.Trial, trainer: Trainer, hooks: TrialHooks
+    ) -> tuple[OutcomeState, float | None, str]:
+        b = self.ctx.budgets
+        try:
+            metrics = trainer.train(
+                hooks.budget, hooks=hooks, eval_every=b.eval_every,
+                checkpoint_every=b.checkpoint_every,
+            )  # fmt: skip
+            self.ctx.checkpointer.flush()
+            return "COMPLETE", float(metrics[self.ctx.metric]), ""
+        except optuna.TrialPruned:
+            set_trial_attrs(otrial, pruned_at=trainer.epoch)
+            return "PRUNED", hooks.last_value, f"pruned at epoch {trainer.epoch:.3g}"
+        except TrainingDiverged as exc:
+            set_trial_attrs(otrial, fail_kind="diverged", fail_reason=str(exc))
+            return "FAIL", None, f"diverged: {exc}"
+
+    def _crashed(
+        self, otrial: optuna.Trial, job: Job, hooks: TrialHooks, start: float, exc: Exception
+    ) -> Outcome:
+        self.restorer.forget()  # its state is suspect: rebuild from a checkpoint next time
+        with contextlib.suppress(Exception):  # the trial's error is the one to report
+            self.ctx.checkpointer.flush()
+        self.failures.account(otrial, job, hooks)
+        if disk_full(exc):
+            self.ctx.lineage.finish_attempt(job.token, "dead")  # resumable, as after a kill
+            raise StudyStopped(
+                f"trial {job.number}: {type(exc).__name__}: {exc}\n  not the trial's fault, "
+                "so it is left to continue from its newest checkpoint with its retries "
+                "untouched; free disk space (or fix checkpoints.dir) and run the same "
+                "command again"
+            ) from exc
+        return self.failures.failed(otrial, job, start, exc)
+
+    def _finish(
+        self, otrial: optuna.Trial, job: Job, hooks: TrialHooks, start: float,
+        state: OutcomeState, value: float | None, note: str,
+    ) -> Outcome:  # fmt: skip
+        lin, study = self.ctx.lineage, self.ctx.session.study
+        if not lin.owns(job.token):
+            self.ctx.say(f"trial {job.number}: taken over by another worker; not committing")
+            return Outcome(job.number, "LOST", None, job.hparams, 0, time.monotonic() - start)
+        steps = self.failures.account(otrial, job, hooks)
+        if state == "COMPLETE":
+            set_trial_attrs(otrial, final_checkpoint=hooks.last)
+            self.ctx.exhausted |= bridge.tell(study, job.number, value)
+        elif state == "PRUNED":
+            self.ctx.exhausted |= bridge.tell(study, job.number, state=TrialState.PRUNED)
+        else:
+            self.ctx.exhausted |= bridge.tell(study, job.number, state=TrialState.FAIL)
+        lin.finish_attempt(job.token, "done")
+        params = dict(bridge.frozen(study, job.trial_id).params)
+        out = Outcome(job.number, state, value, params, steps, time.monotonic() - start, note)
+        self.ctx.say(outcome_line(out, self.ctx.metric))
+        return out

@@ -1,0 +1,214 @@
+"""One worker per process: settle what crashes left, let the scheduler prepare, then run trials
+until the study has `target` finished ones.
+
+The next job is, in this order: a trial whose worker died (continued in place from its newest
+checkpoint), a trial that failed on an error and has retries left (continued as a new Optuna trial
+with the same params), or a new trial from the scheduler.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.config import suggest, trial_hparams, warmup_hparams
+from hpsearch.errors import HpsearchError, TaskError
+from hpsearch.lineage import WORKERS, attempt_is_stale
+from hpsearch.search import asking
+from hpsearch.search import optuna_bridge as bridge
+from hpsearch.search.budgets import Budgets
+from hpsearch.search.collect import collect_garbage, collect_garbage_quietly, recover
+from hpsearch.search.context import RunContext
+from hpsearch.search.control import StopFlag
+from hpsearch.search.jobs import Job, Outcome
+from hpsearch.search.records import set_study_attr, study_attr, trial_attr
+from hpsearch.search.restore import Restorer
+from hpsearch.search.retries import retried_numbers, retryable
+from hpsearch.search.saving import Checkpointer
+from hpsearch.search.scheduler import make_scheduler
+from hpsearch.search.session import Session, check_fingerprint
+from hpsearch.search.trial import TrialRunner
+from hpsearch.training import Trainer
+
+
+class Worker:
+    """Runs trials of one study in this process until the study has `target` finished trials."""
+
+    def __init__(self, session: Session, *, stop: StopFlag | None = None, label: str = "") -> None:
+        self.session = session
+        self.stop = stop if stop is not None else StopFlag()
+        self.label = label
+        self.outcomes: list[Outcome] = []
+        self.presence = ""  # this worker's row among the study's workers
+
+    def run(self, target: int) -> list[Outcome]:
+        """Run trials until `target` are finished; raises Interrupted / TrialCrashed."""
+        bridge.check_version()
+        s = self.session
+        check_fingerprint(s)
+        budgets = Budgets.of(s, s.samples_per_epoch())
+        checkpointer = Checkpointer(
+            s.store, s.lineage, async_save=s.settings.checkpoints.async_save
+        )
+        ctx = RunContext(s, checkpointer, self.stop, budgets, self.label)
+        restorer = Restorer(ctx)
+        scheduler = make_scheduler(ctx, restorer)
+        _preflight(ctx)
+        set_study_attr(s.study, "mode", scheduler.mode)
+        set_study_attr(s.study, "samples_per_epoch", budgets.n)
+        recover(s)
+        self.presence = s.lineage.start_attempt(WORKERS)
+        trials = TrialRunner(ctx, restorer, scheduler)
+        started = False
+        try:
+            scheduler.prepare()
+            started = True
+            while (job := self.next_job(ctx, target, scheduler.default_parent())) or (
+                job := scheduler.new_job(target)
+            ):
+                self.outcomes.append(self.run_trial(trials, job))
+                collect_garbage(s)
+        finally:
+            try:
+                checkpointer.close()
+            finally:
+                if started:  # after a failed start the study's facts may be what failed
+                    collect_garbage_quietly(s)
+                s.lineage.finish_attempt(self.presence)
+        return self.outcomes
+
+    def run_trial(self, trials: TrialRunner, job: Job) -> Outcome:
+        return trials.run(job)
+
+    # -- continuing what crashes left -------------------------------------------------------
+
+    def next_job(self, ctx: RunContext, target: int, default_parent: str | None) -> Job | None:
+        """A trial to take over or retry, if any (new trials come from the scheduler)."""
+        ctx.check_stop()
+        trials = ctx.session.study.get_trials(deepcopy=False)
+        for t in trials:
+            job = self._takeover(ctx, t, trials, default_parent)
+            if job is not None:
+                return job
+        retried = retried_numbers(trials)
+        for t in trials:
+            if retryable(t, trials, retried, ctx.settings.trials.retries) and ctx.lineage.claim(
+                f"retry:{t.number}"
+            ):
+                return self._retry(ctx, t, trials, default_parent)
+        return None
+
+    def _takeover(
+        self, ctx: RunContext, t: FrozenTrial, trials: Sequence[FrozenTrial], parent: str | None
+    ) -> Job | None:
+        """Continue a running trial whose worker died, in place, from its newest checkpoint."""
+        if t.state != TrialState.RUNNING:
+            return None
+        lin, grace = ctx.lineage, ctx.settings.trials.grace_s
+        current = lin.current_attempt(t.number)
+        if current is None:
+            if not lin.attempts(t.number) and _age(t) < grace and self._others_alive(ctx):
+                return None  # just asked by another worker, not yet registered
+        elif not attempt_is_stale(current, grace_s=grace):
+            return None
+        sources, root_parent = chain_sources(ctx, t, trials)
+        token = lin.take_over(
+            t.number, current.token if current else None,
+            resumed_from=sources[0] if sources else root_parent,
+        )  # fmt: skip
+        if token is None:
+            return None
+        params = t.params
+        if set(params) != set(ctx.settings.search_space):
+            params = asking.resample(ctx, t)  # its worker died between ask and sampling
+        hp = trial_hparams(ctx.settings, params)
+        return Job(t.number, bridge.trial_id(t), hp, "takeover", token,
+                   trial_attr(t, "retry_of"), sources, root_parent or parent)  # fmt: skip
+
+    def _retry(
+        self, ctx: RunContext, t: FrozenTrial, trials: Sequence[FrozenTrial], parent: str | None
+    ) -> Job:
+        """Continue a trial that failed on an error as a new trial with the same params."""
+        study = ctx.session.study
+        sources, root_parent = chain_sources(ctx, t, trials)
+        study.enqueue_trial(
+            dict(t.params), user_attrs={"hpsearch.retry_of": t.number}, skip_if_exists=False
+        )
+        trial = asking.ask(ctx)
+        grid: dict[str, Any] = {
+            k: t.system_attrs[k] for k in ("grid_id", "search_space") if k in t.system_attrs
+        }
+        bridge.copy_system_attrs(study, bridge.trial_id(trial), grid)  # the same grid point
+        hp = trial_hparams(ctx.settings, suggest(trial, ctx.settings))  # the enqueued params
+        token = ctx.lineage.start_attempt(
+            trial.number, resumed_from=sources[0] if sources else root_parent
+        )
+        return Job(trial.number, bridge.trial_id(trial), hp, "retry", token, t.number,
+                   sources, root_parent or parent)  # fmt: skip
+
+    def _others_alive(self, ctx: RunContext) -> bool:
+        """Is another worker of this study alive (so a trial without an attempt yet may be one
+        it has just asked for)?"""
+        grace = ctx.settings.trials.grace_s
+        return any(
+            a.status == "running" and a.token != self.presence
+            and not attempt_is_stale(a, grace_s=grace)
+            for a in ctx.lineage.attempts(WORKERS)
+        )  # fmt: skip
+
+
+def chain_sources(
+    ctx: RunContext, t: FrozenTrial, trials: Sequence[FrozenTrial]
+) -> tuple[list[str], str | None]:
+    """The committed checkpoints of `t` and of the failed attempts it continues (one chain of the
+    same params), newest first, and the chain's own parent: where its first segment started."""
+    by_number = {x.number: x for x in trials}
+    chain, cur = [t], t
+    while trial_attr(cur, "retry_of") in by_number:
+        cur = by_number[trial_attr(cur, "retry_of")]
+        chain.append(cur)
+    numbers = {x.number for x in chain}
+    rows = [r for n in numbers for r in ctx.lineage.checkpoints(trial=n, statuses=("committed",))]
+    rows.sort(key=lambda r: (r.step, r.created), reverse=True)
+    return [r.id for r in rows], trial_attr(chain[-1], "parent_checkpoint")
+
+
+def _preflight(ctx: RunContext) -> None:
+    """Catch an objective metric the task does not return before any training starts."""
+    s = ctx.session
+    if study_attr(s.study, "preflight_ok"):
+        return
+    from hpsearch.training.state import rng_state, set_rng_state
+
+    saved = rng_state()
+    try:
+        probe = Trainer.create(
+            s.task(), warmup_hparams(s.settings), seed=s.settings.seed, device=s.settings.device,
+            datasets=s.datasets(), objective=ctx.metric,
+        )  # fmt: skip
+        metrics = probe.evaluate()
+    except (HpsearchError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise TaskError(
+            f"{s.settings.path}: task: building or evaluating {s.settings.task} failed "
+            f"before training: {type(exc).__name__}: {exc}"
+        ) from exc
+    finally:
+        set_rng_state(saved)
+    if ctx.metric not in metrics:
+        raise TaskError(
+            f"{s.settings.path}: objective.metric: {ctx.metric!r} is not among the metrics "
+            f"that evaluate() returns ({', '.join(sorted(metrics)) or 'none'}); set "
+            "objective.metric to one of them or return it from evaluate()"
+        )
+    set_study_attr(s.study, "preflight_ok", True)
+
+
+def _age(t: Any) -> float:
+    if t.datetime_start is None:
+        return 0.0
+    return time.time() - t.datetime_start.timestamp()

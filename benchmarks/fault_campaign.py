@@ -114,7 +114,8 @@ def _finish(path: str, tries: int = 5) -> tuple[int, subprocess.CompletedProcess
 
 
 def _results(path: str) -> dict[int, tuple]:
-    from hpsearch.search.session import ATTR, Session
+    from hpsearch.search.records import PREFIX as ATTR
+    from hpsearch.search.session import Session
 
     s = Session.open(path, create=False)
     out = {}

@@ -15,7 +15,8 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch.cli import main
-from hpsearch.search.session import ATTR, Session
+from hpsearch.search.records import PREFIX as ATTR
+from hpsearch.search.session import Session
 from hpsearch.testing import StudyPaths, kill_at_events
 from studyutil import write_study
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from hpsearch.search.session import ATTR, Session
+from hpsearch.search.records import PREFIX as ATTR
+from hpsearch.search.session import Session
 from hpsearch.testing import StudyPaths, Watch, kill_at_events, takeovers_after
 from studyutil import ROOT, write_study
 

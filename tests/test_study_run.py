@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 from hpsearch.cli import main
 from hpsearch.config import load_study_file, make_pruner, make_sampler
 from hpsearch.lineage import WORKERS
-from hpsearch.search.session import ATTR, Session
+from hpsearch.search.records import PREFIX as ATTR
+from hpsearch.search.session import Session
 from studyutil import ROOT, write_study
 
 

@@ -22,8 +22,9 @@ import yaml
 from optuna.trial import TrialState
 
 from hpsearch.cli import main
+from hpsearch.search.records import PREFIX as ATTR
 from hpsearch.search.runner import run_study
-from hpsearch.search.session import ATTR, Session
+from hpsearch.search.session import Session
 from studyutil import ROOT, write_study
 
 HP = {"lr": 1e-2, "dropout": 0.1, "batch_size": 64, "weight_decay": 1e-4, "hidden": 64}

@@ -64,7 +64,7 @@ class Task:
 
     def collate(self, samples: Sequence[Any]) -> Any:
         """Turn a list of samples into a batch. Defaults to torch's default_collate."""
-        return torch.utils.data.default_collate(samples)
+        return torch.utils.data.default_collate(list(samples))
 
 
 REQUIRED_METHODS = ("datasets", "model", "optimizer", "loss", "evaluate")

@@ -18,7 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.console import human_bytes
 from hpsearch.lineage import WARMUP, CheckpointRow
 from hpsearch.report.views import StudyView, TrialStateName, TrialView
-from hpsearch.search.session import ATTR, Session
+from hpsearch.search.records import TrialRecord, trial_attr
+from hpsearch.search.session import Session
 
 
 def study_view(session: Session) -> StudyView:
@@ -52,12 +53,11 @@ def study_view(session: Session) -> StudyView:
 
 def _trial_view(t: FrozenTrial, session: Session, mine: list[CheckpointRow], n: int) -> TrialView:
     """One trial from its Optuna record and its checkpoints (`mine`); `n` samples per epoch."""
-    ua = t.user_attrs
+    rec = TrialRecord.of(t)
     live = [r for r in mine if r.status == "committed"]
-    fork_samples = ua.get(ATTR + "fork_samples")
+    fork_samples = rec.fork_samples
     fork_progress = fork_samples / n if fork_samples is not None else 0.0
-    steps = int(ua.get(ATTR + "steps_trained", 0))
-    samples = int(ua.get(ATTR + "samples_trained", 0))
+    steps, samples = rec.steps_trained, rec.samples_trained
     if t.state == TrialState.RUNNING:
         attempts = session.lineage.attempts(t.number)
         steps = sum(a.steps for a in attempts)
@@ -66,27 +66,27 @@ def _trial_view(t: FrozenTrial, session: Session, mine: list[CheckpointRow], n: 
     if t.datetime_start is not None:
         stop = t.datetime_complete.timestamp() if t.datetime_complete else time.time()
         duration = stop - t.datetime_start.timestamp()
-    final = ua.get(ATTR + "final_checkpoint")
+    final = rec.final_checkpoint
     return TrialView(
         number=t.number,
         # Optuna's TrialState has exactly these five members
         state=cast(TrialStateName, t.state.name),
         value=t.value if t.state == TrialState.COMPLETE else _last(t),
         params=dict(t.params),
-        parent_checkpoint=ua.get(ATTR + "parent_checkpoint"),
-        fork_step=ua.get(ATTR + "fork_step"),
+        parent_checkpoint=rec.parent_checkpoint,
+        fork_step=rec.fork_step,
         fork_progress=fork_progress,
         end_progress=_end_progress(t, mine, fork_progress, samples, n),
         steps_trained=steps,
         samples_trained=samples,
         # intermediate values are keyed by evaluation index; place them by the samples seen
         intermediate=_intermediate(t, session, fork_samples or 0, n),
-        pruned_at=ua.get(ATTR + "pruned_at"),
-        retry_of=ua.get(ATTR + "retry_of"),
+        pruned_at=rec.pruned_at,
+        retry_of=rec.retry_of,
         final_checkpoint=final if any(r.id == final for r in live) else None,
         checkpoint_bytes=sum(r.nbytes for r in live),
         duration_s=duration,
-        fail_reason=ua.get(ATTR + "fail_reason"),
+        fail_reason=rec.fail_reason,
     )
 
 
@@ -102,8 +102,9 @@ def _last(t: Any) -> float | None:
 def _end_progress(
     t: Any, rows: list[CheckpointRow], fork: float, samples: int, n: int
 ) -> float | None:
-    if t.state == TrialState.PRUNED and t.user_attrs.get(ATTR + "pruned_at") is not None:
-        return float(t.user_attrs[ATTR + "pruned_at"])
+    pruned_at = trial_attr(t, "pruned_at")
+    if t.state == TrialState.PRUNED and pruned_at is not None:
+        return float(pruned_at)
     reached = [r.epoch for r in rows if r.status in ("committed", "deleted", "deleting")]
     ends = [*reached, fork + samples / n if samples else fork]
     return max(ends) if ends else None

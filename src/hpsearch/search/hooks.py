@@ -11,7 +11,7 @@ import optuna
 
 from hpsearch.console import Bar
 from hpsearch.errors import CheckpointError, TaskError
-from hpsearch.lineage import WARMUP
+from hpsearch.lineage import WARMUP, CheckpointKind
 from hpsearch.search import optuna_bridge as bridge
 from hpsearch.search.context import RunContext
 from hpsearch.search.control import LostTrial
@@ -95,6 +95,7 @@ class TrialHooks(Hooks):
         if not lin.heartbeat(self.token, steps=self.steps, samples=self.samples):
             raise LostTrial("another worker took this trial over")
         final = self.budget.reached(trainer.progress) and not self.stopping
+        kind: CheckpointKind
         if self.trial == WARMUP:
             kind = "base" if final else "warmup"
         else:

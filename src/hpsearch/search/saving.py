@@ -7,7 +7,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from hpsearch.checkpoint import AsyncSaver, CheckpointInfo, CheckpointStore
-from hpsearch.lineage import Lineage
+from hpsearch.lineage import CheckpointKind, Lineage
 from hpsearch.lineage.gc import Deletion, apply_gc
 from hpsearch.training import Trainer
 
@@ -32,7 +32,7 @@ class Checkpointer:
         trainer: Trainer,
         *,
         trial: int,
-        kind: str,
+        kind: CheckpointKind,
         parent: str | None,
         attempt: str | None,
         supersedes: str | None,

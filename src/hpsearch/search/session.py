@@ -22,11 +22,9 @@ from hpsearch.config import (
 from hpsearch.config.taskload import load_task
 from hpsearch.errors import StudyFileError, TaskError, UsageError
 from hpsearch.lineage import Lineage, configure_sqlite, engine_kwargs, open_lineage
-from hpsearch.search.records import PREFIX, StudyKey, set_study_attr, study_attr
+from hpsearch.search.records import StudyKey, set_study_attr, study_attr
 from hpsearch.task import Task
 from hpsearch.training.forkcheck import check_forkable
-
-ATTR = PREFIX  # kept for the report layer until it reads through records
 
 
 @dataclass
@@ -124,13 +122,7 @@ class Session:
         return self._datasets
 
     def samples_per_epoch(self) -> int:
-        train = self.datasets()[0]
-        if not isinstance(train, Sized):
-            raise TaskError(
-                f"{self.settings.path}: task: datasets() returned a training set without len(): "
-                "hpsearch needs a map-style dataset (with __len__ and __getitem__)"
-            )
-        return len(train)
+        return _length(self.settings, self.datasets()[0])
 
     def attr(self, key: StudyKey, default: Any = None) -> Any:
         return study_attr(self.study, key, default)
@@ -151,8 +143,17 @@ def _checked_task(settings: StudySettings) -> tuple[Task, tuple[Any, Any]]:
     check_forkable(settings, cls)
     task = cls()
     datasets = task.datasets()
-    check_budgets(settings, len(datasets[0]))
+    check_budgets(settings, _length(settings, datasets[0]))
     return task, datasets
+
+
+def _length(settings: StudySettings, train: Any) -> int:
+    if not isinstance(train, Sized):
+        raise TaskError(
+            f"{settings.path}: task: datasets() returned a training set without len(): "
+            "hpsearch needs a map-style dataset (with __len__ and __getitem__)"
+        )
+    return len(train)
 
 
 def _join(root: str, name: str) -> str:

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from optuna.trial import TrialState
 
 from hpsearch.console import human_bytes, human_time
-from hpsearch.search.session import ATTR, Session
+from hpsearch.search.records import trial_attr
+from hpsearch.search.session import Session
 
 if TYPE_CHECKING:
     from hpsearch.search.jobs import Outcome
@@ -42,8 +43,8 @@ def summarize(session: Session, seconds: float) -> Summary:
         pick = max if session.settings.objective.direction == "maximize" else min
         best = pick(done, key=lambda t: float(t.value or 0.0))  # `done` has values
     warm = int(session.attr("warmup_steps", 0) or 0)
-    own = sum(int(t.user_attrs.get(ATTR + "steps_trained", 0)) for t in trials)
-    counted = [t for t in trials if t.user_attrs.get(ATTR + "retry_of") is None]
+    own = sum(int(trial_attr(t, "steps_trained", 0)) for t in trials)
+    counted = [t for t in trials if trial_attr(t, "retry_of") is None]
     if session.classic:
         steps_run, scratch = own, own
     else:
@@ -55,7 +56,7 @@ def summarize(session: Session, seconds: float) -> Summary:
         session.study_name, finished, states,
         best.number if best else None, best.value if best else None,
         dict(best.params) if best else {},
-        best.user_attrs.get(ATTR + "final_checkpoint") if best else None,
+        trial_attr(best, "final_checkpoint") if best else None,
         steps_run, scratch, disk, seconds,
     )  # fmt: skip
 

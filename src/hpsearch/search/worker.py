@@ -24,7 +24,7 @@ from hpsearch.search.collect import collect_garbage, collect_garbage_quietly, re
 from hpsearch.search.context import RunContext
 from hpsearch.search.control import StopFlag
 from hpsearch.search.jobs import Job, Outcome
-from hpsearch.search.records import set_study_attr, study_attr, trial_attr
+from hpsearch.search.records import PREFIX, set_study_attr, study_attr, trial_attr
 from hpsearch.search.restore import Restorer
 from hpsearch.search.retries import retried_numbers, retryable
 from hpsearch.search.saving import Checkpointer
@@ -135,7 +135,7 @@ class Worker:
         study = ctx.session.study
         sources, root_parent = chain_sources(ctx, t, trials)
         study.enqueue_trial(
-            dict(t.params), user_attrs={"hpsearch.retry_of": t.number}, skip_if_exists=False
+            dict(t.params), user_attrs={PREFIX + "retry_of": t.number}, skip_if_exists=False
         )
         trial = asking.ask(ctx)
         grid: dict[str, Any] = {

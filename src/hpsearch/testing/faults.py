@@ -137,8 +137,9 @@ class Watch:
         """Until something changes in the root (or the database's directory, with `db`), or
         5 ms pass without inotify, 50 ms with it (the process may have exited)."""
         dirs = (self.p.root, os.path.dirname(self.p.db)) if db else (self.p.root,)
-        fds = [self._fd(d) for d in dirs]
-        if None in fds:
+        maybe = [self._fd(d) for d in dirs]
+        fds = [fd for fd in maybe if fd is not None]
+        if len(fds) < len(maybe):
             time.sleep(0.005)
             return
         ready, _, _ = select.select(fds, [], [], 0.05)

@@ -189,7 +189,7 @@ def load_optimizer_state(
                 f"an optimizer param group holds {len(saved['params'])} parameters in the "
                 f"checkpoint but {len(now['params'])} in the optimizer"
             )
-        g = {}
+        g: dict[str, Any] = {}
         for key, value in saved.items():
             if isinstance(value, dict) and "__tensor__" in value:
                 g[key] = tensors[value["__tensor__"]]
@@ -268,7 +268,7 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": [version, list(internal), gauss],
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "numpy": [kind, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
         "torch": _b64(torch.get_rng_state()),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -285,12 +285,12 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     try:
         if not args.dry_run:
             recover(session)
-        plan = collect_garbage(session, dry_run=args.dry_run)
+        doomed = collect_garbage(session, dry_run=args.dry_run)
         verb = "would delete" if args.dry_run else "deleted"
-        for d in plan:
+        for d in doomed:
             print(f"{verb} {d.id}  ({d.kind}, {human_bytes(d.nbytes)}): {d.reason}")
-        total = sum(d.nbytes for d in plan)
-        print(f"{verb} {len(plan)} checkpoints, {human_bytes(total)} freed")
+        total = sum(d.nbytes for d in doomed)
+        print(f"{verb} {len(doomed)} checkpoints, {human_bytes(total)} freed")
     finally:
         session.close()
     return 0

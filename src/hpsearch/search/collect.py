@@ -57,13 +57,13 @@ def collect_garbage(session: Session, *, dry_run: bool = False) -> list[Deletion
     """Delete every checkpoint nothing can reach (or, with `dry_run`, list them)."""
     lin, s = session.lineage, session.settings
     rows = lin.checkpoints()
-    plan = collectable(
+    doomed = collectable(
         rows, trial_facts(session), pins=pins_of(session, rows),
         keep_best=s.checkpoints.keep_best, direction=s.objective.direction,
     )  # fmt: skip
     if not dry_run:
-        apply_gc(plan, lin, session.store.delete)
-    return plan
+        apply_gc(doomed, lin, session.store.delete)
+    return doomed
 
 
 def collect_garbage_quietly(session: Session) -> None:

@@ -1,5 +1,6 @@
-"""Checkpoints of a running study: plan the row, save (asynchronously), mark it committed, and drop
-the checkpoint it supersedes. The store decides what is committed; the tree records what it is."""
+"""Checkpoints of a running study: record the row as pending, save (asynchronously), mark it
+committed, and drop the checkpoint it supersedes. The store decides what is committed; the tree
+records what it is."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from hpsearch.config import (
     StudySettings,
     check_budgets,
     load_study_file,
+    make_pruner,
 )
 from hpsearch.config.taskload import load_task
 from hpsearch.errors import StudyFileError, TaskError, UsageError
@@ -61,44 +62,8 @@ class Session:
             )
         task, datasets = _checked_task(settings) if create else (None, None)
         name = settings.name + ("-classic" if classic else "")
-        if url.startswith("sqlite:///"):
-            db = url[len("sqlite:///") :]
-            if not create and not os.path.exists(db):
-                raise UsageError(
-                    f"{settings.path}: no study database at {db}: run `hpsearch run "
-                    f"{settings.path}` first"
-                )
-            os.makedirs(os.path.dirname(os.path.abspath(db)), exist_ok=True)
-        try:
-            rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
-            configure_sqlite(rdb.engine)
-        except Exception as exc:  # SQLAlchemy/driver errors vary by backend
-            raise UsageError(
-                f"{settings.path}: storage: cannot open {url!r}: {type(exc).__name__}: {exc}. "
-                "Check the URL (sqlite:///path.db or postgresql://user@host/db) and that the "
-                "database server is running."
-            ) from None
-        direction = settings.objective.direction
-        if create:
-            study = optuna.create_study(
-                study_name=name, storage=rdb, direction=direction, load_if_exists=True
-            )
-        else:
-            try:
-                study = optuna.load_study(study_name=name, storage=rdb)
-            except KeyError:
-                raise UsageError(
-                    f"{settings.path}: no study named {name!r} in {url}: run `hpsearch run "
-                    f"{settings.path}{' --no-fork' if classic else ''}` first"
-                ) from None
-        if study.direction.name.lower() != direction:
-            raise UsageError(
-                f"{settings.path}: objective.direction: the study {name!r} in the database was "
-                f"created to {study.direction.name.lower()}, the file says {direction}; use "
-                "another study name to change it"
-            )
-        from hpsearch.config import make_pruner
-
+        rdb = _storage(settings, url, create=create)
+        study = _study(settings, rdb, name, url, create=create, classic=classic)
         study.pruner = make_pruner(settings)
         lineage = open_lineage(url, name, engine=rdb.engine)  # one pool for both
         try:
@@ -134,6 +99,61 @@ class Session:
         self.lineage.close()
         if self._engine is not None:
             self._engine.dispose()
+
+
+def _storage(settings: StudySettings, url: str, *, create: bool) -> optuna.storages.RDBStorage:
+    """Optuna's storage on the study database (sqlite configured for WAL); a sqlite file that
+    does not exist is an error unless the study is being created."""
+    if url.startswith("sqlite:///"):
+        db = url[len("sqlite:///") :]
+        if not create and not os.path.exists(db):
+            raise UsageError(
+                f"{settings.path}: no study database at {db}: run `hpsearch run "
+                f"{settings.path}` first"
+            )
+        os.makedirs(os.path.dirname(os.path.abspath(db)), exist_ok=True)
+    try:
+        rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+        configure_sqlite(rdb.engine)
+    except Exception as exc:  # SQLAlchemy/driver errors vary by backend
+        raise UsageError(
+            f"{settings.path}: storage: cannot open {url!r}: {type(exc).__name__}: {exc}. "
+            "Check the URL (sqlite:///path.db or postgresql://user@host/db) and that the "
+            "database server is running."
+        ) from None
+    return rdb
+
+
+def _study(
+    settings: StudySettings,
+    rdb: optuna.storages.RDBStorage,
+    name: str,
+    url: str,
+    *,
+    create: bool,
+    classic: bool,
+) -> optuna.Study:
+    """The Optuna study `name`, created if asked; its direction must be the file's."""
+    direction = settings.objective.direction
+    if create:
+        study = optuna.create_study(
+            study_name=name, storage=rdb, direction=direction, load_if_exists=True
+        )
+    else:
+        try:
+            study = optuna.load_study(study_name=name, storage=rdb)
+        except KeyError:
+            raise UsageError(
+                f"{settings.path}: no study named {name!r} in {url}: run `hpsearch run "
+                f"{settings.path}{' --no-fork' if classic else ''}` first"
+            ) from None
+    if study.direction.name.lower() != direction:
+        raise UsageError(
+            f"{settings.path}: objective.direction: the study {name!r} in the database was "
+            f"created to {study.direction.name.lower()}, the file says {direction}; use "
+            "another study name to change it"
+        )
+    return study
 
 
 def _checked_task(settings: StudySettings) -> tuple[Task, tuple[Any, Any]]:

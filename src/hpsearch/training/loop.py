@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,68 +19,11 @@ from hpsearch.errors import CheckpointMismatch, TaskError, TrainingDiverged
 from hpsearch.task import Task
 from hpsearch.training import state as st
 from hpsearch.training.data import DataStream, eval_loader
+from hpsearch.training.progress import Budget, Every, Hooks, Progress
 from hpsearch.training.schedule import Schedule
 
 STATE_VERSION = 1
 LR_SCALE = "hpsearch_lr_scale"  # param group key: the group's LR relative to hparams["lr"]
-
-
-@dataclass(frozen=True)
-class Every:
-    """An interval counted in samples or in optimizer steps from the segment's origin."""
-
-    samples: int | None = None
-    steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if (self.samples is None) == (self.steps is None):
-            raise ValueError("Every needs exactly one of samples= or steps=")
-        if (self.samples or self.steps or 0) <= 0:
-            raise ValueError(f"an interval must be positive, got {self}")
-
-    def index(self, p: Progress) -> int:
-        """How many boundaries the segment has passed."""
-        if self.samples is not None:
-            return (p.samples - p.origin_samples) // self.samples
-        return (p.step - p.origin_step) // self.steps  # type: ignore[operator]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Where a segment ends: after `samples` or `steps` counted from its origin."""
-
-    samples: int | None = None
-    steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if (self.samples is None) == (self.steps is None):
-            raise ValueError("Budget needs exactly one of samples= or steps=")
-
-    def reached(self, p: Progress) -> bool:
-        if self.samples is not None:
-            return p.samples - p.origin_samples >= self.samples
-        return p.step - p.origin_step >= self.steps  # type: ignore[operator]
-
-
-@dataclass
-class Progress:
-    step: int = 0  # optimizer steps since the run began (warm-up included)
-    samples: int = 0  # samples since the run began: the data position
-    origin_step: int = 0  # where the current segment began
-    origin_samples: int = 0
-
-
-class Hooks:
-    """What the loop reports. Override what you need; raising from a hook stops training."""
-
-    def on_step(self, trainer: Trainer, indices: list[int], loss: float) -> None:
-        pass
-
-    def on_eval(self, trainer: Trainer, index: int, metrics: dict[str, float]) -> None:
-        pass
-
-    def on_checkpoint(self, trainer: Trainer) -> None:
-        pass
 
 
 class Trainer:
@@ -201,21 +143,7 @@ class Trainer:
         train_set, val_set = datasets if datasets is not None else task.datasets()
         hp = dict(state["hparams"])
         dev = torch.device(device)
-        with torch.device("meta"):
-            model = task.model(hp)
-        model_tensors = st.expand_aliases(tensors["model"], state.get("model_aliases"))
-        if dev.type == "cpu":
-            st.load_model_state(model, model_tensors, assign=True)
-        else:
-            st.load_model_state(
-                model, {k: v.to(dev, non_blocking=True) for k, v in model_tensors.items()},
-                assign=True,
-            )  # fmt: skip
-        if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
-            # non-persistent buffers are not saved: build normally, then copy the weights in
-            model = task.model(hp).to(dev)
-            st.load_model_state(model, model_tensors)
-        model.to(dev)
+        model = _restored_model(task, hp, tensors, state, dev)
         optimizer = task.optimizer(model, hp)
         # the scheduler first: creating one rewrites the groups' LRs, which the load then restores
         total = state.get("total_samples")
@@ -414,6 +342,31 @@ class Trainer:
 
 
 _BOOKKEEPING = ("step", "samples", "segment_samples", "index")
+
+
+def _restored_model(
+    task: Task,
+    hp: dict[str, Any],
+    tensors: Mapping[str, Mapping[str, torch.Tensor]],
+    state: Mapping[str, Any],
+    dev: torch.device,
+) -> torch.nn.Module:
+    """The task's model built on the meta device, taking the loaded tensors as they are."""
+    with torch.device("meta"):
+        model = task.model(hp)
+    model_tensors = st.expand_aliases(tensors["model"], state.get("model_aliases"))
+    if dev.type == "cpu":
+        st.load_model_state(model, model_tensors, assign=True)
+    else:
+        st.load_model_state(
+            model, {k: v.to(dev, non_blocking=True) for k, v in model_tensors.items()},
+            assign=True,
+        )  # fmt: skip
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        # non-persistent buffers are not saved: build normally, then copy the weights in
+        model = task.model(hp).to(dev)
+        st.load_model_state(model, model_tensors)
+    return model.to(dev)
 
 
 def _is_plateau(scheduler: Any) -> bool:

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from hpsearch.cli import main
 from hpsearch.config import load_study_file, make_pruner, make_sampler
-from hpsearch.lineage import WORKERS
+from hpsearch.lineage import WARMUP, WORKERS
 from hpsearch.search.records import PREFIX as ATTR
 from hpsearch.search.session import Session
 from studyutil import ROOT, write_study
@@ -258,4 +258,52 @@ def test_two_workers_share_one_study(tmp_path):
     for t in trials:  # each trial ran once, by one worker
         assert [a.status for a in attempts if a.trial == t.number] == ["done"]
     assert len(s.lineage.checkpoints(kinds=("base",), statuses=("committed",))) == 1
+    # seeded by each trial's own number: no two workers sampled with one seed
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 8
+    # the summary is taken once the spawned worker is done too
+    assert "study tiny: 8 finished trials (8 complete)" in proc.stdout
+    s.close()
+
+
+SLOW_EVAL = """
+import time
+from digits import DigitsMLP
+
+class SlowOnce(DigitsMLP):
+    calls = 0
+
+    def evaluate(self, model, loader):
+        SlowOnce.calls += 1
+        if SlowOnce.calls == 2:  # in the warm-up or a trial: longer than trials.grace_s
+            time.sleep(3.0)
+        return super().evaluate(model, loader)
+"""
+
+
+def test_a_slow_evaluate_is_not_taken_over_while_its_worker_lives(tmp_path):
+    """Heartbeats come from a thread: an evaluate() longer than grace_s does not make a live
+    worker look dead, so no trial (and not the warm-up) is taken over or run twice."""
+    (tmp_path / "slow.py").write_text(SLOW_EVAL)
+    path = write_study(
+        tmp_path, task=f"{tmp_path / 'slow.py'}:SlowOnce",
+        warmup={"epochs": 0.5, "hparams": {"lr": 1e-2, "batch_size": 64, "hidden": 32,
+                                           "dropout": 0.1, "weight_decay": 0.0}},
+        trials={"n": 4, "epochs": 0.5, "eval_every": 0.5, "grace_s": 2, "heartbeat_s": 0.25},
+        pruner={"name": "NopPruner"},
+    )  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [os.path.join(ROOT, "examples"), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    cmd = [sys.executable, "-m", "hpsearch", "run", path, "--workers", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "continued from" not in proc.stdout + proc.stderr
+    s = _session(path)
+    attempts = s.lineage.attempts()
+    assert [a.status for a in attempts if a.trial == WARMUP] == ["done"]
+    for t in s.study.get_trials():
+        assert [a.status for a in attempts if a.trial == t.number] == ["done"]
     s.close()

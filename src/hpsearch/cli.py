@@ -124,13 +124,18 @@ def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     extra = [_spawn_worker(args) for _ in range(args.workers - 1)]
-    try:
-        summary = run_study(
-            args.study, trials=args.trials, storage=args.storage, classic=args.classic
-        )
-    finally:
+
+    def wait_for_workers() -> None:
         for proc in extra:
             proc.wait()
+
+    try:
+        summary = run_study(
+            args.study, trials=args.trials, storage=args.storage, classic=args.classic,
+            after=wait_for_workers,
+        )  # fmt: skip
+    finally:
+        wait_for_workers()  # after a stop too: they got the same signal
     ckpt_dir = os.path.join(settings.checkpoints.dir, summary.study)
     print(format_summary(summary, ckpt_dir))
     return 0

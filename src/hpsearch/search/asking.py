@@ -17,18 +17,21 @@ from hpsearch.training.data import mix_seed
 
 def ask(ctx: RunContext) -> optuna.Trial:
     """Ask with a sampler seeded by (seed, trial number): a resumed study samples the same trials
-    as an uninterrupted one, though the sampler object is new. Samplers that keep their plan in
-    the study's storage (grid, QMC) keep one seed instead: reseeding would reshuffle the plan they
-    have already half carried out."""
+    as an uninterrupted one, though the sampler object is new, and two workers asking at once
+    never share a seed. The number is the trial's own, known once `ask` created it: the trial is
+    then opened again under the reseeded sampler, which redoes the relative sampling that `ask`
+    did (for CMA-ES, GP); independent sampling happens at `suggest`, after this. Samplers that
+    keep their plan in the study's storage (grid, QMC) keep one seed instead: reseeding would
+    reshuffle the plan they have already half carried out."""
     study = ctx.session.study
     name = ctx.settings.sampler.name
-    if name in bridge.RESEEDED_SAMPLERS:
-        number = len(study.get_trials(deepcopy=False))
-        seed = mix_seed(ctx.settings.seed, number) % 2**31
-        study.sampler = make_sampler(ctx.settings, seed)
-    elif type(study.sampler).__name__ != name:
-        study.sampler = make_sampler(ctx.settings, ctx.settings.seed)
-    return study.ask()
+    if name not in bridge.RESEEDED_SAMPLERS:
+        if type(study.sampler).__name__ != name:
+            study.sampler = make_sampler(ctx.settings, ctx.settings.seed)
+        return study.ask()
+    trial = study.ask()
+    study.sampler = make_sampler(ctx.settings, mix_seed(ctx.settings.seed, trial.number) % 2**31)
+    return bridge.handle(study, bridge.trial_id(trial))
 
 
 def resample(ctx: RunContext, t: FrozenTrial) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from hpsearch.console import say
 from hpsearch.lineage import Lineage
 from hpsearch.search.budgets import Budgets
 from hpsearch.search.control import Interrupted, StopFlag
+from hpsearch.search.heartbeat import Heartbeat
 from hpsearch.search.saving import Checkpointer
 from hpsearch.search.session import Session
 
@@ -20,6 +21,7 @@ class RunContext:
     checkpointer: Checkpointer
     stop: StopFlag
     budgets: Budgets
+    heartbeat: Heartbeat
     label: str = ""
     exhausted: bool = False  # the sampler stopped the study (a covered grid): ask no more
 

@@ -4,7 +4,6 @@ the progress bar, and the stop flag."""
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
 import optuna
@@ -39,8 +38,6 @@ class TrialHooks(Hooks):
         self.parent = parent
         self.last_value: float | None = None
         self.stopping = False
-        self.beat_every = ctx.settings.trials.heartbeat_s
-        self.next_beat = time.monotonic() + self.beat_every
         self.steps = 0
         self.samples = 0
         self.reported: set[int] = set()
@@ -48,17 +45,21 @@ class TrialHooks(Hooks):
             ft = bridge.frozen(ctx.session.study, bridge.trial_id(otrial))
             self.reported = set(ft.intermediate_values)
         ctx.lineage.heartbeat(token, start_step=trainer.progress.step)
+        ctx.heartbeat.watch(token)
+
+    def close(self) -> None:
+        """The attempt's training is over (or stopped): its heartbeats stop with it."""
+        self.ctx.heartbeat.forget(self.token)
+        self.bar.close()
 
     def on_step(self, trainer: Trainer, indices: list[int], loss: float) -> None:
         self.steps += 1
         self.samples += len(indices)
         self.bar.update(_budget_done(self.budget, trainer.progress, self.ctx.budgets.n),
                         f"loss {loss:.4g}")  # fmt: skip
-        now = time.monotonic()
-        if now >= self.next_beat:
-            self.next_beat = now + self.beat_every
-            if not self.ctx.lineage.heartbeat(self.token, steps=self.steps, samples=self.samples):
-                raise LostTrial("another worker took this trial over")
+        self.ctx.heartbeat.count(self.token, self.steps, self.samples)
+        if self.ctx.heartbeat.lost(self.token):
+            raise LostTrial("another worker took this trial over")
         self.ctx.check_stop()
 
     def on_eval(self, trainer: Trainer, index: int, metrics: dict[str, float]) -> None:

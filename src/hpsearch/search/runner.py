@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from hpsearch.search.control import StopFlag
 from hpsearch.search.session import Session
@@ -17,8 +18,11 @@ def run_study(
     storage: str | None = None,
     classic: bool = False,
     label: str = "",
+    after: Callable[[], None] | None = None,
 ) -> Summary:
-    """Create or continue the study until it has `trials` finished trials."""
+    """Create or continue the study until it has `trials` finished trials. `after` runs once this
+    worker is done and before the summary is taken (the parent waits there for its workers, so
+    the summary counts their trials too)."""
     session = Session.open(path, storage=storage, classic=classic)
     try:
         target = trials if trials is not None else session.settings.trials.n
@@ -26,6 +30,8 @@ def run_study(
         stop = StopFlag()
         with stop.installed():
             Worker(session, stop=stop, label=label).run(target)
+            if after is not None:
+                after()
         return summarize(session, time.monotonic() - start)
     finally:
         session.close()

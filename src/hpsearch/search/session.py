@@ -22,7 +22,14 @@ from hpsearch.config import (
 )
 from hpsearch.config.taskload import load_task
 from hpsearch.errors import StudyFileError, TaskError, UsageError
-from hpsearch.lineage import Lineage, configure_sqlite, engine_kwargs, open_lineage
+from hpsearch.lineage import (
+    Lineage,
+    configure_sqlite,
+    create_schema,
+    database_url,
+    engine_kwargs,
+    open_lineage,
+)
 from hpsearch.search.records import StudyKey, set_study_attr, study_attr
 from hpsearch.task import Task
 from hpsearch.training.forkcheck import check_forkable
@@ -103,7 +110,8 @@ class Session:
 
 def _storage(settings: StudySettings, url: str, *, create: bool) -> optuna.storages.RDBStorage:
     """Optuna's storage on the study database (sqlite configured for WAL); a sqlite file that
-    does not exist is an error unless the study is being created."""
+    does not exist is an error unless the study is being created. Its tables are created
+    race-free: several processes may open a brand-new study database at once."""
     if url.startswith("sqlite:///"):
         db = url[len("sqlite:///") :]
         if not create and not os.path.exists(db):
@@ -112,8 +120,12 @@ def _storage(settings: StudySettings, url: str, *, create: bool) -> optuna.stora
                 f"{settings.path}` first"
             )
         os.makedirs(os.path.dirname(os.path.abspath(db)), exist_ok=True)
+    driver_url = database_url(url)  # a UsageError naming the extra when no driver is installed
     try:
-        rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+        rdb = create_schema(
+            driver_url,
+            lambda: optuna.storages.RDBStorage(driver_url, engine_kwargs=engine_kwargs(driver_url)),
+        )
         configure_sqlite(rdb.engine)
     except Exception as exc:  # SQLAlchemy/driver errors vary by backend
         raise UsageError(

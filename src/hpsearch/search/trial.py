@@ -58,7 +58,7 @@ class TrialRunner:
         except Exception as exc:
             return self._crashed(otrial, job, hooks, start, exc)
         finally:
-            bar.close()
+            hooks.close()
         return self._finish(otrial, job, hooks, start, state, value, note)
 
     # -- where it starts --------------------------------------------------------------------

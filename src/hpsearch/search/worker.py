@@ -23,6 +23,7 @@ from hpsearch.search.budgets import Budgets
 from hpsearch.search.collect import collect_garbage, collect_garbage_quietly, recover
 from hpsearch.search.context import RunContext
 from hpsearch.search.control import StopFlag
+from hpsearch.search.heartbeat import Heartbeat
 from hpsearch.search.jobs import Job, Outcome
 from hpsearch.search.records import PREFIX, set_study_attr, study_attr, trial_attr
 from hpsearch.search.restore import Restorer
@@ -53,7 +54,8 @@ class Worker:
         checkpointer = Checkpointer(
             s.store, s.lineage, async_save=s.settings.checkpoints.async_save
         )
-        ctx = RunContext(s, checkpointer, self.stop, budgets, self.label)
+        heartbeat = Heartbeat(s.lineage, s.settings.trials.heartbeat_s)
+        ctx = RunContext(s, checkpointer, self.stop, budgets, heartbeat, self.label)
         restorer = Restorer(ctx)
         scheduler = make_scheduler(ctx, restorer)
         _preflight(ctx)
@@ -61,6 +63,7 @@ class Worker:
         set_study_attr(s.study, "samples_per_epoch", budgets.n)
         recover(s)
         self.presence = s.lineage.start_attempt(WORKERS)
+        heartbeat.watch(self.presence)
         trials = TrialRunner(ctx, restorer, scheduler)
         started = False
         try:
@@ -77,6 +80,7 @@ class Worker:
             finally:
                 if started:  # after a failed start the study's facts may be what failed
                     collect_garbage_quietly(s)
+                heartbeat.close()
                 s.lineage.finish_attempt(self.presence)
         return self.outcomes
 

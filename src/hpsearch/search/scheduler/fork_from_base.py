@@ -131,7 +131,7 @@ class ForkFromBase:
             lin.finish_attempt(token, "dead")
             raise
         finally:
-            bar.close()
+            hooks.close()
         base = hooks.last
         if not lin.owns(token):
             raise LostTrial("another worker took over the warm-up")

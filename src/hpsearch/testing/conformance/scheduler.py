@@ -27,6 +27,7 @@ from hpsearch.search.budgets import Budgets
 from hpsearch.search.collect import collect_garbage
 from hpsearch.search.context import RunContext
 from hpsearch.search.control import StopFlag
+from hpsearch.search.heartbeat import Heartbeat
 from hpsearch.search.restore import Restorer
 from hpsearch.search.saving import Checkpointer
 from hpsearch.search.scheduler.base import Scheduler
@@ -87,6 +88,12 @@ def tiny_study(tmp_path: Path, name: str = "conformance") -> str:
     return path
 
 
+def _close(ctx: RunContext) -> None:
+    ctx.checkpointer.close()
+    ctx.heartbeat.close()
+    ctx.session.close()
+
+
 class SchedulerTestCase:
     classic: bool = False  # which twin study the scheduler runs (`--no-fork` for classic)
 
@@ -105,14 +112,14 @@ class SchedulerTestCase:
         try:
             yield parts
         finally:
-            parts[0].checkpointer.close()
-            parts[0].session.close()
+            _close(parts[0])
 
     def _open(self, path: str) -> tuple[RunContext, Scheduler, TrialRunner]:
         session = Session.open(path, classic=self.classic)
         budgets = Budgets.of(session, session.samples_per_epoch())
         ckpt = Checkpointer(session.store, session.lineage, async_save=False)
-        ctx = RunContext(session, ckpt, StopFlag(), budgets)
+        heartbeat = Heartbeat(session.lineage, session.settings.trials.heartbeat_s)
+        ctx = RunContext(session, ckpt, StopFlag(), budgets, heartbeat)
         restorer = Restorer(ctx)
         scheduler = self.make_scheduler(ctx, restorer)
         return ctx, scheduler, TrialRunner(ctx, restorer, scheduler)
@@ -160,8 +167,7 @@ class SchedulerTestCase:
             assert {r.id for r in ctx2.lineage.checkpoints()} == before
             assert scheduler2.default_parent() == parent
         finally:
-            ctx2.checkpointer.close()
-            ctx2.session.close()
+            _close(ctx2)
 
     def test_a_restarted_worker_asks_the_same_trials(
         self, tmp_path_factory: pytest.TempPathFactory
@@ -179,14 +185,12 @@ class SchedulerTestCase:
                 assert first is not None
                 runner.run(first)
                 if restart:
-                    ctx.checkpointer.close()
-                    ctx.session.close()
+                    _close(ctx)
                     ctx, scheduler, runner = self._open(path)
                     scheduler.prepare()
                 second = scheduler.new_job(3)
                 assert second is not None and second.number == first.number + 1
                 seen.append((first.hparams, second.hparams, second.parent is None))
             finally:
-                ctx.checkpointer.close()
-                ctx.session.close()
+                _close(ctx)
         assert seen[0] == seen[1]

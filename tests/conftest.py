@@ -9,3 +9,5 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 if EXAMPLES not in sys.path:
     sys.path.insert(0, EXAMPLES)
+
+from pgserver import postgres_db, postgres_server, postgres_url  # noqa: E402, F401  (fixtures)

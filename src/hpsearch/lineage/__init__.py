@@ -1,7 +1,8 @@
 """The checkpoint tree and the coordination of workers, beside the Optuna study.
 
 `Lineage` is the Protocol that callers type against (`protocol.py`); `open_lineage` opens one on
-a study database (`sql.py`: sqlite, PostgreSQL); `MemoryLineage` keeps one in memory for tests.
+a study database (`sql.py`: sqlite, PostgreSQL; `schema.py`: the tables, the URL and its
+driver, race-free creation); `MemoryLineage` keeps one in memory for tests.
 The rows and their states are in `model.py`.
 """
 
@@ -19,7 +20,14 @@ from hpsearch.lineage.model import (
     attempt_is_stale,
 )
 from hpsearch.lineage.protocol import CheckpointTree, Coordination, Lineage
-from hpsearch.lineage.sql import SqlLineage, configure_sqlite, engine_kwargs, open_lineage
+from hpsearch.lineage.schema import (
+    configure_sqlite,
+    create_schema,
+    database_url,
+    engine_kwargs,
+    schema_lock,
+)
+from hpsearch.lineage.sql import SqlLineage, open_lineage
 
 __all__ = [
     "LIVE",
@@ -39,6 +47,9 @@ __all__ = [
     "SqlLineage",
     "attempt_is_stale",
     "configure_sqlite",
+    "create_schema",
+    "database_url",
     "engine_kwargs",
     "open_lineage",
+    "schema_lock",
 ]

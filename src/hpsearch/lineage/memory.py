@@ -20,6 +20,7 @@ from hpsearch.lineage.model import (
     CheckpointRow,
     CheckpointStatus,
     DuplicateCheckpoint,
+    attempt_is_stale,
     invalid_id_reason,
     keep_valid,
 )
@@ -37,6 +38,8 @@ class MemoryDatabase:
         self.checkpoints: dict[str, CheckpointRow] = {}
         self.attempts: dict[str, AttemptRow] = {}
         self.claims: set[tuple[str, str]] = set()
+        self.pins: dict[tuple[str, str, str], float] = {}  # (study, ckpt, token) -> expires
+        self.leases: dict[tuple[str, str], tuple[str, float]] = {}  # -> (token, expires)
 
 
 class MemoryLineage:
@@ -217,6 +220,56 @@ class MemoryLineage:
                 return False
             db.claims.add((self.study, key))
             return True
+
+    # -- pins, leases, stale attempts --------------------------------------------------------
+
+    def pin(self, ckpt_id: str, token: str, *, ttl_s: float, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        db = self.database
+        with db.lock:
+            for key, expires in list(db.pins.items()):
+                if key[0] == self.study and expires <= now:
+                    del db.pins[key]
+            db.pins[(self.study, ckpt_id, token)] = now + ttl_s
+
+    def unpin(self, ckpt_id: str, token: str) -> None:
+        with self.database.lock:
+            self.database.pins.pop((self.study, ckpt_id, token), None)
+
+    def pinned(self, *, now: float | None = None) -> set[str]:
+        now = time.time() if now is None else now
+        with self.database.lock:
+            items = list(self.database.pins.items())
+        return {ckpt for (study, ckpt, _), exp in items if study == self.study and exp > now}
+
+    def take_lease(self, key: str, token: str, *, ttl_s: float, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        db = self.database
+        with db.lock:
+            held = db.leases.get((self.study, key))
+            if held is not None and held[0] != token and held[1] > now:
+                return False
+            db.leases[(self.study, key)] = (token, now + ttl_s)
+            return True
+
+    def release_lease(self, key: str, token: str) -> None:
+        db = self.database
+        with db.lock:
+            held = db.leases.get((self.study, key))
+            if held is not None and held[0] == token:
+                del db.leases[(self.study, key)]
+
+    def close_stale_attempts(self, *, grace_s: float, now: float | None = None) -> int:
+        db = self.database
+        closed = 0
+        with db.lock:
+            for token, row in list(db.attempts.items()):
+                if row.study != self.study or row.status != "running":
+                    continue
+                if attempt_is_stale(row, grace_s=grace_s, now=now):
+                    db.attempts[token] = dataclasses.replace(row, status="dead")
+                    closed += 1
+        return closed
 
 
 if TYPE_CHECKING:

@@ -125,6 +125,36 @@ class Coordination(Protocol):
         """Take a study-wide one-time claim (e.g. "retry:7"); True for the first taker only."""
         ...
 
+    def pin(self, ckpt_id: str, token: str, *, ttl_s: float, now: float | None = None) -> None:
+        """Hold checkpoint `ckpt_id` for the attempt `token` (a worker about to fork from it)
+        until `now + ttl_s`, so that no garbage collection deletes it; pinning it again renews
+        the pin. Several attempts may pin one checkpoint. `now` defaults to the clock."""
+        ...
+
+    def unpin(self, ckpt_id: str, token: str) -> None:
+        """Drop the pin of `token` on `ckpt_id` (nothing when there is none); others stay."""
+        ...
+
+    def pinned(self, *, now: float | None = None) -> set[str]:
+        """The ids of this study's checkpoints held by a pin that has not expired at `now`."""
+        ...
+
+    def take_lease(self, key: str, token: str, *, ttl_s: float, now: float | None = None) -> bool:
+        """Take (or renew) the study-wide lease `key` (e.g. "gc") for `token` until
+        `now + ttl_s`: True when it was free, expired at `now`, or already held by `token`;
+        False while another token holds it. Of any number of takers at once, one wins."""
+        ...
+
+    def release_lease(self, key: str, token: str) -> None:
+        """Free lease `key` if `token` holds it (else nothing: another holder keeps it)."""
+        ...
+
+    def close_stale_attempts(self, *, grace_s: float, now: float | None = None) -> int:
+        """Mark `dead` every `running` attempt of this study (of any trial, `WORKERS` presence
+        rows included) that `attempt_is_stale` at `now`; how many it marked. An attempt that
+        beats in the meantime is left running."""
+        ...
+
 
 class Lineage(CheckpointTree, Coordination, Protocol):
     """The checkpoint tree and the coordination of one study. Open one with `open_lineage`."""

@@ -24,101 +24,30 @@ from hpsearch.lineage.model import (
     CheckpointRow,
     CheckpointStatus,
     DuplicateCheckpoint,
+    attempt_is_stale,
     invalid_id_reason,
     keep_valid,
+)
+from hpsearch.lineage.schema import (
+    attempts,
+    checkpoints,
+    claims,
+    create_engine,
+    create_lineage_schema,
+    database_url,
+    leases,
+    pins,
 )
 
 if TYPE_CHECKING:
     from hpsearch.lineage.protocol import Lineage
-
-_meta = sa.MetaData()
-
-checkpoints = sa.Table(
-    "hpsearch_checkpoints",
-    _meta,
-    sa.Column("id", sa.String(80), primary_key=True),
-    sa.Column("study", sa.String(255), nullable=False, index=True),
-    sa.Column("trial", sa.Integer, nullable=False),  # WARMUP for the warm-up
-    sa.Column("attempt", sa.String(40), nullable=True),
-    sa.Column("kind", sa.String(16), nullable=False),  # CheckpointKind
-    sa.Column("parent", sa.String(80), nullable=True),
-    sa.Column("step", sa.BigInteger, nullable=False),
-    sa.Column("samples", sa.BigInteger, nullable=False),
-    sa.Column("epoch", sa.Float, nullable=False),
-    sa.Column("nbytes", sa.BigInteger, nullable=False, default=0),
-    sa.Column("status", sa.String(16), nullable=False),  # CheckpointStatus
-    sa.Column("created", sa.Float, nullable=False),
-    sa.Column("updated", sa.Float, nullable=False),
-)
-
-attempts = sa.Table(
-    "hpsearch_attempts",
-    _meta,
-    sa.Column("token", sa.String(40), primary_key=True),
-    sa.Column("study", sa.String(255), nullable=False, index=True),
-    sa.Column("trial", sa.Integer, nullable=False),
-    sa.Column("host", sa.String(255), nullable=False),
-    sa.Column("pid", sa.Integer, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # AttemptStatus
-    sa.Column("started", sa.Float, nullable=False),
-    sa.Column("heartbeat", sa.Float, nullable=False),
-    sa.Column("start_step", sa.BigInteger, nullable=False, default=0),
-    sa.Column("steps", sa.BigInteger, nullable=False, default=0),
-    sa.Column("samples", sa.BigInteger, nullable=False, default=0),
-    sa.Column("resumed_from", sa.String(80), nullable=True),
-)
-
-claims = sa.Table(
-    "hpsearch_claims",
-    _meta,
-    sa.Column("study", sa.String(255), primary_key=True),
-    sa.Column("key", sa.String(255), primary_key=True),
-    sa.Column("token", sa.String(40), nullable=False),
-    sa.Column("created", sa.Float, nullable=False),
-)
-
-
-def engine_kwargs(url: str) -> dict[str, Any]:
-    """`create_engine` arguments for a study database (also Optuna's `engine_kwargs`)."""
-    if url.startswith("sqlite"):
-        # the Optuna study writes to the same file from the same process: wait, don't fail
-        return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True}
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=60000")
-    cur.close()
-
-
-def configure_sqlite(engine: sa.Engine) -> None:
-    """Write-ahead logging with `synchronous=NORMAL` on every connection of a sqlite engine (any
-    other engine is left as it is; calling twice changes nothing). A commit no longer waits for
-    an fsync (about 5 ms -> well under 1 ms each), yet a killed process loses nothing that was
-    committed; only a power cut can lose the last commits, never corrupt the file. hpsearch
-    reports every evaluation, so this is most of a trial's bookkeeping time."""
-    if engine.dialect.name != "sqlite" or sa.event.contains(engine, "connect", _sqlite_pragmas):
-        return
-    sa.event.listen(engine, "connect", _sqlite_pragmas)
-    engine.dispose()  # connections made before the listener get the pragmas too
-
-
-def create_engine(url: str) -> sa.Engine:
-    """An engine for a study database, configured as `SqlLineage` needs it."""
-    engine = sa.create_engine(url, **engine_kwargs(url))
-    configure_sqlite(engine)
-    return engine
 
 
 def _lock_trial(conn: sa.Connection, study: str, trial: int) -> None:
     """Serialise the check-then-insert of a takeover of `trial` with every other one, up to the
     end of the transaction of `conn`, without a schema change. sqlite: take the database's write
     lock before the check (readers go on). PostgreSQL: a transaction-scoped advisory lock on
-    (study, trial), which a plain SELECT cannot give where no row exists yet (not yet run
-    against a server: issue 15 adds the PostgreSQL conformance run)."""
+    (study, trial), which a plain SELECT cannot give where no row exists yet."""
     name = conn.dialect.name
     if name == "sqlite":
         # pysqlite opens its transaction lazily at the first write; open it now, as a writer
@@ -137,12 +66,12 @@ class SqlLineage:
     on it (which then stays the caller's: `close` leaves it open)."""
 
     def __init__(self, url: str, study: str, *, engine: sa.Engine | None = None) -> None:
-        self.url = url
+        self.url = database_url(url)
         self._study = study
         self._owns_engine = engine is None
-        self.engine = create_engine(url) if engine is None else engine
+        self.engine = create_engine(self.url) if engine is None else engine
         self._warned: set[str] = set()
-        _meta.create_all(self.engine, checkfirst=True)
+        create_lineage_schema(self.engine)
 
     @property
     def study(self) -> str:
@@ -336,10 +265,101 @@ class SqlLineage:
             return False
         return True
 
+    # -- pins, leases, stale attempts --------------------------------------------------------
+
+    def pin(self, ckpt_id: str, token: str, *, ttl_s: float, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.engine.begin() as c:
+            # expired pins of the study go as new ones come, so the table stays small
+            c.execute(pins.delete().where(pins.c.study == self.study, pins.c.expires <= now))
+            _upsert(c, pins, {"study": self.study, "ckpt": ckpt_id, "token": token,
+                              "expires": now + ttl_s}, keys=("study", "ckpt", "token"))  # fmt: skip
+
+    def unpin(self, ckpt_id: str, token: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                pins.delete().where(
+                    pins.c.study == self.study, pins.c.ckpt == ckpt_id, pins.c.token == token
+                )
+            )
+
+    def pinned(self, *, now: float | None = None) -> set[str]:
+        now = time.time() if now is None else now
+        q = sa.select(pins.c.ckpt).where(pins.c.study == self.study, pins.c.expires > now)
+        with self.engine.connect() as c:
+            return {r[0] for r in c.execute(q)}
+
+    def take_lease(self, key: str, token: str, *, ttl_s: float, now: float | None = None) -> bool:
+        now = time.time() if now is None else now
+        # one statement: insert, or take over a row that expired or is ours; of two takers at
+        # once the database lets one in and the other finds the row held (0 rows changed)
+        with self.engine.begin() as c:
+            row = {"study": self.study, "key": key, "token": token, "expires": now + ttl_s}
+            free = sa.or_(leases.c.expires <= now, leases.c.token == token)
+            taken = _upsert(c, leases, row, keys=("study", "key"), where=free)
+        return taken
+
+    def release_lease(self, key: str, token: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                leases.delete().where(
+                    leases.c.study == self.study, leases.c.key == key, leases.c.token == token
+                )
+            )
+
+    def close_stale_attempts(self, *, grace_s: float, now: float | None = None) -> int:
+        running = attempts.select().where(
+            attempts.c.study == self.study, attempts.c.status == "running"
+        )
+        with self.engine.connect() as c:
+            rows = [AttemptRow(**r._mapping) for r in c.execute(running)]
+        closed = 0
+        for row in rows:
+            if not attempt_is_stale(row, grace_s=grace_s, now=now):
+                continue
+            with self.engine.begin() as c:
+                # only as we saw it: an attempt that beat since then proved it lives
+                done = c.execute(
+                    attempts.update()
+                    .where(
+                        attempts.c.token == row.token,
+                        attempts.c.status == "running",
+                        attempts.c.heartbeat == row.heartbeat,
+                    )
+                    .values(status="dead")
+                )
+            closed += done.rowcount
+        return closed
+
+
+def _upsert(
+    c: sa.Connection,
+    table: sa.Table,
+    values: dict[str, Any],
+    *,
+    keys: tuple[str, ...],
+    where: sa.ColumnElement[bool] | None = None,
+) -> bool:
+    """Insert `values`, or on a conflict of `keys` update the other columns of the row there
+    (only where `where` holds of it): one atomic statement on sqlite (3.35+) and PostgreSQL.
+    Whether it inserted or updated the row (by RETURNING: psycopg gives no rowcount here)."""
+    insert: Any
+    if c.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif c.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise NotImplementedError(f"hpsearch supports sqlite and PostgreSQL, not {c.dialect.name}")
+    stmt = insert(table).values(**values)
+    update = {k: stmt.excluded[k] for k in values if k not in keys}
+    stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_=update, where=where)
+    return c.execute(stmt.returning(table.c[keys[0]])).first() is not None
+
 
 def open_lineage(url: str, study: str, *, engine: sa.Engine | None = None) -> Lineage:
-    """The lineage of `study` in the database at `url`; pass the engine already open on it
-    (Optuna's `RDBStorage(url).engine`, after `configure_sqlite`) to share its pool."""
+    """The lineage of `study` in the database at `url` (as a user types it: see
+    `database_url`); pass the engine already open on it (Optuna's `RDBStorage(url).engine`,
+    after `configure_sqlite`) to share its pool."""
     return SqlLineage(url, study, engine=engine)
 
 

@@ -9,6 +9,7 @@ how to open a fresh database:
 
 Each call of the returned function must open a new lineage of the named study on that one
 database, as another worker would (its own engine or connections): the races run between them.
+A subclass may raise `RACES` (forced races per race test) where its races are cheap.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pytest
 
 from hpsearch.lineage.model import (
     WARMUP,
+    WORKERS,
     CheckpointKind,
     DuplicateCheckpoint,
     attempt_is_stale,
@@ -33,8 +35,6 @@ from hpsearch.lineage.model import (
 from hpsearch.lineage.protocol import Lineage
 
 OpenStudy = Callable[[str], Lineage]
-
-RACES = 20  # forced races per test: the old two-transaction take_over lost most of them
 
 
 def _pending(lin: Lineage, ckpt_id: str, trial: int = 0, step: int = 1,
@@ -68,6 +68,8 @@ def _race(*calls: Callable[[], Any]) -> list[Any]:
 
 class LineageTestCase:
     """The conformance suite of `hpsearch.lineage.Lineage` backends."""
+
+    RACES = 20  # forced races per race test: the old two-transaction take_over lost most
 
     def open_database(self, tmp_path: Path) -> OpenStudy:
         """A fresh, empty database; returns a function that opens a lineage of a study on it."""
@@ -253,7 +255,7 @@ class LineageTestCase:
         """Two workers released at the same moment, both seeing the warm-up (or a trial) free:
         exactly one gets a token, and only its attempt runs."""
         one, two = open_study("study"), open_study("study")
-        for trial in [WARMUP, *range(RACES - 1)]:
+        for trial in [WARMUP, *range(self.RACES - 1)]:
             got = _race(
                 partial(one.take_over, trial, None, resumed_from=None),
                 partial(two.take_over, trial, None, resumed_from=None),
@@ -265,7 +267,7 @@ class LineageTestCase:
 
     def test_take_over_of_a_stale_attempt_has_one_winner(self, open_study: OpenStudy) -> None:
         one, two = open_study("study"), open_study("study")
-        for trial in range(RACES):
+        for trial in range(self.RACES):
             stale = one.start_attempt(trial)
             got = _race(
                 partial(one.take_over, trial, stale, resumed_from="ck-1"),
@@ -325,6 +327,11 @@ class LineageTestCase:
         assert [x.token for x in a.attempts()] == [token_a]
         assert (c := a.current_attempt(1)) is not None and c.token == token_a
         assert a.claim("retry:1") and b.claim("retry:1")
+        a.pin("ck-a", "tok", ttl_s=60)
+        assert a.pinned() == {"ck-a"} and b.pinned() == set()
+        assert a.take_lease("gc", "tok-a", ttl_s=60) and b.take_lease("gc", "tok-b", ttl_s=60)
+        assert b.close_stale_attempts(grace_s=0, now=10**12) == 1  # b's attempt only
+        assert a.owns(token_a) and not b.owns(token_b)
 
     def test_another_lineage_of_the_study_sees_the_same_rows(self, open_study: OpenStudy) -> None:
         one, two = open_study("study"), open_study("study")
@@ -336,3 +343,79 @@ class LineageTestCase:
         assert c.token == token
         one.finish_attempt(token, "dead")
         assert not two.heartbeat(token)
+
+    # -- pins, leases, stale attempts --------------------------------------------------------
+
+    def test_a_pin_holds_until_unpinned_or_expired(self, open_study: OpenStudy) -> None:
+        one, two = open_study("study"), open_study("study")
+        assert one.pinned() == set()
+        one.pin("ck-1", "tok-a", ttl_s=10, now=100)
+        two.pin("ck-1", "tok-b", ttl_s=1, now=100)  # two attempts fork from one parent
+        one.pin("ck-2", "tok-a", ttl_s=10, now=100)
+        assert two.pinned(now=100.5) == {"ck-1", "ck-2"}
+        one.unpin("ck-1", "tok-a")
+        assert one.pinned(now=100.5) == {"ck-1", "ck-2"}  # tok-b still holds ck-1
+        assert one.pinned(now=101) == {"ck-2"}  # expired at 100 + 1 (exclusive)
+        one.unpin("ck-1", "tok-a")  # idempotent
+        one.unpin("ck-9", "tok-z")  # nothing there
+        one.pin("ck-2", "tok-a", ttl_s=10, now=108)  # renewed: now held to 118
+        assert two.pinned(now=115) == {"ck-2"}
+        assert two.pinned(now=118) == set()
+        one.pin("ck-3", "tok-c", ttl_s=60)  # by the clock
+        assert one.pinned() == {"ck-3"}
+        two.unpin("ck-3", "tok-c")
+        assert one.pinned() == set()
+
+    def test_a_lease_has_one_holder_until_it_expires(self, open_study: OpenStudy) -> None:
+        one, two = open_study("study"), open_study("study")
+        assert one.take_lease("gc", "a", ttl_s=10, now=100)
+        assert not two.take_lease("gc", "b", ttl_s=10, now=105)
+        assert one.take_lease("gc", "a", ttl_s=10, now=108)  # renewed: held to 118
+        assert not two.take_lease("gc", "b", ttl_s=10, now=115)
+        assert two.take_lease("other", "b", ttl_s=10, now=115)  # another key is another lease
+        assert two.take_lease("gc", "b", ttl_s=10, now=118)  # a's expired: b takes it
+        assert not one.take_lease("gc", "a", ttl_s=10, now=119)
+        one.release_lease("gc", "a")  # not the holder: b keeps it
+        assert not one.take_lease("gc", "a", ttl_s=10, now=120)
+        two.release_lease("gc", "b")
+        two.release_lease("gc", "b")  # idempotent
+        assert one.take_lease("gc", "a", ttl_s=10, now=120)
+        assert one.take_lease("clock", "a", ttl_s=60)  # by the clock
+        assert not two.take_lease("clock", "b", ttl_s=60)
+
+    def test_a_lease_taken_at_once_has_one_winner(self, open_study: OpenStudy) -> None:
+        """Two takers released at the same moment, of a free lease (even rounds) or of one that
+        expired (odd rounds): exactly one gets it."""
+        one, two = open_study("study"), open_study("study")
+        for i in range(self.RACES):
+            key = f"gc:{i}"
+            if i % 2:
+                assert one.take_lease(key, "old", ttl_s=1, now=0)
+            got = _race(
+                partial(one.take_lease, key, "one", ttl_s=60, now=10),
+                partial(two.take_lease, key, "two", ttl_s=60, now=10),
+            )
+            assert sorted(got) == [False, True], f"round {i}: {got}"
+            winner = "one" if got[0] else "two"
+            assert one.take_lease(key, winner, ttl_s=60, now=20)  # the winner holds it
+            assert not two.take_lease(key, "old", ttl_s=60, now=20)
+
+    def test_stale_attempts_are_closed(self, open_study: OpenStudy) -> None:
+        lin, other = open_study("study"), open_study("other")
+        worker = lin.start_attempt(WORKERS)  # a presence row, as a killed worker leaves it
+        trial = lin.start_attempt(1)
+        done = lin.start_attempt(2)
+        lin.finish_attempt(done)
+        elsewhere = other.start_attempt(1)
+        beats = [a.heartbeat for a in lin.attempts()]
+        assert lin.close_stale_attempts(grace_s=60, now=min(beats) + 59) == 0  # all alive
+        assert lin.owns(worker) and lin.owns(trial)
+        assert lin.close_stale_attempts(grace_s=60, now=max(beats) + 61) == 2
+        status = {a.token: a.status for a in lin.attempts()}
+        assert status == {worker: "dead", trial: "dead", done: "done"}
+        assert not lin.heartbeat(trial)  # its worker, if it lives, must stop
+        assert lin.current_attempt(1) is None
+        assert other.owns(elsewhere)  # another study's attempts are its own
+        assert lin.close_stale_attempts(grace_s=60, now=max(beats) + 61) == 0
+        assert lin.take_over(1, None, resumed_from=None) is not None  # the trial is free
+        assert lin.close_stale_attempts(grace_s=60) == 0  # by the clock: alive

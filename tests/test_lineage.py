@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 
 import optuna
 from optuna.trial import TrialState
@@ -13,6 +15,7 @@ from optuna.trial import TrialState
 from hpsearch.cli import main
 from hpsearch.lineage import (
     WARMUP,
+    WORKERS,
     SqlLineage,
     configure_sqlite,
     engine_kwargs,
@@ -27,7 +30,10 @@ SCHEMA = {  # the on-disk format: columns in order, as older databases have them
     "hpsearch_attempts": ["token", "study", "trial", "host", "pid", "status", "started",
                           "heartbeat", "start_step", "steps", "samples", "resumed_from"],
     "hpsearch_claims": ["study", "key", "token", "created"],
+    "hpsearch_pins": ["study", "ckpt", "token", "expires"],
+    "hpsearch_leases": ["study", "key", "token", "expires"],
 }  # fmt: skip
+OLD_TABLES = ("hpsearch_checkpoints", "hpsearch_attempts", "hpsearch_claims")  # before issue 15
 
 
 def test_the_tables_keep_their_on_disk_layout(tmp_path):
@@ -38,8 +44,54 @@ def test_the_tables_keep_their_on_disk_layout(tmp_path):
         assert [r[1] for r in con.execute(f"pragma table_info({table})")] == columns
     pks = {t: [r[1] for r in con.execute(f"pragma table_info({t})") if r[5]] for t in SCHEMA}
     assert pks == {"hpsearch_checkpoints": ["id"], "hpsearch_attempts": ["token"],
-                   "hpsearch_claims": ["study", "key"]}  # fmt: skip
+                   "hpsearch_claims": ["study", "key"], "hpsearch_pins": ["study", "ckpt", "token"],
+                   "hpsearch_leases": ["study", "key"]}  # fmt: skip
     con.close()
+
+
+def test_an_older_database_gets_the_new_tables_and_keeps_its_rows(tmp_path):
+    """A database made before pins and leases existed: opening it adds their tables, and the
+    older tables and rows stay as they were."""
+    db = tmp_path / "old.db"
+    lin = open_lineage(f"sqlite:///{db}", "s")
+    lin.add_pending("ck-1", trial=0, kind="trial", parent=None, step=1, samples=8, epoch=0.1)
+    token = lin.start_attempt(0)
+    lin.close()
+    con = sqlite3.connect(db)
+    con.execute("drop table hpsearch_pins")
+    con.execute("drop table hpsearch_leases")
+    old_sql = dict(con.execute("select name, sql from sqlite_master where type='table'"))
+    con.close()
+    lin = open_lineage(f"sqlite:///{db}", "s")
+    assert [r.id for r in lin.checkpoints()] == ["ck-1"] and lin.owns(token)
+    lin.pin("ck-1", token, ttl_s=60)
+    assert lin.pinned() == {"ck-1"} and lin.take_lease("gc", token, ttl_s=60)
+    lin.close()
+    con = sqlite3.connect(db)
+    new_sql = dict(con.execute("select name, sql from sqlite_master where type='table'"))
+    con.close()
+    assert {t: new_sql[t] for t in OLD_TABLES} == {t: old_sql[t] for t in OLD_TABLES}
+    assert {"hpsearch_pins", "hpsearch_leases"} <= set(new_sql)
+
+
+def test_a_killed_workers_presence_row_is_closed_at_once(tmp_path):
+    """Presence rows of killed workers stayed `running` forever (43 after 96 kills): a worker
+    whose process is gone from this host is stale at once, whatever the grace period; a live
+    one (this process) is not."""
+    url = f"sqlite:///{tmp_path}/t.db"
+    code = ("import sys; from hpsearch.lineage import WORKERS, open_lineage; "
+            "print(open_lineage(sys.argv[1], 's').start_attempt(WORKERS))")  # fmt: skip
+    gone = [subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True,
+                           check=True).stdout.strip() for _ in range(2)]  # fmt: skip
+    lin = open_lineage(url, "s")
+    alive = lin.start_attempt(WORKERS)
+    assert {a.token for a in lin.attempts(WORKERS) if a.status == "running"} == {*gone, alive}
+    assert lin.close_stale_attempts(grace_s=3600) == 2
+    assert {a.token: a.status for a in lin.attempts(WORKERS)} == {
+        gone[0]: "dead", gone[1]: "dead", alive: "running"
+    }  # fmt: skip
+    assert lin.close_stale_attempts(grace_s=3600) == 0
+    lin.close()
 
 
 def test_the_lineage_shares_optunas_engine(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,7 +96,13 @@ _NO_DRIVER = (
 
 
 def _importable(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    """Without importing it (psycopg2 costs a fraction of a second, and may be broken)."""
+    if module in sys.modules:
+        return sys.modules[module] is not None  # None: known not to be importable
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def database_url(url: str) -> str:

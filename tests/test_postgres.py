@@ -128,7 +128,7 @@ def _open_at_once(settings: Any, url: str) -> list[BaseException]:
 
 def test_a_new_study_opened_at_once_on_sqlite(tmp_path):
     settings = load_study_file(write_study(tmp_path))
-    for i in range(3):
+    for i in range(2):
         url = f"sqlite:///{tmp_path}/fresh{i}.db"
         assert _open_at_once(settings, url) == []
         engine = sa.create_engine(url)
@@ -142,7 +142,7 @@ def test_a_new_study_opened_at_once_on_postgres(tmp_path, postgres_server):
     """Without the schema lock, one of them exited 2 with "table studies already exists ...
     check the URL" (Optuna's create_all), or failed on ours."""
     settings = load_study_file(write_study(tmp_path))
-    for _ in range(3):
+    for _ in range(2):
         url = postgres_server.create_database()
         assert _open_at_once(settings, url) == []
         assert len(optuna.get_all_study_names(database_url(url))) == 1

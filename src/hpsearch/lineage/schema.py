@@ -114,7 +114,7 @@ def database_url(url: str) -> str:
     if not sep:
         return url
     dialect, _, driver = scheme.partition("+")
-    if dialect not in ("postgresql", "postgres"):
+    if dialect.lower() not in ("postgresql", "postgres"):
         return url
     if driver:
         if driver in _DRIVERS and not _importable(_DRIVERS[driver]):

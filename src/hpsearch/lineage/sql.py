@@ -9,6 +9,7 @@ on-disk format and does not change without a migration.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -269,11 +270,15 @@ class SqlLineage:
 
     def pin(self, ckpt_id: str, token: str, *, ttl_s: float, now: float | None = None) -> None:
         now = time.time() if now is None else now
+        row = {"study": self.study, "ckpt": ckpt_id, "token": token, "expires": now + ttl_s}
         with self.engine.begin() as c:
-            # expired pins of the study go as new ones come, so the table stays small
-            c.execute(pins.delete().where(pins.c.study == self.study, pins.c.expires <= now))
-            _upsert(c, pins, {"study": self.study, "ckpt": ckpt_id, "token": token,
-                              "expires": now + ttl_s}, keys=("study", "ckpt", "token"))  # fmt: skip
+            _upsert(c, pins, row, keys=("study", "ckpt", "token"))
+        # expired pins of the study (of killed workers too) go as new ones come, so the table
+        # stays small; in a transaction of its own, which holds no other lock, and skipped when
+        # it loses to a concurrent one (a deadlock, a busy database): the next pin does it
+        expired = pins.delete().where(pins.c.study == self.study, pins.c.expires <= now)
+        with contextlib.suppress(sa.exc.OperationalError), self.engine.begin() as c:
+            c.execute(expired)
 
     def unpin(self, ckpt_id: str, token: str) -> None:
         with self.engine.begin() as c:

@@ -283,14 +283,17 @@ def _export_best(session: Session, best: TrialView, out_dir: str) -> None:
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
+    import secrets
+
     from hpsearch.console import human_bytes
     from hpsearch.search.collect import collect_garbage, recover
 
     session = _open(args)
+    token = secrets.token_hex(8)  # holds the GC lease while this command collects
     try:
         if not args.dry_run:
-            recover(session)
-        doomed = collect_garbage(session, dry_run=args.dry_run)
+            recover(session, token)
+        doomed = collect_garbage(session, token, dry_run=args.dry_run, wait=True)
         verb = "would delete" if args.dry_run else "deleted"
         for d in doomed:
             print(f"{verb} {d.id}  ({d.kind}, {human_bytes(d.nbytes)}): {d.reason}")

@@ -122,10 +122,15 @@ def apply_gc(
     deletions: Iterable[Deletion],
     lineage: Lineage,
     delete_files: Callable[[str], None],
+    *,
+    renew: Callable[[], bool] | None = None,
 ) -> int:
-    """Delete the planned checkpoints: mark, delete files, mark done. Returns bytes freed."""
+    """Delete the planned checkpoints: mark, delete files, mark done. Returns bytes freed.
+    `renew` is called before each deletion (a GC lease): when it says the lease is lost, stop."""
     freed = 0
     for d in deletions:
+        if renew is not None and not renew():
+            break
         lineage.set_status(d.id, "deleting")
         delete_files(d.id)
         lineage.set_status(d.id, "deleted")

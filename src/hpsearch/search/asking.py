@@ -65,6 +65,7 @@ def new_job(ctx: RunContext, target: int, *, parent: str | None) -> Job | None:
     """A new Optuna trial starting from `parent` (None: from scratch), if the study needs one."""
     if not wanted(ctx, target):
         return None
+    ctx.pin([parent])
     trial = ask(ctx)
     sampled = suggest(trial, ctx.settings)  # before the attempt: a registered trial has params
     token = ctx.lineage.start_attempt(trial.number)

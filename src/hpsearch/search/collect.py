@@ -7,6 +7,8 @@ trials to the lineage's pure GC rule as `TrialFacts`.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 
 from hpsearch.lineage import attempt_is_stale
 from hpsearch.lineage.gc import Deletion, TrialFacts, apply_gc, collectable
@@ -15,12 +17,19 @@ from hpsearch.search.retries import retried_numbers, retryable
 from hpsearch.search.scheduler import pins_of
 from hpsearch.search.session import Session
 
+GC_LEASE = "gc"
+# short, and renewed before every deletion: a worker killed while collecting holds up the next
+# collection by seconds, not minutes
+GC_LEASE_S = 10.0
 
-def recover(session: Session) -> None:
-    """Settle what a crash left: rows of saves that did or did not commit, deletions that did not
-    finish, and torn files in the store."""
+
+def recover(session: Session, token: str) -> None:
+    """Settle what a crash left: attempts of dead workers, rows of saves that did or did not
+    commit, deletions that did not finish, and torn files in the store (only by the holder of the
+    GC lease, and only while no other worker may be writing)."""
     lin, store = session.lineage, session.store
     grace = session.settings.trials.grace_s
+    lin.close_stale_attempts(grace_s=grace)
     alive = {
         a.token
         for a in lin.attempts()
@@ -33,10 +42,17 @@ def recover(session: Session) -> None:
             lin.set_status(row.id, "committed", nbytes=store.info(row.id).nbytes)
         else:
             lin.set_status(row.id, "failed")
-    doomed = lin.checkpoints(statuses=("deleting",))
-    apply_gc([Deletion.of(r, "deletion interrupted earlier") for r in doomed], lin, store.delete)
-    if not alive:  # no other worker may be writing: torn temporary files can go
-        store.clean_leftovers()
+    if not lin.take_lease(GC_LEASE, token, ttl_s=grace):
+        return  # another worker is collecting: it finishes interrupted deletions too
+    try:
+        doomed = lin.checkpoints(statuses=("deleting",))
+        apply_gc(
+            [Deletion.of(r, "deletion interrupted earlier") for r in doomed], lin, store.delete
+        )
+        if not alive - {token}:  # no other worker may be writing: torn temporary files can go
+            store.clean_leftovers()
+    finally:
+        lin.release_lease(GC_LEASE, token)
 
 
 def trial_facts(session: Session) -> dict[int, TrialFacts]:
@@ -53,21 +69,49 @@ def trial_facts(session: Session) -> dict[int, TrialFacts]:
     return out
 
 
-def collect_garbage(session: Session, *, dry_run: bool = False) -> list[Deletion]:
-    """Delete every checkpoint nothing can reach (or, with `dry_run`, list them)."""
+def collect_garbage(
+    session: Session, token: str, *, dry_run: bool = False, wait: bool = False
+) -> list[Deletion]:
+    """Delete every checkpoint nothing can reach (or, with `dry_run`, list them). One worker at a
+    time collects (the GC lease); a worker that finds it taken skips this round, or with `wait`
+    waits for it (a dead holder's lease expires within GC_LEASE_S). What workers have pinned
+    (about to fork from it) is reachable."""
     lin, s = session.lineage, session.settings
-    rows = lin.checkpoints()
-    doomed = collectable(
-        rows, trial_facts(session), pins=pins_of(session, rows),
-        keep_best=s.checkpoints.keep_best, direction=s.objective.direction,
-    )  # fmt: skip
-    if not dry_run:
-        apply_gc(doomed, lin, session.store.delete)
-    return doomed
-
-
-def collect_garbage_quietly(session: Session) -> None:
+    if not dry_run and not _lease(session, token, wait=wait):
+        return []
     try:
-        collect_garbage(session)
+        rows = lin.checkpoints()
+        doomed = collectable(
+            rows, trial_facts(session), pins=pins_of(session, rows) | lin.pinned(),
+            keep_best=s.checkpoints.keep_best, direction=s.objective.direction,
+        )  # fmt: skip
+        if not dry_run:
+            apply_gc(doomed, lin, session.store.delete, renew=_renewer(session, token))
+        return doomed
+    finally:
+        if not dry_run:
+            lin.release_lease(GC_LEASE, token)
+
+
+def collect_garbage_quietly(session: Session, token: str) -> None:
+    try:
+        collect_garbage(session, token)
     except Exception as exc:  # never hide the real error behind a GC failure
         print(f"warning: garbage collection failed: {exc}", file=sys.stderr)
+
+
+def _lease(session: Session, token: str, *, wait: bool) -> bool:
+    lin = session.lineage
+    deadline = time.monotonic() + GC_LEASE_S + 5
+    while not lin.take_lease(GC_LEASE, token, ttl_s=GC_LEASE_S):
+        if not wait or time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _renewer(session: Session, token: str) -> Callable[[], bool]:
+    def renew() -> bool:
+        return session.lineage.take_lease(GC_LEASE, token, ttl_s=GC_LEASE_S)
+
+    return renew

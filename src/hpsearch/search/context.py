@@ -3,7 +3,8 @@ study's budgets and the worker's voice. Passed explicitly, so no part reaches in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from hpsearch.config import StudySettings
 from hpsearch.console import say
@@ -24,6 +25,21 @@ class RunContext:
     heartbeat: Heartbeat
     label: str = ""
     exhausted: bool = False  # the sampler stopped the study (a covered grid): ask no more
+    presence: str = ""  # this worker's own attempt (presence row): holds its pins and leases
+    pins: set[str] = field(default_factory=set)
+
+    def pin(self, ids: Iterable[str | None]) -> None:
+        """Hold checkpoints a job is about to start from, so that no worker's GC deletes them
+        before the trial records where it started (after which the tree keeps them)."""
+        for ckpt_id in ids:
+            if ckpt_id and ckpt_id not in self.pins:
+                self.lineage.pin(ckpt_id, self.presence, ttl_s=self.settings.trials.grace_s)
+                self.pins.add(ckpt_id)
+
+    def unpin_all(self) -> None:
+        for ckpt_id in self.pins:
+            self.lineage.unpin(ckpt_id, self.presence)
+        self.pins.clear()
 
     @property
     def settings(self) -> StudySettings:

@@ -37,6 +37,7 @@ class TrialRunner:
         except UnusableCheckpoint as exc:
             return self.failures.unstarted(otrial, job, start, f"{exc}")
         self._record_start(otrial, job, trainer, source, fresh)
+        self.ctx.unpin_all()  # the tree keeps what the trial started from now
         budget = self.scheduler.budget
         b = self.ctx.budgets
         bar = progress_bar(f"trial {job.number}", budget, b.n)

@@ -61,9 +61,9 @@ class Worker:
         _preflight(ctx)
         set_study_attr(s.study, "mode", scheduler.mode)
         set_study_attr(s.study, "samples_per_epoch", budgets.n)
-        recover(s)
-        self.presence = s.lineage.start_attempt(WORKERS)
+        self.presence = ctx.presence = s.lineage.start_attempt(WORKERS)
         heartbeat.watch(self.presence)
+        recover(s, self.presence)
         trials = TrialRunner(ctx, restorer, scheduler)
         started = False
         try:
@@ -73,13 +73,14 @@ class Worker:
                 job := scheduler.new_job(target)
             ):
                 self.outcomes.append(self.run_trial(trials, job))
-                collect_garbage(s)
+                ctx.unpin_all()  # also when the trial could not start
+                collect_garbage(s, self.presence)
         finally:
             try:
                 checkpointer.close()
             finally:
                 if started:  # after a failed start the study's facts may be what failed
-                    collect_garbage_quietly(s)
+                    collect_garbage_quietly(s, self.presence)
                 heartbeat.close()
                 s.lineage.finish_attempt(self.presence)
         return self.outcomes
@@ -119,6 +120,7 @@ class Worker:
         elif not attempt_is_stale(current, grace_s=grace):
             return None
         sources, root_parent = chain_sources(ctx, t, trials)
+        ctx.pin([*sources[:1], root_parent or parent])
         token = lin.take_over(
             t.number, current.token if current else None,
             resumed_from=sources[0] if sources else root_parent,
@@ -138,6 +140,9 @@ class Worker:
         """Continue a trial that failed on an error as a new trial with the same params."""
         study = ctx.session.study
         sources, root_parent = chain_sources(ctx, t, trials)
+        # the failed trial's checkpoints lose its protection once the retry exists: pin them
+        # until the retry records where it starts
+        ctx.pin([*sources[:1], root_parent or parent])
         study.enqueue_trial(
             dict(t.params), user_attrs={PREFIX + "retry_of": t.number}, skip_if_exists=False
         )

@@ -143,7 +143,7 @@ class SchedulerTestCase:
                 assert job.parent in scheduler.pins(list(rows.values()))
             out = runner.run(job)
             assert out.state in ("COMPLETE", "PRUNED")
-            collect_garbage(ctx.session)
+            collect_garbage(ctx.session, "conformance")
             if job.parent is not None:  # still pinned for the trials to come
                 assert ctx.session.store.exists(job.parent)
         assert scheduler.new_job(3) is None  # the study has its trials

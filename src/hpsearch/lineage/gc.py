@@ -125,13 +125,24 @@ def apply_gc(
     *,
     renew: Callable[[], bool] | None = None,
 ) -> int:
-    """Delete the planned checkpoints: mark, delete files, mark done. Returns bytes freed.
-    `renew` is called before each deletion (a GC lease): when it says the lease is lost, stop."""
+    """Delete the planned checkpoints: mark, delete files, mark done. Returns bytes freed. A
+    checkpoint pinned meanwhile is kept. `renew` is called before each deletion (a GC lease):
+    when it says the lease is lost, stop."""
     freed = 0
     for d in deletions:
         if renew is not None and not renew():
             break
+        row = lineage.get(d.id)
+        if row is None or row.status == "deleted":
+            continue  # another collector was first: deleting is idempotent
         lineage.set_status(d.id, "deleting")
+        # a worker pins before it checks that a checkpoint is still committed, and GC marks
+        # before it checks the pins: whichever comes second sees the other, so a checkpoint is
+        # never deleted under a worker that is about to load it. (A deletion that was already
+        # under way, with files maybe half gone, is finished whatever pins it.)
+        if row.status == "committed" and d.id in lineage.pinned():
+            lineage.set_status(d.id, "committed")
+            continue
         delete_files(d.id)
         lineage.set_status(d.id, "deleted")
         freed += d.nbytes

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from hpsearch.lineage import attempt_is_stale
+from hpsearch.lineage import CheckpointRow, attempt_is_stale
 from hpsearch.lineage.gc import Deletion, TrialFacts, apply_gc, collectable
 from hpsearch.search.records import trial_attr
 from hpsearch.search.retries import retried_numbers, retryable
@@ -35,13 +35,8 @@ def recover(session: Session, token: str) -> None:
         for a in lin.attempts()
         if a.status == "running" and not attempt_is_stale(a, grace_s=grace)
     }
-    for row in lin.checkpoints(statuses=("pending",)):
-        if row.attempt in alive:
-            continue  # another worker is writing it
-        if store.exists(row.id):
-            lin.set_status(row.id, "committed", nbytes=store.info(row.id).nbytes)
-        else:
-            lin.set_status(row.id, "failed")
+    settle_pending(session, [r for r in lin.checkpoints(statuses=("pending",))
+                             if r.attempt not in alive])  # fmt: skip
     if not lin.take_lease(GC_LEASE, token, ttl_s=grace):
         return  # another worker is collecting: it finishes interrupted deletions too
     try:
@@ -53,6 +48,17 @@ def recover(session: Session, token: str) -> None:
             store.clean_leftovers()
     finally:
         lin.release_lease(GC_LEASE, token)
+
+
+def settle_pending(session: Session, rows: Iterable[CheckpointRow]) -> None:
+    """Rows of saves whose writer died: committed if the store has the checkpoint whole (its
+    manifest is the commit), else failed. Only for writers known dead: a live one decides."""
+    lin, store = session.lineage, session.store
+    for row in rows:
+        if store.exists(row.id):
+            lin.set_status(row.id, "committed", nbytes=store.info(row.id).nbytes)
+        else:
+            lin.set_status(row.id, "failed")
 
 
 def trial_facts(session: Session) -> dict[int, TrialFacts]:

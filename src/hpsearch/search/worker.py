@@ -20,7 +20,12 @@ from hpsearch.lineage import WORKERS, attempt_is_stale
 from hpsearch.search import asking
 from hpsearch.search import optuna_bridge as bridge
 from hpsearch.search.budgets import Budgets
-from hpsearch.search.collect import collect_garbage, collect_garbage_quietly, recover
+from hpsearch.search.collect import (
+    collect_garbage,
+    collect_garbage_quietly,
+    recover,
+    settle_pending,
+)
 from hpsearch.search.context import RunContext
 from hpsearch.search.control import StopFlag
 from hpsearch.search.heartbeat import Heartbeat
@@ -119,6 +124,9 @@ class Worker:
                 return None  # just asked by another worker, not yet registered
         elif not attempt_is_stale(current, grace_s=grace):
             return None
+        if current is not None:  # its worker died: settle the saves it left half-marked
+            pending = lin.checkpoints(trial=t.number, statuses=("pending",))
+            settle_pending(ctx.session, [r for r in pending if r.attempt == current.token])
         sources, root_parent = chain_sources(ctx, t, trials)
         ctx.pin([*sources[:1], root_parent or parent])
         token = lin.take_over(

@@ -184,7 +184,7 @@ class TrialsClock:
         worker.Worker.run_trial = self._run_trial  # type: ignore[method-assign]
 
 
-def run(study: str, trials: int) -> dict[str, float]:
+def run(study: str, trials: int, storage: str | None = None) -> dict[str, float]:
     workdir = tempfile.mkdtemp(prefix="hpsearch-overhead-")
     try:
         path = _copy_study(study, workdir)
@@ -194,7 +194,7 @@ def run(study: str, trials: int) -> dict[str, float]:
         sampler = DiskSampler(ckpt_dir)
         sampler.start()
         with ComputeClock() as compute, OptunaClock() as opt, TrialsClock(compute, opt) as clock:
-            summary = runner.run_study(path, trials=trials)
+            summary = runner.run_study(path, trials=trials, storage=storage)
             span = time.perf_counter() - clock.start
         sampler.stop.set()
         sampler.join()

@@ -140,12 +140,14 @@ def test_fsspec_root_with_a_foreign_folder(tmp_path: Any) -> None:
         FsspecStore(f"memory://{root}/victim")
     assert fs.cat_file(f"{root}/victim/data/f") == b"precious"
 
-    store = FsspecStore(f"memory://{root}/mine")
+    store = FsspecStore(f"memory://{root}/mine", leftover_grace_s=0)
     keep = store.save(tensors(), {})
     assert fs.isfile(f"{root}/mine/{MARKER}")
     fs.pipe_file(f"{root}/mine/warmup/notes", b"precious")  # named like an id, no manifest
     torn = store.new_id()
     fs.pipe_file(f"{root}/mine/{torn}/model.safetensors", b"torn")  # a torn save of ours
+    # by default a fresh one may be another worker's upload in flight: not touched yet
+    assert FsspecStore(f"memory://{root}/mine").leftovers() == []
     assert store.leftovers() == [torn]
     store.clean_leftovers()
     assert fs.cat_file(f"{root}/mine/warmup/notes") == b"precious"

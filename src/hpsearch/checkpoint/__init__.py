@@ -4,6 +4,7 @@ This package knows nothing of Optuna or the training loop: a checkpoint is named
 tensors (one safetensors file each), a JSON state dict and a manifest that commits them.
 
     store = open_store("runs/checkpoints")                  # or "s3://bucket/prefix"
+    # s3: open_store(url, storage_options={"endpoint_url": ...}, cache_dir="~/.cache/hpsearch")
     info = store.save({"model": model.state_dict()}, {"step": 100}, meta={"trial": 3})
     ck = store.load(info.id)                                 # verified before returned
     model.load_state_dict(ck.tensors["model"])
@@ -21,6 +22,7 @@ from hpsearch.checkpoint.store import (
     LoadedCheckpoint,
     LocalStore,
     MemoryStore,
+    ReadCache,
     open_store,
 )
 
@@ -35,5 +37,6 @@ __all__ = [
     "LoadedCheckpoint",
     "LocalStore",
     "MemoryStore",
+    "ReadCache",
     "open_store",
 ]

@@ -103,7 +103,8 @@ def _cannot_create_in(directory: str) -> str | None:
 def read_checkpoints(
     r: Reader, value: Any, base_dir: str, run_dir: str, name: str
 ) -> CheckpointSettings:
-    allowed = ("dir", "every", "every_steps", "keep_best", "compression", "async")
+    allowed = ("dir", "every", "every_steps", "keep_best", "compression", "async",
+               "storage_options", "cache_dir", "cache_max_gib")  # fmt: skip
     section = r.mapping(value, "checkpoints", allowed, optional=True)
     directory = os.path.join(run_dir, "checkpoints")
     if "dir" in section:
@@ -121,6 +122,7 @@ def read_checkpoints(
         every_steps = r.steps(
             section["every_steps"], "checkpoints.every_steps", "between checkpoints"
         )
+    max_gib = r.real(section.get("cache_max_gib", 20), "checkpoints.cache_max_gib", Bounds(gt=0))
     return CheckpointSettings(
         dir=directory,
         every=every,
@@ -130,7 +132,60 @@ def read_checkpoints(
             section.get("compression", "none"), "checkpoints.compression", COMPRESSIONS
         ),
         async_save=r.boolean(section.get("async", True), "checkpoints.async"),
+        storage_options=_storage_options(r, section.get("storage_options"), directory),
+        cache_dir=_cache_dir(r, section, base_dir, remote=_is_remote(directory)),
+        cache_max_bytes=max(1, int(max_gib * (1 << 30))),
     )
+
+
+def _is_remote(directory: str) -> bool:
+    return bool(_URL.match(directory)) and directory.split("://", 1)[0].lower() not in (
+        "file",
+        "local",
+    )
+
+
+def _storage_options(r: Reader, value: Any, directory: str) -> dict[str, Any]:
+    """fsspec's keyword arguments for a URL `dir`, as written (values are never shown in a
+    message: they hold credentials)."""
+    key = "checkpoints.storage_options"
+    if value is None:
+        return {}
+    example = "{endpoint_url: http://127.0.0.1:9000, key: ..., secret: ...}"
+    if not isinstance(value, dict):
+        r.fail(key, f"must be a mapping of fsspec options, e.g. {example}; got a "
+                    f"{type(value).__name__}")  # fmt: skip
+    for k in value:
+        if not isinstance(k, str) or not k.isidentifier():
+            r.fail(key, f"option names must be identifiers (fsspec keyword arguments), "
+                        f"got {show(k)}")  # fmt: skip
+    if value and not _is_remote(directory):
+        r.fail(key, f"options are passed to fsspec for a URL checkpoints.dir (s3://bucket/"
+                    f"prefix, ...), but checkpoints go to the local directory {show(directory)}; "
+                    f"remove storage_options or set dir to a URL")  # fmt: skip
+    return dict(value)
+
+
+def _cache_dir(r: Reader, section: dict[str, Any], base_dir: str, *, remote: bool) -> str | None:
+    """Where verified files of a remote store are cached: `cache_dir` (false: no cache); by
+    default `$XDG_CACHE_HOME/hpsearch` (or ~/.cache/hpsearch) for a remote store, none for a
+    local directory, which is read at disk speed anyway."""
+    key = "checkpoints.cache_dir"
+    value = section.get("cache_dir", None if "cache_dir" in section else remote)
+    if value is False or value is None:
+        return None
+    if value is True:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+        return os.path.join(os.path.expanduser(cache), "hpsearch")
+    written = r.string(value, key)
+    if _URL.match(written):
+        r.fail(key, f"must be a local directory (or false for no cache), got {show(written)}")
+    directory = _local_path(base_dir, written)
+    problem = _cannot_create_in(directory) if r.writable else None
+    if problem:
+        r.fail(key, f"cannot cache checkpoints under {show(directory)}: {problem}; name a "
+                    f"directory you can write, or cache_dir: false")  # fmt: skip
+    return directory
 
 
 def _check_checkpoint_dir(r: Reader, directory: str, name: str) -> None:

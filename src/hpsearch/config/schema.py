@@ -7,7 +7,7 @@ treat them as read-only and use `warmup_hparams` / `trial_hparams` for copies yo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 __all__ = [
@@ -61,6 +61,11 @@ class CheckpointSettings:
     keep_best: int
     compression: Compression
     async_save: bool  # the YAML key `async`
+    # fsspec options for a URL `dir` (s3: endpoint_url, key, secret, ...), passed as they are.
+    # Never printed (credentials) and no part of the study's fingerprint.
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    cache_dir: str | None = None  # local read-through cache of a remote store; None: off
+    cache_max_bytes: int = 20 << 30
 
 
 @dataclass(frozen=True)

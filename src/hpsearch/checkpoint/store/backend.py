@@ -104,6 +104,12 @@ class BlobBackend(Protocol):
         (nothing happens, and the same is returned, if it is absent)."""
         ...
 
+    def busy(self, entry: str) -> bool:
+        """Whether another process may still be writing `entry` in place (a save in flight on a
+        store without rename looks like a torn one); False where saves are staged under a name
+        of their own."""
+        ...
+
     def size(self, entry: str) -> int:
         """Bytes an entry takes (FileNotFoundError if it is gone)."""
         ...

@@ -29,7 +29,8 @@ import os
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -74,7 +75,19 @@ from hpsearch.errors import (
     CheckpointNotFound,
 )
 
+if TYPE_CHECKING:
+    from hpsearch.checkpoint.store.cache import ReadCache
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReadCounts:
+    """Checkpoint files (data and state, not manifests) this store object read: from its
+    backend, and from its local cache. On a remote store `backend` counts downloads."""
+
+    backend: int = 0
+    cache: int = 0
 
 
 class StoreCore:
@@ -87,6 +100,7 @@ class StoreCore:
         compression: str = "none",
         *,
         inflight: InflightSaves = PROCESS_SAVES,
+        cache: ReadCache | None = None,
     ) -> None:
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
@@ -96,11 +110,14 @@ class StoreCore:
         self.compression = compression
         self.url = backend.url
         self._inflight = inflight
+        self.cache = cache
+        self.reads = ReadCounts()
         self._marked = False
         self._check_root(claim=False)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r}, compression={self.compression!r})"
+        cache = f", cache={self.cache!r}" if self.cache is not None else ""
+        return f"{type(self).__name__}({self.url!r}, compression={self.compression!r}{cache})"
 
     # -- whose root is this? ----------------------------------------------------------------
 
@@ -244,21 +261,36 @@ class StoreCore:
         return LoadedCheckpoint(info=info, tensors=tensors, state=state)
 
     def verify(self, ckpt_id: str) -> CheckpointInfo:
-        """Re-read, re-hash and re-parse every file, one at a time (memory: the largest file)."""
+        """Re-read, re-hash and re-parse every file, one at a time (memory: the largest file).
+        Always from the store itself, never from the local cache: it checks what is kept."""
         info = self.info(ckpt_id)
         self._check_codec(info)
         for name in sorted(info.files):
-            buf = self._read(info, name)
+            buf = self._read(info, name, cached=False)
             if name == STATE:
                 decode_state(bytes(buf.numpy()), self.backend.where(ckpt_id, STATE))
             else:
                 self._parse(info, name, buf)
         return info
 
-    def _read(self, info: CheckpointInfo, name: str, read: reading.Reader | None = None) -> Any:
-        return reading.read_verified(
-            self.backend, self.exists, info, name, read or hashing.read_hashed
-        )
+    def _read(
+        self,
+        info: CheckpointInfo,
+        name: str,
+        read: reading.Reader | None = None,
+        *,
+        cached: bool = True,
+    ) -> Any:
+        read = read or hashing.read_hashed
+        if self.cache is None or not cached:
+            self.reads.backend += 1
+            return reading.read_verified(self.backend, self.exists, info, name, read)
+        buf, hit = self.cache.read(self.backend, self.exists, info, name, read)
+        if hit:
+            self.reads.cache += 1
+        else:
+            self.reads.backend += 1
+        return buf
 
     def _parse(self, info: CheckpointInfo, name: str, buf: torch.Tensor) -> dict[str, torch.Tensor]:
         return reading.parse(info, self.backend.where(info.id, name), buf)
@@ -304,6 +336,8 @@ class StoreCore:
         check_id(ckpt_id)
         self._check_root(claim=True)
         doomed = self.backend.uncommit(ckpt_id)
+        if self.cache is not None:
+            self.cache.drop(ckpt_id)
         with contextlib.suppress(FileNotFoundError):
             self.backend.remove(doomed)
 
@@ -320,7 +354,11 @@ class StoreCore:
         for name, is_dir in self.backend.entries() or []:
             location = self.backend.where(name)
             if is_dir and NEW_ID_RE.fullmatch(name):
-                if not self.backend.is_file(name, MANIFEST) and location not in self._inflight:
+                if (
+                    not self.backend.is_file(name, MANIFEST)
+                    and location not in self._inflight
+                    and not self.backend.busy(name)
+                ):
                     out.append(name)
             elif DEL_RE.fullmatch(name):
                 out.append(name)

@@ -7,7 +7,7 @@ import errno
 import os
 import shutil
 from collections.abc import Iterator
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from hpsearch.checkpoint import hashing
 from hpsearch.checkpoint.store.backend import MARKER, id_taken, writing
@@ -15,6 +15,9 @@ from hpsearch.checkpoint.store.core import StoreCore
 from hpsearch.checkpoint.store.protocol import ForeignStoreRoot
 from hpsearch.checkpoint.store.writing import write_manifest
 from hpsearch.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from hpsearch.checkpoint.store.cache import ReadCache  # cache reads through LocalBackend
 
 
 class LocalStore(StoreCore):
@@ -31,8 +34,14 @@ class LocalStore(StoreCore):
 
     backend: LocalBackend
 
-    def __init__(self, root: str | os.PathLike[str], *, compression: str = "none") -> None:
-        super().__init__(LocalBackend(root), compression)
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        compression: str = "none",
+        cache: ReadCache | None = None,
+    ) -> None:
+        super().__init__(LocalBackend(root), compression, cache=cache)
 
     @property
     def root(self) -> str:
@@ -102,6 +111,9 @@ class LocalBackend:
             os.rename(final, self.where(doomed))
         _fsync_dir(self.root)
         return doomed
+
+    def busy(self, entry: str) -> bool:
+        return False  # saves are staged under .tmp-<id>-<pid>, whose pid tells
 
     def size(self, entry: str) -> int:
         path = self.where(entry)

@@ -94,6 +94,9 @@ class MemoryBackend:
                 self.blobs.dirs[doomed] = self.blobs.dirs.pop(ckpt_id)
         return doomed
 
+    def busy(self, entry: str) -> bool:
+        return False  # saves are staged under .tmp-<id>-<pid>, whose pid tells
+
     def size(self, entry: str) -> int:
         with self.blobs.lock:
             if entry in self.blobs.files:

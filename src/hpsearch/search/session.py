@@ -74,9 +74,12 @@ class Session:
         study.pruner = make_pruner(settings)
         lineage = open_lineage(url, name, engine=rdb.engine)  # one pool for both
         try:
+            ck = settings.checkpoints
             store = open_store(
-                _join(settings.checkpoints.dir, name), compression=settings.checkpoints.compression
-            )
+                _join(ck.dir, name), compression=ck.compression,
+                storage_options=ck.storage_options, cache_dir=ck.cache_dir,
+                cache_max_bytes=ck.cache_max_bytes,
+            )  # fmt: skip
         except ForeignStoreRoot as exc:
             raise StudyFileError(settings.path, "checkpoints.dir", str(exc)) from None
         return cls(settings, classic, name, url, study, lineage, store, task, datasets, rdb.engine)

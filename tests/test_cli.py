@@ -100,6 +100,9 @@ def test_best_export(study, tmp_path, capsys):
     weights = load_file(str(out / "model.safetensors"))
     final = s.store.load(params["checkpoint"]).tensors["model"]
     assert weights.keys() == final.keys()
+    # the user's umask decides, as for params.json (safetensors alone writes 0600)
+    mode = (out / "model.safetensors").stat().st_mode & 0o777
+    assert mode == (out / "params.json").stat().st_mode & 0o777
     s.close()
 
 
@@ -136,6 +139,13 @@ def test_verify_finds_a_flipped_byte(tmp_path, capsys):
 def test_check_resume_on_the_example_task(study, capsys):
     assert main(["check-resume", study, "--steps", "5"]) == 0
     assert "exact" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("hpsearch 0.")
 
 
 def test_unknown_study_file(capsys):

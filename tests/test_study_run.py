@@ -27,6 +27,8 @@ def test_study_end_to_end(tmp_path, capsys):
     assert main(["run", path]) == 0
     out = capsys.readouterr().out
     assert "warm-up done" in out and "best: trial" in out and "training steps:" in out
+    assert "8 finished trials" in out and "8 in this run" in out
+    assert all(len(line) <= 120 for line in out.splitlines() if "training steps" in line)
     s = _session(path)
     trials = s.study.get_trials()
     assert len(trials) == 8
@@ -66,8 +68,14 @@ def test_study_end_to_end(tmp_path, capsys):
     assert len(df) == 8 and set(df["state"]) <= {"COMPLETE", "PRUNED"}
     assert df["value"].notna().all()
 
+    # a rerun of a finished study says so, and trains nothing
+    assert main(["run", path]) == 0
+    assert "study tiny: nothing to do: it has 8 finished trials" in capsys.readouterr().out
+
     # --trials means finished trials in total: 8 already, so 10 runs 2 more
     assert main(["run", path, "--trials", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "10 finished trials" in out and "2 in this run" in out
     s = _session(path)
     assert len(s.study.get_trials()) == 10
     s.close()

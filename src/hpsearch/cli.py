@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from hpsearch.console import BARS_ENV
 from hpsearch.errors import HpsearchError, UsageError
 
 if TYPE_CHECKING:
@@ -26,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="hpsearch",
         description="Hyperparameter search for PyTorch that forks Optuna trials from checkpoints.",
     )
+    from hpsearch import __version__
+
+    p.add_argument("--version", action="version", version=f"hpsearch {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help: str) -> argparse.ArgumentParser:
@@ -53,8 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("worker", "one extra worker for a study in a shared database")
     c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
     common(c)
-    common(cmd("status", "a table of the study's trials"))
-    common(cmd("tree", "the checkpoint tree as indented text"))
+    c = cmd("status", "a table of the study's trials")
+    c.add_argument("--wide", action="store_true", help="full params, ids and notes: no shortening")
+    common(c)
+    c = cmd("tree", "the checkpoint tree as indented text")
+    c.add_argument("--all", dest="show_all", action="store_true", help="deleted checkpoints too")
+    common(c)
     c = cmd("plot", "the branch plot of the study")
     c.add_argument("-o", "--output", help="FILE.png, .svg or .pdf (default: <run dir>/<name>.png)")
     c.add_argument("--x", choices=("epochs", "samples"), default="epochs")
@@ -123,6 +131,12 @@ def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    label = ""
+    if args.workers > 1:  # one terminal, several workers: prefixed lines, no bars
+        os.environ[BARS_ENV] = "0"
+        label = f"[worker {os.getpid()}] "
+    print(f"{args.study}: opening the study and loading the task {settings.task} ...",
+          file=sys.stderr, flush=True)  # fmt: skip
     extra = [_spawn_worker(args) for _ in range(args.workers - 1)]
 
     def wait_for_workers() -> None:
@@ -132,7 +146,7 @@ def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
     try:
         summary = run_study(
             args.study, trials=args.trials, storage=args.storage, classic=args.classic,
-            after=wait_for_workers,
+            label=label, after=wait_for_workers,
         )  # fmt: skip
     finally:
         wait_for_workers()  # after a stop too: they got the same signal
@@ -171,12 +185,12 @@ def _open(args: argparse.Namespace) -> Session:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from hpsearch.report.export import format_status_table
     from hpsearch.report.status import study_view
+    from hpsearch.report.table import format_status_table
 
     session = _open(args)
     try:
-        print(format_status_table(study_view(session)))
+        print(format_status_table(study_view(session), wide=args.wide))
     finally:
         session.close()
     return 0
@@ -187,7 +201,7 @@ def _cmd_tree(args: argparse.Namespace) -> int:
 
     session = _open(args)
     try:
-        print(format_tree(session))
+        print(format_tree(session, show_all=args.show_all))
     finally:
         session.close()
     return 0
@@ -268,7 +282,13 @@ def _export_best(session: Session, best: TrialView, out_dir: str) -> None:
     named = expand_aliases(loaded.tensors["model"], loaded.state.get("model_aliases"))
     tensors = {k: v.clone() if k in (loaded.state.get("model_aliases") or {}) else v.contiguous()
                for k, v in named.items()}  # fmt: skip
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"))
+    weights = os.path.join(out_dir, "model.safetensors")
+    save_file(tensors, weights)
+    # safetensors writes through a private temporary file (mode 0600): give the export the mode
+    # any file the user writes gets
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(weights, 0o666 & ~umask)
     params = {
         "trial": best.number,
         "value": best.value,

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
+
+# set to 0 by `hpsearch run --workers N`: several processes share one terminal, so each prints
+# plain prefixed lines and none redraws a bar over another's
+BARS_ENV = "HPSEARCH_BARS"
+
+
+def live_display(out: TextIO) -> bool:
+    """May output to `out` be redrawn in place (a terminal that this process alone draws on)?"""
+    return bool(hasattr(out, "isatty") and out.isatty()) and os.environ.get(BARS_ENV) != "0"
 
 
 def human_bytes(n: float) -> str:
@@ -37,7 +47,7 @@ class Bar:
     def __init__(self, label: str, total: float, *, unit: str = "", out: TextIO | None = None):
         self.label, self.total, self.unit = label, total, unit
         self.out = out or sys.stderr
-        self.tty = hasattr(self.out, "isatty") and self.out.isatty()
+        self.tty = live_display(self.out)
         self.start = time.monotonic()
         self._drawn = 0.0
         self.done = 0.0

@@ -23,6 +23,7 @@ StudyKey = Literal[
     "warmup_curve",  # [(epoch, objective)] of the warm-up
     "warmup_steps",
     "warmup_samples",
+    "wall_s",  # the wall time of every run of the study together
 ]
 
 TrialKey = Literal[

@@ -5,10 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from optuna.trial import TrialState
+
 from hpsearch.search.control import StopFlag
+from hpsearch.search.records import set_study_attr, study_attr
 from hpsearch.search.session import Session
 from hpsearch.search.summary import Summary, summarize
 from hpsearch.search.worker import Worker
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def run_study(
@@ -23,15 +28,26 @@ def run_study(
     """Create or continue the study until it has `trials` finished trials. `after` runs once this
     worker is done and before the summary is taken (the parent waits there for its workers, so
     the summary counts their trials too)."""
+    start = time.monotonic()
     session = Session.open(path, storage=storage, classic=classic)
     try:
         target = trials if trials is not None else session.settings.trials.n
-        start = time.monotonic()
+        before = _finished(session)
         stop = StopFlag()
-        with stop.installed():
-            Worker(session, stop=stop, label=label).run(target)
-            if after is not None:
-                after()
-        return summarize(session, time.monotonic() - start)
+        try:
+            with stop.installed():
+                Worker(session, stop=stop, label=label).run(target)
+                if after is not None:
+                    after()
+        finally:
+            seconds = time.monotonic() - start
+            total = float(study_attr(session.study, "wall_s", 0.0) or 0.0) + seconds
+            set_study_attr(session.study, "wall_s", total)
+        ran = _finished(session) - before
+        return summarize(session, seconds, ran=ran, target=target, study_seconds=total)
     finally:
         session.close()
+
+
+def _finished(session: Session) -> int:
+    return len(session.study.get_trials(deepcopy=False, states=FINISHED))

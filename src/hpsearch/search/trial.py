@@ -17,6 +17,7 @@ from hpsearch.search.control import Interrupted, LostTrial, StudyStopped, Unusab
 from hpsearch.search.failures import FailureHandler, disk_full
 from hpsearch.search.hooks import TrialHooks, checkpoint_on_stop, progress_bar
 from hpsearch.search.jobs import Job, Outcome, OutcomeState
+from hpsearch.search.progress import StudyProgress
 from hpsearch.search.records import set_trial_attrs
 from hpsearch.search.restore import PASS_THROUGH, Restorer, why
 from hpsearch.search.scheduler import Scheduler
@@ -25,8 +26,15 @@ from hpsearch.training import Trainer, fork
 
 
 class TrialRunner:
-    def __init__(self, ctx: RunContext, restorer: Restorer, scheduler: Scheduler) -> None:
+    def __init__(
+        self,
+        ctx: RunContext,
+        restorer: Restorer,
+        scheduler: Scheduler,
+        progress: StudyProgress | None = None,
+    ) -> None:
         self.ctx, self.restorer, self.scheduler = ctx, restorer, scheduler
+        self.progress = progress
         self.failures = FailureHandler(ctx, restorer)
 
     def run(self, job: Job) -> Outcome:
@@ -40,7 +48,8 @@ class TrialRunner:
         self.ctx.unpin_all()  # the tree keeps what the trial started from now
         budget = self.scheduler.budget
         b = self.ctx.budgets
-        bar = progress_bar(f"trial {job.number}", budget, b.n)
+        label = self.progress.label(job.number) if self.progress else f"trial {job.number}"
+        bar = progress_bar(self.ctx.label + label, budget, b.n)
         hooks = TrialHooks(self.ctx, trainer, job.number, job.token, budget, bar, parent=source,
                            otrial=otrial)  # fmt: skip
         try:

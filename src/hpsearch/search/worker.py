@@ -30,6 +30,7 @@ from hpsearch.search.context import RunContext
 from hpsearch.search.control import StopFlag
 from hpsearch.search.heartbeat import Heartbeat
 from hpsearch.search.jobs import Job, Outcome
+from hpsearch.search.progress import StudyProgress
 from hpsearch.search.records import PREFIX, set_study_attr, study_attr, trial_attr
 from hpsearch.search.restore import Restorer
 from hpsearch.search.retries import retried_numbers, retryable
@@ -69,7 +70,8 @@ class Worker:
         self.presence = ctx.presence = s.lineage.start_attempt(WORKERS)
         heartbeat.watch(self.presence)
         recover(s, self.presence)
-        trials = TrialRunner(ctx, restorer, scheduler)
+        progress = StudyProgress(ctx, target)
+        trials = TrialRunner(ctx, restorer, scheduler, progress)
         started = False
         try:
             scheduler.prepare()
@@ -78,6 +80,7 @@ class Worker:
                 job := scheduler.new_job(target)
             ):
                 self.outcomes.append(self.run_trial(trials, job))
+                progress.finished(self.outcomes[-1])
                 ctx.unpin_all()  # also when the trial could not start
                 collect_garbage(s, self.presence)
         finally:

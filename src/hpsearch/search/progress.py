@@ -1,0 +1,63 @@
+"""The study as a whole while it runs: finished trials against the target, the best value so far,
+and an ETA from what the trials of this run cost. Shown in each trial's bar on a terminal, and as
+a plain line every few trials elsewhere (logs, CI, a file)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from optuna.trial import TrialState
+
+from hpsearch.console import human_time, live_display
+from hpsearch.search.context import RunContext
+from hpsearch.search.jobs import Outcome
+
+LINE_EVERY = 10  # trials between progress lines off a terminal
+LINE_AT_LEAST_S = 60.0  # ... or this long, whichever comes first
+
+
+class StudyProgress:
+    def __init__(self, ctx: RunContext, target: int) -> None:
+        self.ctx, self.target = ctx, target
+        self.start = time.monotonic()
+        self.ran = 0  # trials this worker finished in this run
+        self.tty = live_display(sys.stderr)
+        self._since_line, self._line_at = 0, self.start
+
+    def counts(self) -> tuple[int, float | None]:
+        """Finished trials of the study (all workers, all runs) and its best value."""
+        study = self.ctx.session.study
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                          TrialState.FAIL))  # fmt: skip
+        done = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        pick = max if self.ctx.settings.objective.direction == "maximize" else min
+        return len(trials), (pick(done) if done else None)
+
+    def summary(self) -> str:
+        finished, best = self.counts()
+        parts = [f"{finished}/{self.target} trials"]
+        if best is not None:
+            parts.append(f"best {self.ctx.metric} {best:.4g}")
+        left = max(0, self.target - finished)
+        if self.ran and left:
+            per_trial = (time.monotonic() - self.start) / self.ran
+            parts.append(f"ETA {human_time(per_trial * left)}")
+        return ", ".join(parts)
+
+    def label(self, number: int) -> str:
+        """A trial bar's label: the study's progress rides along on a terminal."""
+        return f"trial {number} [{self.summary()}]" if self.tty else f"trial {number}"
+
+    def finished(self, out: Outcome) -> None:
+        """After each trial: off a terminal, a progress line every LINE_EVERY trials or minute."""
+        if out.state == "LOST":
+            return
+        self.ran += 1
+        self._since_line += 1
+        now = time.monotonic()
+        if not self.tty and (
+            self._since_line >= LINE_EVERY or now - self._line_at >= LINE_AT_LEAST_S
+        ):
+            self._since_line, self._line_at = 0, now
+            self.ctx.say(f"progress: {self.summary()}")

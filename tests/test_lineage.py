@@ -78,17 +78,26 @@ def test_a_killed_workers_presence_row_is_closed_at_once(tmp_path):
     """Presence rows of killed workers stayed `running` forever (43 after 96 kills): a worker
     whose process is gone from this host is stale at once, whatever the grace period; a live
     one (this process) is not."""
-    url = f"sqlite:///{tmp_path}/t.db"
-    code = ("import sys; from hpsearch.lineage import WORKERS, open_lineage; "
-            "print(open_lineage(sys.argv[1], 's').start_attempt(WORKERS))")  # fmt: skip
-    gone = [subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True,
-                           check=True).stdout.strip() for _ in range(2)]  # fmt: skip
-    lin = open_lineage(url, "s")
+    db = tmp_path / "t.db"
+    lin = open_lineage(f"sqlite:///{db}", "s")
     alive = lin.start_attempt(WORKERS)
+    # what a killed worker leaves: its running presence row (written here by a process that
+    # then ends, without importing hpsearch, to keep the test fast)
+    leave_row = (
+        "import os, socket, sqlite3, sys, time\n"
+        "con = sqlite3.connect(sys.argv[1], timeout=30)\n"
+        "con.execute(\"insert into hpsearch_attempts values (?, 's', -2, ?, ?, 'running', "
+        '?, ?, 0, 0, 0, NULL)", (sys.argv[2], socket.gethostname(), os.getpid(), '
+        "time.time(), time.time()))\n"
+        "con.commit()\n"
+    )
+    gone = ["gone-1", "gone-2"]
+    for token in gone:
+        subprocess.run([sys.executable, "-c", leave_row, str(db), token], check=True)
     assert {a.token for a in lin.attempts(WORKERS) if a.status == "running"} == {*gone, alive}
     assert lin.close_stale_attempts(grace_s=3600) == 2
     assert {a.token: a.status for a in lin.attempts(WORKERS)} == {
-        gone[0]: "dead", gone[1]: "dead", alive: "running"
+        "gone-1": "dead", "gone-2": "dead", alive: "running"
     }  # fmt: skip
     assert lin.close_stale_attempts(grace_s=3600) == 0
     lin.close()

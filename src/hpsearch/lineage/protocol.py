@@ -128,7 +128,13 @@ class Coordination(Protocol):
     def pin(self, ckpt_id: str, token: str, *, ttl_s: float, now: float | None = None) -> None:
         """Hold checkpoint `ckpt_id` for the attempt `token` (a worker about to fork from it)
         until `now + ttl_s`, so that no garbage collection deletes it; pinning it again renews
-        the pin. Several attempts may pin one checkpoint. `now` defaults to the clock."""
+        the pin. Several attempts may pin one checkpoint. `now` defaults to the clock.
+
+        A pin and a collection each write, then read what the other writes: the forker pins,
+        then checks that the row is still `committed` (else it unpins and picks another
+        parent); the collector marks a row `deleting`, then reads `pinned()` and sets any
+        pinned one back to `committed` before deleting a file. Whichever writes second sees
+        the other's write, so no checkpoint is both forked from and deleted."""
         ...
 
     def unpin(self, ckpt_id: str, token: str) -> None:

@@ -1,10 +1,12 @@
-"""The export and the status table: written for real, read back with pandas, compared by value."""
+"""The export (written for real, read back with pandas, compared by value), the status table
+and the tree text."""
 
 from __future__ import annotations
 
 import builtins
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -13,14 +15,17 @@ from pandas.testing import assert_frame_equal
 
 from hpsearch.console import human_bytes
 from hpsearch.errors import UsageError
+from hpsearch.lineage import WARMUP, CheckpointRow
 from hpsearch.report.export import (
     MissingDependency,
-    format_status_table,
     read_export,
     trials_dataframe,
     write_export,
 )
+from hpsearch.report.table import WIDTH, abbreviations, compact_number, format_status_table
+from hpsearch.report.tree import tree_text
 from hpsearch.report.views import StudyView, TrialView
+from hpsearch.testing import synthetic_study
 
 COLUMNS = [
     "number",
@@ -258,31 +263,145 @@ def test_status_table() -> None:
     table = format_status_table(view)
     lines = table.splitlines()
     print(table)
-    assert lines[0].split()[:4] == ["#", "state", "val_accuracy", "params"]
-    body = lines[2:-1]
-    assert len(body) == len(view.trials)
+    assert lines[0].split()[:4] == ["#", "state", "value", "params"]
+    body = lines[2:8]
     for t, line in zip(sorted(view.trials, key=lambda t: t.number), body, strict=True):
         assert line.split()[0].lstrip("*") == str(t.number)
         assert t.state in line
     assert body[2].split()[0] == "*2"  # the best, starred
     assert "118 MiB" in body[0] and "2 KiB" in body[2]
     assert "continues #1" in body[2] and "pruned at epoch 6.5" in body[5]
-    assert "lr=0.000123 batch_size=64 optimizer=adam" in body[0]
-    assert "warmup/step-000600" in body[0] and "runs/ckpt" not in body[0]
+    assert "lr=1.23e-4 bs=64 op=adam ub=True dr=0 " in body[0]
+    assert "step-000600" in body[0] and "runs/ckpt" not in body[0]
     for column in ("state", "params", "parent", "note"):  # columns line up
         start = lines[0].index(column)
         assert lines[1][start - 2 : start] == "  " and lines[1][start] == "-"
         assert {line[start - 2 : start] for line in body if len(line) > start} == {"  "}
     assert body[0][lines[0].index("state") :].startswith("COMPLETE")
-    assert lines[-1] == (
+    assert "CUDA out of memory,…" in body[1]  # cut to the room left: --wide shows it all
+    assert lines[8:] == [
+        "where value=val_accuracy, bs=batch_size, dr=dropout, op=optimizer, ub=use_bn",
         "6 trials (2 COMPLETE, 1 PRUNED, 1 FAIL, 1 RUNNING, 1 WAITING); "
-        "best #2: val_accuracy = 0.93 (maximize); checkpoints on disk: 5 GiB"
+        "best #2: val_accuracy = 0.93 (maximize);",
+        "  checkpoints on disk: 5 GiB",  # the summary wraps at 120 columns too
+    ]
+
+
+def test_status_table_fits_120_columns_with_the_quickstarts_4_params() -> None:
+    """The table was 167 columns wide on the quickstart, its params cut off at 60 characters."""
+    view = synthetic_study(40, seed=0, budget=6.0)  # lr, dropout, batch_size, weight_decay
+    view = replace(view, disk_bytes=3 * 1024**2)
+    lines = format_status_table(view).splitlines()
+    assert max(len(line) for line in lines) <= WIDTH
+    assert "…" not in "\n".join(lines)  # nothing cut: abbreviated, not shortened
+    body = lines[2 : 2 + len(view.trials)]
+    for t, line in zip(view.trials, body, strict=True):  # one line a trial, every param on it
+        shown = f"lr={compact_number(t.params['lr'])} dr={compact_number(t.params['dropout'])}"
+        assert line.split()[0].lstrip("*") == str(t.number) and shown in line
+        assert f"wd={compact_number(t.params['weight_decay'])}" in line
+    assert "where value=val_accuracy, bs=batch_size, dr=dropout, wd=weight_decay" in lines
+    at = lines[0].index("parent")
+    parents = {line[at:].split()[0] for line in body}
+    assert parents == {"base"} | {f"#{t.retry_of}" for t in view.trials if t.retry_of is not None}
+
+
+def test_status_table_moves_many_params_to_a_line_of_their_own_and_cuts_long_notes() -> None:
+    params = {f"param_{k}": 10.0**-k for k in range(12)} | {"optimizer": "adamw"}
+    reason = "RuntimeError: " + "a very long message " * 20
+    trials = (
+        TrialView(0, "COMPLETE", 0.9, params, None, None, 0.0, 2.0, 100, 1000),
+        TrialView(1, "FAIL", None, params, None, None, 0.0, 1.0, 50, 500, fail_reason=reason),
     )
+    view = StudyView("many", "loss", "minimize", True, 10, 0.0, 0, trials=trials)
+    lines = format_status_table(view).splitlines()
+    assert max(len(line) for line in lines) <= WIDTH
+    assert "params" not in lines[0]
+    assert lines[2].split()[:3] == ["*0", "COMPLETE", "0.9"]
+    assert lines[3] == (
+        "      p0=1 p1=.1 p2=.01 p3=1e-3 p4=1e-4 p5=1e-5 p6=1e-6 p7=1e-7 p8=1e-8 p9=1e-9 "
+        "p10=1e-10 p11=1e-11 op=adamw"
+    )
+    assert lines[4].split()[:2] == ["1", "FAIL"] and lines[4].endswith("…")
+    assert lines[4][lines[0].index("note") :].startswith("RuntimeError: a very long")
+    assert lines[6].startswith("where op=optimizer, p0=param_0, p1=param_1, p10=param_10, ")
+    assert lines[6].endswith(",") and lines[7].startswith("  p") and lines[8].startswith("2 trials")
+
+
+def test_status_table_wide_shows_everything() -> None:
+    view = make_view()
+    wide = format_status_table(view, wide=True)
+    print(wide)
+    assert "…" not in wide and "where " not in wide
+    assert "lr=0.00012345678901234567 batch_size=64 optimizer='adam'" not in wide  # str, not repr
+    assert "lr=0.00012345678901234567 batch_size=64 optimizer=adam use_bn=True dropout=0.0" in wide
+    assert "runs/ckpt/warmup/step-000600" in wide and "runs/ckpt/t1/step-000650" in wide
+    assert wide.splitlines()[0].split()[:3] == ["#", "state", "val_accuracy"]
+    assert "0.30000000000000004" in wide  # the value in full
+    assert 'CUDA out of memory, with a, comma and "quotes"' in wide
 
 
 def test_status_table_empty_study() -> None:
     table = format_status_table(StudyView("empty", "loss", "minimize", False, 10, 1.0, 10))
     assert table.splitlines()[-1] == "0 trials; no completed trial yet"
+
+
+def test_compact_numbers_and_abbreviations() -> None:
+    values = (0.00451, 1e-3, 0.274, 64, 1.83e-05, 0.5, 12345.0, 0.01, -0.25, 3.0, 0.0, "adam")
+    assert [compact_number(v) for v in values] == [
+        "4.51e-3", "1e-3", ".274", "64", "1.83e-5", ".5", "1.23e4", ".01", "-.25", "3", "0", "adam",
+    ]  # fmt: skip
+    names = ["lr", "batch_size", "dropout", "weight_decay", "hidden", "hidden_size", "bs"]
+    assert abbreviations(names) == {
+        "lr": "lr",
+        "bs": "bs",
+        "batch_size": "basi",  # "bs" is taken by a parameter of that name
+        "dropout": "dr",
+        "weight_decay": "wd",
+        "hidden": "hi",
+        "hidden_size": "hs",
+    }
+    assert abbreviations(["momentum", "mode"]) == {"momentum": "mom", "mode": "mod"}
+
+
+# --- the tree -------------------------------------------------------------------------------
+
+
+def ckpt(id: str, trial: int, parent: str | None, step: int, status: str = "committed"):
+    return CheckpointRow(
+        id, "s", trial, None, "base" if trial == WARMUP else "step", parent, step, step * 10,
+        step / 100, 2048 if status == "committed" else 0, status, float(step), float(step),
+    )  # fmt: skip
+
+
+def test_tree_hides_deleted_checkpoints_unless_all() -> None:
+    """Trial 0 kept only its last checkpoint; trial 1's were all deleted and nothing hangs under
+    them; trial 2 continues from trial 3's deleted checkpoint and keeps its own."""
+    rows = [
+        ckpt("w", WARMUP, None, 100),
+        ckpt("a1", 0, "w", 200, "deleted"),
+        ckpt("a2", 0, "a1", 300),
+        ckpt("b1", 1, "w", 150, "deleted"),
+        ckpt("c1", 3, "w", 150, "deleted"),
+        ckpt("d1", 2, "c1", 250),
+    ]
+    trials = {0: ("COMPLETE", 0.9), 1: ("PRUNED", 0.5), 2: ("COMPLETE", 0.95), 3: ("FAIL", None)}
+    text = tree_text("s", rows, trials)
+    print(text)
+    assert text.splitlines() == [
+        "study s: 6 checkpoints recorded, 3 deleted not shown (--all shows them)",
+        "  warm-up:",
+        "    w  base   step 100     epoch 1       2 KiB",
+        "      trial 0 COMPLETE 0.9:",
+        "        a2  step   step 300     epoch 3       2 KiB",
+        "      trial 3 FAIL:",
+        "          trial 2 COMPLETE 0.95:",
+        "            d1  step   step 250     epoch 2.5     2 KiB",
+    ]
+    full = tree_text("s", rows, trials, show_all=True).splitlines()
+    assert full[0] == "study s: 6 checkpoints recorded"
+    assert len(full) == 1 + 1 + 6 + 4  # header, the warm-up's and 4 trials' headers, 6 rows
+    assert "      trial 1 PRUNED 0.5:" in full and any(" b1 " in f"{x} " for x in full)
+    assert "        b1  step   step 150     epoch 1.5     deleted" in full
 
 
 def test_human_bytes() -> None:

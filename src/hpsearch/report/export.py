@@ -1,4 +1,4 @@
-"""The export (SPEC section 8) and the `hpsearch status` table: one row per trial.
+"""The export (SPEC section 8): one row per trial, as a DataFrame, CSV, Parquet or JSON.
 
 `trials_dataframe` turns a `StudyView` into a pandas DataFrame with a fixed column order and
 nullable dtypes; `write_export` writes it as CSV, Parquet or JSON (chosen by suffix) and
@@ -8,7 +8,7 @@ nullable dtypes; `write_export` writes it as CSV, Parquet or JSON (chosen by suf
     write_export(df, "trials.parquet")
     assert read_export("trials.parquet").equals(df)
 
-`format_status_table` is the fixed-width text a person reads in a terminal.
+The `hpsearch status` table is `hpsearch.report.table`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from typing import Any
 # pandas ships no type hints and pandas-stubs is not a dependency: typed as Any here
 import pandas as pd  # type: ignore[import-untyped]
 
-from hpsearch.console import human_bytes
 from hpsearch.errors import HpsearchError, UsageError
-from hpsearch.report.views import StudyView, TrialView
+from hpsearch.report.views import StudyView
 
 EXPORT_SUFFIXES = (".csv", ".parquet", ".json")
 
@@ -208,106 +207,3 @@ def _columns(params: Iterable[str]) -> list[str]:
         *(PARAM_PREFIX + p for p in sorted(params)),
         *COLUMNS_AFTER_PARAMS,
     ]
-
-
-# --------------------------------------------------------------------------------------------
-# The status table
-# --------------------------------------------------------------------------------------------
-
-PARAMS_WIDTH = 60
-CHECKPOINT_WIDTH = 24
-
-
-def shorten(text: str, width: int, *, middle: bool = False) -> str:
-    """`text` cut to `width` characters with an ellipsis at the end (or in the middle)."""
-    if len(text) <= width:
-        return text
-    keep = width - 1
-    if not middle:
-        return text[:keep] + "…"
-    return text[: keep // 2] + "…" + text[len(text) - (keep - keep // 2) :]
-
-
-def _checkpoint_name(ref: str | None) -> str:
-    """A checkpoint reference shortened to its last two path parts (stores nest ids in dirs)."""
-    if not ref:
-        return "-"
-    parts = [p for p in ref.replace("\\", "/").split("/") if p]
-    return shorten("/".join(parts[-2:]) if parts else ref, CHECKPOINT_WIDTH, middle=True)
-
-
-def _format_value(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3g}" if v != 0 else "0"
-    return str(v)
-
-
-def _note(t: TrialView) -> str:
-    notes = []
-    if t.retry_of is not None:
-        notes.append(f"continues #{t.retry_of}")
-    if t.state == "PRUNED" and t.pruned_at is not None:
-        notes.append(f"pruned at epoch {t.pruned_at:.3g}")
-    if t.fail_reason:
-        notes.append(shorten(" ".join(t.fail_reason.split()), 60))
-    return "; ".join(notes)
-
-
-def format_status_table(view: StudyView) -> str:
-    """The `hpsearch status` table: one line per trial and a summary line.
-
-    Columns: number (the best one starred), state, value, params (3 significant digits),
-    parent checkpoint (shortened), fork step, steps trained, checkpoint bytes (binary units),
-    and a note (continuation of a crashed trial, where it was pruned, why it failed).
-    """
-    best = view.best()
-    header = ("#", "state", view.metric, "params", "parent", "fork step", "steps", "ckpt", "note")
-    right = {0, 2, 5, 6, 7}
-    rows = []
-    for t in sorted(view.trials, key=lambda t: t.number):
-        params = " ".join(f"{k}={_format_value(v)}" for k, v in t.params.items())
-        star = "*" if best is not None and t.number == best.number else ""
-        rows.append(
-            (
-                f"{star}{t.number}",
-                t.state,
-                "-" if t.value is None else f"{t.value:.6g}",
-                shorten(params, PARAMS_WIDTH) or "-",
-                _checkpoint_name(t.parent_checkpoint),
-                "-" if t.fork_step is None else str(t.fork_step),
-                str(t.steps_trained),
-                human_bytes(t.checkpoint_bytes),
-                _note(t),
-            )
-        )
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        out = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(out).rstrip()
-
-    lines = [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-    lines.append(_summary(view, best))
-    return "\n".join(lines)
-
-
-def _summary(view: StudyView, best: TrialView | None) -> str:
-    counts: dict[str, int] = {}
-    for t in view.trials:
-        counts[t.state] = counts.get(t.state, 0) + 1
-    order = ["COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"]
-    order += sorted(set(counts) - set(order))
-    by_state = ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
-    text = f"{len(view.trials)} trials" + (f" ({by_state})" if by_state else "")
-    if best is not None:
-        text += f"; best #{best.number}: {view.metric} = {best.value:.6g} ({view.direction})"
-    else:
-        text += "; no completed trial yet"
-    if view.disk_bytes:
-        text += f"; checkpoints on disk: {human_bytes(view.disk_bytes)}"
-    return text

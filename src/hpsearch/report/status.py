@@ -15,8 +15,8 @@ from typing import Any, cast
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.console import human_bytes
 from hpsearch.lineage import WARMUP, CheckpointRow
+from hpsearch.report.tree import tree_text
 from hpsearch.report.views import StudyView, TrialStateName, TrialView
 from hpsearch.search.records import TrialRecord, trial_attr
 from hpsearch.search.session import Session
@@ -29,9 +29,12 @@ def study_view(session: Session) -> StudyView:
     by_trial: dict[int, list[CheckpointRow]] = {}
     for r in rows:
         by_trial.setdefault(r.trial, []).append(r)
+    frozen = session.study.get_trials(deepcopy=False)
+    owner = {r.id: r.trial for r in rows}
+    origins = _segment_origins(frozen)
     trials = tuple(
-        _trial_view(t, session, by_trial.get(t.number, []), n)
-        for t in session.study.get_trials(deepcopy=False)
+        _trial_view(t, session, by_trial.get(t.number, []), n, origins[t.number], owner)
+        for t in frozen
     )
     curve = tuple((float(x), float(y)) for x, y in session.attr("warmup_curve", []) or [])
     warm_samples = int(session.attr("warmup_samples", 0) or 0)
@@ -51,8 +54,32 @@ def study_view(session: Session) -> StudyView:
     )
 
 
-def _trial_view(t: FrozenTrial, session: Session, mine: list[CheckpointRow], n: int) -> TrialView:
-    """One trial from its Optuna record and its checkpoints (`mine`); `n` samples per epoch."""
+def _segment_origins(trials: list[FrozenTrial]) -> dict[int, int]:
+    """Where each trial's training segment began, in samples: its fork, or for a retry the fork
+    of the first attempt it continues. A retry restores its attempt's trainer, so its evaluation
+    indices (and the reports it copies from the attempt) count from there, not from its own
+    start; placed from its own start, its curve ran past the end of its budget."""
+    records = {t.number: TrialRecord.of(t) for t in trials}
+    origins: dict[int, int] = {}
+    for number, rec in records.items():
+        seen = {number}
+        while rec.retry_of is not None and rec.retry_of in records and rec.retry_of not in seen:
+            seen.add(rec.retry_of)
+            rec = records[rec.retry_of]
+        origins[number] = rec.fork_samples or 0
+    return origins
+
+
+def _trial_view(
+    t: FrozenTrial,
+    session: Session,
+    mine: list[CheckpointRow],
+    n: int,
+    origin: int,
+    owner: dict[str, int],
+) -> TrialView:
+    """One trial from its Optuna record and its checkpoints (`mine`); `n` samples per epoch,
+    `origin` where its segment began (samples), `owner` the trial of every checkpoint id."""
     rec = TrialRecord.of(t)
     live = [r for r in mine if r.status == "committed"]
     fork_samples = rec.fork_samples
@@ -80,14 +107,20 @@ def _trial_view(t: FrozenTrial, session: Session, mine: list[CheckpointRow], n: 
         steps_trained=steps,
         samples_trained=samples,
         # intermediate values are keyed by evaluation index; place them by the samples seen
-        intermediate=_intermediate(t, session, fork_samples or 0, n),
+        intermediate=_intermediate(t, session, origin, n),
         pruned_at=rec.pruned_at,
         retry_of=rec.retry_of,
         final_checkpoint=final if any(r.id == final for r in live) else None,
         checkpoint_bytes=sum(r.nbytes for r in live),
         duration_s=duration,
         fail_reason=rec.fail_reason,
+        parent_trial=_parent_trial(rec.parent_checkpoint, owner),
     )
+
+
+def _parent_trial(parent: str | None, owner: dict[str, int]) -> int | None:
+    trial = owner.get(parent) if parent is not None else None
+    return None if trial is None or trial == WARMUP else trial
 
 
 def _last(t: Any) -> float | None:
@@ -129,47 +162,11 @@ def _intermediate(t: Any, session: Session, origin: int, n: int) -> tuple[tuple[
 # -- the tree as text -----------------------------------------------------------------------------
 
 
-def format_tree(session: Session) -> str:
-    """The checkpoint tree as indented text: a chain of checkpoints of one trial (or of the
-    warm-up) stays on one level; a branch to another trial is indented under its fork point."""
-    rows = session.lineage.checkpoints()
-    ids = {r.id for r in rows}
-    children: dict[str | None, list[CheckpointRow]] = {}
-    for r in rows:
-        children.setdefault(r.parent if r.parent in ids else None, []).append(r)
-    trials = {t.number: t for t in session.study.get_trials(deepcopy=False)}
-    lines = [f"study {session.study_name}: {len(rows)} checkpoints recorded"]
-
-    def who(trial: int) -> str:
-        if trial == WARMUP:
-            return "warm-up"
-        t = trials.get(trial)
-        if t is None:
-            return f"trial {trial}"
-        value = f" {t.value:.4g}" if t.value is not None else ""
-        return f"trial {trial} {t.state.name}{value}"
-
-    def label(r: CheckpointRow) -> str:
-        size = human_bytes(r.nbytes) if r.status == "committed" else r.status
-        return f"{r.id}  {r.kind:<6} step {r.step:<7} epoch {r.epoch:<7.4g} {size}"
-
-    def walk(first: CheckpointRow, depth: int) -> None:
-        lines.append("  " * depth + f"{who(first.trial)}:")
-        node: CheckpointRow | None = first
-        while node is not None:
-            lines.append("  " * (depth + 1) + label(node))
-            kids = sorted(children.get(node.id, []), key=lambda r: (r.trial, r.step, r.created))
-            same = [k for k in kids if k.trial == node.trial]
-            for k in kids:
-                if k.trial != node.trial:
-                    walk(k, depth + 2)
-            for k in same[1:]:  # a chain that split within one trial (a continuation)
-                walk(k, depth + 2)
-            node = same[0] if same else None
-
-    for root in sorted(children.get(None, []), key=lambda r: (r.trial, r.step, r.created)):
-        walk(root, 1)
-    return "\n".join(lines)
+def format_tree(session: Session, *, show_all: bool = False) -> str:
+    """The checkpoint tree as indented text (see `hpsearch.report.tree`); deleted checkpoints
+    only with `show_all`."""
+    trials = {t.number: (t.state.name, t.value) for t in session.study.get_trials(deepcopy=False)}
+    return tree_text(session.study_name, session.lineage.checkpoints(), trials, show_all=show_all)
 
 
 @dataclass

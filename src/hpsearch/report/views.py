@@ -44,6 +44,7 @@ class TrialView:
     checkpoint_bytes: int = 0
     duration_s: float | None = None
     fail_reason: str | None = None
+    parent_trial: int | None = None  # whose checkpoint it started from (None: warm-up, none)
 
 
 @dataclass(frozen=True)

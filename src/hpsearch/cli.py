@@ -119,24 +119,25 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
-    from hpsearch.config import load_study_file
-    from hpsearch.search.runner import run_study
-    from hpsearch.search.session import Session
-    from hpsearch.search.summary import format_summary
+    from hpsearch.config import load_study_file  # no torch: the first line comes at once
 
     settings = load_study_file(args.study)
-    if must_exist:
-        Session.open(args.study, storage=args.storage, classic=args.classic, create=False).close()
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    print(f"{args.study}: opening the study and loading the task {settings.task} ...",
+          file=sys.stderr, flush=True)  # fmt: skip
+    from hpsearch.search.runner import run_study  # imports torch: seconds on a cold start
+    from hpsearch.search.session import Session
+    from hpsearch.search.summary import format_summary
+
+    if must_exist:
+        Session.open(args.study, storage=args.storage, classic=args.classic, create=False).close()
     label = ""
     if args.workers > 1:  # one terminal, several workers: prefixed lines, no bars
         os.environ[BARS_ENV] = "0"
         label = f"[worker {os.getpid()}] "
-    print(f"{args.study}: opening the study and loading the task {settings.task} ...",
-          file=sys.stderr, flush=True)  # fmt: skip
     extra = [_spawn_worker(args) for _ in range(args.workers - 1)]
 
     def wait_for_workers() -> None:

@@ -153,6 +153,9 @@ def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
         wait_for_workers()  # after a stop too: they got the same signal
     ckpt_dir = os.path.join(settings.checkpoints.dir, summary.study)
     print(format_summary(summary, ckpt_dir))
+    failed = [f"worker {p.pid} exited with {p.returncode}" for p in extra if p.returncode]
+    if failed:  # its own error message is above; the study itself may be fine
+        raise HpsearchError("; ".join(failed) + " (see its messages above)")
     return 0
 
 

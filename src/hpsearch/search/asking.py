@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import optuna
@@ -61,13 +62,26 @@ def wanted(ctx: RunContext, target: int) -> bool:
     return done + active < target
 
 
+ASK_LEASE = "ask"
+ASK_LEASE_S = 30.0  # a worker killed while asking holds the others up this long at most
+
+
 def new_job(ctx: RunContext, target: int, *, parent: str | None) -> Job | None:
-    """A new Optuna trial starting from `parent` (None: from scratch), if the study needs one."""
-    if not wanted(ctx, target):
-        return None
-    ctx.pin([parent])
-    trial = ask(ctx)
-    sampled = suggest(trial, ctx.settings)  # before the attempt: a registered trial has params
-    token = ctx.lineage.start_attempt(trial.number)
+    """A new Optuna trial starting from `parent` (None: from scratch), if the study needs one.
+    Whether it needs one and asking for it are one step for the whole study (the ask lease):
+    two workers that both see one trial missing would otherwise both ask for it."""
+    lin = ctx.lineage
+    while not lin.take_lease(ASK_LEASE, ctx.presence, ttl_s=ASK_LEASE_S):
+        ctx.check_stop()
+        time.sleep(0.02)  # another worker is asking: a few milliseconds
+    try:
+        if not wanted(ctx, target):
+            return None
+        ctx.pin([parent])
+        trial = ask(ctx)
+        sampled = suggest(trial, ctx.settings)  # before the attempt: a registered trial has params
+        token = lin.start_attempt(trial.number)
+    finally:
+        lin.release_lease(ASK_LEASE, ctx.presence)
     hp = trial_hparams(ctx.settings, sampled)
     return Job(trial.number, bridge.trial_id(trial), hp, "new", token, parent=parent)

@@ -1,8 +1,10 @@
-"""The search layer: reads the study file, loads the task, and composes training and checkpoints
-into an Optuna study.
+"""The search layer: a study run on Optuna's ask-and-tell interface, on top of training,
+checkpoints and the lineage.
 
-Import the submodules you need (`hpsearch.config`, `hpsearch.config.taskload`, ...);
-this package imports nothing itself, so reading a study file never pulls in torch.
+`runner.run_study` opens a `session.Session` and runs a `worker.Worker`; the worker takes over
+trials of dead workers, retries failed ones, and asks the `scheduler` for new ones; `trial` runs
+one. `records` names every `hpsearch.*` attribute; `optuna_bridge` holds every private Optuna
+call. See docs/architecture.md. This package imports nothing itself.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import json
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -422,3 +423,34 @@ def test_one_human_bytes_for_every_output() -> None:
     function, in binary units: 4.2 million bytes read "4.2 MB" in the summary before."""
     assert human_bytes(4_200_000) == "4.01 MiB"
     assert human_bytes(4_200_000.0) == "4.01 MiB"  # sums of sizes may arrive as floats
+
+
+def test_a_retrys_reports_are_placed_from_its_first_attempts_fork() -> None:
+    """A retry restores its attempt's trainer, whose evaluation indices count from the first
+    attempt's fork: placed from the retry's own start, its curve ran past its budget's end."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from hpsearch.report.status import _segment_origins
+    from hpsearch.search.records import PREFIX
+
+    def frozen(number: int, state: TrialState, **attrs: int) -> Any:
+        t = create_trial(
+            state=state,
+            value=0.9 if state == TrialState.COMPLETE else None,
+            params={"lr": 0.01},
+            distributions={"lr": FloatDistribution(1e-4, 1.0)},
+            user_attrs={PREFIX + k: v for k, v in attrs.items()},
+            intermediate_values={1: 0.5, 2: 0.6},
+        )
+        t.number = number
+        return t
+
+    trials = [
+        frozen(0, TrialState.FAIL, fork_samples=600),
+        frozen(1, TrialState.FAIL, fork_samples=900, retry_of=0),
+        frozen(2, TrialState.COMPLETE, fork_samples=1200, retry_of=1),  # a retry of a retry
+        frozen(3, TrialState.COMPLETE, fork_samples=600),
+        frozen(4, TrialState.COMPLETE, fork_samples=700, retry_of=99),  # its attempt is gone
+    ]
+    assert _segment_origins(trials) == {0: 600, 1: 600, 2: 600, 3: 600, 4: 700}

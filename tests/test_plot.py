@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -20,15 +21,19 @@ from hpsearch.report.plot import (
     format_param,
     plot_study,
 )
+from hpsearch.report.plot.colors import BELOW_SHARE
 from hpsearch.report.plot.layout import (
     FADED_ALPHA,
+    LABEL_OFFSET,
     NEUTRAL,
+    WARMUP_SHARE,
     ColorScale,
+    axis_break,
+    colorbar_ticks,
     curve_y_limits,
-    labelled_branches,
+    row_labels,
     sizes,
     tree_y_limits,
-    warmup_compression,
     x_axis,
 )
 from hpsearch.report.views import StudyView, TrialView
@@ -186,6 +191,63 @@ def test_curves_chain_attempts_and_keep_warmup(view: StudyView) -> None:
     assert pruned.faded and pruned.marker == "pruned" and pruned.points == ((2.5, 0.6),)
 
 
+def test_a_retry_draws_the_values_it_shares_with_its_attempt_once() -> None:
+    """A retry carries the reports of the attempt it continues (and recomputes the one the
+    attempt made after its last checkpoint): its curve ran back over them, drawn twice."""
+    attempt = trial(0, "FAIL", None, end_progress=3.2, intermediate=curve(2, 4, 0.7, 0.9)[:3])
+    retry = trial(
+        1,
+        "COMPLETE",
+        0.9,
+        retry_of=0,
+        fork_progress=2.5,  # its attempt's last checkpoint, before the report at 3.0
+        intermediate=curve(2, 4, 0.7, 0.9),  # 2.5 and 3.0 shared with the attempt
+    )
+    view = StudyView("r", "acc", "maximize", False, 10, 2.0, 20, trials=(attempt, retry))
+    data = branch_plot_data(view)
+    (cv,) = data.curves
+    assert cv.points == ((2.5, 0.75), (3.0, 0.8), (3.5, 0.85), (4.0, 0.9))
+    assert cv.points[-1][0] == data.branch(1).x1 == 4.0
+
+
+def test_every_curve_stops_at_its_trials_end_and_x_only_increases() -> None:
+    # a report past the branch's end (a stale last report, or one placed from the wrong start)
+    late = trial(
+        0, "PRUNED", 0.6, end_progress=3.0, pruned_at=3.0, intermediate=curve(2, 3.5, 0.6, 0.7, 3)
+    )
+    view = StudyView("r", "acc", "maximize", False, 10, 2.0, 20, trials=(late,))
+    (cv,) = branch_plot_data(view).curves
+    assert [x for x, _ in cv.points] == [2.5, 3.0]
+    for n in (40, 200):
+        data = branch_plot_data(synthetic_study(n, seed=0, budget=6.0))
+        for c in data.curves:
+            xs = [x for x, _ in c.points]
+            assert xs == sorted(set(xs)), c.number  # each x once, in order
+            assert not xs or xs[-1] <= data.branch(c.number).x1
+        chains = [b for b in data.branches if b.attempts]
+        assert chains and all(
+            len(next(c for c in data.curves if c.number == b.number).points) == 8
+            for b in chains
+            if b.state == "COMPLETE"
+        )
+
+
+def test_row_labels_put_every_label_on_its_own_row_the_best_too(view: StudyView) -> None:
+    """The best had no label of its own, and its star sat beside the next row's label."""
+    data = branch_plot_data(view)
+    labels = row_labels(data)
+    rows = {b.number: b for b in data.branches}
+    assert len(labels) == len(data.branches)
+    for label in labels:
+        b = rows[label.number]
+        assert (label.x, label.y, label.text, label.faded) == (b.x1, b.y, b.label, b.faded)
+        assert label.dx == LABEL_OFFSET  # all clear of the star (about 8 points wide each side)
+    best = next(label for label in labels if label.bold)
+    assert (best.number, best.text, best.y) == (3, "#3 (resumes #2)", -1.0)
+    assert [label.bold for label in labels].count(True) == 1
+    assert LABEL_OFFSET > (260**0.5) / 2  # the star's half-width, in points
+
+
 def test_samples_axis_scales_every_x(view: StudyView) -> None:
     e, s = branch_plot_data(view), branch_plot_data(view, x="samples")
     assert s.x_label.endswith("(samples)") and e.x_label.endswith("(epochs)")
@@ -286,40 +348,46 @@ def test_format_param() -> None:
 # --- the files ----------------------------------------------------------------------------------
 
 
-def test_layout_compresses_a_long_warmup(view: StudyView) -> None:
-    # warm-up 0..2, trials 2..4: half the range, so it is squeezed to a quarter of the axis
+def test_layout_breaks_the_axis_after_a_long_warmup(view: StudyView) -> None:
+    """A compressed stretch of one axis read as linear at a glance: the warm-up gets an axis of
+    its own, each part linear with its own ticks, and a break between them."""
+    # warm-up 0..2, trials 2..4: half the range, so it gets a quarter of the width, 3x denser
     axis = x_axis(branch_plot_data(view))
-    squeeze = axis.compression
-    assert squeeze is not None and squeeze.factor == pytest.approx(3.0)
-    assert [float(squeeze.forward(x)) for x in (0.0, 2.0, 3.0)] == pytest.approx([0, 2 / 3, 5 / 3])
-    xs = [0.0, 0.5, 2.0, 2.7, 4.0]
-    assert [float(squeeze.inverse(squeeze.forward(x))) for x in xs] == pytest.approx(xs)
-    assert 2.0 in squeeze.ticks and list(squeeze.ticks) == sorted(squeeze.ticks)
-    width = 2.0 / 0.75  # the trials' stretch is 3/4 of the axis
-    assert (axis.lo, axis.hi) == pytest.approx((-0.01 * width * 3.0, 4.0 + 0.09 * width))
+    split = axis.split
+    assert split is not None
+    assert split.widths == (WARMUP_SHARE, 1 - WARMUP_SHARE) and split.factor == pytest.approx(3.0)
+    assert split.warmup == pytest.approx((-0.04, 2.0))  # ends at the fork
+    assert split.trials == pytest.approx((2.0 - 0.03, 4.0 + 0.09 * 2.0))  # shows the fork too
+    assert (axis.lo, axis.hi) == (split.warmup[0], split.trials[1])
+    assert split.warmup_ticks == (0.0, 1.0, 2.0)
+    assert split.trial_ticks[0] == 2.0 and split.trial_ticks[-1] == 4.0
+    assert list(split.trial_ticks) == sorted(split.trial_ticks)
+    # the quickstart's shape: a 6-epoch warm-up, 6 epochs a trial
+    quick = x_axis(branch_plot_data(synthetic_study(40, seed=0, budget=6.0))).split
+    assert quick is not None and quick.warmup[1] == 6.0 and quick.factor == pytest.approx(3.0)
+    assert quick.warmup_ticks == (0.0, 2.0, 4.0, 6.0) and quick.trial_ticks[-1] == 12.0
 
 
 def test_layout_keeps_a_short_warmup_and_classic_linear() -> None:
-    assert warmup_compression(0.0, 1.0, 4.0) is None  # a quarter of the range: drawn as it is
-    assert warmup_compression(0.0, 0.0, 4.0) is None
+    assert axis_break(0.0, 1.0, 4.0, 0.09) is None  # a quarter of the range: drawn as it is
+    assert axis_break(0.0, 0.0, 4.0, 0.09) is None
     axis = x_axis(branch_plot_data(synthetic_study(30, seed=4, classic=True)))
-    assert axis.compression is None
+    assert axis.split is None
     assert (axis.lo, axis.hi) == pytest.approx((-0.02, 2.0 + 0.09 * 2.0))
 
 
 def test_layout_sizes_labels_and_limits_follow_the_rows(view: StudyView) -> None:
     data = branch_plot_data(view)
     assert (sizes(data).line_width, sizes(data).marker_size) == (2.0, 40.0)
-    assert [b.number for b in labelled_branches(data)] == [
-        b.number for b in data.branches if b.number != 3
-    ]
+    assert [label.number for label in row_labels(data)] == [b.number for b in data.branches]
     assert tree_y_limits(data) == (-(len(data.branches) + 1), 3.0)
     assert curve_y_limits(data) == pytest.approx((0.4 - 0.0275, 0.95 + 0.0275))
     many = branch_plot_data(synthetic_study(200, seed=1))
     rows = len(many.branches)  # fewer than 200: continuations share their attempt's row
     assert 100 < rows < 200
     assert (sizes(many).line_width, sizes(many).marker_size) == (0.6, 2400.0 / rows)
-    assert labelled_branches(many) == []  # so many labels would be unreadable
+    # so many labels would be unreadable: only the best's
+    assert [label.number for label in row_labels(many)] == [many.best_number]
     assert tree_y_limits(many) == (-(rows + 1), pytest.approx(0.14 * rows))
 
 
@@ -333,6 +401,60 @@ def test_colour_scale_clips_greys_and_fades(view: StudyView) -> None:
     assert scale.rgba(None) == NEUTRAL
     assert scale.rgba(0.95, faded=True)[3] == FADED_ALPHA
     assert scale.best_color() == pytest.approx(top)
+    bottom = matplotlib.colormaps["viridis"](0.0)
+    assert scale.rgba(0.60) == pytest.approx(bottom)  # the one value below the range: the end
+    assert scale.rgba(0.85) == pytest.approx(matplotlib.colormaps["viridis"](BELOW_SHARE))
+
+
+@pytest.mark.parametrize("direction", ["maximize", "minimize"])
+def test_values_below_the_finished_range_each_get_a_colour_by_rank(direction: str) -> None:
+    """Pruned trials measured early are worse than every finished one: clipped to the range's
+    end, they all had the same dark colour."""
+    data = branch_plot_data(synthetic_study(200, seed=0, direction=direction))
+    maximize = direction == "maximize"
+    done = [b for b in data.branches if b.state == "COMPLETE"]
+    worse = [
+        b
+        for b in data.branches
+        if b.color_value is not None
+        and (b.color_value < data.vmin if maximize else b.color_value > data.vmax)
+    ]
+    assert len(worse) > 40 and {b.state for b in worse} <= {"PRUNED", "RUNNING"}
+    assert data.n_below == len({b.color_value for b in worse})
+    # the finished trials keep the good part of the map, linear in their values
+    span = (BELOW_SHARE, 1.0) if maximize else (0.0, 1.0 - BELOW_SHARE)
+    for b in done:
+        frac = (b.color_value - data.vmin) / (data.vmax - data.vmin)
+        assert b.color_position == pytest.approx(span[0] + frac * (span[1] - span[0]))
+    best = next(b for b in data.branches if b.is_best)
+    assert best.color_position == (1.0 if maximize else 0.0)
+    # the worse ones share the rest, in the order of their values, each a step of its own
+    ranked = sorted(worse, key=lambda b: b.color_value, reverse=not maximize)  # worst first
+    positions = [b.color_position for b in ranked]
+    assert positions == sorted(positions, reverse=not maximize)
+    distinct = sorted({b.color_value: b.color_position for b in ranked}.values())
+    assert len(distinct) == data.n_below  # a colour per distinct value, evenly spaced by rank
+    steps = [c - a for a, c in itertools.pairwise(distinct)]
+    assert steps == pytest.approx([BELOW_SHARE / data.n_below] * (data.n_below - 1))
+    assert positions[0] == (0.0 if maximize else 1.0)
+    assert all((p < BELOW_SHARE) if maximize else (p > 1.0 - BELOW_SHARE) for p in positions)
+    curves = {c.number: c.color_position for c in data.curves}
+    assert all(curves[b.number] == b.color_position for b in data.branches)
+    # the colour bar says so: its ticks run over the map, and the ranked part is marked off
+    ticks = colorbar_ticks(data)
+    assert list(ticks.positions) == sorted(ticks.positions) and len(ticks.labels) >= 4
+    assert ticks.below_from == (BELOW_SHARE if maximize else 1.0 - BELOW_SHARE)
+    assert ticks.below_text == f"{data.n_below} worse than all finished, by rank"
+    worst = ranked[0].color_value
+    assert f"{worst:.3g}" in ticks.labels
+
+
+def test_colour_bar_without_values_below_the_range(view: StudyView) -> None:
+    trials = tuple(t for t in view.trials if t.number != 1)  # the one pruned trial
+    data = branch_plot_data(StudyView(**{**view.__dict__, "trials": trials}))
+    assert data.n_below == 0 and data.color_stops == ((0.85, 0.0), (0.95, 1.0))
+    ticks = colorbar_ticks(data)
+    assert ticks.below_from is None and ticks.below_text == ""
 
 
 def check_file(path: Path) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from hpsearch.report.plot.colors import color_range, color_stops, interpolate
 from hpsearch.report.views import StudyView, TrialStateName, TrialView
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class Branch:
     marker: Marker
     is_best: bool
     label: str
+    color_position: float | None = None  # where `color_value` sits on the colour map, 0..1
     attempts: tuple[int, ...] = ()
     resumes: tuple[float, ...] = ()
     segments: tuple[Segment, ...] = ()
@@ -80,7 +82,8 @@ class Curve:
     """The objective curve of one branch for the second panel: (x, objective) points.
 
     For a continuation chain the points of the failed attempts come first, up to where the
-    continuation took over.
+    continuation took over; a value the continuation shares with its attempt (it carries the
+    attempt's reports) is drawn once. x strictly increases and ends at the branch's end.
     """
 
     number: int
@@ -90,6 +93,7 @@ class Curve:
     faded: bool
     marker: Marker
     is_best: bool
+    color_position: float | None = None
 
 
 @dataclass(frozen=True)
@@ -97,10 +101,15 @@ class BranchPlotData:
     """Everything the branch plot shows, as plain values (see `branch_plot_data`).
 
     `trunk` is None in classic mode (no warm-up). `best_path` runs from the start of the trunk
-    through the fork to the best trial's end (empty when no trial is COMPLETE). Colours map
-    `color_value` through `cmap` over [`vmin`, `vmax`]; `cmap` is reversed for "minimize" so the
-    good end of the scale is always the same colour. `not_drawn` lists trials with nothing to draw
-    yet (WAITING).
+    through the fork to the best trial's end (empty when no trial is COMPLETE). `not_drawn` lists
+    trials with nothing to draw yet (WAITING).
+
+    Colours: `color_stops` map an objective value to a position on `cmap` (piecewise linear
+    between the stops, clipped at both ends; see `color_position`). The finished trials' range
+    [`vmin`, `vmax`] is linear over the good part of the map; the values worse than all of them
+    (pruned trials, measured earlier) share the last `BELOW_SHARE` of it by rank, so each still
+    gets a colour of its own. `cmap` is reversed for "minimize" so the good end of the scale is
+    always the same colour.
     """
 
     study: str
@@ -123,6 +132,12 @@ class BranchPlotData:
     counts: dict[str, int]
     n_trials: int
     not_drawn: tuple[int, ...] = ()
+    color_stops: tuple[Point, ...] = ()
+    n_below: int = 0  # values worse than the finished range, coloured by rank
+
+    def color_position(self, value: float | None) -> float | None:
+        """Where `value` sits on the colour map (0..1), or None for no value."""
+        return interpolate(self.color_stops, value)
 
     def branch(self, number: int) -> Branch:
         """The branch that draws trial `number` (also when it is a failed, continued attempt)."""
@@ -163,7 +178,10 @@ def branch_plot_data(view: StudyView, *, x: str = "epochs") -> BranchPlotData:
         best_branch = next(b for b in branches if b.is_best)
         best_path = ((trunk,) if trunk is not None else ()) + best_branch.segments
         best_text = _best_text(view, best, best_branch)
-    vmin, vmax = _color_range(branches)
+    vmin, vmax = color_range([(b.state, b.color_value) for b in branches])
+    stops, n_below = color_stops((b.color_value for b in branches), vmin, vmax, maximize)
+    branches = tuple(replace(b, color_position=interpolate(stops, b.color_value)) for b in branches)
+    curves = tuple(replace(c, color_position=interpolate(stops, c.color_value)) for c in curves)
     counts: dict[str, int] = {}
     for t in view.trials:
         counts[t.state] = counts.get(t.state, 0) + 1
@@ -189,6 +207,8 @@ def branch_plot_data(view: StudyView, *, x: str = "epochs") -> BranchPlotData:
         counts=counts,
         n_trials=len(view.trials),
         not_drawn=not_drawn,
+        color_stops=stops,
+        n_below=n_below,
     )
 
 
@@ -211,7 +231,7 @@ def _rows(
             Curve(
                 number=branch.number,
                 state=branch.state,
-                points=_chain_points(chain, scale),
+                points=_chain_points(chain, scale, branch.x1),
                 color_value=branch.color_value,
                 faded=branch.faded,
                 marker=branch.marker,
@@ -359,33 +379,23 @@ def _piece(
     ]
 
 
-def _chain_points(chain: list[TrialView], scale: float) -> tuple[Point, ...]:
+def _chain_points(chain: list[TrialView], scale: float, end: float) -> tuple[Point, ...]:
+    """The chain's reports, each attempt's from its own start up to where the next took over,
+    none past `end` (the branch's end) and each x once.
+
+    A continuation carries the reports of the attempt it continues (and recomputes those the
+    attempt made after its last checkpoint): taken from both, they were drawn twice, and the
+    curve ran back and forth."""
     points: list[Point] = []
+    limit = end + 1e-9 * max(abs(end), 1.0)
     for k, t in enumerate(chain):
-        limit = chain[k + 1].fork_progress if k + 1 < len(chain) else math.inf
-        points.extend((p * scale, v) for p, v in t.intermediate if p <= limit)
+        lo = t.fork_progress if k > 0 else -math.inf
+        hi = chain[k + 1].fork_progress if k + 1 < len(chain) else math.inf
+        for p, v in t.intermediate:
+            x = p * scale
+            if lo < p <= hi and x <= limit and (not points or x > points[-1][0]):
+                points.append((x, v))
     return tuple(points)
-
-
-def _color_range(branches: Sequence[Branch]) -> tuple[float, float]:
-    """Min and max objective of the COMPLETE trials.
-
-    Pruned trials' values were measured earlier in training and would stretch the scale until
-    every finished trial looks alike; they only count when fewer than two trials are complete.
-    Values outside the range are drawn in the colour of the nearest end.
-    """
-    values = [b.color_value for b in branches if b.state == "COMPLETE"]
-    finite = [v for v in values if v is not None]
-    if len(set(finite)) < 2:
-        pruned = [b.color_value for b in branches if b.state == "PRUNED"]
-        finite += [v for v in pruned if v is not None]
-    if not finite:
-        return 0.0, 1.0
-    lo, hi = min(finite), max(finite)
-    if lo == hi:
-        pad = abs(lo) * 0.05 or 0.5
-        return lo - pad, hi + pad
-    return lo, hi
 
 
 def format_param(value: Any) -> str:

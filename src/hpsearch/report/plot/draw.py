@@ -17,11 +17,11 @@ from hpsearch.report.plot.data import Branch, BranchPlotData, branch_plot_data
 from hpsearch.report.plot.layout import (
     ColorScale,
     Sizes,
-    WarmupCompression,
     XAxis,
+    colorbar_ticks,
     curve_y_limits,
     default_title,
-    labelled_branches,
+    row_labels,
     sizes,
     tree_y_limits,
     x_axis,
@@ -64,11 +64,22 @@ def draw_branch_plot(
     suffix = _check_suffix(path)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
 
-    fig = Figure(figsize=figsize, dpi=dpi, layout="constrained")
+    axis = x_axis(data)
+    # a broken axis: its two parts as close as the break marks allow
+    engine = ConstrainedLayoutEngine(w_pad=0.01, wspace=0.0) if axis.split else None
+    fig = Figure(figsize=figsize, dpi=dpi, layout=engine or "constrained")
     FigureCanvasAgg(fig)
-    ax_tree, ax_curves = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
-    _draw(fig, ax_tree, ax_curves, data, title)
+    if axis.split is None:
+        ax_tree, ax_curves = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+        columns = [(ax_tree, ax_curves)]
+    else:  # the warm-up on an axis of its own, left of the trials' (a broken axis)
+        grid = fig.subplots(
+            2, 2, sharex="col", sharey="row", height_ratios=[3, 2], width_ratios=axis.split.widths
+        )
+        columns = [(grid[0][0], grid[1][0]), (grid[0][1], grid[1][1])]
+    _draw(fig, columns, data, axis, title)
     fig.savefig(path, format=suffix[1:], dpi=dpi)
 
 
@@ -86,8 +97,12 @@ def plot_study(
     return data
 
 
-def _draw(fig: Any, ax_tree: Any, ax_curves: Any, data: BranchPlotData, title: str | None) -> None:
-    """Both panels, the colour bar, the legend and the title; the order of the calls is the
+def _draw(
+    fig: Any, columns: list[tuple[Any, Any]], data: BranchPlotData, axis: XAxis, title: str | None
+) -> None:
+    """Both panels in each column (one, or the warm-up's and the trials' of a broken axis:
+    everything is drawn in both and each shows its own x range), then the labels, the best
+    trial's note, the colour bar, the legend and the title once. The order of the calls is the
     order of drawing where zorders tie."""
     from matplotlib import patheffects
 
@@ -97,17 +112,24 @@ def _draw(fig: Any, ax_tree: Any, ax_curves: Any, data: BranchPlotData, title: s
     outline = [patheffects.Stroke(linewidth=lw * 2 + 4, foreground="black"), patheffects.Normal()]
     best = next((b for b in data.branches if b.is_best), None)
 
-    _draw_branches(ax_tree, data, scale, lw)
-    if data.trunk is not None:
-        _draw_trunk(ax_tree, ax_curves, data)
-    _draw_ends(ax_tree, data, scale, size)
+    main_tree, main_curves = columns[-1]
+    _draw_branches(main_tree, data, scale, lw)
+    for k, (ax_tree, ax_curves) in enumerate(columns):
+        if data.trunk is not None:
+            _draw_trunk(ax_tree, ax_curves, data)
+        _style_tree_axes(ax_tree, data, ylabel=k == 0)
+        if data.warmup_curve:
+            ax_curves.plot(*zip(*data.warmup_curve, strict=True), color=TRUNK_COLOR, lw=2.5)
+        _style_curves_axes(ax_curves, data, ylabel=k == 0, xlabel=ax_curves is main_curves)
+    _draw_ends(main_tree, data, scale, size)
     if best is not None and data.best_path:
-        _draw_best(ax_tree, data, best, scale, lw, outline)
-    _draw_labels(ax_tree, data)
-    _set_x_axis(ax_tree, ax_curves, data, x_axis(data))
-    _style_tree_axes(ax_tree, data)
-    _draw_curves(ax_curves, data, scale, size, outline)
-    _draw_colorbar(fig, [ax_tree, ax_curves], data, scale)
+        _draw_best(main_tree, data, best, scale, lw, outline)
+    _draw_curves(main_curves, data, scale, size, outline)
+    if best is not None and data.best_path:
+        _draw_best_note(main_tree, data, best)
+    _draw_labels(main_tree, data)
+    _set_x_axis(columns, data, axis)
+    _draw_colorbar(fig, [ax for column in columns for ax in column], data)
     _draw_legend(fig, data, best is not None, scale, outline)
     fig.suptitle(title if title is not None else default_title(data), fontsize=12)
 
@@ -133,16 +155,6 @@ def _draw_trunk(ax_tree: Any, ax_curves: Any, data: BranchPlotData) -> None:
     assert t is not None
     ax_tree.plot([t.x0, t.x1], [0, 0], color=TRUNK_COLOR, lw=4, solid_capstyle="butt", zorder=4)
     ax_tree.plot([t.x1], [0], "o", color=TRUNK_COLOR, ms=7, zorder=5)
-    ax_tree.annotate(
-        "fork: trials start\nfrom this checkpoint",
-        (t.x1, 0),
-        xytext=(-8, -10),
-        textcoords="offset points",
-        ha="right",
-        va="top",
-        fontsize=8,
-        color="0.3",
-    )
     for ax in (ax_tree, ax_curves):
         ax.axvline(t.x1, color="0.5", lw=0.8, ls="--", zorder=1)
 
@@ -174,7 +186,7 @@ def _draw_ends(ax: Any, data: BranchPlotData, scale: ColorScale, size: Sizes) ->
 def _draw_best(
     ax: Any, data: BranchPlotData, best: Branch, scale: ColorScale, lw: float, outline: list[Any]
 ) -> None:
-    """The best trial's path, outlined, its star and its note (value and params)."""
+    """The best trial's path, outlined, and its star."""
     c = scale.rgba(best.color_value)
     branch_part = [s for s in data.best_path if s.trial is not None]
     xs = [branch_part[0].x0, *(s.x1 for s in branch_part)]
@@ -190,6 +202,10 @@ def _draw_best(
         zorder=6,
     )
     ax.scatter([best.x1], [best.y], marker="*", s=260, c=[c], edgecolors="black", lw=1.2, zorder=7)
+
+
+def _draw_best_note(ax: Any, data: BranchPlotData, best: Branch) -> None:
+    """The best trial's value and params in a box above its star, with an arrow to it."""
     ax.annotate(
         data.best_text,
         (best.x1, best.y),
@@ -205,28 +221,45 @@ def _draw_best(
 
 
 def _draw_labels(ax: Any, data: BranchPlotData) -> None:
-    for b in labelled_branches(data):
+    for label in row_labels(data):
         ax.annotate(
-            b.label,
-            (b.x1, b.y),
-            xytext=(6, 0),
+            label.text,
+            (label.x, label.y),
+            xytext=(label.dx, 0),
             textcoords="offset points",
             va="center",
-            fontsize=7,
-            color="0.35" if b.faded else "0.1",
+            fontsize=8 if label.bold else 7,
+            fontweight="bold" if label.bold else "normal",
+            color="0.35" if label.faded else "0.1",
         )
 
 
-def _set_x_axis(ax_tree: Any, ax_curves: Any, data: BranchPlotData, axis: XAxis) -> None:
-    """The shared x axis (compressed over a long warm-up) and the warm-up's label and shading."""
-    if axis.compression is not None:
-        _compress(ax_tree, axis.compression)
-    ax_tree.set_xlim(axis.lo, axis.hi)
+def _set_x_axis(columns: list[tuple[Any, Any]], data: BranchPlotData, axis: XAxis) -> None:
+    """The x limits (and a broken axis's two ranges, ticks and break marks), the warm-up's
+    label and, next to the fork, what the fork is."""
+    main_tree = columns[-1][0]
+    if axis.split is None:
+        main_tree.set_xlim(axis.lo, axis.hi)
+    else:
+        split = axis.split
+        (warm_tree, warm_curves), (trial_tree, trial_curves) = columns
+        warm_tree.set_xlim(*split.warmup)
+        trial_tree.set_xlim(*split.trials)
+        warm_curves.set_xticks(split.warmup_ticks)
+        trial_curves.set_xticks(split.trial_ticks)
+        for ax in (warm_tree, warm_curves):
+            ax.spines["right"].set_visible(False)
+            ax.axvspan(*split.warmup, color="0.5", alpha=0.08, lw=0, zorder=0)
+        for ax in (trial_tree, trial_curves):
+            ax.spines["left"].set_visible(False)
+            ax.tick_params(axis="y", left=False)
+        for warm_ax, trial_ax in ((warm_tree, trial_tree), (warm_curves, trial_curves)):
+            _break_marks(warm_ax, trial_ax)
     if data.trunk is None:
         return
     t = data.trunk
-    note = f", x axis compressed {axis.compression.factor:.3g}×" if axis.compression else ""
-    ax_tree.annotate(
+    note = f"\n(on its own scale, {axis.split.factor:.2g}× denser)" if axis.split else ""
+    label = columns[0][0].annotate(
         f"warm-up, shared by all trials{note}",
         (t.x0, 0),
         xytext=(2, 6),
@@ -235,25 +268,34 @@ def _set_x_axis(ax_tree: Any, ax_curves: Any, data: BranchPlotData, axis: XAxis)
         va="bottom",
         fontsize=9,
     )
-    if axis.compression is not None:
-        for ax in (ax_tree, ax_curves):
-            ax.axvspan(t.x0, t.x1, color="0.5", alpha=0.08, lw=0, zorder=0)
+    label.set_in_layout(False)  # wider than a warm-up's axis: it must not push the next one
+    columns[0][0].annotate(
+        "fork: trials start\nfrom this checkpoint",
+        (t.x1, 0),
+        xytext=(-8, -10),
+        textcoords="offset points",
+        ha="right",
+        va="top",
+        fontsize=8,
+        color="0.3",
+    )
 
 
-def _compress(ax: Any, compression: WarmupCompression) -> None:
-    from matplotlib.ticker import FixedLocator
+def _break_marks(left: Any, right: Any) -> None:
+    """Two short diagonals on the bottom spines where the axis breaks: //"""
+    marks = {"marker": [(-1, -2), (1, 2)], "markersize": 10, "linestyle": "none", "color": "k"}
+    marks |= {"mec": "k", "mew": 1, "clip_on": False, "zorder": 10}
+    left.plot([1], [0], transform=left.transAxes, **marks)
+    right.plot([0], [0], transform=right.transAxes, **marks)
 
-    # the scale is shared with the curves panel
-    ax.set_xscale("function", functions=(compression.forward, compression.inverse))
-    ax.xaxis.set_major_locator(FixedLocator(compression.ticks))
 
-
-def _style_tree_axes(ax: Any, data: BranchPlotData) -> None:
+def _style_tree_axes(ax: Any, data: BranchPlotData, *, ylabel: bool) -> None:
     ax.set_ylim(*tree_y_limits(data))
     ax.set_yticks([])
-    ax.set_ylabel(
-        "trials, one row each\n(completed by value, best on top;\nthen running, pruned, failed)"
-    )
+    if ylabel:
+        ax.set_ylabel(
+            "trials, one row each\n(completed by value, best on top;\nthen running, pruned, failed)"
+        )
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
 
@@ -264,7 +306,8 @@ def _style_tree_axes(ax: Any, data: BranchPlotData) -> None:
 def _draw_curves(
     ax: Any, data: BranchPlotData, scale: ColorScale, size: Sizes, outline: list[Any]
 ) -> None:
-    """Every trial's objective curve (pruned ones end in a cross), the warm-up's, the best's."""
+    """Every trial's objective curve (pruned ones end in a cross in their colour), the best's
+    outlined on top."""
     from matplotlib.collections import LineCollection
 
     lw = size.line_width
@@ -275,19 +318,18 @@ def _draw_curves(
         lines.append(cv.points)
         colors.append(scale.rgba(cv.color_value, cv.faded))
         if cv.marker == "pruned":
-            pruned_ends.append(cv.points[-1])
+            pruned_ends.append((cv.points[-1], (*scale.rgba(cv.color_value)[:3], 0.8)))
     ax.add_collection(LineCollection(lines, colors=colors, linewidths=lw * 0.8, zorder=2))
     if pruned_ends:
         ax.scatter(
-            *zip(*pruned_ends, strict=True),
+            [x for (x, _), _ in pruned_ends],
+            [y for (_, y), _ in pruned_ends],
             marker="x",
             s=size.marker_size * 0.8,
-            c="0.4",
+            c=[c for _, c in pruned_ends],
             lw=1,
             zorder=3,
         )
-    if data.warmup_curve:
-        ax.plot(*zip(*data.warmup_curve, strict=True), color=TRUNK_COLOR, lw=2.5, zorder=4)
     best_curve = next((cv for cv in data.curves if cv.is_best), None)
     if best_curve is not None and best_curve.points:
         ax.plot(
@@ -297,11 +339,16 @@ def _draw_curves(
             path_effects=outline,
             zorder=5,
         )
+
+
+def _style_curves_axes(ax: Any, data: BranchPlotData, *, ylabel: bool, xlabel: bool) -> None:
     limits = curve_y_limits(data)
     if limits is not None:
         ax.set_ylim(*limits)
-    ax.set_ylabel(data.metric)
-    ax.set_xlabel(data.x_label)
+    if ylabel:
+        ax.set_ylabel(data.metric)
+    if xlabel:
+        ax.set_xlabel(data.x_label)
     ax.grid(alpha=0.3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
@@ -310,13 +357,27 @@ def _draw_curves(
 # -- colour bar, legend ----------------------------------------------------------------------------
 
 
-def _draw_colorbar(fig: Any, axes: list[Any], data: BranchPlotData, scale: ColorScale) -> None:
+def _draw_colorbar(fig: Any, axes: list[Any], data: BranchPlotData) -> None:
+    """The bar over the colour map's positions, ticked with values; a ranked part for values
+    worse than every finished trial is marked off and says so."""
+    import matplotlib
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    sm = ScalarMappable(norm=Normalize(data.vmin, data.vmax), cmap=scale.cmap)
+    sm = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=matplotlib.colormaps[data.cmap])
     cbar = fig.colorbar(sm, ax=axes, shrink=0.9, pad=0.01, aspect=40)
-    cbar.set_label(f"{data.metric} (final value)   better →")
+    ticks = colorbar_ticks(data)
+    cbar.set_ticks(ticks.positions, labels=ticks.labels)
+    cbar.set_label(f"{data.metric} (final value; pruned: last reported)   better →")
+    if ticks.below_from is not None:
+        cbar.ax.axhline(ticks.below_from, color="white", lw=2)
+        middle = (
+            ticks.below_from / 2 if data.direction == "maximize" else (1 + ticks.below_from) / 2
+        )
+        cbar.ax.text(
+            0.5, middle, ticks.below_text, transform=cbar.ax.get_yaxis_transform(), rotation=90,
+            ha="center", va="center", fontsize=6.5, color="white",
+        )  # fmt: skip
     if data.direction != "maximize":
         cbar.ax.invert_yaxis()  # better is always up
 

@@ -1,9 +1,10 @@
 """The branch plot's layout: from its data to the figure's axes, sizes, colours and texts.
 
-Pure decisions that need no figure, so they can be tested by value: the x axis (its limits and
-the compression of a long warm-up), the y limits, line and marker sizes for the number of rows,
-the colour scale, which rows get a label, and the title. `hpsearch.report.plot.draw` applies
-them. matplotlib is imported only inside the functions that need its colour maps or tick rules.
+Pure decisions that need no figure, so they can be tested by value: the x axis (its limits, and
+the break that gives a long warm-up an axis of its own), the y limits, line and marker sizes for
+the number of rows, the colour scale and its bar's ticks, the row labels, and the title.
+`hpsearch.report.plot.draw` applies them. matplotlib is imported only inside the functions that
+need its colour maps or tick rules.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hpsearch.report.plot.data import Branch, BranchPlotData
+from hpsearch.report.plot.colors import BELOW_SHARE
+from hpsearch.report.plot.data import BranchPlotData
 
 RGBA = tuple[float, float, float, float]
 
 # A warm-up longer than the trials would squeeze every branch into a sliver at the right; above
-# this share of the x range, its stretch of the axis is compressed down to it.
+# this share of the x range, it is drawn on an axis of its own this wide (a broken axis).
 WARMUP_SHARE = 0.25
 
 # Up to this many rows, one label per row still reads; beyond, only the best is labelled.
@@ -43,65 +45,54 @@ def sizes(data: BranchPlotData) -> Sizes:
 
 
 @dataclass(frozen=True)
-class WarmupCompression:
-    """A piecewise linear x scale: the warm-up [lo, fork] is squeezed by `k` into `squeezed`
-    (trial units), the trials' stretch after `fork` is drawn as it is.
+class AxisBreak:
+    """A long warm-up drawn on an axis of its own, left of the trials' one, with a break
+    between them: each part is linear and has its own ticks, so neither misleads at a glance.
 
-    Both stretches still read truthfully against their own ticks (`ticks`: a few in the warm-up,
-    the fork, then the trials' own).
+    `warmup` and `trials` are the two parts' x limits (the trials' starts a little before the
+    fork, so the fork and the trunk's last stretch show on it too); `widths` their shares of
+    the figure's width; `factor` how many times denser the warm-up's part is drawn.
     """
 
-    lo: float
-    fork: float
-    k: float
-    squeezed: float
-    ticks: tuple[float, ...]
-
-    @property
-    def factor(self) -> float:
-        """How many times the warm-up is compressed."""
-        return 1 / self.k
-
-    def forward(self, x: Any) -> Any:
-        import numpy as np
-
-        x = np.asarray(x, dtype=float)
-        lo, k = self.lo, self.k
-        return np.where(x <= self.fork, lo + (x - lo) * k, lo + self.squeezed + (x - self.fork))
-
-    def inverse(self, u: Any) -> Any:
-        import numpy as np
-
-        u = np.asarray(u, dtype=float)
-        lo, squeezed = self.lo, self.squeezed
-        return np.where(u <= lo + squeezed, lo + (u - lo) / self.k, self.fork + (u - lo - squeezed))
+    warmup: tuple[float, float]
+    trials: tuple[float, float]
+    widths: tuple[float, float]
+    factor: float
+    warmup_ticks: tuple[float, ...]
+    trial_ticks: tuple[float, ...]
 
 
-def warmup_compression(lo: float, fork: float, hi: float) -> WarmupCompression | None:
-    """The compression of the warm-up [lo, fork] to WARMUP_SHARE of the width up to `hi`, or None
-    when the warm-up is short enough to draw as it is."""
+def axis_break(lo: float, fork: float, hi: float, right_pad: float) -> AxisBreak | None:
+    """The break for a warm-up [lo, fork] longer than WARMUP_SHARE * 1.6 of the range up to
+    `hi` (None: short enough to draw on one linear axis); `right_pad` is the share of the
+    trials' width left free on the right for the row labels."""
     from matplotlib.ticker import MaxNLocator
 
     warm, trials = fork - lo, hi - fork
-    if warm <= 0 or warm / (warm + trials) <= WARMUP_SHARE * 1.6:
+    if warm <= 0 or trials <= 0 or warm / (warm + trials) <= WARMUP_SHARE * 1.6:
         return None
-    squeezed = trials * WARMUP_SHARE / (1 - WARMUP_SHARE)
     steps = [1, 2, 2.5, 5, 10]
-    warm_ticks = MaxNLocator(3, steps=steps).tick_values(lo, fork)
-    trial_ticks = MaxNLocator(8, steps=steps).tick_values(fork, hi)
-    step = trial_ticks[1] - trial_ticks[0]
-    ticks = [t for t in warm_ticks if lo <= t <= fork - warm / 4] + [fork]
-    ticks += [t for t in trial_ticks if fork + step / 2 <= t <= hi + step / 100]
-    return WarmupCompression(lo, fork, squeezed / warm, squeezed, tuple(float(t) for t in ticks))
+    warm_ticks = [t for t in MaxNLocator(3, steps=steps).tick_values(lo, fork) if lo <= t <= fork]
+    trial_ticks = MaxNLocator(7, steps=steps).tick_values(fork, hi)
+    trial_ticks = [t for t in trial_ticks if fork <= t <= hi + trials / 1000]
+    factor = (warm / WARMUP_SHARE) / (trials / (1 - WARMUP_SHARE))
+    return AxisBreak(
+        warmup=(lo - 0.02 * warm, fork),
+        trials=(fork - 0.015 * trials, hi + right_pad * trials),
+        widths=(WARMUP_SHARE, 1 - WARMUP_SHARE),
+        factor=factor,
+        warmup_ticks=tuple(float(t) for t in warm_ticks),
+        trial_ticks=tuple(float(t) for t in trial_ticks),
+    )
 
 
 @dataclass(frozen=True)
 class XAxis:
-    """The shared x axis: its limits, and the warm-up's compression (None: a linear axis)."""
+    """The shared x axis: its limits, or (`split`) a warm-up axis and a trials' axis."""
 
     lo: float
     hi: float
-    compression: WarmupCompression | None
+    split: AxisBreak | None
 
 
 def x_axis(data: BranchPlotData) -> XAxis:
@@ -112,14 +103,11 @@ def x_axis(data: BranchPlotData) -> XAxis:
     xs += [data.trunk.x0, data.trunk.x1] if data.trunk else [0.0]
     x_lo, x_hi = min(xs), max(xs)
     right_pad = 0.09 if len(data.branches) <= LABELLED_ROWS else 0.045
-    compression = None
+    split = None
     if data.trunk is not None and x_hi > data.trunk.x1:
-        compression = warmup_compression(x_lo, data.trunk.x1, x_hi)
-    if data.trunk is not None and compression is not None:
-        width = (x_hi - data.trunk.x1) / (1 - WARMUP_SHARE)  # the axis width in trial units
-        return XAxis(
-            x_lo - 0.01 * width * compression.factor, x_hi + right_pad * width, compression
-        )
+        split = axis_break(x_lo, data.trunk.x1, x_hi, right_pad)
+    if split is not None:
+        return XAxis(split.warmup[0], split.trials[1], split)
     width = (x_hi - x_lo) or 1.0
     return XAxis(x_lo - 0.01 * width, x_hi + right_pad * width, None)
 
@@ -141,33 +129,93 @@ def curve_y_limits(data: BranchPlotData) -> tuple[float, float] | None:
     return lo - pad, hi + pad
 
 
-def labelled_branches(data: BranchPlotData) -> list[Branch]:
-    """The branches that get a row label at their end: every one but the best (which has its
-    own note), and none once there are too many rows to read."""
-    if len(data.branches) > LABELLED_ROWS:
-        return []
-    return [b for b in data.branches if not b.is_best]
+# The row labels start this far right of a branch's end: clear of the best trial's star
+# (260 pt^2, about 8 points from its centre to its tips), so no label sits beside another
+# row's mark.
+LABEL_OFFSET = 10.0
+
+
+@dataclass(frozen=True)
+class RowLabel:
+    """A row's label at its branch's end: (x, y) in data units, `dx` points further right."""
+
+    number: int
+    text: str
+    x: float
+    y: float
+    dx: float
+    faded: bool
+    bold: bool
+
+
+def row_labels(data: BranchPlotData) -> list[RowLabel]:
+    """A label per row, on its row, the best's too (bold, beside its star); once there are too
+    many rows to read, only the best's."""
+    rows = data.branches if len(data.branches) <= LABELLED_ROWS else [
+        b for b in data.branches if b.is_best
+    ]  # fmt: skip
+    return [RowLabel(b.number, b.label, b.x1, b.y, LABEL_OFFSET, b.faded, b.is_best) for b in rows]
 
 
 class ColorScale:
-    """Objective → colour: `data.cmap` over [vmin, vmax], clipped at both ends; a branch with
-    no value is neutral grey, a faded one (pruned, failed) translucent."""
+    """Objective -> colour: through the data's colour stops (see `BranchPlotData`) onto
+    `data.cmap`; a branch with no value is neutral grey, a faded one (pruned, failed)
+    translucent."""
 
     def __init__(self, data: BranchPlotData) -> None:
         import matplotlib
-        from matplotlib.colors import Normalize
 
+        self.data = data
         self.cmap = matplotlib.colormaps[data.cmap]
-        self.norm = Normalize(data.vmin, data.vmax, clip=True)
         self._better_end = data.vmax if data.direction == "maximize" else data.vmin
 
     def rgba(self, value: float | None, faded: bool = False) -> RGBA:
-        r, g, b, _ = NEUTRAL if value is None else self.cmap(self.norm(value))
+        position = self.data.color_position(value)
+        r, g, b, _ = NEUTRAL if position is None else self.cmap(position)
         return (r, g, b, FADED_ALPHA if faded else 1.0)
 
     def best_color(self) -> Any:
         """The colour of the good end of the scale (for the legend's best-trial entries)."""
-        return self.cmap(self.norm(self._better_end))
+        position = self.data.color_position(self._better_end)
+        return self.cmap(1.0 if position is None else position)
+
+
+@dataclass(frozen=True)
+class ColorbarTicks:
+    """The colour bar's ticks (positions on the map, 0..1, and their values' labels), and
+    where the ranked part for values worse than every finished trial begins (None: none)."""
+
+    positions: tuple[float, ...]
+    labels: tuple[str, ...]
+    below_from: float | None
+    below_text: str
+
+
+def colorbar_ticks(data: BranchPlotData) -> ColorbarTicks:
+    """Round values over the finished trials' range; the worst and the median of the ranked
+    values below it; ticks closer than 6 % of the bar to a kept one are left out."""
+    from matplotlib.ticker import MaxNLocator
+
+    lo, hi = data.vmin, data.vmax
+    values = [float(v) for v in MaxNLocator(4).tick_values(lo, hi) if lo <= v <= hi]
+    ranked = [v for v, _ in data.color_stops if v < lo or v > hi]
+    if ranked:
+        values += [ranked[0], ranked[len(ranked) // 2]] if data.direction == "maximize" else [
+            ranked[-1], ranked[len(ranked) // 2]
+        ]  # fmt: skip
+    kept: list[tuple[float, str]] = []
+    for v in values:
+        pos = data.color_position(v)
+        if pos is not None and all(abs(pos - k) >= 0.06 for k, _ in kept):
+            kept.append((pos, f"{v:.3g}"))
+    kept.sort()
+    below_from = None
+    if data.n_below:
+        below_from = BELOW_SHARE if data.direction == "maximize" else 1 - BELOW_SHARE
+    text = f"{data.n_below} worse than all finished, by rank" if data.n_below else ""
+    return ColorbarTicks(
+        tuple(k for k, _ in kept), tuple(label for _, label in kept), below_from, text
+    )
 
 
 def default_title(data: BranchPlotData) -> str:

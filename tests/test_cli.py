@@ -32,9 +32,15 @@ def test_status_and_tree(study, capsys):
     for n in range(8):
         assert f"{n}  " in out
     assert "COMPLETE" in out and "PRUNED" in out
+    assert max(len(line) for line in out.splitlines()) <= 120
+    assert main(["status", study, "--wide"]) == 0
+    assert "batch_size=" in capsys.readouterr().out  # full names, not the abbreviations
     assert main(["tree", study]) == 0
     out = capsys.readouterr().out
-    assert "warm-up:" in out and "base" in out and "trial 0" in out
+    assert "warm-up:" in out and "base" in out and "deleted" in out.splitlines()[0]
+    assert main(["tree", study, "--all"]) == 0
+    out = capsys.readouterr().out  # the deleted checkpoints too
+    assert "trial 0" in out and " deleted\n" in out and "not shown" not in out
 
 
 def test_plot_png_svg_and_bad_suffix(study, tmp_path, capsys):

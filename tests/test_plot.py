@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -420,7 +421,7 @@ def test_values_below_the_finished_range_each_get_a_colour_by_rank(direction: st
         and (b.color_value < data.vmin if maximize else b.color_value > data.vmax)
     ]
     assert len(worse) > 40 and {b.state for b in worse} <= {"PRUNED", "RUNNING"}
-    assert data.n_below == len({b.color_value for b in worse})
+    assert data.n_below == len(worse)
     # the finished trials keep the good part of the map, linear in their values
     span = (BELOW_SHARE, 1.0) if maximize else (0.0, 1.0 - BELOW_SHARE)
     for b in done:
@@ -433,9 +434,10 @@ def test_values_below_the_finished_range_each_get_a_colour_by_rank(direction: st
     positions = [b.color_position for b in ranked]
     assert positions == sorted(positions, reverse=not maximize)
     distinct = sorted({b.color_value: b.color_position for b in ranked}.values())
-    assert len(distinct) == data.n_below  # a colour per distinct value, evenly spaced by rank
+    n = len({b.color_value for b in worse})
+    assert len(distinct) == n > 40  # a colour per distinct value, evenly spaced by rank
     steps = [c - a for a, c in itertools.pairwise(distinct)]
-    assert steps == pytest.approx([BELOW_SHARE / data.n_below] * (data.n_below - 1))
+    assert steps == pytest.approx([BELOW_SHARE / n] * (n - 1))
     assert positions[0] == (0.0 if maximize else 1.0)
     assert all((p < BELOW_SHARE) if maximize else (p > 1.0 - BELOW_SHARE) for p in positions)
     curves = {c.number: c.color_position for c in data.curves}
@@ -506,3 +508,16 @@ def test_drawing_leaves_the_pyplot_backend_alone(view: StudyView, tmp_path: Path
     plot_study(view, tmp_path / "p.png")
     assert ("matplotlib.pyplot" in sys.modules) == had_pyplot
     assert matplotlib.rcParams._get_backend_or_none() == backend
+
+
+def test_colour_stops_interpolate_and_clip() -> None:
+    from hpsearch.report.plot.colors import color_stops, interpolate
+
+    stops, worse = color_stops([0.1, 0.5, 0.5, 0.8, 0.9, None], 0.8, 0.9, maximize=True)
+    assert worse == 3  # trials, not values: 0.5 twice
+    assert stops == ((0.1, 0.0), (0.5, BELOW_SHARE / 2), (0.8, BELOW_SHARE), (0.9, 1.0))
+    got = [interpolate(stops, v) for v in (-1.0, 0.1, 0.3, 0.85, 0.9, 2.0, None, math.nan)]
+    mid = BELOW_SHARE / 4
+    assert got == pytest.approx([0.0, 0.0, mid, (BELOW_SHARE + 1) / 2, 1.0, 1.0, None, None])
+    stops, worse = color_stops([0.1, 0.2, 0.5, 0.9], 0.1, 0.2, maximize=False)
+    assert worse == 2 and stops == ((0.1, 0.0), (0.2, 0.7), (0.5, 0.85), (0.9, 1.0))

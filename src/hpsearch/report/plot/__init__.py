@@ -2,10 +2,12 @@
 
 Like `optuna.visualization`, computing and drawing are apart. `branch_plot_data` (in `data`) is a
 pure function of a `StudyView` that returns plain dataclasses (every coordinate, colour value and
-marker the figure shows), so tests assert on values instead of pixels; `layout` turns that data
-into the figure's decisions (x axis and the compression of a long warm-up, sizes, colour scale,
-row labels, title); `draw_branch_plot` (in `draw`, the only module that draws) applies them with
-matplotlib's Agg canvas, without touching the user's pyplot backend::
+marker the figure shows; `chains` and `colors` are its pure parts), so tests assert on values
+instead of pixels; `layout` turns that data into the figure's decisions (the x axis, with a break
+that gives a long warm-up an axis of its own, sizes, the colour scale and its bar's ticks, row
+labels, title); `draw_branch_plot` (in `draw`, with the colour bar and legend in `keys`: the only
+modules that draw) applies them with matplotlib's Agg canvas, without touching the user's pyplot
+backend::
 
     data = branch_plot_data(view, x="epochs")
     draw_branch_plot(data, "branches.png")
@@ -17,8 +19,8 @@ its fork point, fans out to a row of its own and runs to where it finished, was 
 or (while running) its latest checkpoint; colour is the objective; a second panel shows every
 trial's objective curve against the same x axis.
 
-Imports flow one way (data → layout → draw), and matplotlib is imported only inside functions,
-so `import hpsearch.report.plot` does not load it.
+Imports flow one way (chains, colors → data → layout → keys → draw), and matplotlib is imported
+only inside functions, so `import hpsearch.report.plot` does not load it.
 """
 
 from hpsearch.report.plot.data import (

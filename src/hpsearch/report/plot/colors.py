@@ -5,7 +5,7 @@ Pure (no matplotlib): `hpsearch.report.plot.data` stores the stops, the layout d
 
 from __future__ import annotations
 
-import itertools
+import bisect
 import math
 from collections.abc import Iterable, Sequence
 
@@ -38,23 +38,26 @@ def color_range(values: Sequence[tuple[str, float | None]]) -> tuple[float, floa
 def color_stops(
     values: Iterable[float | None], vmin: float, vmax: float, maximize: bool
 ) -> tuple[tuple[Point, ...], int]:
-    """The (value, position) stops of the colour scale, and how many values are worse than the
-    finished range: those get the bad end's `BELOW_SHARE` of the map, one step per distinct
-    value by rank (their spread says little: they were measured at different points of
-    training; their order does). Clipped at one end, they all had the same colour."""
-    distinct = {v for v in values if v is not None}
+    """The (value, position) stops of the colour scale, and how many of `values` (one per
+    trial) are worse than the finished range: those get the bad end's `BELOW_SHARE` of the map,
+    one step per distinct value by rank (their spread says little: they were measured at
+    different points of training; their order does). Clipped at one end, they all had the same
+    colour."""
+    given = [v for v in values if v is not None]
+    distinct = set(given)
+    worse = sum(v < vmin for v in given) if maximize else sum(v > vmax for v in given)
     if maximize:
         below = sorted(v for v in distinct if v < vmin)  # worst first
         if not below:
             return ((vmin, 0.0), (vmax, 1.0)), 0
         ranked = [(v, BELOW_SHARE * i / len(below)) for i, v in enumerate(below)]
-        return (*ranked, (vmin, BELOW_SHARE), (vmax, 1.0)), len(below)
+        return (*ranked, (vmin, BELOW_SHARE), (vmax, 1.0)), worse
     above = sorted(v for v in distinct if v > vmax)  # worst last
     if not above:
         return ((vmin, 0.0), (vmax, 1.0)), 0
     top = 1.0 - BELOW_SHARE
     ranked = [(v, top + BELOW_SHARE * (i + 1) / len(above)) for i, v in enumerate(above)]
-    return ((vmin, 0.0), (vmax, top), *ranked), len(above)
+    return ((vmin, 0.0), (vmax, top), *ranked), worse
 
 
 def interpolate(stops: Sequence[Point], value: float | None) -> float | None:
@@ -63,7 +66,8 @@ def interpolate(stops: Sequence[Point], value: float | None) -> float | None:
         return None
     if value <= stops[0][0]:
         return stops[0][1]
-    for (x0, y0), (x1, y1) in itertools.pairwise(stops):
-        if value <= x1:
-            return y0 + (y1 - y0) * (value - x0) / (x1 - x0)
-    return stops[-1][1]
+    k = bisect.bisect_left(stops, value, key=lambda stop: stop[0])
+    if k == len(stops):
+        return stops[-1][1]
+    (x0, y0), (x1, y1) = stops[k - 1], stops[k]
+    return y0 + (y1 - y0) * (value - x0) / (x1 - x0)

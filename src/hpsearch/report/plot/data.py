@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from hpsearch.report.plot.chains import chain_points, group_chains
 from hpsearch.report.plot.colors import color_range, color_stops, interpolate
 from hpsearch.report.views import StudyView, TrialStateName, TrialView
 
@@ -133,7 +133,7 @@ class BranchPlotData:
     n_trials: int
     not_drawn: tuple[int, ...] = ()
     color_stops: tuple[Point, ...] = ()
-    n_below: int = 0  # values worse than the finished range, coloured by rank
+    n_below: int = 0  # trials worse than the finished range, coloured by rank
 
     def color_position(self, value: float | None) -> float | None:
         """Where `value` sits on the colour map (0..1), or None for no value."""
@@ -164,7 +164,7 @@ def branch_plot_data(view: StudyView, *, x: str = "epochs") -> BranchPlotData:
         raise ValueError(f"x must be one of {', '.join(X_AXES)}, but got x={x!r}")
     scale = float(view.samples_per_epoch) if x == "samples" else 1.0
     maximize = view.direction == "maximize"
-    chains, not_drawn = _chains(view.trials)
+    chains, not_drawn = group_chains(view.trials)
     best = view.best()
     best_number = best.number if best is not None else None
     branches, curves = _rows(chains, maximize, scale, best_number)
@@ -180,8 +180,7 @@ def branch_plot_data(view: StudyView, *, x: str = "epochs") -> BranchPlotData:
         best_text = _best_text(view, best, best_branch)
     vmin, vmax = color_range([(b.state, b.color_value) for b in branches])
     stops, n_below = color_stops((b.color_value for b in branches), vmin, vmax, maximize)
-    branches = tuple(replace(b, color_position=interpolate(stops, b.color_value)) for b in branches)
-    curves = tuple(replace(c, color_position=interpolate(stops, c.color_value)) for c in curves)
+    branches, curves = _place_colors(branches, curves, stops)
     counts: dict[str, int] = {}
     for t in view.trials:
         counts[t.state] = counts.get(t.state, 0) + 1
@@ -231,7 +230,7 @@ def _rows(
             Curve(
                 number=branch.number,
                 state=branch.state,
-                points=_chain_points(chain, scale, branch.x1),
+                points=chain_points(chain, scale, branch.x1),
                 color_value=branch.color_value,
                 faded=branch.faded,
                 marker=branch.marker,
@@ -241,39 +240,14 @@ def _rows(
     return tuple(branches), tuple(curves)
 
 
-def _chains(trials: Sequence[TrialView]) -> tuple[list[list[TrialView]], tuple[int, ...]]:
-    """Group trials into continuation chains (first attempt ... last attempt).
-
-    A trial whose `retry_of` names another drawn trial continues it. If two trials claim the same
-    attempt, the lower-numbered one continues it and the other is drawn as a chain of its own, so
-    every trial is drawn exactly once. WAITING trials have nothing to draw yet.
-    """
-    drawn = sorted((t for t in trials if t.state != "WAITING"), key=lambda t: t.number)
-    not_drawn = tuple(sorted(t.number for t in trials if t.state == "WAITING"))
-    by_number = {t.number: t for t in drawn}
-    continued_by: dict[int, TrialView] = {}
-    for t in drawn:
-        parent = t.retry_of
-        if parent is not None and parent in by_number and parent != t.number:
-            continued_by.setdefault(parent, t)
-    continuations = {t.number for t in continued_by.values()}
-    chains: list[list[TrialView]] = []
-    for t in drawn:
-        if t.number in continuations:
-            continue
-        chain = [t]
-        seen = {t.number}
-        while chain[-1].number in continued_by:
-            nxt = continued_by[chain[-1].number]
-            if nxt.number in seen:  # a cycle in bad data: stop rather than loop forever
-                break
-            chain.append(nxt)
-            seen.add(nxt.number)
-        chains.append(chain)
-    # Members of a cycle are reachable from no root: draw each on its own.
-    placed = {t.number for c in chains for t in c}
-    chains.extend([t] for t in drawn if t.number not in placed)
-    return chains, not_drawn
+def _place_colors(
+    branches: tuple[Branch, ...], curves: tuple[Curve, ...], stops: tuple[Point, ...]
+) -> tuple[tuple[Branch, ...], tuple[Curve, ...]]:
+    """Each branch and curve with its colour's position on the map (see `color_stops`)."""
+    return (
+        tuple(replace(b, color_position=interpolate(stops, b.color_value)) for b in branches),
+        tuple(replace(c, color_position=interpolate(stops, c.color_value)) for c in curves),
+    )
 
 
 def _end(t: TrialView) -> float:
@@ -377,25 +351,6 @@ def _piece(
         for (ax, ay), (bx, by) in itertools.pairwise(points)
         if (ax, ay) != (bx, by)
     ]
-
-
-def _chain_points(chain: list[TrialView], scale: float, end: float) -> tuple[Point, ...]:
-    """The chain's reports, each attempt's from its own start up to where the next took over,
-    none past `end` (the branch's end) and each x once.
-
-    A continuation carries the reports of the attempt it continues (and recomputes those the
-    attempt made after its last checkpoint): taken from both, they were drawn twice, and the
-    curve ran back and forth."""
-    points: list[Point] = []
-    limit = end + 1e-9 * max(abs(end), 1.0)
-    for k, t in enumerate(chain):
-        lo = t.fork_progress if k > 0 else -math.inf
-        hi = chain[k + 1].fork_progress if k + 1 < len(chain) else math.inf
-        for p, v in t.intermediate:
-            x = p * scale
-            if lo < p <= hi and x <= limit and (not points or x > points[-1][0]):
-                points.append((x, v))
-    return tuple(points)
 
 
 def format_param(value: Any) -> str:

@@ -14,11 +14,11 @@ from typing import Any
 
 from hpsearch.errors import UsageError
 from hpsearch.report.plot.data import Branch, BranchPlotData, branch_plot_data
+from hpsearch.report.plot.keys import FAIL_COLOR, TRUNK_COLOR, draw_colorbar, draw_legend
 from hpsearch.report.plot.layout import (
     ColorScale,
     Sizes,
     XAxis,
-    colorbar_ticks,
     curve_y_limits,
     default_title,
     row_labels,
@@ -29,9 +29,6 @@ from hpsearch.report.plot.layout import (
 from hpsearch.report.views import StudyView
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
-
-TRUNK_COLOR = "0.15"
-FAIL_COLOR = "#d62728"
 
 
 class PlotFormatError(UsageError, ValueError):
@@ -129,8 +126,8 @@ def _draw(
         _draw_best_note(main_tree, data, best)
     _draw_labels(main_tree, data)
     _set_x_axis(columns, data, axis)
-    _draw_colorbar(fig, [ax for column in columns for ax in column], data)
-    _draw_legend(fig, data, best is not None, scale, outline)
+    draw_colorbar(fig, [ax for column in columns for ax in column], data)
+    draw_legend(fig, data, best is not None, scale, outline)
     fig.suptitle(title if title is not None else default_title(data), fontsize=12)
 
 
@@ -352,65 +349,3 @@ def _style_curves_axes(ax: Any, data: BranchPlotData, *, ylabel: bool, xlabel: b
     ax.grid(alpha=0.3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-
-
-# -- colour bar, legend ----------------------------------------------------------------------------
-
-
-def _draw_colorbar(fig: Any, axes: list[Any], data: BranchPlotData) -> None:
-    """The bar over the colour map's positions, ticked with values; a ranked part for values
-    worse than every finished trial is marked off and says so."""
-    import matplotlib
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
-    sm = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=matplotlib.colormaps[data.cmap])
-    cbar = fig.colorbar(sm, ax=axes, shrink=0.9, pad=0.01, aspect=40)
-    ticks = colorbar_ticks(data)
-    cbar.set_ticks(ticks.positions, labels=ticks.labels)
-    cbar.set_label(f"{data.metric} (final value; pruned: last reported)   better →")
-    if ticks.below_from is not None:
-        cbar.ax.axhline(ticks.below_from, color="white", lw=2)
-        middle = (
-            ticks.below_from / 2 if data.direction == "maximize" else (1 + ticks.below_from) / 2
-        )
-        cbar.ax.text(
-            0.5, middle, ticks.below_text, transform=cbar.ax.get_yaxis_transform(), rotation=90,
-            ha="center", va="center", fontsize=6.5, color="white",
-        )  # fmt: skip
-    if data.direction != "maximize":
-        cbar.ax.invert_yaxis()  # better is always up
-
-
-_LEGEND_MARKS: dict[str, dict[str, Any]] = {
-    "complete": {"marker": "o", "ms": 6, "color": "0.4", "label": "completed"},
-    "pruned": {"marker": "x", "ms": 7, "mew": 1.5, "color": "0.4", "label": "pruned (faded)"},
-    "failed": {"marker": "D", "ms": 6, "mec": "black", "color": FAIL_COLOR, "label": "failed"},
-    "running": {"marker": ">", "ms": 8, "mec": "black", "color": "0.4", "label": "running"},
-}
-
-
-def _draw_legend(
-    fig: Any, data: BranchPlotData, has_best: bool, scale: ColorScale, outline: list[Any]
-) -> None:
-    """One entry per kind of thing the figure shows, below both panels."""
-    from matplotlib.lines import Line2D
-
-    proxy_c = scale.best_color()
-    kinds = {b.marker for b in data.branches if not b.is_best}
-    handles = []
-    if data.trunk is not None:
-        handles.append(Line2D([], [], color=TRUNK_COLOR, lw=4, label="warm-up (trunk)"))
-    if has_best:
-        handles += [
-            Line2D([], [], color=proxy_c, lw=3, path_effects=outline, label="best trial's path"),
-            Line2D([], [], color=proxy_c, marker="*", ms=13, mec="black", ls="", label="best"),
-        ]
-    handles += [Line2D([], [], ls="", **_LEGEND_MARKS[k]) for k in _LEGEND_MARKS if k in kinds]
-    if any(b.resumes for b in data.branches):
-        label = "resumed after a crash"
-        handles.append(
-            Line2D([], [], color="black", marker="|", ms=10, mew=1.5, ls="", label=label)
-        )
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9)

@@ -1,5 +1,5 @@
 """Checkpoint store pieces outside the Protocol's promises: picking a backend, safetensors
-compatibility, and the background saver.
+compatibility, the background saver, and the local read-through cache.
 
 The promises every backend keeps (round trips, ids, listing, deleting, torn and corrupted
 files, whose root it is) are `hpsearch.testing.conformance.store.StoreTestCase`, run over each
@@ -25,11 +25,12 @@ from hpsearch.checkpoint import (
     CheckpointInfo,
     FsspecStore,
     LocalStore,
+    ReadCache,
     hashing,
     open_store,
 )
 from hpsearch.checkpoint.format import parse_file, plan_file
-from hpsearch.errors import CheckpointWriteError
+from hpsearch.errors import CheckpointCorrupt, CheckpointWriteError
 from hpsearch.testing.conformance.store_data import all_dtypes_tensors, same, small_state
 
 
@@ -196,3 +197,82 @@ def test_async_save_follows_changing_shapes(tmp_path: object) -> None:
     w = store.load(second.result().id).tensors["model"]["w"]
     assert w.dtype == torch.float64 and w.shape == (4, 2) and bool((w == 2).all())
     assert list(saver._buffers) == []  # closed: the buffers are released
+
+
+# -- the read-through cache (the S3 side is tests/test_s3.py) --------------------------------
+
+
+def _cached_files(cache: ReadCache) -> list[str]:
+    return sorted(os.path.relpath(p, cache.root) for _, _, p in cache.files())
+
+
+def test_cache_serves_verified_copies_and_rereads_a_damaged_one(tmp_path: object) -> None:
+    root = os.path.join(str(tmp_path), "ck")
+    info = LocalStore(root).save(small_state(), {"s": 1})
+    cache = ReadCache(os.path.join(str(tmp_path), "cache"))
+    store = LocalStore(root, cache=cache)
+    first = store.load(info.id)
+    assert _cached_files(cache) == sorted(f"{info.id}/{n}" for n in info.files)
+    # damage the cached copy: the hash catches it, the store's file is read instead
+    path = os.path.join(cache.root, info.id, "model.safetensors")
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)[0]
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last ^ 1]))
+    again = store.load(info.id)
+    assert same(again.tensors["model"]["w"], first.tensors["model"]["w"])
+    assert (store.reads.backend, store.reads.cache) == (len(info.files) + 1, len(info.files) - 1)
+    assert store.load(info.id).state == {"s": 1}  # the copy was replaced by a good one
+    assert store.reads.backend == len(info.files) + 1
+    # a damaged file in the store is refused, and not cached
+    other = LocalStore(root).save(small_state(), {"s": 2})
+    with open(os.path.join(root, other.id, "state.json"), "r+b") as f:
+        f.write(b"X")
+    with pytest.raises(CheckpointCorrupt, match=r"state\.json"):
+        store.load(other.id)
+    assert not any(
+        p.startswith(other.id) and p.endswith("state.json") for p in _cached_files(cache)
+    )
+
+
+def test_cache_is_bounded_and_evicts_the_least_recently_used(tmp_path: object) -> None:
+    root = os.path.join(str(tmp_path), "ck")
+    big = {"model": {"w": torch.randn(64, 64)}}  # 16 KiB of tensor data
+    ids = [LocalStore(root).save(big, {}).id for _ in range(4)]
+    one = sum(size for size, _ in LocalStore(root).info(ids[0]).files.values())
+    cache = ReadCache(os.path.join(str(tmp_path), "cache"), max_bytes=2 * one)
+    store = LocalStore(root, cache=cache)
+    for i in ids[:2]:
+        store.load(i)
+    store.load(ids[0])  # used again: ids[1] is now the least recently used
+    os.utime(os.path.join(cache.root, ids[1], "model.safetensors"), (1, 1))
+    os.utime(os.path.join(cache.root, ids[1], "state.json"), (1, 1))
+    store.load(ids[2])
+    assert cache.nbytes() <= 2 * one
+    assert sorted(os.listdir(cache.root)) == sorted([ids[0], ids[2]])
+    store.delete(ids[2])  # deleting through the store drops its copy
+    assert os.listdir(cache.root) == [ids[0]]
+
+
+def test_an_unwritable_cache_costs_the_cache_not_the_load(tmp_path: object) -> None:
+    root = os.path.join(str(tmp_path), "ck")
+    info = LocalStore(root).save(small_state(), {"s": 3})
+    blocker = os.path.join(str(tmp_path), "file")
+    with open(blocker, "w"):
+        pass
+    store = LocalStore(root, cache=ReadCache(os.path.join(blocker, "cache")))  # under a file
+    assert store.load(info.id).state == {"s": 3} and store.load(info.id).state == {"s": 3}
+    assert store.reads.backend == 2 * len(info.files)
+
+
+def test_open_store_caches_per_store(tmp_path: object) -> None:
+    cache_dir = os.path.join(str(tmp_path), "cache")
+    a = open_store(os.path.join(str(tmp_path), "a"), cache_dir=cache_dir)
+    b = open_store(os.path.join(str(tmp_path), "b"), cache_dir=cache_dir)
+    ia, ib = a.save(small_state(), {"a": 1}), b.save(small_state(), {"b": 1})
+    assert a.load(ia.id).state == {"a": 1} and b.load(ib.id).state == {"b": 1}
+    assert len(os.listdir(cache_dir)) == 2  # one directory per store
+    assert open_store(os.path.join(str(tmp_path), "a")).cache is None  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="storage_options"):
+        open_store(str(tmp_path), storage_options={"key": "k"})

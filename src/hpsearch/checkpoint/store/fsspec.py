@@ -31,6 +31,7 @@ from hpsearch.checkpoint.store.backend import MARKER, NEW_ID_RE, id_taken, writi
 from hpsearch.checkpoint.store.cache import ReadCache
 from hpsearch.checkpoint.store.core import StoreCore
 from hpsearch.checkpoint.store.protocol import ForeignStoreRoot
+from hpsearch.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +136,20 @@ class FsspecBackend:
             entries = self.fs.ls(self.root, detail=True)
         except FileNotFoundError:
             return None
+        except ForeignStoreRoot:
+            raise
+        except Exception as e:  # botocore's errors are no OSError: say where to look
+            raise CheckpointError(
+                f"{self.url}: cannot be listed ({type(e).__name__}: {e}); check the endpoint "
+                "and the credentials (checkpoints.storage_options, or the AWS_* environment "
+                "variables for s3://)"
+            ) from e
         out = []
-        for e in entries:
-            name = e["name"].rstrip("/")
+        for found in entries:
+            name = found["name"].rstrip("/")
             if name == self.root:  # a "folder" object some S3 tools create for a prefix
                 continue
-            out.append((name.rsplit("/", 1)[-1], e["type"] == "directory"))
+            out.append((name.rsplit("/", 1)[-1], found["type"] == "directory"))
         return out
 
     def uncommit(self, ckpt_id: str) -> str:

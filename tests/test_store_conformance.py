@@ -1,5 +1,6 @@
-"""The shipped StoreTestCase over every store backend there is: a local directory, memory, and
-fsspec on memory://, on file:// and on s3:// (moto's server on loopback)."""
+"""The shipped StoreTestCase over every store backend there is: a local directory (also through
+the read-through cache), memory, and fsspec on memory://, on file:// and on s3:// (moto's server
+on loopback)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hpsearch.checkpoint import FsspecStore, LocalStore, MemoryStore
+from hpsearch.checkpoint import FsspecStore, LocalStore, MemoryStore, ReadCache
 from hpsearch.checkpoint.store import CheckpointStore
 from hpsearch.testing.conformance.store import StoreTestCase
 from s3server import S3, s3  # noqa: F401  (the session fixture)
@@ -51,6 +52,18 @@ class TestLocalStore(StoreTestCase):
                 return f.read()
         except FileNotFoundError:
             return None
+
+
+class TestCachedLocalStore(TestLocalStore):
+    """Every promise holds through the read-through cache too (loads go through it)."""
+
+    def make_store(self, tmp_path: Path, compression: str = "none") -> CheckpointStore:
+        cache = ReadCache(str(tmp_path / "cache"))
+        return LocalStore(tmp_path / "ck", compression=compression, cache=cache)
+
+    def reopen(self, store: CheckpointStore, compression: str = "none") -> CheckpointStore:
+        assert isinstance(store, LocalStore) and store.cache is not None
+        return LocalStore(store.url, compression=compression, cache=store.cache)
 
 
 class TestMemoryStore(StoreTestCase):

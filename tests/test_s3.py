@@ -320,3 +320,38 @@ def test_an_unreachable_endpoint_is_one_clear_error(tmp_path: Any) -> None:
     with pytest.raises(CheckpointError, match=r"cannot be listed.*storage_options") as e:
         FsspecStore("s3://b/x", skip_instance_cache=True, **opts)
     assert "hunter2" not in str(e.value)
+
+
+# -- other processes' saves and deletes -----------------------------------------------------
+
+OTHER_WORKER = textwrap.dedent(
+    """
+    import sys, torch
+    from hpsearch.checkpoint import FsspecStore
+
+    store = FsspecStore(sys.argv[1])
+    store.delete(sys.argv[2])
+    print(store.save({"model": {"w": torch.full((4,), 2.0)}}, {"by": "other"}).id)
+    """
+)
+
+
+def test_another_processes_saves_and_deletes_are_seen_at_once(s3: S3) -> None:  # noqa: F811
+    url = s3.url("xproc")
+    store = FsspecStore(url)
+    gone = store.save({"model": {"w": torch.ones(4)}}, {"n": 1})
+    keep = store.save({"model": {"w": torch.ones(4)}}, {"n": 2})
+    # everything this process could have cached about them
+    assert [i.id for i in store.list()] == [gone.id, keep.id]
+    assert store.exists(gone.id) and store.load(gone.id).state == {"n": 1}
+    assert store.verify(gone.id) == gone and store.leftovers() == []
+    out = subprocess.run(
+        [sys.executable, "-c", OTHER_WORKER, url, gone.id],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    new = out.strip()
+    assert not store.exists(gone.id)
+    with pytest.raises(CheckpointNotFound):
+        store.load(gone.id)
+    assert [i.id for i in store.list()] == [keep.id, new]
+    assert store.exists(new) and store.load(new).state == {"by": "other"}

@@ -126,8 +126,8 @@ def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    print(f"{args.study}: opening the study and loading the task {settings.task} ...",
-          file=sys.stderr, flush=True)  # fmt: skip
+    # on stdout, with the run's other lines: stderr is for warnings and errors
+    print(f"{args.study}: opening the study and loading the task {settings.task} ...", flush=True)
     from hpsearch.search.runner import run_study  # imports torch: seconds on a cold start
     from hpsearch.search.session import Session
     from hpsearch.search.summary import format_summary

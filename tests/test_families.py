@@ -66,7 +66,9 @@ def _results(path: str) -> dict[int, tuple]:
     return out
 
 
-@pytest.mark.parametrize("cls", list(FAMILIES))
+# BatchNorm and tied embeddings, the families that broke; augmentation in workers is exact across
+# kills by the zoo's data-augment entries (restored in a fresh process) and check-resume below
+@pytest.mark.parametrize("cls", ["DigitsCNN", "TiedCharLM"])
 def test_killed_and_rerun_study_ends_identical(cls, tmp_path):
     # small: each run is a fresh process; one kill after a commit forces a takeover
     study = {"warmup": {"epochs": 0.5, "hparams": SMALL},

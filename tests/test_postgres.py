@@ -159,7 +159,7 @@ def test_four_workers_finish_a_study_on_postgres(tmp_path, postgres_db):
         tmp_path, name="pg4",
         warmup={"epochs": 0.5, "hparams": {"lr": 1e-2, "batch_size": 64, "hidden": 32,
                                            "dropout": 0.1, "weight_decay": 0.0}},
-        trials={"n": 12, "epochs": 0.25, "eval_every": 0.25},
+        trials={"n": 8, "epochs": 0.25, "eval_every": 0.25},
     )  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # four processes on two cores
     cmd = [sys.executable, "-m", "hpsearch", "run", path, "--workers", "4",
@@ -172,9 +172,9 @@ def test_four_workers_finish_a_study_on_postgres(tmp_path, postgres_db):
     try:
         trials = s.study.get_trials()
         n = len(trials)
-        assert n == 12  # asking is one step for the study: no worker asks a 13th
+        assert n == 8  # asking is one step for the study: no worker asks a 9th
         finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        assert n >= 12 and sorted(t.number for t in trials) == list(range(n))
+        assert sorted(t.number for t in trials) == list(range(n))
         assert [t.number for t in trials if t.state not in finished] == []
         attempts = s.lineage.attempts()
         # all four joined (a late one finds the study done, and leaves)

@@ -1,4 +1,4 @@
-"""Resume anything: a study SIGKILLed at 12 events ends identical to an uninterrupted one;
+"""Resume anything: a study SIGKILLed at 8 events ends identical to an uninterrupted one;
 stale trials are taken over; Ctrl-C and SIGTERM stop cleanly; a crashed trial continues."""
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ STUDY = {
     "warmup": {"epochs": 1, "hparams": {"lr": 1e-2, "dropout": 0.1, "batch_size": 64,
                                         "weight_decay": 1e-4, "hidden": 64}},
     "trials": {"n": 10, "epochs": 1.5, "eval_every": 0.25},
-    # about 50 checkpoints and 30 reports in all: enough events for the 12 kills
+    # about 50 checkpoints and 30 reports in all: enough events for the kills
     "checkpoints": {"every": 0.125, "keep_best": 100},
 }  # fmt: skip
-# 3 of each event; each run is a fresh process (about 3 s of start-up), so this is the test's
-# cost; `benchmarks/fault_campaign.py --kills N` runs longer campaigns
-KILLS = 12
+# 2 of each event; each run is a fresh process (about 3 s of start-up), so this is the test's
+# cost (the suite must stay under 10 minutes on 2 cores); `benchmarks/fault_campaign.py
+# --kills N` runs longer campaigns (RESULTS.md: 20 event kills, all identical)
+KILLS = 8
 
 
 def _hpsearch(*args: str) -> list[str]:
@@ -89,7 +90,7 @@ def test_sigkill_campaign_ends_identical_to_an_uninterrupted_study(tmp_path, ref
                            most=1, env=_env())  # fmt: skip
     assert len(kills) == KILLS, f"only {len(kills)} kills before the study finished"
     modes = {e: sum(k.event == e for k in kills) for e in ("commit", "save", "report", "gc")}
-    assert modes == {"commit": 3, "save": 3, "report": 3, "gc": 3}
+    assert modes == {"commit": 2, "save": 2, "report": 2, "gc": 2}
     forced = [k for k in kills if k.trial is not None]
     # every `commit` kill leaves a trial mid-way with a checkpoint of its own: by construction
     assert all(k.trial is not None for k in kills if k.event == "commit")
@@ -132,30 +133,34 @@ def test_sigkill_campaign_ends_identical_to_an_uninterrupted_study(tmp_path, ref
 
 
 def _start_and_wait_for_trial(path: str) -> subprocess.Popen:
+    started = time.time()
     proc = subprocess.Popen(_hpsearch("run", path), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     watch = Watch(StudyPaths.of(path))
-    sql = "select 1 from hpsearch_checkpoints where trial>=1 and status='committed'"
-    assert watch.until(proc, lambda w: w.query(sql), 300)
+    # a checkpoint of a trial committed by this run (an earlier run's do not count)
+    sql = "select 1 from hpsearch_checkpoints where trial>=1 and status='committed' and created>?"
+    assert watch.until(proc, lambda w: w.query(sql, started), 300)
     watch.close()
     return proc
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_and_sigterm_stop_cleanly_and_the_next_run_continues(tmp_path, reference, sig):
+def test_ctrl_c_and_sigterm_stop_cleanly_and_the_next_run_continues(tmp_path, reference):
+    """Ctrl-C, then SIGTERM on the run that continued: each stops cleanly with the trial's state
+    checkpointed, each next run continues it, and the study ends as an uninterrupted one."""
     path = write_study(tmp_path, name="kc", **STUDY)
-    proc = _start_and_wait_for_trial(path)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "Run the same command again" in err
-    s = Session.open(path, create=False)
-    running = [t for t in s.study.get_trials() if t.state == TrialState.RUNNING]
-    assert len(running) == 1
-    # its state at the stop is checkpointed, and no worker claims it any more
-    rows = s.lineage.checkpoints(trial=running[0].number, statuses=("committed",))
-    assert rows and s.lineage.current_attempt(running[0].number) is None
-    s.close()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = _start_and_wait_for_trial(path)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "Run the same command again" in err
+        s = Session.open(path, create=False)
+        running = [t for t in s.study.get_trials() if t.state == TrialState.RUNNING]
+        assert len(running) == 1
+        # its state at the stop is checkpointed, and no worker claims it any more
+        rows = s.lineage.checkpoints(trial=running[0].number, statuses=("committed",))
+        assert rows and s.lineage.current_attempt(running[0].number) is None
+        s.close()
     done = _run(path)
     assert done.returncode == 0, done.stderr
     assert f"trial {running[0].number}: continued from step" in done.stdout

@@ -138,6 +138,12 @@ class Worker:
         )  # fmt: skip
         if token is None:
             return None
+        if bridge.frozen(ctx.session.study, bridge.trial_id(t)).state != TrialState.RUNNING:
+            # our snapshot was old: its worker finished it meanwhile (a short trial, between
+            # our look at its attempt and our claim, which then found no running attempt); the
+            # claim ran nothing: it ends `dead`, so each trial keeps one `done` attempt
+            lin.finish_attempt(token, "dead")
+            return None
         params = t.params
         if set(params) != set(ctx.settings.search_space):
             params = asking.resample(ctx, t)  # its worker died between ask and sampling

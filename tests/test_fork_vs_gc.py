@@ -10,7 +10,6 @@ import threading
 
 import torch
 
-from hpsearch.errors import CheckpointError
 from hpsearch.lineage import WARMUP
 from hpsearch.search.collect import collect_garbage
 from hpsearch.search.session import Session
@@ -87,8 +86,7 @@ def test_forks_and_collections_race_without_losing_a_checkpoint(tmp_path):
     done.set()
     for t in collectors:
         t.join()
-    assert errors == [], errors
-    assert not any(isinstance(e, (FileNotFoundError, CheckpointError)) for e in errors)
+    assert errors == [], errors  # no FileNotFoundError, no CheckpointNotFound, nothing
     assert loads[0] > FORKERS * FORKS // 2  # most forks found their parent
 
     collect_garbage(main, "final")

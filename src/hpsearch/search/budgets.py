@@ -58,11 +58,13 @@ class Budgets:
             return Budget(steps=self.warmup.steps + self.trial.steps)
         return Budget(samples=self.warmup_samples + self.trial_samples)
 
-    def trial_total(self, origin_samples: int, hparams: Mapping[str, Any]) -> int:
-        """The schedule's run length for a trial forked at `origin_samples`."""
-        if self.trial.steps is not None:
-            return origin_samples + self.trial.steps * int(hparams["batch_size"])
-        return origin_samples + self.trial_samples
+
+def segment_end(budget: Budget, origin_samples: int, hparams: Mapping[str, Any]) -> int:
+    """Where the learning-rate schedule of a segment of `budget` starting at `origin_samples`
+    ends, in samples (a budget in steps counts the segment's own batch size)."""
+    if budget.samples is not None:
+        return origin_samples + budget.samples
+    return origin_samples + int(budget.steps or 0) * int(hparams["batch_size"])
 
 
 def _given(steps: int | None) -> int:

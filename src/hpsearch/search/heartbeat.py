@@ -22,12 +22,16 @@ class Heartbeat:
         self._lost: set[str] = set()
         self._stop = threading.Event()
         self._warned = False
-        self._thread = threading.Thread(target=self._run, name="hpsearch-heartbeat", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # started by the first `watch`
 
     def watch(self, token: str) -> None:
         with self._lock:
             self._counts[token] = None
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="hpsearch-heartbeat", daemon=True
+                )
+                self._thread.start()
 
     def forget(self, token: str) -> None:
         with self._lock:
@@ -59,7 +63,8 @@ class Heartbeat:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.every_s + 5)
+        if self._thread is not None:
+            self._thread.join(timeout=self.every_s + 5)
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):

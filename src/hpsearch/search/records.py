@@ -39,7 +39,6 @@ TrialKey = Literal[
     "fail_reason",
 ]
 
-FailKind = Literal["error", "oom", "diverged", "checkpoint"]
 Mode = Literal["fork", "classic"]
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from hpsearch.errors import TrainingDiverged
 from hpsearch.search import optuna_bridge as bridge
+from hpsearch.search.budgets import segment_end
 from hpsearch.search.context import RunContext
 from hpsearch.search.control import Interrupted, LostTrial, StudyStopped, UnusableCheckpoint
 from hpsearch.search.failures import FailureHandler, disk_full
@@ -93,7 +93,9 @@ class TrialRunner:
             )
         fork(trainer, job.hparams)
         trainer.begin_segment()
-        trainer.total_samples = self._schedule_end(trainer.progress.samples, job.hparams)
+        trainer.total_samples = segment_end(
+            self.scheduler.budget, trainer.progress.samples, job.hparams
+        )
         return trainer, parent, True
 
     def _try(self, job: Job, ckpt_id: str) -> Trainer | None:
@@ -110,14 +112,8 @@ class TrialRunner:
             return None
 
     def _scratch(self, job: Job) -> Trainer:
-        return self.restorer.scratch(job.hparams, total_samples=self._schedule_end(0, job.hparams))
-
-    def _schedule_end(self, origin_samples: int, hparams: dict[str, Any]) -> int:
-        """Where the learning-rate schedule of a segment starting at `origin_samples` ends."""
-        budget = self.scheduler.budget
-        if budget.samples is not None:
-            return origin_samples + budget.samples
-        return origin_samples + int(budget.steps or 0) * int(hparams["batch_size"])
+        end = segment_end(self.scheduler.budget, 0, job.hparams)
+        return self.restorer.scratch(job.hparams, total_samples=end)
 
     def _record_start(
         self, otrial: optuna.Trial, job: Job, trainer: Trainer, source: str | None, fresh: bool

@@ -67,13 +67,13 @@ class Worker:
         _preflight(ctx)
         set_study_attr(s.study, "mode", scheduler.mode)
         set_study_attr(s.study, "samples_per_epoch", budgets.n)
-        self.presence = ctx.presence = s.lineage.start_attempt(WORKERS)
-        heartbeat.watch(self.presence)
-        recover(s, self.presence)
         progress = StudyProgress(ctx, target)
         trials = TrialRunner(ctx, restorer, scheduler, progress)
+        self.presence = ctx.presence = s.lineage.start_attempt(WORKERS)
         started = False
-        try:
+        try:  # from here on, the heartbeat thread and the presence row end with the run
+            heartbeat.watch(self.presence)
+            recover(s, self.presence)
             scheduler.prepare()
             started = True
             while (job := self.next_job(ctx, target, scheduler.default_parent())) or (

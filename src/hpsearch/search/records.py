@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial
 PREFIX = "hpsearch."  # of every user attribute hpsearch sets on studies and trials
 
 StudyKey = Literal[
-    "mode",  # fork | classic
+    "mode",  # tree | fork | classic
     "samples_per_epoch",
     "preflight_ok",  # the objective metric was found among evaluate()'s metrics once
     "fingerprint",  # the settings the base checkpoint depends on
@@ -37,9 +37,15 @@ TrialKey = Literal[
     "pruned_at",  # epoch
     "fail_kind",
     "fail_reason",
+    # the fork tree (strategy `tree`): every node is an ordinary Optuna trial
+    "generation",  # 0 for a root (trained from scratch), g for a child forked at rung g-1's end
+    "parent_trial",  # the trial whose final checkpoint this one forked from (None: a root)
+    "child",  # its slot among its parent's children (0: continues with the parent's params)
+    "rung_value",  # the objective at the node's own end, before any cooldown probe
+    "probe_value",  # the objective after the cooldown probe the node was ranked on
 ]
 
-Mode = Literal["fork", "classic"]
+Mode = Literal["tree", "fork", "classic"]
 
 
 def study_attr(study: optuna.Study, key: StudyKey, default: Any = None) -> Any:
@@ -80,6 +86,8 @@ class TrialRecord:
     pruned_at: float | None
     fail_kind: str | None
     fail_reason: str | None
+    generation: int | None = None
+    parent_trial: int | None = None
 
     @classmethod
     def of(cls, t: FrozenTrial) -> TrialRecord:
@@ -90,5 +98,5 @@ class TrialRecord:
             t.number, get("retry_of"), get("parent_checkpoint"), get("fork_step"),
             get("fork_samples"), get("final_checkpoint"), int(get("steps_trained") or 0),
             int(get("samples_trained") or 0), get("pruned_at"), get("fail_kind"),
-            get("fail_reason"),
+            get("fail_reason"), get("generation"), get("parent_trial"),
         )  # fmt: skip

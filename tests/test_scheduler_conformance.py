@@ -7,6 +7,7 @@ from hpsearch.search.restore import Restorer
 from hpsearch.search.scheduler import Scheduler
 from hpsearch.search.scheduler.classic import Classic
 from hpsearch.search.scheduler.fork_from_base import ForkFromBase
+from hpsearch.search.scheduler.tree import Tree
 from hpsearch.testing.conformance.scheduler import SchedulerTestCase
 
 
@@ -22,3 +23,10 @@ class TestClassic(SchedulerTestCase):
 
     def make_scheduler(self, ctx: RunContext, restorer: Restorer) -> Scheduler:
         return Classic(ctx)
+
+
+class TestTree(SchedulerTestCase):
+    tree = True
+
+    def make_scheduler(self, ctx: RunContext, restorer: Restorer) -> Scheduler:
+        return Tree(ctx)

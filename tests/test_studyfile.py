@@ -336,8 +336,7 @@ def test_missing_and_empty_files(study_dir: Path) -> None:
     )
     empty = write(study_dir, "")
     assert str(error_of(empty)) == (
-        f"{empty}: the file is empty; a study needs name, task, objective, warmup, trials and "
-        f"search_space"
+        f"{empty}: the file is empty; a study needs name, task, objective, trials and search_space"
     )
     assert isinstance(error_of(empty), UsageError)  # exit status 2 in the CLI
 
@@ -576,7 +575,7 @@ def test_an_unknown_top_level_key_suggests_the_close_one(study_dir: Path) -> Non
     path = write(study_dir, data)
     assert str(error_of(path)) == (
         f"{path}: serch_space: unknown key; did you mean 'search_space'? (allowed here: name, "
-        f"task, seed, device, objective, storage, checkpoints, warmup, trials, data, "
+        f"task, seed, device, objective, storage, checkpoints, tree, warmup, trials, data, "
         f"search_space, schedule, sampler, pruner)"
     )
 

@@ -35,11 +35,14 @@ from hpsearch.config.schema import (
     ParamKind,
     ScheduleName,
     ScheduleSettings,
+    Strategy,
     StudySettings,
+    TreeSettings,
     TrialSettings,
     WarmupSettings,
 )
 from hpsearch.config.space import check_budgets, suggest, trial_hparams, warmup_hparams
+from hpsearch.config.tree import generation_sizes, survivors_of
 
 __all__ = [
     "DROPOUT_KEY",
@@ -58,15 +61,19 @@ __all__ = [
     "ParamKind",
     "ScheduleName",
     "ScheduleSettings",
+    "Strategy",
     "StudySettings",
+    "TreeSettings",
     "TrialSettings",
     "WarmupSettings",
     "check_budgets",
     "dropout_types",
+    "generation_sizes",
     "load_study_file",
     "make_pruner",
     "make_sampler",
     "suggest",
+    "survivors_of",
     "trial_hparams",
     "warmup_hparams",
 ]

@@ -20,6 +20,7 @@ two dry trials. What needs the task (its model, optimizer and data set size) is 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -28,7 +29,7 @@ import yaml
 
 from hpsearch.config.components import dry_run, read_pruner, read_sampler
 from hpsearch.config.places import read_checkpoints, read_storage
-from hpsearch.config.schema import StudySettings
+from hpsearch.config.schema import Strategy, StudySettings, WarmupSettings
 from hpsearch.config.sections import (
     read_data,
     read_device,
@@ -40,6 +41,7 @@ from hpsearch.config.sections import (
     read_warmup,
 )
 from hpsearch.config.space import read_search_space
+from hpsearch.config.tree import generation_sizes, read_tree, start_point
 from hpsearch.config.values import Bounds, Reader, clip
 
 __all__ = ["load_study_file"]
@@ -54,7 +56,8 @@ _TOP = {
     "objective": "objective: {metric: val_accuracy, direction: maximize}",
     "storage": None,
     "checkpoints": None,
-    "warmup": "warmup: {epochs: 5, hparams: {lr: 1.0e-3, batch_size: 64}}",
+    "tree": None,
+    "warmup": None,
     "trials": "trials: {n: 20, epochs: 2}",
     "data": None,
     "search_space": "search_space: {lr: {float: [1.0e-5, 1.0e-1], log: true}}",
@@ -151,8 +154,7 @@ def _parse(r: Reader, shown: str) -> Any:
     if raw is None:
         r.fail(
             "",
-            "the file is empty; a study needs name, task, objective, warmup, trials and "
-            "search_space",
+            "the file is empty; a study needs name, task, objective, trials and search_space",
         )
     return raw
 
@@ -171,10 +173,27 @@ def _read_sections(
     objective = read_objective(r, raw["objective"])
     storage = read_storage(r, raw.get("storage"), base_dir, run_dir)
     checkpoints = read_checkpoints(r, raw.get("checkpoints"), base_dir, run_dir, name)
-    warmup = read_warmup(r, raw["warmup"])
-    trials = read_trials(r, raw["trials"])
+    if "tree" in raw and "warmup" in raw:
+        r.fail(
+            "warmup",
+            "a study either grows a fork tree (tree:) or forks every trial from one warm-up "
+            "(warmup:), not both; remove one of the two sections",
+        )
+    strategy: Strategy = "base" if "warmup" in raw else "tree"
+    tree = None
+    if strategy == "base":
+        warmup = read_warmup(r, raw["warmup"])
+        trials = read_trials(r, raw["trials"])
+        search_space = read_search_space(r, raw["search_space"], warmup.hparams)
+    else:
+        trials = read_trials(r, raw["trials"], tree=True)
+        search_space = read_search_space(r, raw["search_space"], None)
+        tree = read_tree(r, raw.get("tree"), search_space)
+        # no warm-up: its values are where a tree's study is checked (the preflight), and the
+        # twin classic study trains as many full-budget trials as the tree has nodes
+        warmup = WarmupSettings(epochs=0.0, steps=None, hparams=start_point(tree, search_space))
+        trials = dataclasses.replace(trials, n=sum(generation_sizes(tree)))
     data = read_data(r, raw.get("data"))
-    search_space = read_search_space(r, raw["search_space"], warmup.hparams)
     sampler, sampler_obj = read_sampler(r, raw.get("sampler"), search_space, seed)
     pruner, pruner_obj = read_pruner(r, raw.get("pruner", {"name": "MedianPruner"}))
     settings = StudySettings(
@@ -195,5 +214,18 @@ def _read_sections(
         schedule=read_schedule(r, raw.get("schedule")),
         sampler=sampler,
         pruner=pruner,
+        strategy=strategy,
+        tree=tree,
     )
+    _check_probe(r, settings)
     return settings, sampler_obj, pruner_obj
+
+
+def _check_probe(r: Reader, settings: StudySettings) -> None:
+    """A cooldown probe decays the study's schedule: it needs one."""
+    if settings.tree is not None and settings.tree.probe > 0 and settings.schedule is None:
+        r.fail(
+            "tree.probe",
+            "a cooldown probe decays the learning rate of the study's schedule, and the study "
+            "has none; add `schedule: {name: wsd, decay: 0.2}` or set tree.probe: 0",
+        )

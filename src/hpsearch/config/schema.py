@@ -15,6 +15,7 @@ __all__ = [
     "DIRECTIONS",
     "PARAM_KINDS",
     "SCHEDULE_NAMES",
+    "STRATEGIES",
     "CheckpointSettings",
     "ComponentSettings",
     "Compression",
@@ -25,14 +26,19 @@ __all__ = [
     "ParamKind",
     "ScheduleName",
     "ScheduleSettings",
+    "Strategy",
     "StudySettings",
+    "TreeSettings",
     "TrialSettings",
     "WarmupSettings",
 ]
 
 Direction = Literal["minimize", "maximize"]
 Compression = Literal["none", "zstd"]
-ScheduleName = Literal["cosine", "linear", "constant"]
+ScheduleName = Literal["cosine", "linear", "constant", "wsd"]
+# tree: generations forked from searched roots; base: every trial forks from one warm-up's end;
+# (classic, every trial from scratch, is the `--no-fork` twin of either, not a file setting)
+Strategy = Literal["tree", "base"]
 ParamKind = Literal["float", "int", "categorical"]
 
 # The choices a study file may write, in the order messages list them: read off the Literals, so
@@ -41,6 +47,7 @@ DIRECTIONS: tuple[Direction, ...] = get_args(Direction)
 COMPRESSIONS: tuple[Compression, ...] = get_args(Compression)
 SCHEDULE_NAMES: tuple[ScheduleName, ...] = get_args(ScheduleName)
 PARAM_KINDS: tuple[ParamKind, ...] = get_args(ParamKind)
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,20 @@ class ScheduleSettings:
     name: ScheduleName
     warmup: float  # fraction of the run spent ramping up, in [0, 1)
     final: float  # final LR as a fraction of the base LR, in [0, 1]
+    decay: float = 0.0  # wsd: the last fraction of the run, in (0, 1], decays to `final`
+
+
+@dataclass(frozen=True)
+class TreeSettings:
+    """The fork tree: generation 0 is `roots` short runs from scratch; at each rung the best
+    `keep` fraction of a generation survives and each survivor is forked into `children`."""
+
+    roots: int
+    rungs: tuple[float, ...]  # increasing fractions of the full budget, the last 1.0
+    keep: float  # in (0, 1]
+    children: int
+    probe: float  # a cooldown probe's length as a fraction of the full budget; 0: off
+    hparams: dict[str, Any]  # read-only: values of the keys the search space does not sample
 
 
 @dataclass(frozen=True)
@@ -151,3 +172,5 @@ class StudySettings:
     schedule: ScheduleSettings | None
     sampler: ComponentSettings
     pruner: ComponentSettings  # `pruner: null` is stored as NopPruner
+    strategy: Strategy = "base"
+    tree: TreeSettings | None = None  # set for strategy `tree`

@@ -128,7 +128,9 @@ def _hparams(r: Reader, value: Any, key: str) -> dict[str, Any]:
     return out
 
 
-def read_trials(r: Reader, value: Any) -> TrialSettings:
+def read_trials(r: Reader, value: Any, *, tree: bool = False) -> TrialSettings:
+    """`trials:`; in a fork tree the budget is a leaf's whole training from scratch and the
+    tree's shape, not `n`, sets how many trials there are."""
     allowed = (
         "n",
         "epochs",
@@ -140,16 +142,19 @@ def read_trials(r: Reader, value: Any) -> TrialSettings:
         "grace_s",
         "max_failures",
     )
-    section = r.mapping(value, "trials", allowed, {"n": "n: 20"})
+    section = r.mapping(value, "trials", allowed, None if tree else {"n": "n: 20"})
+    if tree:
+        _tree_trials(r, section)
     budget = r.exactly_one(section, "trials", "epochs", "steps", required=True)
     epochs = steps = None
+    what = "a leaf trains from scratch" if tree else "each trial trains after its fork"
     if budget == "epochs":
-        epochs = r.epochs(section["epochs"], "trials.epochs", "each trial trains after its fork")
+        epochs = r.epochs(section["epochs"], "trials.epochs", what)
     else:
-        steps = r.steps(section["steps"], "trials.steps", "each trial trains after its fork")
+        steps = r.steps(section["steps"], "trials.steps", what)
     eval_every, eval_every_steps = _evaluations(r, section, epochs, steps)
     return TrialSettings(
-        n=r.integer(section["n"], "trials.n", Bounds(ge=1)),
+        n=r.integer(section.get("n", 1), "trials.n", Bounds(ge=1)),
         epochs=epochs,
         steps=steps,
         eval_every=eval_every,
@@ -159,6 +164,22 @@ def read_trials(r: Reader, value: Any) -> TrialSettings:
         grace_s=r.real(section.get("grace_s", 120.0), "trials.grace_s", Bounds(gt=0)),
         max_failures=r.integer(section.get("max_failures", 3), "trials.max_failures", Bounds(ge=1)),
     )
+
+
+def _tree_trials(r: Reader, section: dict[str, Any]) -> None:
+    if "n" in section:
+        r.fail(
+            "trials.n",
+            "a fork tree's size follows from tree.roots, tree.keep and tree.children, not "
+            "trials.n; remove trials.n (or give a warmup: section to fork every trial from one "
+            "warm-up)",
+        )
+    if "steps" in section:
+        r.fail(
+            "trials.steps",
+            "a fork tree's rungs are fractions of a budget in samples, which a fork that changes "
+            "the batch size keeps: give trials.epochs instead",
+        )
 
 
 def _evaluations(
@@ -205,9 +226,27 @@ def read_schedule(r: Reader, value: Any) -> ScheduleSettings | None:
     if value is None:
         return None
     required = {"name": "name: cosine"}
-    section = r.mapping(value, "schedule", ("name", "warmup", "final"), required)
+    section = r.mapping(value, "schedule", ("name", "warmup", "final", "decay"), required)
+    name = r.choice(section["name"], "schedule.name", SCHEDULE_NAMES)
+    warmup = r.real(section.get("warmup", 0.0), "schedule.warmup", Bounds(ge=0, lt=1))
+    decay = 0.0
+    if name == "wsd":
+        decay = r.real(section.get("decay", 0.2), "schedule.decay", Bounds(gt=0, le=1))
+        if warmup + decay > 1:
+            r.fail(
+                "schedule",
+                f"warmup + decay must be at most 1 (the run's warm-up, then its constant "
+                f"phase, then its decay), got warmup={fmt(warmup)} decay={fmt(decay)}",
+            )
+    elif "decay" in section:
+        r.fail(
+            "schedule.decay",
+            f"only the wsd schedule (warm-up, stable, decay) has a decay; {name} decays "
+            "over the whole run: remove decay, or use name: wsd",
+        )
     return ScheduleSettings(
-        name=r.choice(section["name"], "schedule.name", SCHEDULE_NAMES),
-        warmup=r.real(section.get("warmup", 0.0), "schedule.warmup", Bounds(ge=0, lt=1)),
+        name=name,
+        warmup=warmup,
         final=r.real(section.get("final", 0.0), "schedule.final", Bounds(ge=0, le=1)),
+        decay=decay,
     )

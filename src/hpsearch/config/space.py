@@ -26,7 +26,9 @@ from hpsearch.errors import StudyFileError
 _ENTRY_FORMS = "{float: [low, high]}, {int: [low, high]} or {categorical: [a, b, ...]}"
 
 
-def read_search_space(r: Reader, value: Any, hparams: dict[str, Any]) -> dict[str, Param]:
+def read_search_space(r: Reader, value: Any, hparams: dict[str, Any] | None) -> dict[str, Param]:
+    """The search space; with the warm-up's `hparams` (fork from a base), each key must have a
+    warm-up value (a fork tree has no warm-up: None)."""
     if not isinstance(value, dict) or not value:
         r.fail(
             "search_space",
@@ -39,7 +41,7 @@ def read_search_space(r: Reader, value: Any, hparams: dict[str, Any]) -> dict[st
             r.fail("search_space", f"keys must be strings, got {show(name)}")
         key = f"search_space.{clip(name)}"
         param = _param(r, name, entry, key)
-        if name not in hparams:
+        if hparams is not None and name not in hparams:
             r.fail(
                 key,
                 f"{show(name)} is not in warmup.hparams; add it to warmup.hparams with the "
@@ -221,7 +223,7 @@ def check_budgets(settings: StudySettings, samples_per_epoch: int) -> None:
     """
     n = samples_per_epoch
     for key, epochs in (
-        ("warmup.epochs", settings.warmup.epochs),
+        ("warmup.epochs", settings.warmup.epochs if settings.strategy == "base" else None),
         ("trials.epochs", settings.trials.epochs),
         ("trials.eval_every", settings.trials.eval_every),
         ("checkpoints.every", settings.checkpoints.every),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -66,22 +67,35 @@ ASK_LEASE = "ask"
 ASK_LEASE_S = 30.0  # a worker killed while asking holds the others up this long at most
 
 
-def new_job(ctx: RunContext, target: int, *, parent: str | None) -> Job | None:
-    """A new Optuna trial starting from `parent` (None: from scratch), if the study needs one.
-    Whether it needs one and asking for it are one step for the whole study (the ask lease):
-    two workers that both see one trial missing would otherwise both ask for it."""
+_T = TypeVar("_T")
+
+
+def with_ask_lease(ctx: RunContext, fn: Callable[[], _T]) -> _T:
+    """Run `fn` holding the study's ask lease. Deciding what to ask and asking are one step for
+    the whole study: two workers that both see one trial missing would otherwise both ask for
+    it, and a trial enqueued with fixed params (a retry, a tree's child) would be popped by
+    whichever worker asks next."""
     lin = ctx.lineage
     while not lin.take_lease(ASK_LEASE, ctx.presence, ttl_s=ASK_LEASE_S):
         ctx.check_stop()
         time.sleep(0.02)  # another worker is asking: a few milliseconds
     try:
+        return fn()
+    finally:
+        lin.release_lease(ASK_LEASE, ctx.presence)
+
+
+def new_job(ctx: RunContext, target: int, *, parent: str | None) -> Job | None:
+    """A new Optuna trial starting from `parent` (None: from scratch), if the study needs one."""
+
+    def ask_one() -> Job | None:
         if not wanted(ctx, target):
             return None
         ctx.pin([parent])
         trial = ask(ctx)
         sampled = suggest(trial, ctx.settings)  # before the attempt: a registered trial has params
-        token = lin.start_attempt(trial.number)
-    finally:
-        lin.release_lease(ASK_LEASE, ctx.presence)
-    hp = trial_hparams(ctx.settings, sampled)
-    return Job(trial.number, bridge.trial_id(trial), hp, "new", token, parent=parent)
+        token = ctx.lineage.start_attempt(trial.number)
+        hp = trial_hparams(ctx.settings, sampled)
+        return Job(trial.number, bridge.trial_id(trial), hp, "new", token, parent=parent)
+
+    return with_ask_lease(ctx, ask_one)

@@ -19,6 +19,18 @@ class Job:
     retry_of: int | None = None
     sources: list[str] = field(default_factory=list)  # its own checkpoints, newest first
     parent: str | None = None  # where its segment starts when no source is usable (None: scratch)
+    generation: int | None = None  # its generation in a fork tree (None: not a tree)
+    until: int | None = None  # a tree node: the sample where its segment ends (its rung)
+    total: int | None = None  # a tree node: the samples its schedule spans (the full budget)
+    probe: int = 0  # samples of the cooldown probe it is ranked on (0: none)
+
+
+class Wait:
+    """The scheduler has nothing to start until running trials finish (a tree's generation
+    settling); the worker looks again shortly, taking over trials whose workers died."""
+
+
+WAIT = Wait()
 
 
 @dataclass

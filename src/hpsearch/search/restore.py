@@ -75,7 +75,7 @@ class Restorer:
         sched = s.schedule
         self.trainer = Trainer.create(
             self.ctx.session.task(), dict(hparams), seed=s.seed, device=s.device,
-            schedule=Schedule(sched.name, sched.warmup, sched.final) if sched else None,
+            schedule=Schedule.of(sched),
             total_samples=total_samples, num_workers=s.data.num_workers,
             datasets=self.ctx.session.datasets(), objective=self.ctx.metric,
         )  # fmt: skip

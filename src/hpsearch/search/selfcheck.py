@@ -65,7 +65,7 @@ def _trainer(path: str) -> Trainer:
     with _phase(path, "building the run (Task.model, optimizer, scheduler)"):
         return Trainer.create(
             task, hp, seed=settings.seed, device=settings.device,
-            schedule=Schedule(sched.name, sched.warmup, sched.final) if sched else None,
+            schedule=Schedule.of(sched),
             total_samples=4 * n, num_workers=settings.data.num_workers,
             objective=settings.objective.metric,
         )  # fmt: skip

@@ -22,7 +22,7 @@ from hpsearch.search.records import set_trial_attrs
 from hpsearch.search.restore import PASS_THROUGH, Restorer, why
 from hpsearch.search.scheduler import Scheduler
 from hpsearch.search.summary import outcome_line
-from hpsearch.training import Trainer, fork
+from hpsearch.training import Budget, Schedule, Trainer, fork
 
 
 class TrialRunner:
@@ -39,6 +39,7 @@ class TrialRunner:
 
     def run(self, job: Job) -> Outcome:
         start = time.monotonic()
+        self.scheduler.place(job)
         otrial = bridge.handle(self.ctx.session.study, job.trial_id)
         try:
             trainer, source, fresh = self.start(job)
@@ -46,7 +47,7 @@ class TrialRunner:
             return self.failures.unstarted(otrial, job, start, f"{exc}")
         self._record_start(otrial, job, trainer, source, fresh)
         self.ctx.unpin_all()  # the tree keeps what the trial started from now
-        budget = self.scheduler.budget
+        budget = self._budget(job, trainer)
         b = self.ctx.budgets
         label = self.progress.label(job.number) if self.progress else f"trial {job.number}"
         bar = progress_bar(self.ctx.label + label, budget, b.n)
@@ -54,6 +55,8 @@ class TrialRunner:
                            otrial=otrial)  # fmt: skip
         try:
             state, value, note = self._train(otrial, trainer, hooks)
+            if state == "COMPLETE" and job.probe and value is not None:
+                value = self._probe(otrial, job, trainer, value)
         except Interrupted:
             checkpoint_on_stop(self.ctx, trainer, hooks)
             self.failures.account(otrial, job, hooks)
@@ -93,10 +96,16 @@ class TrialRunner:
             )
         fork(trainer, job.hparams)
         trainer.begin_segment()
-        trainer.total_samples = segment_end(
+        trainer.total_samples = job.total or segment_end(
             self.scheduler.budget, trainer.progress.samples, job.hparams
         )
         return trainer, parent, True
+
+    def _budget(self, job: Job, trainer: Trainer) -> Budget:
+        """The job's own training from its segment's start: to its rung for a tree's node."""
+        if job.until is None:
+            return self.scheduler.budget
+        return Budget(samples=max(0, job.until - trainer.progress.origin_samples))
 
     def _try(self, job: Job, ckpt_id: str) -> Trainer | None:
         try:
@@ -112,7 +121,7 @@ class TrialRunner:
             return None
 
     def _scratch(self, job: Job) -> Trainer:
-        end = segment_end(self.scheduler.budget, 0, job.hparams)
+        end = job.total or segment_end(self.scheduler.budget, 0, job.hparams)
         return self.restorer.scratch(job.hparams, total_samples=end)
 
     def _record_start(
@@ -159,6 +168,28 @@ class TrialRunner:
         except TrainingDiverged as exc:
             set_trial_attrs(otrial, fail_kind="diverged", fail_reason=str(exc))
             return "FAIL", None, f"diverged: {exc}"
+
+    def _probe(self, otrial: optuna.Trial, job: Job, trainer: Trainer, value: float) -> float:
+        """Rank a tree's node on a cooldown probe: a throwaway branch from its final state whose
+        LR decays to the schedule's final value over `job.probe` samples, as its run will at
+        the end. Nothing of the branch is saved; the node's children fork from its final
+        checkpoint, taken before the probe. Returns the probe's objective."""
+        sched = trainer.schedule
+        if sched is None:
+            return value
+        start = trainer.progress.samples
+        end = start + job.probe
+        warm = min(sched.warmup * (trainer.total_samples or end) / end, 1.0 - job.probe / end)
+        trainer.schedule = Schedule("wsd", warm, sched.final, job.probe / end)
+        trainer.total_samples = end
+        trainer.begin_segment()
+        try:
+            metrics = trainer.train(Budget(samples=job.probe))
+        finally:
+            self.restorer.forget()  # its state is the probe's now: rebuild from a checkpoint
+        probed = float(metrics[self.ctx.metric])
+        set_trial_attrs(otrial, rung_value=value, probe_value=probed)
+        return probed
 
     def _crashed(
         self, otrial: optuna.Trial, job: Job, hooks: TrialHooks, start: float, exc: Exception

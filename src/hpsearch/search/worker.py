@@ -29,7 +29,7 @@ from hpsearch.search.collect import (
 from hpsearch.search.context import RunContext
 from hpsearch.search.control import StopFlag
 from hpsearch.search.heartbeat import Heartbeat
-from hpsearch.search.jobs import Job, Outcome
+from hpsearch.search.jobs import Job, Outcome, Wait
 from hpsearch.search.progress import StudyProgress
 from hpsearch.search.records import PREFIX, set_study_attr, study_attr, trial_attr
 from hpsearch.search.restore import Restorer
@@ -39,6 +39,8 @@ from hpsearch.search.scheduler import make_scheduler
 from hpsearch.search.session import Session, check_fingerprint
 from hpsearch.search.trial import TrialRunner
 from hpsearch.training import Trainer
+
+TREE_KEYS = ("generation", "parent_trial", "child")  # a retry fills its failed node's slot
 
 
 class Worker:
@@ -76,9 +78,15 @@ class Worker:
             recover(s, self.presence)
             scheduler.prepare()
             started = True
-            while (job := self.next_job(ctx, target, scheduler.default_parent())) or (
-                job := scheduler.new_job(target)
-            ):
+            while True:
+                job: Job | Wait | None = self.next_job(
+                    ctx, target, scheduler.default_parent()
+                ) or scheduler.new_job(target)
+                if job is None:
+                    break
+                if isinstance(job, Wait):
+                    self._wait(ctx)
+                    continue
                 self.outcomes.append(self.run_trial(trials, job))
                 progress.finished(self.outcomes[-1])
                 ctx.unpin_all()  # also when the trial could not start
@@ -95,6 +103,13 @@ class Worker:
 
     def run_trial(self, trials: TrialRunner, job: Job) -> Outcome:
         return trials.run(job)
+
+    def _wait(self, ctx: RunContext) -> None:
+        """Nothing to start until other workers' trials finish (a tree's generation settling):
+        look again in a moment; meanwhile this worker's heartbeat keeps it alive."""
+        for _ in range(10):
+            ctx.check_stop()
+            time.sleep(0.05)
 
     # -- continuing what crashes left -------------------------------------------------------
 
@@ -149,21 +164,28 @@ class Worker:
             params = asking.resample(ctx, t)  # its worker died between ask and sampling
         hp = trial_hparams(ctx.settings, params)
         return Job(t.number, bridge.trial_id(t), hp, "takeover", token,
-                   trial_attr(t, "retry_of"), sources, root_parent or parent)  # fmt: skip
+                   trial_attr(t, "retry_of"), sources, root_parent or parent,
+                   trial_attr(t, "generation"))  # fmt: skip
 
     def _retry(
         self, ctx: RunContext, t: FrozenTrial, trials: Sequence[FrozenTrial], parent: str | None
     ) -> Job:
-        """Continue a trial that failed on an error as a new trial with the same params."""
+        """Continue a trial that failed on an error as a new trial with the same params (and
+        the same place in a fork tree)."""
         study = ctx.session.study
         sources, root_parent = chain_sources(ctx, t, trials)
         # the failed trial's checkpoints lose its protection once the retry exists: pin them
         # until the retry records where it starts
         ctx.pin([*sources[:1], root_parent or parent])
-        study.enqueue_trial(
-            dict(t.params), user_attrs={PREFIX + "retry_of": t.number}, skip_if_exists=False
-        )
-        trial = asking.ask(ctx)
+        attrs: dict[str, Any] = {PREFIX + "retry_of": t.number}
+        attrs |= {PREFIX + k: t.user_attrs[PREFIX + k] for k in TREE_KEYS
+                  if PREFIX + k in t.user_attrs}  # fmt: skip
+
+        def ask_retry() -> Any:  # under the ask lease: no other worker pops what we enqueue
+            study.enqueue_trial(dict(t.params), user_attrs=attrs, skip_if_exists=False)
+            return asking.ask(ctx)
+
+        trial = asking.with_ask_lease(ctx, ask_retry)
         grid: dict[str, Any] = {
             k: t.system_attrs[k] for k in ("grid_id", "search_space") if k in t.system_attrs
         }
@@ -173,7 +195,7 @@ class Worker:
             trial.number, resumed_from=sources[0] if sources else root_parent
         )
         return Job(trial.number, bridge.trial_id(trial), hp, "retry", token, t.number,
-                   sources, root_parent or parent)  # fmt: skip
+                   sources, root_parent or parent, trial_attr(t, "generation"))  # fmt: skip
 
     def _others_alive(self, ctx: RunContext) -> bool:
         """Is another worker of this study alive (so a trial without an attempt yet may be one

@@ -28,7 +28,8 @@ def check_forkable(settings: StudySettings, task_cls: type[Task]) -> None:
     """
     from hpsearch.config.taskload import overrides  # imports torch; only needed here
 
-    if not overrides(task_cls, "apply_hparams"):
+    # a fork tree samples the keys a fork cannot change in its roots only
+    if settings.strategy == "base" and not overrides(task_cls, "apply_hparams"):
         for name in settings.search_space:
             if name not in FORKABLE:
                 raise StudyFileError(

@@ -23,17 +23,24 @@ if TYPE_CHECKING:
 def make_scheduler(ctx: RunContext, restorer: Restorer) -> Scheduler:
     from hpsearch.search.scheduler.classic import Classic
     from hpsearch.search.scheduler.fork_from_base import ForkFromBase
+    from hpsearch.search.scheduler.tree import Tree
 
     if ctx.session.classic:
         return Classic(ctx)
+    if ctx.settings.strategy == "tree":
+        return Tree(ctx)
     return ForkFromBase(ctx, restorer)
 
 
 def pins_of(session: Session, rows: Sequence[CheckpointRow]) -> set[str]:
     """The checkpoints a study's scheduler keeps, read from the study alone (for `hpsearch gc`,
     which runs no worker)."""
+    from hpsearch.search.scheduler.tree import tree_pins
+
     if session.classic:
         return set()
+    if session.settings.strategy == "tree":
+        return tree_pins(session.study.get_trials(deepcopy=False), session.settings)
     return base_pins(rows, study_attr(session.study, "base_checkpoint"))
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from hpsearch.lineage import CheckpointRow
-from hpsearch.search.jobs import Job
+from hpsearch.search.jobs import Job, Wait
 from hpsearch.search.records import Mode
 from hpsearch.training import Budget
 
@@ -31,9 +31,15 @@ class Scheduler(Protocol):
         before its first trial."""
         ...
 
-    def new_job(self, target: int) -> Job | None:
+    def new_job(self, target: int) -> Job | Wait | None:
         """A new trial to run -- asked from Optuna, its parent chosen -- or None when the study
-        needs no more (it has `target` trials finished or running)."""
+        needs no more (it has `target` trials finished or running), or WAIT when nothing can
+        start before running trials finish."""
+        ...
+
+    def place(self, job: Job) -> None:
+        """Set the job's segment (`until`, `total`, `probe`) where the scheduler decides it
+        per trial; the worker's takeovers and retries come through here too."""
         ...
 
     def default_parent(self) -> str | None:

@@ -29,6 +29,9 @@ class Classic:
     def new_job(self, target: int) -> Job | None:
         return asking.new_job(self.ctx, target, parent=None)
 
+    def place(self, job: Job) -> None:
+        pass  # every trial trains the study's one budget
+
     def default_parent(self) -> str | None:
         return None
 

@@ -48,6 +48,9 @@ class ForkFromBase:
     def budget(self) -> Budget:
         return self.ctx.budgets.trial
 
+    def place(self, job: Job) -> None:
+        pass  # every trial trains the study's one budget
+
     def default_parent(self) -> str | None:
         return self.base_id
 

@@ -28,6 +28,7 @@ from hpsearch.search.collect import collect_garbage
 from hpsearch.search.context import RunContext
 from hpsearch.search.control import StopFlag
 from hpsearch.search.heartbeat import Heartbeat
+from hpsearch.search.jobs import Job
 from hpsearch.search.restore import Restorer
 from hpsearch.search.saving import Checkpointer
 from hpsearch.search.scheduler.base import Scheduler
@@ -64,9 +65,10 @@ class TinyTask(Task):
         return {"val_loss": total / n}
 
 
-def tiny_study(tmp_path: Path, name: str = "conformance") -> str:
-    """A study file for `TinyTask`: a 1-epoch warm-up, 1-epoch trials, 3 trials."""
-    doc = {
+def tiny_study(tmp_path: Path, name: str = "conformance", *, tree: bool = False) -> str:
+    """A study file for `TinyTask`: a 1-epoch warm-up, 1-epoch trials, 3 trials; with `tree`,
+    a fork tree of 3 nodes (2 roots to half the 1-epoch budget, the better one forked once)."""
+    doc: dict[str, Any] = {
         "name": name,
         "task": f"{__name__}:TinyTask",
         "seed": 0,
@@ -82,6 +84,11 @@ def tiny_study(tmp_path: Path, name: str = "conformance") -> str:
         "sampler": {"name": "RandomSampler"},
         "pruner": {"name": "NopPruner"},
     }
+    if tree:
+        del doc["warmup"], doc["trials"]["n"]
+        doc["tree"] = {"roots": 2, "rungs": [0.5, 1.0], "keep": 0.5, "children": 1,
+                       "hparams": {"dropout": 0.0}}  # fmt: skip
+        doc["schedule"] = {"name": "wsd", "decay": 0.25}
     path = os.path.join(tmp_path, f"{name}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)
@@ -96,6 +103,7 @@ def _close(ctx: RunContext) -> None:
 
 class SchedulerTestCase:
     classic: bool = False  # which twin study the scheduler runs (`--no-fork` for classic)
+    tree: bool = False  # the study file grows a fork tree (see `tiny_study`)
 
     def make_scheduler(self, ctx: RunContext, restorer: Restorer) -> Scheduler:
         raise NotImplementedError
@@ -104,7 +112,7 @@ class SchedulerTestCase:
 
     @pytest.fixture
     def study_path(self, tmp_path: Path) -> str:
-        return tiny_study(tmp_path)
+        return tiny_study(tmp_path, tree=self.tree)
 
     @pytest.fixture
     def worker(self, study_path: str) -> Iterator[tuple[RunContext, Scheduler, TrialRunner]]:
@@ -136,7 +144,7 @@ class SchedulerTestCase:
         scheduler.prepare()
         for _ in range(3):
             job = scheduler.new_job(3)
-            assert job is not None and job.kind == "new" and job.sources == []
+            assert isinstance(job, Job) and job.kind == "new" and job.sources == []
             rows = {r.id: r for r in ctx.lineage.checkpoints()}
             if job.parent is not None:
                 assert rows[job.parent].status == "committed"
@@ -144,8 +152,8 @@ class SchedulerTestCase:
             out = runner.run(job)
             assert out.state in ("COMPLETE", "PRUNED")
             collect_garbage(ctx.session, "conformance")
-            if job.parent is not None:  # still pinned for the trials to come
-                assert ctx.session.store.exists(job.parent)
+            for pinned in scheduler.pins(ctx.lineage.checkpoints()):  # for the trials to come
+                assert ctx.session.store.exists(pinned)
         assert scheduler.new_job(3) is None  # the study has its trials
 
     def test_pins_are_committed_checkpoints(self, worker: Any) -> None:
@@ -177,19 +185,21 @@ class SchedulerTestCase:
         gives it."""
         seen = []
         for restart in (False, True):
-            path = tiny_study(tmp_path_factory.mktemp("restart" if restart else "straight"))
+            path = tiny_study(
+                tmp_path_factory.mktemp("restart" if restart else "straight"), tree=self.tree
+            )
             ctx, scheduler, runner = self._open(path)
             try:
                 scheduler.prepare()
                 first = scheduler.new_job(3)
-                assert first is not None
+                assert isinstance(first, Job)
                 runner.run(first)
                 if restart:
                     _close(ctx)
                     ctx, scheduler, runner = self._open(path)
                     scheduler.prepare()
                 second = scheduler.new_job(3)
-                assert second is not None and second.number == first.number + 1
+                assert isinstance(second, Job) and second.number == first.number + 1
                 seen.append((first.hparams, second.hparams, second.parent is None))
             finally:
                 _close(ctx)

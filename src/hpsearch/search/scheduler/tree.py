@@ -1,0 +1,122 @@
+"""The fork tree: searched roots trained from scratch, then generations of children forked from
+the survivors of each rung, every node an ordinary Optuna trial (see `tree_plan`).
+
+Roots sample every search-space key; a child samples only the keys a fork can change (the others,
+a hidden size say, are its parent's) and child 0 keeps its parent's values: it simply continues.
+Every node's LR schedule spans the full budget, so with the `wsd` schedule a node forked in the
+stable phase trains at its own LR and only the last generation decays. Children of one
+generation start at the same step, so the pruner compares like with like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from optuna.trial import FrozenTrial
+
+from hpsearch.config import FORKABLE, StudySettings, TreeSettings, suggest, trial_hparams
+from hpsearch.lineage import CheckpointRow
+from hpsearch.search import asking
+from hpsearch.search import optuna_bridge as bridge
+from hpsearch.search.context import RunContext
+from hpsearch.search.jobs import WAIT, Job, Wait
+from hpsearch.search.records import Mode, set_trial_attrs, trial_attr
+from hpsearch.search.scheduler.tree_plan import Next, Slot, TreePlan
+from hpsearch.training import Budget
+
+
+class Tree:
+    mode: Mode = "tree"
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        tree = ctx.settings.tree
+        if tree is None:
+            raise ValueError("the fork tree needs the study file's tree settings")
+        self.tree: TreeSettings = tree
+        self.full = ctx.budgets.trial_samples
+        self.rungs = [round(f * self.full) for f in tree.rungs]
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(samples=self.full)  # a node's segment is set by `place`
+
+    def prepare(self) -> None:
+        pass  # the roots are the first trials
+
+    def default_parent(self) -> str | None:
+        return None  # a node that recorded no parent is a root: from scratch
+
+    def place(self, job: Job) -> None:
+        """Where a node's segment ends, and what its schedule spans and its probe costs."""
+        g = job.generation if job.generation is not None else 0
+        job.until, job.total = self.rungs[g], self.full
+        last = g == len(self.rungs) - 1
+        job.probe = 0 if last else round(self.tree.probe * self.full)
+
+    def plan(self, trials: Sequence[FrozenTrial] | None = None) -> TreePlan:
+        s = self.ctx.settings
+        if trials is None:
+            trials = self.ctx.session.study.get_trials(deepcopy=False)
+        return TreePlan(trials, self.tree, s.objective.direction, s.trials.retries)
+
+    def pins(self, rows: Sequence[CheckpointRow]) -> set[str]:
+        return self.plan().protected()
+
+    def new_job(self, target: int) -> Job | Wait | None:
+        return asking.with_ask_lease(self.ctx, self._ask)
+
+    def _ask(self) -> Job | Wait | None:
+        nxt = self.plan().next()
+        if nxt.wait:
+            return WAIT
+        if nxt.slot is None:
+            return None
+        return self._ask_slot(nxt)
+
+    def _ask_slot(self, nxt: Next) -> Job:
+        ctx, study = self.ctx, self.ctx.session.study
+        slot: Slot = nxt.slot  # type: ignore[assignment]
+        g, parent_trial, child = slot
+        parent_ckpt = trial_attr(nxt.parent, "final_checkpoint") if nxt.parent else None
+        if nxt.parent is not None:
+            study.enqueue_trial(
+                inherited(ctx.settings, nxt.parent.params, keep_all=child == 0),
+                skip_if_exists=False,
+            )
+        ctx.pin([parent_ckpt])
+        trial = asking.ask(ctx)
+        set_trial_attrs(trial, generation=g, parent_trial=parent_trial, child=child)
+        params = suggest(trial, ctx.settings)  # the enqueued ones come back as they were
+        token = ctx.lineage.start_attempt(trial.number)
+        hp = trial_hparams(ctx.settings, params)
+        job = Job(trial.number, bridge.trial_id(trial), hp, "new", token,
+                  parent=parent_ckpt, generation=g)  # fmt: skip
+        self.place(job)
+        return job
+
+
+def inherited(settings: StudySettings, params: dict[str, Any], *, keep_all: bool) -> dict[str, Any]:
+    """The values a child takes from its parent: all of them for the child that continues,
+    else the keys a fork cannot change (the sampler proposes the rest)."""
+    if keep_all:
+        return dict(params)
+    return {k: v for k, v in params.items() if not forkable(settings, k)}
+
+
+def forkable(settings: StudySettings, key: str) -> bool:
+    """Can a child change `key`? The registry's keys (lr, weight decay, dropout, batch size,
+    ...); a task's own keys stay as its root sampled them, even with `Task.apply_hparams`."""
+    return key in FORKABLE
+
+
+def tree_pins(trials: Sequence[FrozenTrial], settings: StudySettings) -> set[str]:
+    """The checkpoints a tree study keeps for forks to come, read from its trials alone."""
+    if settings.tree is None:
+        return set()
+    plan = TreePlan(trials, settings.tree, settings.objective.direction, settings.trials.retries)
+    return plan.protected()
+
+
+__all__ = ["Tree", "inherited", "tree_pins"]

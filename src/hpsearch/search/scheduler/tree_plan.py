@@ -1,0 +1,132 @@
+"""The fork tree's plan: a pure function of the study's trials.
+
+Every node is an Optuna trial holding its place in the tree in its attributes (`generation`,
+`parent_trial`, `child`). A *slot* is a place a node fills: `(generation, parent_trial, child)`;
+a root's slot is `(0, None, k)` for the k-th root. A retry of a failed node fills the same slot.
+Generation 0 has `tree.roots` slots; once every slot of generation g is settled (complete,
+pruned, or failed for good), its best complete nodes survive (`survivors_of`) and each survivor
+gets `tree.children` slots in generation g+1. Generations are synchronous: a worker with nothing
+to ask waits for the generation to settle, so the survivors are ranked on all of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.config import TreeSettings, survivors_of
+from hpsearch.search.records import trial_attr
+from hpsearch.search.retries import retried_numbers, settled
+
+Slot = tuple[int, int | None, int]  # (generation, parent trial, child index)
+
+
+@dataclass(frozen=True)
+class Next:
+    """What the tree needs now: `slot` to fill, or `wait` for a generation to settle, or neither
+    (the tree is grown)."""
+
+    slot: Slot | None = None
+    parent: FrozenTrial | None = None  # the survivor the slot forks from (None: a root)
+    wait: bool = False
+
+
+class TreePlan:
+    def __init__(
+        self, trials: Sequence[FrozenTrial], tree: TreeSettings, direction: str, retries: int
+    ) -> None:
+        self.tree, self.direction = tree, direction
+        self.by_number = {t.number: t for t in trials}
+        retried = retried_numbers(trials)
+        self.slots: dict[Slot, list[FrozenTrial]] = {}
+        for t in trials:
+            slot = slot_of(t)
+            if slot is not None:
+                self.slots.setdefault(slot, []).append(t)
+        self.settled = {
+            slot: all(settled(t, trials, retried, retries) for t in ts)
+            for slot, ts in self.slots.items()
+        }
+
+    @property
+    def generations(self) -> int:
+        return len(self.tree.rungs)
+
+    def expected(self, g: int) -> list[Slot] | None:
+        """The slots of generation g, or None while generation g-1 is not settled."""
+        if g == 0:
+            return [(0, None, k) for k in range(self.tree.roots)]
+        if not self.is_settled(g - 1):
+            return None
+        return [(g, s.number, c) for s in self.survivors(g - 1) for c in range(self.tree.children)]
+
+    def is_settled(self, g: int) -> bool:
+        slots = self.expected(g)
+        return slots is not None and all(self.settled.get(s, False) for s in slots)
+
+    def result(self, slot: Slot) -> FrozenTrial | None:
+        """The slot's complete node (a retry chain completes at most once)."""
+        done = [t for t in self.slots.get(slot, []) if t.state == TrialState.COMPLETE]
+        return max(done, key=lambda t: t.number) if done else None
+
+    def survivors(self, g: int) -> list[FrozenTrial]:
+        """The best complete nodes of a settled generation g that have a checkpoint to fork
+        from, best first (ties: the earlier trial)."""
+        slots = self.expected(g) or []
+        done = [t for t in (self.result(s) for s in slots) if t is not None]
+        done = [t for t in done if t.value is not None and trial_attr(t, "final_checkpoint")]
+        sign = -1.0 if self.direction == "maximize" else 1.0
+        done.sort(key=lambda t: (sign * float(t.value or 0.0), t.number))
+        return done[: survivors_of(self.tree, len(slots))]
+
+    def next(self) -> Next:
+        for g in range(self.generations):
+            slots = self.expected(g)
+            if slots is None:
+                return Next(wait=True)
+            for slot in slots:
+                if slot not in self.slots:
+                    parent = self.by_number.get(slot[1]) if slot[1] is not None else None
+                    return Next(slot=slot, parent=parent)
+        if not self.is_settled(self.generations - 1):
+            return Next(wait=True)
+        return Next()
+
+    def protected(self) -> set[str]:
+        """Final checkpoints new nodes may still fork from: every complete node's of a
+        generation not yet settled (any of them may survive), and the survivors' of a settled
+        generation whose children are not all settled."""
+        out: set[str] = set()
+        for g in range(self.generations - 1):
+            slots = self.expected(g)
+            if slots is None:
+                break
+            if not self.is_settled(g):
+                nodes = [self.result(s) for s in slots]
+            elif not self.is_settled(g + 1):
+                nodes = list(self.survivors(g))
+            else:
+                continue
+            out |= {str(trial_attr(t, "final_checkpoint")) for t in nodes if t is not None}
+        out.discard("None")
+        return out
+
+    def size(self) -> int:
+        """Nodes planned so far (for progress: the generations not yet known at full size)."""
+        from hpsearch.config import generation_sizes
+
+        sizes = generation_sizes(self.tree)
+        known = 0
+        for g in range(self.generations):
+            slots = self.expected(g)
+            known += len(slots) if slots is not None else sizes[g]
+        return known
+
+
+def slot_of(t: FrozenTrial) -> Slot | None:
+    g = trial_attr(t, "generation")
+    if g is None:
+        return None
+    return (int(g), trial_attr(t, "parent_trial"), int(trial_attr(t, "child", 0)))

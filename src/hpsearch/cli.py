@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("best", "the best trial's params and checkpoint")
     c.add_argument("--export", metavar="DIR", help="write model.safetensors and params.json")
     common(c)
+    c = cmd("replay", "retrain the best trial's recipe from scratch in one run")
+    c.add_argument("--trial", type=int, help="another trial than the best")
+    common(c)
     c = cmd("gc", "apply the retention rules now")
     c.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
     common(c)
@@ -248,17 +251,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
+    from hpsearch.report.recipe import format_recipe
     from hpsearch.report.status import study_view
+    from hpsearch.search.replay import recipe, winner
 
     session = _open(args)
     try:
         view = study_view(session)
-        best = view.best()
+        won = winner(session)
+        best = next((t for t in view.trials if won and t.number == won.number), None)
         if best is None:
             raise HpsearchError(f"study {session.study_name} has no completed trial yet")
         print(f"best trial: {best.number}  {view.metric}={best.value:.6g}")
         for k, v in best.params.items():
             print(f"  {k}: {v}")
+        segments = recipe(session, best.number)
+        if len(segments) > 1:
+            print("recipe (hpsearch replay retrains it from scratch):")
+            print("\n".join(format_recipe(segments, session.samples_per_epoch())))
         if best.final_checkpoint is None:
             print("checkpoint: none kept (see checkpoints.keep_best)")
         else:
@@ -271,6 +281,27 @@ def _cmd_best(args: argparse.Namespace) -> int:
     finally:
         session.close()
     return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from hpsearch.report.recipe import format_recipe, format_replay
+    from hpsearch.search.replay import recipe, replay, winner
+
+    session = _open(args)
+    try:
+        number = args.trial
+        if number is None:
+            won = winner(session)
+            if won is None:
+                raise HpsearchError(f"study {session.study_name} has no completed trial yet")
+            number = won.number
+        print(f"recipe of trial {number}:")
+        print("\n".join(format_recipe(recipe(session, number), session.samples_per_epoch())))
+        _, result = replay(session, number)
+        print("\n".join(format_replay(result, session.settings.objective.metric)))
+    finally:
+        session.close()
+    return 1 if result.differs else 0
 
 
 def _export_best(session: Session, best: TrialView, out_dir: str) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from optuna.trial import TrialState
 
+from hpsearch.errors import UsageError
 from hpsearch.search.control import StopFlag
 from hpsearch.search.records import set_study_attr, study_attr
 from hpsearch.search.session import Session
@@ -31,6 +32,12 @@ def run_study(
     start = time.monotonic()
     session = Session.open(path, storage=storage, classic=classic)
     try:
+        if trials is not None and session.settings.strategy == "tree" and not classic:
+            raise UsageError(
+                f"--trials {trials}: a fork tree's size follows from the study file's tree: "
+                f"section ({session.settings.trials.n} trials); change tree.roots, tree.keep "
+                "or tree.children instead"
+            )
         target = trials if trials is not None else session.settings.trials.n
         before = _finished(session)
         stop = StopFlag()

@@ -45,8 +45,9 @@ class TreePlan:
             slot = slot_of(t)
             if slot is not None:
                 self.slots.setdefault(slot, []).append(t)
+        # a slot is settled through its newest trial: a failed node counts through its retry
         self.settled = {
-            slot: all(settled(t, trials, retried, retries) for t in ts)
+            slot: settled(max(ts, key=lambda t: t.number), trials, retried, retries)
             for slot, ts in self.slots.items()
         }
 

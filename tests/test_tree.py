@@ -1,0 +1,228 @@
+"""The fork tree: its plan (pure), its study-file section, and real tree studies on a tiny task:
+the shape, GC, a replay bitwise equal to the winner, the probe, and two workers."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from hpsearch.config import TreeSettings, generation_sizes, load_study_file
+from hpsearch.errors import StudyFileError
+from hpsearch.search.records import PREFIX, trial_attr
+from hpsearch.search.replay import recipe, replay, winner
+from hpsearch.search.runner import run_study
+from hpsearch.search.scheduler.tree_plan import TreePlan
+from hpsearch.search.session import Session
+from hpsearch.testing.conformance.scheduler import tiny_study
+from hpsearch.training import Schedule
+
+TREE = TreeSettings(roots=4, rungs=(0.25, 0.5, 1.0), keep=0.5, children=2, probe=0.0, hparams={})
+
+
+# -- the plan, on synthetic trials ----------------------------------------------------------
+
+
+def node(number: int, g: int, parent: int | None, child: int, value: float | None,
+         state: TrialState = TrialState.COMPLETE, **attrs: Any) -> optuna.trial.FrozenTrial:  # fmt: skip
+    user = {PREFIX + "generation": g, PREFIX + "parent_trial": parent, PREFIX + "child": child,
+            PREFIX + "final_checkpoint": f"ck-{number}", **{PREFIX + k: v for k, v in attrs.items()}}  # fmt: skip
+    t = create_trial(
+        state=state, value=value if state == TrialState.COMPLETE else None,
+        params={"lr": 0.1}, distributions={"lr": FloatDistribution(0.01, 1.0)}, user_attrs=user,
+    )  # fmt: skip
+    t.number = number
+    return t
+
+
+def test_the_plan_fills_the_roots_then_waits_for_the_generation_then_forks_the_best() -> None:
+    roots = [node(i, 0, None, i, v) for i, v in enumerate([0.5, 0.9, 0.7, 0.1])]
+    running = node(4, 0, None, 3, None, TrialState.RUNNING)
+    plan = TreePlan([*roots[:2]], TREE, "maximize", retries=1)
+    assert plan.next().slot == (0, None, 2)
+    plan = TreePlan([*roots[:3], running], TREE, "maximize", retries=1)
+    assert plan.next().wait  # generation 0 is full but not settled
+    assert plan.protected() == {"ck-0", "ck-1", "ck-2"}  # any of them may survive
+    plan = TreePlan(roots, TREE, "maximize", retries=1)
+    assert [t.number for t in plan.survivors(0)] == [1, 2]  # the best half, best first
+    nxt = plan.next()
+    assert nxt.slot == (1, 1, 0) and nxt.parent is not None and nxt.parent.number == 1
+    assert plan.protected() == {"ck-1", "ck-2"}  # the survivors, until their children settle
+
+
+def test_a_retry_fills_its_failed_nodes_slot_and_a_pruned_node_never_survives() -> None:
+    trials = [
+        node(0, 0, None, 0, 0.5),
+        node(1, 0, None, 1, None, TrialState.FAIL, fail_kind="error"),
+        node(2, 0, None, 2, None, TrialState.PRUNED),
+        node(3, 0, None, 3, 0.2),
+        node(4, 0, None, 1, 0.9, retry_of=1),  # the retry of trial 1, in its slot
+    ]
+    plan = TreePlan(trials, TREE, "maximize", retries=1)
+    assert plan.is_settled(0)
+    assert [t.number for t in plan.survivors(0)] == [4, 0]
+    assert plan.next().slot == (1, 4, 0)
+    # the failed node with a retry still to come keeps the generation open
+    plan = TreePlan(trials[:4], TREE, "maximize", retries=1)
+    assert not plan.is_settled(0) and plan.next().wait
+
+
+def test_a_grown_tree_needs_nothing_and_pins_nothing() -> None:
+    trials, number = [], 0
+    for g, parents in ((0, [None] * 4), (1, [3, 3, 2, 2]), (2, [7, 7, 6, 6])):
+        for i, p in enumerate(parents):
+            trials.append(node(number, g, p, i if g == 0 else i % 2, float(number)))
+            number += 1
+    plan = TreePlan(trials, TREE, "maximize", retries=1)
+    assert plan.size() == sum(generation_sizes(TREE)) == 12
+    assert plan.next().slot is None and not plan.next().wait
+    assert plan.protected() == set()
+
+
+def test_wsd_holds_the_lr_then_decays_over_the_last_fraction() -> None:
+    s = Schedule("wsd", warmup=0.1, final=0.0, decay=0.2)
+    assert [round(s.factor(p), 6) for p in (0.05, 0.1, 0.5, 0.8, 0.9, 1.0)] == [
+        0.5, 1.0, 1.0, 1.0, 0.5, 0.0,
+    ]  # fmt: skip
+
+
+# -- the study file --------------------------------------------------------------------------
+
+
+def _doc(tmp_path: Path) -> dict[str, Any]:
+    with open(tiny_study(tmp_path, tree=True)) as f:
+        return yaml.safe_load(f)
+
+
+@pytest.mark.parametrize(
+    "change, key, words",
+    [
+        (lambda d: d.update(warmup={"epochs": 1, "hparams": {"lr": 0.1, "batch_size": 8}}),
+         "warmup", "not both"),
+        (lambda d: d["trials"].update(n=5), "trials.n", "tree.roots"),
+        (lambda d: d["tree"].update(rungs=[0.5, 0.25, 1.0]), "tree.rungs", "increase"),
+        (lambda d: d["tree"].update(rungs=[0.5]), "tree.rungs", "must end at 1.0"),
+        (lambda d: d["tree"]["hparams"].update(lr=0.1), "tree.hparams.lr", "sampled"),
+        (lambda d: d.update(schedule=None) or d["tree"].update(probe=0.1), "tree.probe",
+         "schedule"),
+        (lambda d: d.update(schedule={"name": "cosine", "decay": 0.2}), "schedule.decay",
+         "only the wsd"),
+    ],
+)  # fmt: skip
+def test_tree_study_file_mistakes_name_the_key(
+    tmp_path: Path, change: Any, key: str, words: str
+) -> None:
+    doc = _doc(tmp_path)
+    change(doc)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(StudyFileError) as err:
+        load_study_file(path)
+    assert f": {key}: " in str(err.value) and words in str(err.value)
+
+
+# -- real tree studies on the tiny task ---------------------------------------------------
+
+
+def _tree_file(tmp_path: Path, **tree: Any) -> str:
+    doc = _doc(tmp_path)
+    doc["tree"].update({"roots": 4, "rungs": [0.25, 0.5, 1.0], "keep": 0.5, "children": 2})
+    doc["tree"].update(tree)
+    doc["trials"] = {"epochs": 2, "eval_every": 0.25}
+    doc["search_space"]["weight_decay"] = {"float": [1e-5, 1e-2], "log": True}
+    doc["checkpoints"]["keep_best"] = 1
+    path = tmp_path / "tree.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_a_tree_study_grows_its_shape_and_its_winner_replays_bit_for_bit(
+    tmp_path: Path,
+) -> None:
+    path = _tree_file(tmp_path)
+    run_study(path)
+    session = Session.open(path, create=False)
+    try:
+        trials = session.study.get_trials(deepcopy=False)
+        gens = [trial_attr(t, "generation") for t in trials]
+        assert [gens.count(g) for g in range(3)] == [4, 4, 4]
+        by = {t.number: t for t in trials}
+        for t in trials:
+            parent = trial_attr(t, "parent_trial")
+            if parent is None:
+                assert trial_attr(t, "parent_checkpoint") is None and t.number < 4
+                continue
+            p = by[parent]
+            assert trial_attr(p, "generation") == trial_attr(t, "generation") - 1
+            assert trial_attr(t, "parent_checkpoint") == trial_attr(p, "final_checkpoint")
+            assert trial_attr(t, "fork_samples") == round(
+                [0.25, 0.5][trial_attr(p, "generation")] * 512
+            )
+            if trial_attr(t, "child") == 0:  # the child that continues
+                assert t.params == p.params
+        # GC: of the finals, only the winner's (keep_best 1) survives a grown tree
+        live = [r for r in session.lineage.checkpoints() if r.status == "committed"]
+        best = winner(session)
+        assert best is not None and trial_attr(best, "generation") == 2
+        assert {r.id for r in live if r.kind == "final"} == {trial_attr(best, "final_checkpoint")}
+        segments = recipe(session, best.number)
+        assert [s.end for s in segments] == [128, 256, 512]
+        _, result = replay(session, best.number, say=lambda _: None)
+        assert result.compared > 0 and result.differs == []
+        assert result.metrics["val_loss"] == best.value
+    finally:
+        session.close()
+
+
+def test_a_probed_tree_ranks_on_the_probe_and_forks_from_before_it(tmp_path: Path) -> None:
+    path = _tree_file(tmp_path, probe=0.125)
+    run_study(path)
+    session = Session.open(path, create=False)
+    try:
+        trials = session.study.get_trials(deepcopy=False)
+        inner = [t for t in trials if trial_attr(t, "generation") < 2 and t.value is not None]
+        assert inner and all(t.value == trial_attr(t, "probe_value") for t in inner)
+        assert all(trial_attr(t, "rung_value") != t.value for t in inner)
+        last = [t for t in trials if trial_attr(t, "generation") == 2]
+        assert all(trial_attr(t, "probe_value") is None for t in last)
+        best = winner(session)
+        assert best is not None
+        _, result = replay(session, best.number, say=lambda _: None)
+        assert result.compared > 0 and result.differs == []
+    finally:
+        session.close()
+
+
+def _worker(path: str) -> None:
+    from hpsearch.search.worker import Worker
+
+    session = Session.open(path)
+    try:
+        Worker(session, label="w2 ").run(session.settings.trials.n)
+    finally:
+        session.close()
+
+
+def test_two_workers_fill_every_slot_once(tmp_path: Path) -> None:
+    path = _tree_file(tmp_path)
+    Session.open(path).close()  # create the study before the second worker opens it
+    other = multiprocessing.get_context("fork").Process(target=_worker, args=(path,))
+    other.start()
+    run_study(path)
+    other.join(300)  # a bound for a hung worker, not a timing: it takes seconds
+    assert other.exitcode == 0
+    session = Session.open(path, create=False)
+    try:
+        trials = session.study.get_trials(deepcopy=False)
+        slots = [(trial_attr(t, "generation"), trial_attr(t, "parent_trial"),
+                  trial_attr(t, "child")) for t in trials]  # fmt: skip
+        assert len(slots) == len(set(slots)) == 12
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    finally:
+        session.close()

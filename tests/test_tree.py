@@ -29,10 +29,13 @@ TREE = TreeSettings(roots=4, rungs=(0.25, 0.5, 1.0), keep=0.5, children=2, probe
 # -- the plan, on synthetic trials ----------------------------------------------------------
 
 
-def node(number: int, g: int, parent: int | None, child: int, value: float | None,
-         state: TrialState = TrialState.COMPLETE, **attrs: Any) -> optuna.trial.FrozenTrial:  # fmt: skip
-    user = {PREFIX + "generation": g, PREFIX + "parent_trial": parent, PREFIX + "child": child,
-            PREFIX + "final_checkpoint": f"ck-{number}", **{PREFIX + k: v for k, v in attrs.items()}}  # fmt: skip
+def node(
+    number: int, g: int, parent: int | None, child: int, value: float | None,
+    state: TrialState = TrialState.COMPLETE, **attrs: Any,
+) -> optuna.trial.FrozenTrial:  # fmt: skip
+    user = {PREFIX + k: v for k, v in attrs.items()}
+    user |= {PREFIX + "generation": g, PREFIX + "parent_trial": parent, PREFIX + "child": child,
+             PREFIX + "final_checkpoint": f"ck-{number}"}  # fmt: skip
     t = create_trial(
         state=state, value=value if state == TrialState.COMPLETE else None,
         params={"lr": 0.1}, distributions={"lr": FloatDistribution(0.01, 1.0)}, user_attrs=user,

@@ -12,7 +12,8 @@ DIGITS = os.path.join(ROOT, "examples", "digits.py") + ":DigitsMLP"
 
 
 def write_study(tmp_path: Any, name: str = "tiny", **overrides: Any) -> str:
-    """A fast digits study (about 0.1 s a trial); keyword arguments replace top-level keys."""
+    """A fast digits study (about 0.1 s a trial); keyword arguments replace top-level keys (None
+    removes one)."""
     doc: dict[str, Any] = {
         "name": name,
         "task": DIGITS,
@@ -39,6 +40,7 @@ def write_study(tmp_path: Any, name: str = "tiny", **overrides: Any) -> str:
         "pruner": {"name": "MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 1},
     }
     doc.update(overrides)
+    doc = {k: v for k, v in doc.items() if v is not None}
     os.makedirs(str(tmp_path), exist_ok=True)
     path = os.path.join(str(tmp_path), f"{name}.yaml")
     with open(path, "w") as f:

@@ -28,10 +28,21 @@ STUDY = {
     # about 50 checkpoints and 30 reports in all: enough events for the kills
     "checkpoints": {"every": 0.125, "keep_best": 100},
 }  # fmt: skip
-# 2 of each event; each run is a fresh process (about 3 s of start-up), so this is the test's
-# cost (the suite must stay under 10 minutes on 2 cores); `benchmarks/fault_campaign.py
-# --kills N` runs longer campaigns (RESULTS.md: 20 event kills, all identical)
-KILLS = 8
+# the same over a fork tree: 12 nodes, 8 epochs of training in all (about 60 checkpoints)
+TREE = {
+    "warmup": None,
+    "tree": {"roots": 4, "rungs": [0.25, 0.5, 1.0], "keep": 0.5, "children": 2,
+             "hparams": {"weight_decay": 1e-4, "hidden": 64}},
+    "trials": {"epochs": 2, "eval_every": 0.25},
+    "schedule": {"name": "wsd", "decay": 0.25},
+    "checkpoints": {"every": 0.125, "keep_best": 100},
+}  # fmt: skip
+STUDIES = {"base": STUDY, "tree": TREE}
+# 1 of each event per strategy; each run is a fresh process (about 3 s of start-up), so this is
+# the test's cost (the suite must stay under 10 minutes on 2 cores);
+# `benchmarks/fault_campaign.py --kills N` runs longer campaigns (RESULTS.md: 20 event kills,
+# all identical)
+KILLS = 4
 
 
 def _hpsearch(*args: str) -> list[str]:
@@ -74,23 +85,35 @@ def _same(a: dict[int, tuple], b: dict[int, tuple]) -> None:
             assert all(torch.equal(wa[k], wb[k]) for k in wa), f"trial {n}'s weights differ"
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[int, tuple]:
-    path = write_study(tmp_path_factory.mktemp("ref"), name="kc", **STUDY)
+def _reference(tmp_path_factory, study: dict) -> dict[int, tuple]:
+    path = write_study(tmp_path_factory.mktemp("ref"), name="kc", **study)
     proc = _run(path)
     assert proc.returncode == 0, proc.stderr
     return _results(path)
 
 
-def test_sigkill_campaign_ends_identical_to_an_uninterrupted_study(tmp_path, reference):
-    path = write_study(tmp_path, name="kc", **STUDY)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[int, tuple]:
+    return _reference(tmp_path_factory, STUDY)
+
+
+@pytest.mark.parametrize("strategy", sorted(STUDIES))
+def test_sigkill_campaign_ends_identical_to_an_uninterrupted_study(
+    tmp_path, tmp_path_factory, request, strategy
+):
+    study = STUDIES[strategy]
+    if strategy == "base":
+        reference = request.getfixturevalue("reference")  # shared with the tests below
+    else:
+        reference = _reference(tmp_path_factory, study)
+    path = write_study(tmp_path, name="kc", **study)
     # each kill lands right after an event of the run (its first commit, save, report or
     # deletion), so what it proves does not depend on how fast the machine is
     kills = kill_at_events(_hpsearch("run", path), StudyPaths.of(path), KILLS, random.Random(7),
                            most=1, env=_env())  # fmt: skip
     assert len(kills) == KILLS, f"only {len(kills)} kills before the study finished"
     modes = {e: sum(k.event == e for k in kills) for e in ("commit", "save", "report", "gc")}
-    assert modes == {"commit": 2, "save": 2, "report": 2, "gc": 2}
+    assert modes == {"commit": 1, "save": 1, "report": 1, "gc": 1}
     forced = [k for k in kills if k.trial is not None]
     # every `commit` kill leaves a trial mid-way with a checkpoint of its own: by construction
     assert all(k.trial is not None for k in kills if k.event == "commit")
@@ -100,7 +123,7 @@ def test_sigkill_campaign_ends_identical_to_an_uninterrupted_study(tmp_path, ref
         s = Session.open(path, create=False)
         finished = sum(t.state.is_finished() for t in s.study.get_trials())
         s.close()
-        if finished >= STUDY["trials"]["n"]:
+        if finished >= len(reference):
             break
 
     got = _results(path)
@@ -123,11 +146,11 @@ def test_sigkill_campaign_ends_identical_to_an_uninterrupted_study(tmp_path, ref
             assert a.resumed_from == newest.id, f"trial {a.trial} lost work"
     interval = round(0.125 * 1438)
     hits = sum(k.hit for k in kills if k.event == "save")
-    print(f"\nkill campaign: {len(kills)} SIGKILLs {modes} ({hits} of 5 inside a save), "
+    print(f"\nkill campaign ({strategy}): {len(kills)} SIGKILLs {modes} ({hits} inside a save), "
           f"{len(got)} trials, {len(forced)} kills left a trial mid-way, {takeovers} trials "
           f"continued from their own checkpoint; recomputed work per kill <= {interval} samples "
           "(one checkpoint interval)")  # fmt: skip
-    assert takeovers >= len(forced) >= 3
+    assert takeovers >= len(forced) >= 2
     assert s.store.leftovers() == []
     s.close()
 

@@ -40,6 +40,10 @@ class TrialHooks(Hooks):
         self.stopping = False
         self.steps = 0
         self.samples = 0
+        # added to the evaluation index of the segment to make the step reported to Optuna: a
+        # tree's node reports where it is since scratch, so the nodes a pruner compares at one
+        # step are those of one generation, which start at the same point
+        self.step_offset = 0
         self.reported: set[int] = set()
         if otrial is not None:
             ft = bridge.frozen(ctx.session.study, bridge.trial_id(otrial))
@@ -63,6 +67,7 @@ class TrialHooks(Hooks):
         self.ctx.check_stop()
 
     def on_eval(self, trainer: Trainer, index: int, metrics: dict[str, float]) -> None:
+        index += self.step_offset
         metric = self.ctx.metric
         if metric not in metrics:
             raise TaskError(

@@ -53,6 +53,7 @@ class TrialRunner:
         bar = progress_bar(self.ctx.label + label, budget, b.n)
         hooks = TrialHooks(self.ctx, trainer, job.number, job.token, budget, bar, parent=source,
                            otrial=otrial)  # fmt: skip
+        hooks.step_offset = self._step_offset(job, trainer)
         try:
             state, value, note = self._train(otrial, trainer, hooks)
             if state == "COMPLETE" and job.probe and value is not None:
@@ -101,6 +102,16 @@ class TrialRunner:
         )
         return trainer, parent, True
 
+    def _step_offset(self, job: Job, trainer: Trainer) -> int:
+        """A tree's node reports its evaluations at their index since scratch (its segment's
+        start in evaluation intervals, plus its own index); other trials from their start."""
+        if job.until is None:
+            return 0
+        every, p = self.ctx.budgets.eval_every, trainer.progress
+        if every.samples is not None:
+            return p.origin_samples // every.samples
+        return p.origin_step // int(every.steps or 1)
+
     def _budget(self, job: Job, trainer: Trainer) -> Budget:
         """The job's own training from its segment's start: to its rung for a tree's node."""
         if job.until is None:
@@ -134,20 +145,20 @@ class TrialRunner:
                 otrial, parent_checkpoint=source, fork_step=p.step, fork_samples=p.samples
             )
         if job.kind == "retry" and not fresh:
-            self._report_history(otrial, trainer)
+            self._report_history(otrial, job, trainer)
         if job.kind != "new":
             what = "continued" if job.kind == "takeover" else f"retry of trial {job.retry_of}"
             where = f"step {p.step}" + (f" ({source})" if source else "")
             self.ctx.say(f"trial {job.number}: {what} from {where}")
 
-    def _report_history(self, otrial: optuna.Trial, trainer: Trainer) -> None:
+    def _report_history(self, otrial: optuna.Trial, job: Job, trainer: Trainer) -> None:
         """A retry is a new Optuna trial: give it the evaluations its failed attempt reported."""
         study = self.ctx.session.study
         done = set(bridge.frozen(study, bridge.trial_id(otrial)).intermediate_values)
-        origin = trainer.progress.origin_samples
+        origin, offset = trainer.progress.origin_samples, self._step_offset(job, trainer)
         for h in trainer.history:
-            if h["samples"] > origin and h["index"] not in done:
-                otrial.report(h[self.ctx.metric], h["index"])
+            if h["samples"] > origin and h["index"] + offset not in done:
+                otrial.report(h[self.ctx.metric], h["index"] + offset)
 
     # -- training and its end ---------------------------------------------------------------
 

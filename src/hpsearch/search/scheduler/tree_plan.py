@@ -73,8 +73,9 @@ class TreePlan:
         return max(done, key=lambda t: t.number) if done else None
 
     def survivors(self, g: int) -> list[FrozenTrial]:
-        """The best complete nodes of a settled generation g that have a checkpoint to fork
-        from, best first (ties: the earlier trial)."""
+        """The best complete nodes of generation g that have a checkpoint to fork from, best
+        first (ties: the earlier trial): its survivors once it is settled, before that the
+        nodes that may still be among them (a node behind as many as survive cannot be)."""
         slots = self.expected(g) or []
         done = [t for t in (self.result(s) for s in slots) if t is not None]
         done = [t for t in done if t.value is not None and trial_attr(t, "final_checkpoint")]
@@ -96,22 +97,17 @@ class TreePlan:
         return Next()
 
     def protected(self) -> set[str]:
-        """Final checkpoints new nodes may still fork from: every complete node's of a
-        generation not yet settled (any of them may survive), and the survivors' of a settled
-        generation whose children are not all settled."""
+        """Final checkpoints new nodes may still fork from: those of the nodes that are (or, in
+        a generation not yet settled, may still become) survivors, while the generation after
+        them is not settled. At most as many per generation as survive it, so the disk a tree
+        holds follows its `keep`, not its number of trials."""
         out: set[str] = set()
         for g in range(self.generations - 1):
-            slots = self.expected(g)
-            if slots is None:
+            if self.expected(g) is None:
                 break
-            if not self.is_settled(g):
-                nodes = [self.result(s) for s in slots]
-            elif not self.is_settled(g + 1):
-                nodes = list(self.survivors(g))
-            else:
+            if self.is_settled(g) and self.is_settled(g + 1):
                 continue
-            out |= {str(trial_attr(t, "final_checkpoint")) for t in nodes if t is not None}
-        out.discard("None")
+            out |= {str(trial_attr(t, "final_checkpoint")) for t in self.survivors(g)}
         return out
 
     def size(self) -> int:

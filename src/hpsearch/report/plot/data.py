@@ -8,143 +8,24 @@ colours and labels, and `hpsearch.report.plot.draw` draws them.
 
 from __future__ import annotations
 
-import itertools
-import math
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import replace
+from typing import Any
 
+from hpsearch.report.plot.branches import end_of, make_branch, row_key
 from hpsearch.report.plot.chains import chain_points, group_chains
 from hpsearch.report.plot.colors import color_range, color_stops, interpolate
-from hpsearch.report.views import StudyView, TrialStateName, TrialView
+from hpsearch.report.plot.model import (
+    CONNECTOR_FRACTION,
+    X_AXES,
+    Branch,
+    BranchPlotData,
+    Curve,
+    Point,
+    Segment,
+)
+from hpsearch.report.views import StudyView, TrialView
 
-if TYPE_CHECKING:
-    from hpsearch.config import Direction
-
-X_AXES = ("epochs", "samples")
-
-# Fraction of the trials' x span (first fork to last end) a branch takes to climb from the trunk
-# to its row: short enough that x still reads as progress, long enough that 200 connectors fan out.
-CONNECTOR_FRACTION = 0.04
-
-Marker = Literal["complete", "pruned", "failed", "running"]
-Point = tuple[float, float]
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A straight piece of line, from (x0, y0) to (x1, y1).
-
-    `trial` is the number of the trial that trained this stretch (None for the warm-up trunk):
-    a branch that continues a crashed attempt is made of pieces of several trials.
-    """
-
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    trial: int | None = None
-
-
-@dataclass(frozen=True)
-class Branch:
-    """One drawn branch: a trial, together with the failed attempts it continues.
-
-    `number`, `state` and `value` are the last attempt's; `attempts` lists the earlier, failed
-    attempts (oldest first) that this trial continues after crashes: they are drawn as part of
-    this branch, not as branches of their own. `x0` is the fork point of the first attempt,
-    `x1` where the last one ended; `resumes` are the points where a continuation took over.
-    `y` is the branch's row (the trunk is y=0, rows are -1, -2, ...); `segments` is the line as
-    drawn: a short connector from the trunk at `x0` up to the row, then along the row to `x1`,
-    split where the attempts hand over. `marker` is "complete", "pruned", "failed" or "running".
-    `color_value` is the objective the colour shows (None: neutral colour).
-    """
-
-    number: int
-    state: TrialStateName
-    value: float | None
-    x0: float
-    x1: float
-    y: float
-    color_value: float | None
-    faded: bool
-    marker: Marker
-    is_best: bool
-    label: str
-    color_position: float | None = None  # where `color_value` sits on the colour map, 0..1
-    attempts: tuple[int, ...] = ()
-    resumes: tuple[float, ...] = ()
-    segments: tuple[Segment, ...] = ()
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Curve:
-    """The objective curve of one branch for the second panel: (x, objective) points.
-
-    For a continuation chain the points of the failed attempts come first, up to where the
-    continuation took over; a value the continuation shares with its attempt (it carries the
-    attempt's reports) is drawn once. x strictly increases and ends at the branch's end.
-    """
-
-    number: int
-    state: TrialStateName
-    points: tuple[Point, ...]
-    color_value: float | None
-    faded: bool
-    marker: Marker
-    is_best: bool
-    color_position: float | None = None
-
-
-@dataclass(frozen=True)
-class BranchPlotData:
-    """Everything the branch plot shows, as plain values (see `branch_plot_data`).
-
-    `trunk` is None in classic mode (no warm-up). `best_path` runs from the start of the trunk
-    through the fork to the best trial's end (empty when no trial is COMPLETE). `not_drawn` lists
-    trials with nothing to draw yet (WAITING).
-
-    Colours: `color_stops` map an objective value to a position on `cmap` (piecewise linear
-    between the stops, clipped at both ends; see `color_position`). The finished trials' range
-    [`vmin`, `vmax`] is linear over the good part of the map; the values worse than all of them
-    (pruned trials, measured earlier) share the last `BELOW_SHARE` of it by rank, so each still
-    gets a colour of its own. `cmap` is reversed for "minimize" so the good end of the scale is
-    always the same colour.
-    """
-
-    study: str
-    metric: str
-    direction: Direction
-    x: str
-    x_label: str
-    classic: bool
-    trunk: Segment | None
-    branches: tuple[Branch, ...]
-    best_number: int | None
-    best_value: float | None
-    best_path: tuple[Segment, ...]
-    best_text: str | None
-    curves: tuple[Curve, ...]
-    warmup_curve: tuple[Point, ...]
-    vmin: float
-    vmax: float
-    cmap: str
-    counts: dict[str, int]
-    n_trials: int
-    not_drawn: tuple[int, ...] = ()
-    color_stops: tuple[Point, ...] = ()
-    n_below: int = 0  # trials worse than the finished range, coloured by rank
-
-    def color_position(self, value: float | None) -> float | None:
-        """Where `value` sits on the colour map (0..1), or None for no value."""
-        return interpolate(self.color_stops, value)
-
-    def branch(self, number: int) -> Branch:
-        """The branch that draws trial `number` (also when it is a failed, continued attempt)."""
-        for b in self.branches:
-            if b.number == number or number in b.attempts:
-                return b
-        raise KeyError(f"trial #{number} is not drawn (not_drawn={list(self.not_drawn)})")
+__all__ = ["CONNECTOR_FRACTION", "X_AXES", "Branch", "BranchPlotData", "Curve", "Segment"]
 
 
 def branch_plot_data(view: StudyView, *, x: str = "epochs") -> BranchPlotData:
@@ -215,16 +96,16 @@ def _rows(
     chains: list[list[TrialView]], maximize: bool, scale: float, best_number: int | None
 ) -> tuple[tuple[Branch, ...], tuple[Curve, ...]]:
     """The branches in row order (row 1 right under the trunk), each with its objective curve."""
-    ends = [_end(c[-1]) for c in chains]
+    ends = [end_of(c[-1]) for c in chains]
     starts = [c[0].fork_progress for c in chains]
     span = (max(ends) - min(starts)) if chains else 0.0
     connector = CONNECTOR_FRACTION * span * scale
-    order = sorted(range(len(chains)), key=lambda i: _row_key(chains[i], maximize))
+    order = sorted(range(len(chains)), key=lambda i: row_key(chains[i], maximize))
     branches: list[Branch] = []
     curves: list[Curve] = []
     for row, i in enumerate(order, start=1):
         chain = chains[i]
-        branch = _branch(chain, -float(row), scale, connector, best_number)
+        branch = make_branch(chain, -float(row), scale, connector, best_number)
         branches.append(branch)
         curves.append(
             Curve(
@@ -249,108 +130,6 @@ def _place_colors(
         tuple(replace(c, color_position=interpolate(stops, c.color_value)) for c in curves),
     )
 
-
-def _end(t: TrialView) -> float:
-    """Where a trial stopped: its end, else its last report, else its fork point."""
-    if t.end_progress is not None:
-        return max(t.end_progress, t.fork_progress)
-    if t.intermediate:
-        return max(t.intermediate[-1][0], t.fork_progress)
-    return t.fork_progress
-
-
-def _finite(v: float | None) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
-
-
-def _color_value(t: TrialView) -> float | None:
-    """The objective the branch's colour shows; a pruned trial without one shows its last report."""
-    v = _finite(t.value)
-    if v is None and t.state == "PRUNED" and t.intermediate:
-        v = _finite(t.intermediate[-1][1])
-    return v
-
-
-_MARKERS: dict[str, Marker] = {
-    "COMPLETE": "complete",
-    "PRUNED": "pruned",
-    "FAIL": "failed",
-    "RUNNING": "running",
-}
-_GROUP = {"COMPLETE": 0, "RUNNING": 1, "PRUNED": 2, "FAIL": 3}
-
-
-def _row_key(chain: list[TrialView], maximize: bool) -> tuple[float, ...]:
-    last = chain[-1]
-    group = _GROUP.get(last.state, 4)
-    v = _color_value(last)
-    better_first = math.inf if v is None else (-v if maximize else v)
-    if last.state in ("PRUNED", "RUNNING"):
-        return (group, -_end(last), better_first, last.number)
-    if last.state == "COMPLETE":
-        return (group, better_first, 0.0, last.number)
-    return (group, 0.0, 0.0, last.number)
-
-
-def _branch(
-    chain: list[TrialView], y: float, scale: float, connector: float, best_number: int | None
-) -> Branch:
-    first, last = chain[0], chain[-1]
-    x0 = first.fork_progress * scale
-    x1 = _end(last) * scale
-    xc = min(x0 + connector, x1)
-    resumes: list[float] = []
-    for t in chain[1:]:  # clamped and non-decreasing, whatever the data says
-        resumes.append(min(max(t.fork_progress * scale, resumes[-1] if resumes else x0), x1))
-    cuts = (x0, *resumes, x1)
-    segments: list[Segment] = []
-    for k, t in enumerate(chain):
-        segments.extend(
-            _piece(x0, xc, x1, y, cuts[k], cuts[k + 1], t.number, last=k == len(chain) - 1)
-        )
-    state = last.state
-    attempts = tuple(t.number for t in chain[:-1])
-    label = f"#{last.number}"
-    if attempts:
-        label += " (resumes " + ", ".join(f"#{n}" for n in attempts) + ")"
-    return Branch(
-        number=last.number,
-        state=state,
-        value=last.value,
-        x0=x0,
-        x1=x1,
-        y=y,
-        color_value=_color_value(last),
-        faded=state in ("PRUNED", "FAIL"),
-        marker=_MARKERS.get(state, "running"),
-        is_best=best_number is not None and any(t.number == best_number for t in chain),
-        label=label,
-        attempts=attempts,
-        resumes=tuple(resumes),
-        segments=tuple(segments),
-        params=dict(last.params),
-    )
-
-
-def _piece(
-    x0: float, xc: float, x1: float, y: float, a: float, b: float, trial: int, *, last: bool
-) -> list[Segment]:
-    """The part of the polyline (x0, 0) -> (xc, y) -> (x1, y) between x=a and x=b."""
-    if xc <= x0:  # a branch of zero length: a vertical connector, drawn for its last attempt
-        return [Segment(x0, 0.0, x0, y, trial)] if last else []
-
-    def at(x: float) -> Point:
-        return (x, y * (x - x0) / (xc - x0)) if x < xc else (x, y)
-
-    points = [at(a)]
-    if a < xc < b:
-        points.append((xc, y))
-    points.append(at(b))
-    return [
-        Segment(ax, ay, bx, by, trial)
-        for (ax, ay), (bx, by) in itertools.pairwise(points)
-        if (ax, ay) != (bx, by)
-    ]
 
 
 def format_param(value: Any) -> str:

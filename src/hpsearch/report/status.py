@@ -31,7 +31,10 @@ def study_view(session: Session) -> StudyView:
         by_trial.setdefault(r.trial, []).append(r)
     frozen = session.study.get_trials(deepcopy=False)
     owner = {r.id: r.trial for r in rows}
-    origins = _segment_origins(frozen)
+    tree = session.attr("mode") == "tree"
+    # a tree's nodes report at the global evaluation index (counting from scratch), a forked
+    # trial's at its own segment's
+    origins = dict.fromkeys((t.number for t in frozen), 0) if tree else _segment_origins(frozen)
     trials = tuple(
         _trial_view(t, session, by_trial.get(t.number, []), n, origins[t.number], owner)
         for t in frozen
@@ -51,6 +54,7 @@ def study_view(session: Session) -> StudyView:
         base_checkpoint=session.attr("base_checkpoint"),
         trials=trials,
         disk_bytes=disk,
+        tree=tree,
     )
 
 
@@ -114,8 +118,17 @@ def _trial_view(
         checkpoint_bytes=sum(r.nbytes for r in live),
         duration_s=duration,
         fail_reason=rec.fail_reason,
-        parent_trial=_parent_trial(rec.parent_checkpoint, owner),
+        # a tree records its parent (a retry's too: its node's); else whose checkpoint it is
+        parent_trial=_int(rec.parent_trial)
+        if rec.parent_trial is not None
+        else _parent_trial(rec.parent_checkpoint, owner),
+        generation=_int(rec.generation),
+        child=_int(trial_attr(t, "child")),
     )
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _parent_trial(parent: str | None, owner: dict[str, int]) -> int | None:
@@ -165,8 +178,15 @@ def _intermediate(t: Any, session: Session, origin: int, n: int) -> tuple[tuple[
 def format_tree(session: Session, *, show_all: bool = False) -> str:
     """The checkpoint tree as indented text (see `hpsearch.report.tree`); deleted checkpoints
     only with `show_all`."""
-    trials = {t.number: (t.state.name, t.value) for t in session.study.get_trials(deepcopy=False)}
-    return tree_text(session.study_name, session.lineage.checkpoints(), trials, show_all=show_all)
+    frozen = session.study.get_trials(deepcopy=False)
+    trials = {t.number: (t.state.name, t.value) for t in frozen}
+    nodes = None
+    if session.attr("mode") == "tree":
+        records = [TrialRecord.of(t) for t in frozen]
+        nodes = {r.number: (r.generation, r.parent_trial) for r in records}
+    return tree_text(
+        session.study_name, session.lineage.checkpoints(), trials, show_all=show_all, nodes=nodes
+    )
 
 
 @dataclass

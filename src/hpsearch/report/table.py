@@ -130,6 +130,7 @@ def _grid(
 ) -> tuple[list[_Column], list[list[str]], list[int]]:
     """The columns, every trial's cells and each column's width (params only if `inline`)."""
     columns = [_Column("#", True), _Column("state"), _Column(metric, True)]
+    columns += [_Column("gen", True)] if view.tree else []
     columns += [_Column("params")] if inline else []
     columns += [_Column("parent"), _Column("fork step", True), _Column("steps", True)]
     columns += [_Column("ckpt", True), _Column("note")]
@@ -137,7 +138,9 @@ def _grid(
     for t, p in zip(trials, params, strict=True):
         star = "*" if best is not None and t.number == best.number else ""
         value = "-" if t.value is None else (repr(t.value) if wide else f"{t.value:.4g}")
-        cells = [f"{star}{t.number}", t.state, value] + ([p] if inline else [])
+        cells = [f"{star}{t.number}", t.state, value]
+        cells += ["-" if t.generation is None else str(t.generation)] if view.tree else []
+        cells += [p] if inline else []
         cells += [_parent(view, t, wide), "-" if t.fork_step is None else str(t.fork_step)]
         cells += [str(t.steps_trained), human_bytes(t.checkpoint_bytes), _note(t, wide)]
         rows.append(cells)
@@ -155,9 +158,10 @@ def format_status_table(view: StudyView, *, wide: bool = False) -> str:
     """The `hpsearch status` table: one line per trial (two when its params do not fit), the
     parameter legend and a summary.
 
-    Columns: number (the best one starred), state, value, params, parent checkpoint, fork step,
-    steps trained, checkpoint bytes (binary units), and a note (continuation of a crashed
-    trial, where it was pruned, why it failed). Every line fits `WIDTH` columns unless `wide`.
+    Columns: number (the best one starred), state, value, (in a fork tree) its generation,
+    params, parent (the base, the trial it forked from or a checkpoint id), fork step, steps
+    trained, checkpoint bytes (binary units), and a note (continuation of a crashed trial, where
+    it was pruned, why it failed). Every line fits `WIDTH` columns unless `wide`.
     """
     best = view.best()
     trials = sorted(view.trials, key=lambda t: t.number)
@@ -227,5 +231,29 @@ def _summary(view: StudyView, best: TrialView | None, wide: bool) -> list[str]:
     if view.disk_bytes:
         parts.append(f"checkpoints on disk: {human_bytes(view.disk_bytes)}")
     if wide:
-        return ["; ".join(parts)]
-    return _wrap(parts, "", "; ")
+        return ["; ".join(parts), *_tree_summary(view, best)]
+    return _wrap(parts, "", "; ") + _tree_summary(view, best)
+
+
+def _tree_summary(view: StudyView, best: TrialView | None) -> list[str]:
+    """A fork tree's generations (nodes, and how many were kept at each rung) and the
+    winner's lineage; nothing for other studies."""
+    if not view.tree:
+        return []
+    by_number = {t.number: t for t in view.trials}
+    nodes: Counter[int] = Counter()
+    kept: dict[int, set[int]] = {}
+    for t in view.trials:
+        if t.retry_of is None:  # a retry is its node again
+            nodes[t.generation or 0] += 1
+        parent = by_number.get(t.parent_trial) if t.parent_trial is not None else None
+        if parent is not None:
+            kept.setdefault(parent.generation or 0, set()).add(parent.number)
+    gens = [
+        f"gen {g} {nodes[g]} nodes" + (f" ({len(kept[g])} kept)" if g in kept else "")
+        for g in sorted(nodes)
+    ]
+    lines = _wrap(gens, f"fork tree, {len(nodes)} generations: ", ", ")
+    if best is not None:
+        lines += _wrap([f"#{n}" for n in view.lineage(best.number)], "winner's lineage: ", " → ")
+    return lines

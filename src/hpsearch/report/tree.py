@@ -1,7 +1,9 @@
 """The checkpoint tree as indented text (`hpsearch tree`): a pure function of the tree's rows.
 
 A chain of checkpoints of one trial (or of the warm-up) stays on one level; a branch to another
-trial is indented under its fork point. Deleted checkpoints are left out unless asked for: after
+trial is indented under its fork point. In a fork tree each trial is a node: its header names
+its generation and the trial it forked from, and a node whose parent checkpoint has no row is
+still shown under its parent trial. Deleted checkpoints are left out unless asked for: after
 GC they are most of the tree, and a row that says "deleted" is nothing a user can act on.
 """
 
@@ -19,13 +21,15 @@ def tree_text(
     trials: Mapping[int, tuple[str, float | None]],
     *,
     show_all: bool = False,
+    nodes: Mapping[int, tuple[int | None, int | None]] | None = None,
 ) -> str:
-    """The tree of `rows`; `trials` maps a trial number to its (state name, value).
+    """The tree of `rows`; `trials` maps a trial number to its (state name, value), `nodes`
+    (a fork tree's) a trial number to its (generation, parent trial).
 
     Without `show_all`, deleted checkpoints are not shown, nor is a trial whose checkpoints
     were all deleted unless a shown checkpoint hangs under it (its header then stays, so the
     indentation still says where that checkpoint forked from)."""
-    return _Tree(study, rows, trials, show_all).text()
+    return _Tree(study, rows, trials, show_all, nodes or {}).text()
 
 
 class _Tree:
@@ -35,12 +39,23 @@ class _Tree:
         rows: Sequence[CheckpointRow],
         trials: Mapping[int, tuple[str, float | None]],
         show_all: bool,
+        nodes: Mapping[int, tuple[int | None, int | None]],
     ) -> None:
         self.study, self.rows, self.trials, self.show_all = study, rows, trials, show_all
+        self.nodes = nodes
         ids = {r.id for r in rows}
+        last: dict[int, CheckpointRow] = {}  # each trial's latest checkpoint
+        for r in sorted(rows, key=lambda r: (r.step, r.created)):
+            last[r.trial] = r
         self.children: dict[str | None, list[CheckpointRow]] = {}
         for r in rows:
-            self.children.setdefault(r.parent if r.parent in ids else None, []).append(r)
+            parent = r.parent if r.parent in ids else None
+            forked_from = nodes.get(r.trial, (None, None))[1]
+            if parent is None and forked_from in last and forked_from != r.trial:
+                # a node whose fork point has no row (a hand-cleaned database): under its
+                # parent trial's latest checkpoint, so the tree still says whose child it is
+                parent = last[forked_from].id
+            self.children.setdefault(parent, []).append(r)
         for kids in self.children.values():
             kids.sort(key=lambda r: (r.trial, r.step, r.created))
         self.visible: dict[str, bool] = {}
@@ -77,10 +92,14 @@ class _Tree:
     def _who(self, trial: int) -> str:
         if trial == WARMUP:
             return "warm-up"
+        name = f"trial {trial}"
+        if trial in self.nodes:
+            gen, parent = self.nodes[trial]
+            name += f" (gen {gen}" + (f", from #{parent})" if parent is not None else ")")
         if trial not in self.trials:
-            return f"trial {trial}"
+            return name
         state, value = self.trials[trial]
-        return f"trial {trial} {state}" + (f" {value:.4g}" if value is not None else "")
+        return f"{name} {state}" + (f" {value:.4g}" if value is not None else "")
 
     @staticmethod
     def _label(r: CheckpointRow) -> str:

@@ -45,6 +45,10 @@ class TrialView:
     duration_s: float | None = None
     fail_reason: str | None = None
     parent_trial: int | None = None  # whose checkpoint it started from (None: warm-up, none)
+    # the fork tree (a study of mode "tree"): a retry has the generation, parent and slot of
+    # the node it continues; `parent_trial` is then the node's tree parent, not the attempt
+    generation: int | None = None  # 0: a root trained from scratch
+    child: int | None = None  # its slot among its parent's children (0: continues its params)
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,28 @@ class StudyView:
     base_checkpoint: str | None = None
     trials: tuple[TrialView, ...] = field(default_factory=tuple)
     disk_bytes: int = 0
+    tree: bool = False  # a fork tree (mode "tree"): every trial is a node with a generation
 
     def best(self) -> TrialView | None:
-        """The best COMPLETE trial by value, or None."""
+        """The best COMPLETE trial by value, or None; in a fork tree, of the deepest generation
+        that has a COMPLETE trial (the winner: a shallower node was measured earlier in
+        training, so its value does not compete with a finished lineage's)."""
         done = [(t.value, t) for t in self.trials if t.state == "COMPLETE" and t.value is not None]
+        if self.tree and done:
+            deepest = max(t.generation or 0 for _, t in done)
+            done = [(v, t) for v, t in done if (t.generation or 0) == deepest]
         if not done:
             return None
         pick = max if self.direction == "maximize" else min
         return pick(done, key=lambda pair: pair[0])[1]  # of equal values, the first trial
+
+    def lineage(self, number: int) -> tuple[int, ...]:
+        """The trial numbers from the root of `number`'s lineage down to it, by `parent_trial`
+        (in a fork tree: the chain of forks that made it; a loop in bad data stops it)."""
+        by_number = {t.number: t for t in self.trials}
+        path = [number]
+        parent = by_number[number].parent_trial if number in by_number else None
+        while parent is not None and parent in by_number and parent not in path:
+            path.append(parent)
+            parent = by_number[parent].parent_trial
+        return tuple(reversed(path))

@@ -56,8 +56,16 @@ def row_key(chain: list[TrialView], maximize: bool) -> tuple[float, ...]:
 
 
 def make_branch(
-    chain: list[TrialView], y: float, scale: float, connector: float, best_number: int | None
+    chain: list[TrialView],
+    y: float,
+    scale: float,
+    connector: float,
+    best_number: int | None,
+    *,
+    y_from: float = 0.0,
 ) -> Branch:
+    """The branch of `chain` on row `y`, climbing from `y_from` (the trunk, or in a fork tree
+    its parent's row; its own for a root) at its fork point."""
     first, last = chain[0], chain[-1]
     x0 = first.fork_progress * scale
     x1 = end_of(last) * scale
@@ -69,7 +77,9 @@ def make_branch(
     segments: list[Segment] = []
     for k, t in enumerate(chain):
         segments.extend(
-            _piece(x0, xc, x1, y, cuts[k], cuts[k + 1], t.number, last=k == len(chain) - 1)
+            _piece(
+                (x0, xc, x1), (y_from, y), cuts[k], cuts[k + 1], t.number, last=k == len(chain) - 1
+            )
         )
     state = last.state
     attempts = tuple(t.number for t in chain[:-1])
@@ -96,14 +106,23 @@ def make_branch(
 
 
 def _piece(
-    x0: float, xc: float, x1: float, y: float, a: float, b: float, trial: int, *, last: bool
+    xs: tuple[float, float, float],
+    ys: tuple[float, float],
+    a: float,
+    b: float,
+    trial: int,
+    *,
+    last: bool,
 ) -> list[Segment]:
-    """The part of the polyline (x0, 0) -> (xc, y) -> (x1, y) between x=a and x=b."""
+    """The part of the polyline (x0, y0) -> (xc, y) -> (x1, y) between x=a and x=b, for
+    xs = (x0, xc, x1) and ys = (y0, y)."""
+    x0, xc, _ = xs
+    y0, y = ys
     if xc <= x0:  # a branch of zero length: a vertical connector, drawn for its last attempt
-        return [Segment(x0, 0.0, x0, y, trial)] if last else []
+        return [Segment(x0, y0, x0, y, trial)] if last else []
 
     def at(x: float) -> Point:
-        return (x, y * (x - x0) / (xc - x0)) if x < xc else (x, y)
+        return (x, y0 + (y - y0) * (x - x0) / (xc - x0)) if x < xc else (x, y)
 
     points = [at(a)]
     if a < xc < b:
@@ -114,4 +133,3 @@ def _piece(
         for (ax, ay), (bx, by) in itertools.pairwise(points)
         if (ax, ay) != (bx, by)
     ]
-

@@ -14,6 +14,7 @@ from typing import Any
 from hpsearch.report.plot.branches import end_of, make_branch, row_key
 from hpsearch.report.plot.chains import chain_points, group_chains
 from hpsearch.report.plot.colors import color_range, color_stops, interpolate
+from hpsearch.report.plot.forktree import levels, tree_rows
 from hpsearch.report.plot.model import (
     CONNECTOR_FRACTION,
     X_AXES,
@@ -48,18 +49,30 @@ def branch_plot_data(view: StudyView, *, x: str = "epochs") -> BranchPlotData:
     chains, not_drawn = group_chains(view.trials)
     best = view.best()
     best_number = best.number if best is not None else None
-    branches, curves = _rows(chains, maximize, scale, best_number)
-
     trunk = None
     if not view.classic and view.warmup_progress > 0:
         trunk = Segment(0.0, 0.0, view.warmup_progress * scale, 0.0, None)
+    connector = _connector(chains, scale, view.tree)
+    winner_path: tuple[int, ...] = ()
+    if view.tree:
+        branches, curves, f = tree_rows(
+            chains, maximize, scale, connector, best_number, trunk=trunk is not None
+        )
+        n_rows = f.rows
+        winner_path = tuple(chains[i][-1].number for i in f.path)
+    else:
+        branches, curves = _rows(chains, maximize, scale, connector, best_number)
+        n_rows = len(branches)
     best_path: tuple[Segment, ...] = ()
     best_text = None
     if best is not None:
         best_branch = next(b for b in branches if b.is_best)
-        best_path = ((trunk,) if trunk is not None else ()) + best_branch.segments
-        best_text = _best_text(view, best, best_branch)
-    vmin, vmax = color_range([(b.state, b.color_value) for b in branches])
+        on_path = [b for n in winner_path for b in branches if b.number == n] or [best_branch]
+        best_path = ((trunk,) if trunk is not None else ()) + tuple(
+            s for b in on_path for s in b.segments
+        )
+        best_text = _best_text(view, best, best_branch, winner_path)
+    vmin, vmax = color_range([(_range_state(view, b), b.color_value) for b in branches])
     stops, n_below = color_stops((b.color_value for b in branches), vmin, vmax, maximize)
     branches, curves = _place_colors(branches, curves, stops)
     counts: dict[str, int] = {}
@@ -89,17 +102,56 @@ def branch_plot_data(view: StudyView, *, x: str = "epochs") -> BranchPlotData:
         not_drawn=not_drawn,
         color_stops=stops,
         n_below=n_below,
+        tree=view.tree,
+        levels=levels(branches) if view.tree else (),
+        winner_path=winner_path,
+        n_rows=n_rows,
+        winner_curve=_lineage_curve(curves, winner_path),
     )
 
 
-def _rows(
-    chains: list[list[TrialView]], maximize: bool, scale: float, best_number: int | None
-) -> tuple[tuple[Branch, ...], tuple[Curve, ...]]:
-    """The branches in row order (row 1 right under the trunk), each with its objective curve."""
+def _lineage_curve(curves: tuple[Curve, ...], path: tuple[int, ...]) -> tuple[Point, ...]:
+    """The curves of the path's nodes, one after the other, each x once."""
+    by_number = {c.number: c for c in curves}
+    points: list[Point] = []
+    for n in path:
+        points += [p for p in by_number[n].points if not points or p[0] > points[-1][0]]
+    return tuple(points)
+
+
+def _range_state(view: StudyView, b: Branch) -> str:
+    """The state a branch counts as for the colour range: in a fork tree only the deepest
+    generation's COMPLETE nodes finished their budget; the rest were measured earlier in
+    training, like pruned trials, and are ranked below them."""
+    best = view.best()
+    if view.tree and b.state == "COMPLETE" and best is not None and b.generation != best.generation:
+        return "PRUNED"
+    return b.state
+
+
+def _connector(chains: list[list[TrialView]], scale: float, tree: bool) -> float:
+    """CONNECTOR_FRACTION of the trials' span (first fork to last end); in a fork tree at most
+    a quarter of the shortest finished node (the first rungs are short: a connector as long as
+    a whole generation hid where its nodes trained)."""
+    if not chains:
+        return 0.0
     ends = [end_of(c[-1]) for c in chains]
     starts = [c[0].fork_progress for c in chains]
-    span = (max(ends) - min(starts)) if chains else 0.0
-    connector = CONNECTOR_FRACTION * span * scale
+    connector = CONNECTOR_FRACTION * (max(ends) - min(starts))
+    done = [end_of(c[-1]) - c[0].fork_progress for c in chains if c[-1].state == "COMPLETE"]
+    if tree and done:
+        connector = min(connector, 0.25 * min(done))
+    return connector * scale
+
+
+def _rows(
+    chains: list[list[TrialView]],
+    maximize: bool,
+    scale: float,
+    connector: float,
+    best_number: int | None,
+) -> tuple[tuple[Branch, ...], tuple[Curve, ...]]:
+    """The branches in row order (row 1 right under the trunk), each with its objective curve."""
     order = sorted(range(len(chains)), key=lambda i: row_key(chains[i], maximize))
     branches: list[Branch] = []
     curves: list[Curve] = []
@@ -131,7 +183,6 @@ def _place_colors(
     )
 
 
-
 def format_param(value: Any) -> str:
     """A parameter value in 3 significant digits (ints, strings and bools as they are)."""
     if isinstance(value, bool) or not isinstance(value, float):
@@ -139,10 +190,20 @@ def format_param(value: Any) -> str:
     return f"{value:.3g}"
 
 
-def _best_text(view: StudyView, best: TrialView, branch: Branch) -> str:
+def _best_text(view: StudyView, best: TrialView, branch: Branch, path: tuple[int, ...] = ()) -> str:
+    """The best trial's value and params; in a fork tree also its lineage, and each param that
+    changed along it as the schedule it followed (its recipe)."""
     params = ", ".join(f"{k}={format_param(v)}" for k, v in best.params.items())
     head = f"best: trial #{best.number}  {view.metric} = {best.value:.4g}"
     crashed = [n for n in branch.attempts if n != best.number]
     if crashed:
         head += f"  (resumed after crash of {', '.join(f'#{n}' for n in crashed)})"
+    if len(path) > 1:
+        by_number = {t.number: t for t in view.trials}
+        nodes = [by_number[n] for n in path]
+        head += "\nlineage " + " → ".join(f"#{n}" for n in path)
+        for key in best.params:
+            values = [format_param(t.params.get(key)) for t in nodes]
+            if len(set(values)) > 1:
+                head += f"\n{key}: " + " → ".join(values)
     return head + (f"\n{params}" if params else "")

@@ -14,6 +14,14 @@ from typing import Any
 
 from hpsearch.errors import UsageError
 from hpsearch.report.plot.data import Branch, BranchPlotData, branch_plot_data
+from hpsearch.report.plot.drawtree import (
+    DrawnLabels,
+    draw_level_ticks,
+    draw_rungs,
+    draw_tree_labels,
+    measure,
+    panel_of,
+)
 from hpsearch.report.plot.keys import FAIL_COLOR, TRUNK_COLOR, draw_colorbar, draw_legend
 from hpsearch.report.plot.layout import (
     ColorScale,
@@ -26,6 +34,7 @@ from hpsearch.report.plot.layout import (
     tree_y_limits,
     x_axis,
 )
+from hpsearch.report.plot.treelayout import NOTE_FONT, NOTE_OFFSET, alpha, width
 from hpsearch.report.views import StudyView
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
@@ -51,8 +60,9 @@ def draw_branch_plot(
     title: str | None = None,
     figsize: tuple[float, float] = (12.0, 8.0),
     dpi: int = 120,
-) -> None:
-    """Draw `data` into `path` (.png, .svg or .pdf, chosen by suffix), headless.
+) -> DrawnLabels | None:
+    """Draw `data` into `path` (.png, .svg or .pdf, chosen by suffix), headless; for a fork
+    tree, returns where its labels went (`DrawnLabels`).
 
     Uses a `Figure` with its own Agg canvas, so it neither needs a display nor changes the
     backend of a user's pyplot session. The title defaults to the study name, metric, direction,
@@ -76,8 +86,11 @@ def draw_branch_plot(
             2, 2, sharex="col", sharey="row", height_ratios=[3, 2], width_ratios=axis.split.widths
         )
         columns = [(grid[0][0], grid[1][0]), (grid[0][1], grid[1][1])]
-    _draw(fig, columns, data, axis, title)
+    drawn = _draw(fig, columns, data, axis, title)
     fig.savefig(path, format=suffix[1:], dpi=dpi)
+    if drawn is not None:  # measured as saved
+        return measure(fig, columns[-1][0], *drawn)
+    return None
 
 
 def plot_study(
@@ -96,11 +109,12 @@ def plot_study(
 
 def _draw(
     fig: Any, columns: list[tuple[Any, Any]], data: BranchPlotData, axis: XAxis, title: str | None
-) -> None:
+) -> tuple[list[Any], Any, Any] | None:
     """Both panels in each column (one, or the warm-up's and the trials' of a broken axis:
     everything is drawn in both and each shows its own x range), then the labels, the best
     trial's note, the colour bar, the legend and the title once. The order of the calls is the
-    order of drawing where zorders tie."""
+    order of drawing where zorders tie. A fork tree's labels come last, placed on the tree
+    panel as laid out (returned with the note and the generations' axis, to be measured)."""
     from matplotlib import patheffects
 
     scale = ColorScale(data)
@@ -118,32 +132,48 @@ def _draw(
         if data.warmup_curve:
             ax_curves.plot(*zip(*data.warmup_curve, strict=True), color=TRUNK_COLOR, lw=2.5)
         _style_curves_axes(ax_curves, data, ylabel=k == 0, xlabel=ax_curves is main_curves)
+    if data.tree:
+        draw_rungs(columns, data)
     _draw_ends(main_tree, data, scale, size)
     if best is not None and data.best_path:
         _draw_best(main_tree, data, best, scale, lw, outline)
     _draw_curves(main_curves, data, scale, size, outline)
+    note = None
     if best is not None and data.best_path:
-        _draw_best_note(main_tree, data, best)
-    _draw_labels(main_tree, data)
+        note = _draw_best_note(main_tree, data, best)
+    if not data.tree:
+        _draw_labels(main_tree, data)
     _set_x_axis(columns, data, axis)
     draw_colorbar(fig, [ax for column in columns for ax in column], data)
     draw_legend(fig, data, best is not None, scale, outline)
     fig.suptitle(title if title is not None else default_title(data), fontsize=12)
+    if not data.tree:
+        return None
+    # the generations' names chosen for the panel's width before the layout (narrower than
+    # after it: the names only get shorter), then the layout, then the labels on it
+    top = draw_level_ticks(main_tree, data, panel_of(fig, main_tree).width)
+    fig.get_layout_engine().execute(fig)
+    labels = draw_tree_labels(main_tree, data, panel_of(fig, main_tree))
+    return labels, note, top
 
 
 # -- top panel: trunk and branches -----------------------------------------------------------------
 
 
 def _draw_branches(ax: Any, data: BranchPlotData, scale: ColorScale, lw: float) -> None:
+    """Every branch in its colour; in a fork tree survivors wider, ranked-out nodes quieter."""
     from matplotlib.collections import LineCollection
 
-    segs, colors = [], []
+    segs, colors, widths = [], [], []
     for b in data.branches:
         c = scale.rgba(b.color_value, b.faded)
+        if data.tree:
+            c = (*c[:3], alpha(b))
         for s in b.segments:
             segs.append(((s.x0, s.y0), (s.x1, s.y1)))
             colors.append(c)
-    ax.add_collection(LineCollection(segs, colors=colors, linewidths=lw, zorder=2))
+            widths.append(width(b, lw) if data.tree else lw)
+    ax.add_collection(LineCollection(segs, colors=colors, linewidths=widths, zorder=2))
 
 
 def _draw_trunk(ax_tree: Any, ax_curves: Any, data: BranchPlotData) -> None:
@@ -169,6 +199,13 @@ def _draw_ends(ax: Any, data: BranchPlotData, scale: ColorScale, size: Sizes) ->
             kw["c"] = [(*scale.rgba(b.color_value)[:3], alpha) for b in ends]
         ax.scatter([b.x1 for b in ends], [b.y for b in ends], zorder=3, **kw)
 
+    if data.tree:  # where children fork: a survivor's end
+        ends = [b for b in others if b.survivor]
+        kw = {"marker": "o", "s": msize * 1.5, "edgecolors": "black", "linewidths": 0.6}
+        if ends:
+            colours = [scale.rgba(b.color_value) for b in ends]
+            ax.scatter([b.x1 for b in ends], [b.y for b in ends], c=colours, zorder=4, **kw)
+        others = [b for b in others if not b.survivor]
     scatter("complete", 1.0, marker="o", s=msize, edgecolors="none")
     scatter("pruned", 0.8, marker="x", s=msize * 1.2, linewidths=1.2)
     scatter("failed", None, marker="D", s=msize, c=FAIL_COLOR, edgecolors="black", linewidths=0.5)
@@ -201,20 +238,24 @@ def _draw_best(
     ax.scatter([best.x1], [best.y], marker="*", s=260, c=[c], edgecolors="black", lw=1.2, zorder=7)
 
 
-def _draw_best_note(ax: Any, data: BranchPlotData, best: Branch) -> None:
-    """The best trial's value and params in a box above its star, with an arrow to it."""
-    ax.annotate(
+def _draw_best_note(ax: Any, data: BranchPlotData, best: Branch) -> Any:
+    """The best trial's value and params in a box above its star, with an arrow to it (in a
+    fork tree also its lineage: smaller, and out of the layout, in the room kept for it)."""
+    note = ax.annotate(
         data.best_text,
         (best.x1, best.y),
-        xytext=(-6, 14),
+        xytext=NOTE_OFFSET,
         textcoords="offset points",
         ha="right",
         va="bottom",
-        fontsize=9,
+        fontsize=NOTE_FONT if data.tree else 9,
         bbox={"boxstyle": "round,pad=0.35", "fc": "white", "ec": "black", "alpha": 0.92},
         arrowprops={"arrowstyle": "->", "color": "black", "lw": 1},
         zorder=8,
     )
+    if data.tree:
+        note.set_in_layout(False)
+    return note
 
 
 def _draw_labels(ax: Any, data: BranchPlotData) -> None:
@@ -289,7 +330,12 @@ def _break_marks(left: Any, right: Any) -> None:
 def _style_tree_axes(ax: Any, data: BranchPlotData, *, ylabel: bool) -> None:
     ax.set_ylim(*tree_y_limits(data))
     ax.set_yticks([])
-    if ylabel:
+    if ylabel and data.tree:
+        ax.set_ylabel(
+            "nodes of the fork tree\n(a child leaves its parent's row\n"
+            "at the rung; winner's path on top)"
+        )
+    elif ylabel:
         ax.set_ylabel(
             "trials, one row each\n(completed by value, best on top;\nthen running, pruned, failed)"
         )
@@ -329,8 +375,8 @@ def _draw_curves(
         )
     best_curve = next((cv for cv in data.curves if cv.is_best), None)
     if best_curve is not None and best_curve.points:
-        ax.plot(
-            *zip(*best_curve.points, strict=True),
+        ax.plot(  # in a fork tree, the winner's whole lineage
+            *zip(*(data.winner_curve or best_curve.points), strict=True),
             color=scale.rgba(best_curve.color_value),
             lw=lw * 2 + 1,
             path_effects=outline,

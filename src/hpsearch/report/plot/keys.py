@@ -58,11 +58,14 @@ def draw_legend(
     handles = []
     if data.trunk is not None:
         handles.append(Line2D([], [], color=TRUNK_COLOR, lw=4, label="warm-up (trunk)"))
+    path, star = ("winner's path", "winner") if data.tree else ("best trial's path", "best")
     if has_best:
         handles += [
-            Line2D([], [], color=proxy_c, lw=3, path_effects=outline, label="best trial's path"),
-            Line2D([], [], color=proxy_c, marker="*", ms=13, mec="black", ls="", label="best"),
+            Line2D([], [], color=proxy_c, lw=3, path_effects=outline, label=path),
+            Line2D([], [], color=proxy_c, marker="*", ms=13, mec="black", ls="", label=star),
         ]
+    if data.tree:
+        handles += _tree_handles(data)
     handles += [Line2D([], [], ls="", **_LEGEND_MARKS[k]) for k in _LEGEND_MARKS if k in kinds]
     if any(b.resumes for b in data.branches):
         label = "resumed after a crash"
@@ -71,3 +74,23 @@ def draw_legend(
         )
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9)
+
+
+def _tree_handles(data: BranchPlotData) -> list[Any]:
+    """A fork tree's own entries: survivors (where children fork), ranked-out nodes, rungs."""
+    from matplotlib.lines import Line2D
+
+    from hpsearch.report.plot.drawtree import RUNG_COLOR
+    from hpsearch.report.plot.treelayout import RANKED_OUT_ALPHA
+
+    out = []
+    if any(b.survivor for b in data.branches):
+        out.append(
+            Line2D([], [], color="0.4", lw=2.5, marker="o", ms=6, mec="black", mew=0.6,
+                   label="survivor (forks at its end)")
+        )  # fmt: skip
+    if any(b.ranked_out for b in data.branches):
+        out.append(Line2D([], [], color="0.4", alpha=RANKED_OUT_ALPHA, lw=1.2, label="ranked out"))
+    if len(data.levels) > 1:
+        out.append(Line2D([], [], color=RUNG_COLOR, lw=0.9, ls=":", label="rung"))
+    return out

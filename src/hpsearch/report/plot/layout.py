@@ -37,8 +37,14 @@ class Sizes:
     marker_size: float
 
 
+def n_rows(data: BranchPlotData) -> int:
+    """The tree panel's rows: one a branch, fewer in a fork tree (a child continues on its
+    parent's row)."""
+    return data.n_rows or len(data.branches)
+
+
 def sizes(data: BranchPlotData) -> Sizes:
-    n = max(len(data.branches), 1)
+    n = max(n_rows(data), 1)
     return Sizes(
         line_width=min(2.0, max(0.6, 60.0 / n)), marker_size=min(40.0, max(8.0, 2400.0 / n))
     )
@@ -103,6 +109,8 @@ def x_axis(data: BranchPlotData) -> XAxis:
     xs += [data.trunk.x0, data.trunk.x1] if data.trunk else [0.0]
     x_lo, x_hi = min(xs), max(xs)
     right_pad = 0.09 if len(data.branches) <= LABELLED_ROWS else 0.045
+    if data.tree:  # the finalists' labels, right of the budget's end
+        right_pad = 0.06
     split = None
     if data.trunk is not None and x_hi > data.trunk.x1:
         split = axis_break(x_lo, data.trunk.x1, x_hi, right_pad)
@@ -112,10 +120,18 @@ def x_axis(data: BranchPlotData) -> XAxis:
     return XAxis(x_lo - 0.01 * width, x_hi + right_pad * width, None)
 
 
+# A fork tree's best note (lineage, schedule, params) is taller than a forked trial's: the
+# share of the tree panel kept free above the top row for it.
+TREE_HEADROOM = 0.25
+
+
 def tree_y_limits(data: BranchPlotData) -> tuple[float, float]:
     """Every row, and room above the trunk for its label and the best trial's note."""
-    headroom = max(3.0, 0.14 * max(len(data.branches), 1))
-    return -(len(data.branches) + 1), headroom
+    rows = n_rows(data)
+    if data.tree:
+        return -(rows + 1), max(3.0, TREE_HEADROOM / (1 - TREE_HEADROOM) * (rows + 1))
+    headroom = max(3.0, 0.14 * max(rows, 1))
+    return -(rows + 1), headroom
 
 
 def curve_y_limits(data: BranchPlotData) -> tuple[float, float] | None:

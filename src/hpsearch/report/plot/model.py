@@ -70,6 +70,15 @@ class Branch:
     resumes: tuple[float, ...] = ()
     segments: tuple[Segment, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)
+    # a fork tree's node (None and False elsewhere): its generation, the trial it forked from
+    # (whose row its connector leaves), whether children fork from its end (a survivor),
+    # whether it is on the winner's path, and whether it finished its generation but was
+    # ranked out at the rung (neither a survivor nor of the deepest generation)
+    generation: int | None = None
+    parent: int | None = None
+    survivor: bool = False
+    on_path: bool = False
+    ranked_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,20 @@ class Curve:
     marker: Marker
     is_best: bool
     color_position: float | None = None
+
+
+@dataclass(frozen=True)
+class Level:
+    """A generation of a fork tree: its nodes train from the rung boundary `x0` (0 for the
+    roots) to `x1`, its rung, where the best `survivors` are forked into the next one."""
+
+    generation: int
+    x0: float
+    x1: float
+    nodes: int
+    survivors: int
+    pruned: int
+    complete: int
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,13 @@ class BranchPlotData:
     not_drawn: tuple[int, ...] = ()
     color_stops: tuple[Point, ...] = ()
     n_below: int = 0  # trials worse than the finished range, coloured by rank
+    # a fork tree: its generations, the winner's path (trial numbers, root first), and rows
+    # (fewer than branches: a node's first child continues on its row)
+    tree: bool = False
+    levels: tuple[Level, ...] = ()
+    winner_path: tuple[int, ...] = ()
+    n_rows: int = 0
+    winner_curve: tuple[Point, ...] = ()  # the winner's lineage's curve, root to winner
 
     def color_position(self, value: float | None) -> float | None:
         """Where `value` sits on the colour map (0..1), or None for no value."""
@@ -140,4 +170,3 @@ class BranchPlotData:
             if b.number == number or number in b.attempts:
                 return b
         raise KeyError(f"trial #{number} is not drawn (not_drawn={list(self.not_drawn)})")
-

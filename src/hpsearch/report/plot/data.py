@@ -193,11 +193,11 @@ def format_param(value: Any) -> str:
 def _best_text(view: StudyView, best: TrialView, branch: Branch, path: tuple[int, ...] = ()) -> str:
     """The best trial's value and params; in a fork tree also its lineage, and each param that
     changed along it as the schedule it followed (its recipe)."""
-    params = ", ".join(f"{k}={format_param(v)}" for k, v in best.params.items())
     head = f"best: trial #{best.number}  {view.metric} = {best.value:.4g}"
     crashed = [n for n in branch.attempts if n != best.number]
     if crashed:
         head += f"  (resumed after crash of {', '.join(f'#{n}' for n in crashed)})"
+    fixed = dict(best.params)
     if len(path) > 1:
         by_number = {t.number: t for t in view.trials}
         nodes = [by_number[n] for n in path]
@@ -206,4 +206,6 @@ def _best_text(view: StudyView, best: TrialView, branch: Branch, path: tuple[int
             values = [format_param(t.params.get(key)) for t in nodes]
             if len(set(values)) > 1:
                 head += f"\n{key}: " + " → ".join(values)
+                del fixed[key]  # shown as its schedule
+    params = ", ".join(f"{k}={format_param(v)}" for k, v in fixed.items())
     return head + (f"\n{params}" if params else "")

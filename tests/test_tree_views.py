@@ -10,7 +10,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-from studyutil import write_study
 
 from hpsearch.cli import main
 from hpsearch.config import load_study_file
@@ -34,6 +33,7 @@ from hpsearch.report.views import StudyView, TrialView
 from hpsearch.search.session import Session
 from hpsearch.testing import synthetic_study
 from hpsearch.testing.synthetic import TREE_RUNGS, synthetic_tree, write_tree_study
+from studyutil import write_study
 
 
 @pytest.fixture(scope="module")
@@ -185,8 +185,9 @@ def test_labels_are_the_path_and_the_best_few_and_never_overlap(data: BranchPlot
     boxes = [label.box for label in labels] + [note_box(data, panel)]
     for a, c in itertools.combinations(boxes, 2):
         assert not overlap(a, c)
-    assert all(0 <= b[0] and b[2] <= panel.width and 0 <= b[1] and b[3] <= panel.height
-               for b in boxes)  # fmt: skip
+    inside = [b[0] >= 0 and b[2] <= panel.width and b[1] >= 0 and b[3] <= panel.height
+              for b in boxes]  # fmt: skip
+    assert all(inside)
     finalists = [b for b in data.branches if b.number in numbers and not b.on_path]
     assert all(b.generation == 3 and b.state == "COMPLETE" for b in finalists)
     short = tree_labels(data, Panel(750.0, 120.0, panel.xlim, panel.ylim))  # less room
@@ -224,8 +225,9 @@ def test_other_studies_keep_their_plot() -> None:
 
 def test_a_missing_parent_or_a_loop_makes_a_root() -> None:
     def t(number: int, parent: int | None, gen: int) -> TrialView:
-        return TrialView(number, "COMPLETE", 0.5 + number / 100, {"lr": 0.1}, None, None,
-                         float(gen), gen + 1.0, 1, 1, parent_trial=parent, generation=gen)  # fmt: skip
+        value = 0.5 + number / 100
+        return TrialView(number, "COMPLETE", value, {"lr": 0.1}, None, None, float(gen),
+                         gen + 1.0, 1, 1, parent_trial=parent, generation=gen)  # fmt: skip
 
     trials = (t(0, None, 0), t(1, 0, 1), t(2, 99, 1), t(3, 4, 1), t(4, 3, 2))
     view = StudyView("odd", "acc", "maximize", False, 10, 0.0, 0, trials=trials, tree=True)

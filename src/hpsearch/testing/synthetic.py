@@ -276,21 +276,19 @@ def _crashed_and_retried(rng: random.Random, node: TrialView) -> list[TrialView]
     """`node` crashing after report k (its last checkpoint at report k-1), then the retry that
     continues it there: same generation, parent and slot; it carries the attempt's reports."""
     k = rng.randrange(1, len(node.intermediate) - 1)
-    at = node.intermediate[k - 1][0]
+    at, crash_at = node.intermediate[k - 1][0], node.intermediate[k][0]
+    end = node.end_progress or at
     attempt = replace(
-        node, state="FAIL", value=None, end_progress=node.intermediate[k][0],
+        node, state="FAIL", value=None, end_progress=crash_at,
         intermediate=node.intermediate[: k + 1], fail_reason="killed", final_checkpoint=None,
+        samples_trained=round((crash_at - node.fork_progress) * TREE_SAMPLES),
+        steps_trained=round((crash_at - node.fork_progress) * 25),
     )  # fmt: skip
-    crash_at = node.intermediate[k][0]
-    attempt = replace(
-        attempt, samples_trained=round((crash_at - node.fork_progress) * TREE_SAMPLES)
-    )
     retry = replace(
         node, number=node.number + 1, retry_of=node.number, fork_progress=at,
         fork_step=round(at * 25), parent_checkpoint=f"t{node.number}-ckpt",
         final_checkpoint=f"t{node.number + 1}-final",
-        samples_trained=round(((node.end_progress or at) - at) * TREE_SAMPLES),
-        steps_trained=round(((node.end_progress or at) - at) * 25),
+        samples_trained=round((end - at) * TREE_SAMPLES), steps_trained=round((end - at) * 25),
     )  # fmt: skip
     return [attempt, retry]
 

@@ -209,7 +209,8 @@ class ColorbarTicks:
 
 def colorbar_ticks(data: BranchPlotData) -> ColorbarTicks:
     """Round values over the finished trials' range; the worst and the median of the ranked
-    values below it; ticks closer than 6 % of the bar to a kept one are left out."""
+    values below it; ticks closer than 6 % of the bar to a kept one are left out. Labels take
+    3 significant digits, more where that would print two ticks alike (a narrow range)."""
     from matplotlib.ticker import MaxNLocator
 
     lo, hi = data.vmin, data.vmax
@@ -219,18 +220,19 @@ def colorbar_ticks(data: BranchPlotData) -> ColorbarTicks:
         values += [ranked[0], ranked[len(ranked) // 2]] if data.direction == "maximize" else [
             ranked[-1], ranked[len(ranked) // 2]
         ]  # fmt: skip
-    kept: list[tuple[float, str]] = []
+    kept: list[tuple[float, float]] = []
     for v in values:
         pos = data.color_position(v)
         if pos is not None and all(abs(pos - k) >= 0.06 for k, _ in kept):
-            kept.append((pos, f"{v:.3g}"))
+            kept.append((pos, v))
     kept.sort()
+    digits = next((d for d in range(3, 8) if len({f"{v:.{d}g}" for _, v in kept}) == len(kept)), 8)
     below_from = None
     if data.n_below:
         below_from = BELOW_SHARE if data.direction == "maximize" else 1 - BELOW_SHARE
     text = f"{data.n_below} worse than all finished, by rank" if data.n_below else ""
     return ColorbarTicks(
-        tuple(k for k, _ in kept), tuple(label for _, label in kept), below_from, text
+        tuple(k for k, _ in kept), tuple(f"{v:.{digits}g}" for _, v in kept), below_from, text
     )
 
 

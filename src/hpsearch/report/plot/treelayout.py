@@ -29,6 +29,7 @@ LINE_HEIGHT = 1.3
 GAP = 1.5  # points kept free between two boxes
 NOTE_OFFSET = (-6.0, 14.0)  # the best note's corner from the winner's star, in points
 NOTE_PAD = 0.35  # of the note's font size, inside its frame
+PATH_CLEARANCE = 6.0  # points from the top row to a path label: clear of the path's outline
 
 
 def alpha(b: Branch) -> float:
@@ -135,7 +136,7 @@ def _label(b: Branch, where: str, panel: Panel) -> TreeLabel:
     size = LABEL_FONT + (1 if b.is_best else 0)
     w, h = text_size(text, size)
     if where == "above":
-        x, dx, dy, ha, va = (b.x0 + b.x1) / 2, 0.0, 2.0, "center", "bottom"
+        x, dx, dy, ha, va = (b.x0 + b.x1) / 2, 0.0, PATH_CLEARANCE, "center", "bottom"
     else:
         x, dx, dy, ha, va = b.x1, LABEL_OFFSET, 0.0, "left", "center"
     px, py = panel.point(x, b.y)

@@ -19,8 +19,16 @@ its fork point, fans out to a row of its own and runs to where it finished, was 
 or (while running) its latest checkpoint; colour is the objective; a second panel shows every
 trial's objective curve against the same x axis.
 
-Imports flow one way (chains, colors → data → layout → keys → draw), and matplotlib is imported
-only inside functions, so `import hpsearch.report.plot` does not load it.
+A fork tree (a study of mode "tree", see `forktree`) is drawn as a tree on its side: each node
+leaves its parent's row at the rung where it forked, a node's first child continues on its row,
+so the winner's path is the top row, end to end; the generations lie between the rungs (dotted
+lines, named along the top with their counts); survivors are wider with a dot where their
+children fork, nodes ranked out at a rung quieter, pruned ones faded; labels go only where they
+fit (`treelayout`): the winner's path and the best few finalists.
+
+Imports flow one way (chains, colors → model → branches → forktree → data → layout →
+treelayout → keys → drawtree → draw), and matplotlib is imported only inside functions, so
+`import hpsearch.report.plot` does not load it.
 """
 
 from hpsearch.report.plot.data import (
@@ -34,7 +42,9 @@ from hpsearch.report.plot.data import (
     format_param,
 )
 from hpsearch.report.plot.draw import PLOT_SUFFIXES, PlotFormatError, draw_branch_plot, plot_study
+from hpsearch.report.plot.drawtree import DrawnLabels
 from hpsearch.report.plot.layout import WARMUP_SHARE, default_title
+from hpsearch.report.plot.model import Level
 
 __all__ = [
     "CONNECTOR_FRACTION",
@@ -44,6 +54,8 @@ __all__ = [
     "Branch",
     "BranchPlotData",
     "Curve",
+    "DrawnLabels",
+    "Level",
     "PlotFormatError",
     "Segment",
     "branch_plot_data",

@@ -1,4 +1,5 @@
-"""Drawing the branch plot with matplotlib: the only module of the plot that draws.
+"""Drawing the branch plot with matplotlib (with `keys` and, for a fork tree, `drawtree`: the
+only modules of the plot that draw).
 
 `draw_branch_plot` draws a `BranchPlotData` on a `Figure` with its own Agg canvas, so it needs no
 display and leaves a user's pyplot backend alone; every decision about axes, sizes, colours and
@@ -154,6 +155,7 @@ def _draw(
     top = draw_level_ticks(main_tree, data, panel_of(fig, main_tree).width)
     fig.get_layout_engine().execute(fig)
     labels = draw_tree_labels(main_tree, data, panel_of(fig, main_tree))
+    fig.set_layout_engine("none")  # laid out: saving need not do it again (a second or so)
     return labels, note, top
 
 

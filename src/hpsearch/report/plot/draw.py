@@ -246,7 +246,7 @@ def _draw_best_note(ax: Any, data: BranchPlotData, best: Branch) -> Any:
     note = ax.annotate(
         data.best_text,
         (best.x1, best.y),
-        xytext=NOTE_OFFSET,
+        xytext=NOTE_OFFSET if data.tree else (-6, 14),
         textcoords="offset points",
         ha="right",
         va="bottom",

@@ -73,7 +73,10 @@ def draw_legend(
             Line2D([], [], color="black", marker="|", ms=10, mew=1.5, ls="", label=label)
         )
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=9)
+        ncols = len(handles)
+        if data.tree and ncols > 7:  # a tree has more kinds: two rows, or they run off the page
+            ncols = (ncols + 1) // 2
+        fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=9)
 
 
 def _tree_handles(data: BranchPlotData) -> list[Any]:

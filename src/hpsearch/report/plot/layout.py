@@ -120,16 +120,22 @@ def x_axis(data: BranchPlotData) -> XAxis:
     return XAxis(x_lo - 0.01 * width, x_hi + right_pad * width, None)
 
 
-# A fork tree's best note (lineage, schedule, params) is taller than a forked trial's: the
-# share of the tree panel kept free above the top row for it.
-TREE_HEADROOM = 0.25
+# A fork tree's best note (lineage, a schedule per changed param, params) is taller than a
+# forked trial's and has a line per param: the room above the top row is sized for its lines,
+# in points of the default figure's tree panel (about 270 high), as a share of the panel.
+TREE_PANEL_POINTS = 270.0
+NOTE_LINE_POINTS = 10.4  # a line of the note (8 pt type)
+NOTE_ROOM_POINTS = 30.0  # its offset above the star, its frame, and a margin
 
 
 def tree_y_limits(data: BranchPlotData) -> tuple[float, float]:
     """Every row, and room above the trunk for its label and the best trial's note."""
     rows = n_rows(data)
     if data.tree:
-        return -(rows + 1), max(3.0, TREE_HEADROOM / (1 - TREE_HEADROOM) * (rows + 1))
+        lines = (data.best_text or "").count("\n") + 1
+        share = (NOTE_ROOM_POINTS + lines * NOTE_LINE_POINTS) / TREE_PANEL_POINTS
+        share = min(0.45, max(0.2, share))
+        return -(rows + 1), max(3.0, share / (1 - share) * (rows + 1))
     headroom = max(3.0, 0.14 * max(rows, 1))
     return -(rows + 1), headroom
 

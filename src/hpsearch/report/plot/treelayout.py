@@ -27,7 +27,7 @@ BEST_FEW = 8  # finalists labelled besides the winner, where they fit
 CHAR_WIDTH = 0.68
 LINE_HEIGHT = 1.3
 GAP = 1.5  # points kept free between two boxes
-NOTE_OFFSET = (-6.0, 14.0)  # the best note's corner from the winner's star, in points
+NOTE_OFFSET = (-6.0, 18.0)  # the best note's corner from the winner's star: above path labels
 NOTE_PAD = 0.35  # of the note's font size, inside its frame
 PATH_CLEARANCE = 6.0  # points from the top row to a path label: clear of the path's outline
 

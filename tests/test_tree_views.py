@@ -5,14 +5,12 @@ drawing at 200 nodes, and `status` / `tree` on a real Optuna study in sqlite (bu
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import optuna
 import pytest
 
 from hpsearch.cli import main
-from hpsearch.config import load_study_file
 from hpsearch.lineage import CheckpointRow
 from hpsearch.report.plot import BranchPlotData, branch_plot_data, draw_branch_plot
 from hpsearch.report.plot.layout import FADED_ALPHA, tree_y_limits, x_axis
@@ -243,23 +241,27 @@ def test_a_missing_parent_or_a_loop_makes_a_root() -> None:
 
 
 @pytest.fixture(scope="module")
-def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, StudyView]:
-    """A small tree recorded in a real Optuna study (sqlite) with its checkpoint rows."""
-    path = write_study(tmp_path_factory.mktemp("tree"), name="tree")
-    settings = load_study_file(path)
-    os.makedirs(os.path.dirname(settings.storage.removeprefix("sqlite:///")))
-    optuna.create_study(study_name="tree", storage=settings.storage, direction="maximize")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, StudyView, str]:
+    """A small tree recorded in a real Optuna study (sqlite) with its checkpoint rows, and the
+    same tree in a second study of that database whose nodes count their evaluation indices
+    from their fork (not from scratch)."""
+    tmp = tmp_path_factory.mktemp("tree")
+    db = f"sqlite:///{tmp}/study.db"
+    paths = [write_study(tmp, name=name, storage=db) for name in ("tree", "tree-rel")]
     made = synthetic_tree(4, seed=2, children=2, keep=0.5, rungs=(1.0, 2.0, 4.0))
-    session = Session.open(path, create=False)
-    try:
-        write_tree_study(made, session.study, session.lineage)
-    finally:
-        session.close()
-    return path, made
+    for path, name in zip(paths, ("tree", "tree-rel"), strict=True):
+        optuna.create_study(study_name=name, storage=db, direction="maximize")
+        session = Session.open(path, create=False)
+        try:
+            write_tree_study(made, session.study, session.lineage, global_index=name == "tree")
+        finally:
+            session.close()
+    return paths[0], made, paths[1]
 
 
-def test_the_view_reads_the_tree_back(stored: tuple[str, StudyView]) -> None:
-    path, made = stored
+@pytest.mark.parametrize("study", [0, 2], ids=["global-index", "index-from-fork"])
+def test_the_view_reads_the_tree_back(stored: tuple[str, StudyView, str], study: int) -> None:
+    path, made = stored[study], stored[1]
     session = Session.open(path, create=False)
     try:
         view = study_view(session)
@@ -277,9 +279,9 @@ def test_the_view_reads_the_tree_back(stored: tuple[str, StudyView]) -> None:
 
 
 def test_status_shows_gen_and_parent_within_its_width(
-    stored: tuple[str, StudyView], capsys: pytest.CaptureFixture[str]
+    stored: tuple[str, StudyView, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path, made = stored
+    path, made, _ = stored
     assert main(["status", path]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
@@ -302,9 +304,9 @@ def test_status_shows_gen_and_parent_within_its_width(
 
 
 def test_tree_nests_each_node_under_its_parent_trial(
-    stored: tuple[str, StudyView], capsys: pytest.CaptureFixture[str]
+    stored: tuple[str, StudyView, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path, made = stored
+    path, made, _ = stored
     assert main(["tree", path]) == 0
     lines = capsys.readouterr().out.splitlines()
 

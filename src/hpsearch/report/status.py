@@ -32,11 +32,14 @@ def study_view(session: Session) -> StudyView:
     frozen = session.study.get_trials(deepcopy=False)
     owner = {r.id: r.trial for r in rows}
     tree = session.attr("mode") == "tree"
-    # a tree's nodes report at the global evaluation index (counting from scratch), a forked
-    # trial's at its own segment's
-    origins = dict.fromkeys((t.number for t in frozen), 0) if tree else _segment_origins(frozen)
+    origins = _segment_origins(frozen)
+    units = {t.number: _unit(t, session, n) for t in frozen}
+    if tree and _global_indices(frozen, origins, units):  # reports count from scratch
+        origins = dict.fromkeys(origins, 0)
     trials = tuple(
-        _trial_view(t, session, by_trial.get(t.number, []), n, origins[t.number], owner)
+        _trial_view(
+            t, session, by_trial.get(t.number, []), n, (origins[t.number], units[t.number]), owner
+        )
         for t in frozen
     )
     curve = tuple((float(x), float(y)) for x, y in session.attr("warmup_curve", []) or [])
@@ -79,11 +82,12 @@ def _trial_view(
     session: Session,
     mine: list[CheckpointRow],
     n: int,
-    origin: int,
+    placing: tuple[int, int],
     owner: dict[str, int],
 ) -> TrialView:
     """One trial from its Optuna record and its checkpoints (`mine`); `n` samples per epoch,
-    `origin` where its segment began (samples), `owner` the trial of every checkpoint id."""
+    `placing` where its evaluation indices count from and the samples between two (both in
+    samples), `owner` the trial of every checkpoint id."""
     rec = TrialRecord.of(t)
     live = [r for r in mine if r.status == "committed"]
     fork_samples = rec.fork_samples
@@ -111,7 +115,7 @@ def _trial_view(
         steps_trained=steps,
         samples_trained=samples,
         # intermediate values are keyed by evaluation index; place them by the samples seen
-        intermediate=_intermediate(t, session, origin, n),
+        intermediate=_intermediate(t, placing[1], placing[0], n),
         pruned_at=rec.pruned_at,
         retry_of=rec.retry_of,
         final_checkpoint=final if any(r.id == final for r in live) else None,
@@ -156,20 +160,33 @@ def _end_progress(
     return max(ends) if ends else None
 
 
-def _intermediate(t: Any, session: Session, origin: int, n: int) -> tuple[tuple[float, float], ...]:
+def _unit(t: Any, session: Session, n: int) -> int:
+    """Samples between two evaluations of trial `t`."""
     every = session.settings.trials
     if every.eval_every is not None:
-        unit = round(every.eval_every * n)
-        return tuple(
-            ((origin + k * unit) / n, float(v)) for k, v in sorted(t.intermediate_values.items())
-        )
+        return round(every.eval_every * n)
     # step-based evaluation: place by the trial's batch size
     assert every.eval_every_steps is not None  # TrialSettings holds exactly one of the two
     bs = int(t.params.get("batch_size", session.settings.warmup.hparams["batch_size"]))
-    unit = every.eval_every_steps * bs
+    return every.eval_every_steps * bs
+
+
+def _intermediate(t: Any, unit: int, origin: int, n: int) -> tuple[tuple[float, float], ...]:
     return tuple(
         ((origin + k * unit) / n, float(v)) for k, v in sorted(t.intermediate_values.items())
     )
+
+
+def _global_indices(
+    trials: list[FrozenTrial], origins: dict[int, int], units: dict[int, int]
+) -> bool:
+    """Do a tree's nodes report at the global evaluation index (counting from scratch, the
+    tree's contract: each generation then has indices of its own for the pruner) rather than
+    from their fork? Then every forked node's first report lies after its fork point; counted
+    from the fork, a node's first index is a handful, and it would lie at or before it. One
+    node that does not fit says the study counts from the fork."""
+    forked = [t for t in trials if origins[t.number] > 0 and t.intermediate_values]
+    return all(min(t.intermediate_values) * units[t.number] > origins[t.number] for t in forked)
 
 
 # -- the tree as text -----------------------------------------------------------------------------

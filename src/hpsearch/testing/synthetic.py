@@ -301,21 +301,27 @@ def _as_error(t: TrialView) -> TrialView:
     )
 
 
-def write_tree_study(view: StudyView, study: optuna.Study, lineage: CheckpointTree) -> None:
+def write_tree_study(
+    view: StudyView, study: optuna.Study, lineage: CheckpointTree, *, global_index: bool = True
+) -> None:
     """Record `view` (a `synthetic_tree`) as the `tree` strategy would: an Optuna trial per node
-    with its `hpsearch.*` attributes and its reports at the global evaluation index, the study's
-    mode, and a checkpoint row per node (a finished node's final one, a crashed attempt's last;
-    a pruned node's deleted)."""
+    with its `hpsearch.*` attributes and its reports at the global evaluation index (counting
+    from scratch; with `global_index=False` from the node's fork, a retry's from its first
+    attempt's), the study's mode, and a checkpoint row per node (a finished node's final one, a
+    crashed attempt's last; a pruned node's deleted)."""
     set_study_attr(study, "mode", "tree")
     set_study_attr(study, "samples_per_epoch", view.samples_per_epoch)
     lr = optuna.distributions.FloatDistribution(1e-5, 1.0, log=True)
+    by_number = {t.number: t for t in view.trials}
     frozen = []
     for t in view.trials:
+        first = by_number.get(t.retry_of, t) if t.retry_of is not None else t
+        origin = 0.0 if global_index else first.fork_progress
         attrs = {
             "generation": t.generation, "parent_trial": t.parent_trial, "child": t.child,
-            "parent_checkpoint": t.parent_checkpoint, "fork_step": t.fork_step,
+            "parent_checkpoint": _ckpt(study, t.parent_checkpoint), "fork_step": t.fork_step,
             "fork_samples": round(t.fork_progress * view.samples_per_epoch),
-            "final_checkpoint": t.final_checkpoint, "retry_of": t.retry_of,
+            "final_checkpoint": _ckpt(study, t.final_checkpoint), "retry_of": t.retry_of,
             "steps_trained": t.steps_trained, "samples_trained": t.samples_trained,
             "pruned_at": t.pruned_at, "fail_reason": t.fail_reason,
         }  # fmt: skip
@@ -325,24 +331,30 @@ def write_tree_study(view: StudyView, study: optuna.Study, lineage: CheckpointTr
                 value=t.value if t.state == "COMPLETE" else None,
                 params=t.params,
                 distributions={"lr": lr},
-                intermediate_values={round(p / TREE_EVAL): v for p, v in t.intermediate},
+                intermediate_values={round((p - origin) / TREE_EVAL): v for p, v in t.intermediate},
                 user_attrs={PREFIX + k: v for k, v in attrs.items() if v is not None},
             )
         )
-        _add_checkpoint(lineage, t, view.samples_per_epoch)
+        _add_checkpoint(lineage, t, view.samples_per_epoch, study.study_name)
     study.add_trials(frozen)
 
 
-def _add_checkpoint(lineage: CheckpointTree, t: TrialView, n: int) -> None:
+def _ckpt(study: optuna.Study, ckpt: str | None) -> str | None:
+    """A checkpoint id of this study: ids are unique in the whole database."""
+    return None if ckpt is None else f"{study.study_name}-{ckpt}"
+
+
+def _add_checkpoint(lineage: CheckpointTree, t: TrialView, n: int, study: str) -> None:
     kind: CheckpointKind
     if t.state == "COMPLETE":
-        ckpt, kind, epoch = f"t{t.number}-final", "final", t.end_progress or t.fork_progress
+        ckpt, kind, epoch = f"{study}-t{t.number}-final", "final", t.end_progress or t.fork_progress
     else:
-        ckpt, kind, epoch = f"t{t.number}-ckpt", "trial", t.fork_progress + 0.25
+        ckpt, kind, epoch = f"{study}-t{t.number}-ckpt", "trial", t.fork_progress + 0.25
         if t.state == "FAIL":  # its last checkpoint: where its retry starts
             epoch = max(t.fork_progress, (t.end_progress or 0.0) - TREE_EVAL)
     lineage.add_pending(
-        ckpt, trial=t.number, kind=kind, parent=t.parent_checkpoint, step=round(epoch * 25),
+        ckpt, trial=t.number, kind=kind, parent=None if t.parent_checkpoint is None
+        else f"{study}-{t.parent_checkpoint}", step=round(epoch * 25),
         samples=round(epoch * n), epoch=epoch,
     )  # fmt: skip
     if t.state == "PRUNED":

@@ -24,7 +24,7 @@ from hpsearch.report.plot.treelayout import (
     overlap,
     tree_labels,
 )
-from hpsearch.report.status import study_view
+from hpsearch.report.status import final_at_end, study_view
 from hpsearch.report.table import WIDTH, format_status_table
 from hpsearch.report.tree import tree_text
 from hpsearch.report.views import StudyView, TrialView
@@ -335,3 +335,13 @@ def test_tree_puts_a_node_whose_fork_point_has_no_row_under_its_parent() -> None
     assert lines[-2] == "      trial 1 (gen 1, from #0) COMPLETE 0.7:"  # under #0's last row
     flat = tree_text("s", rows, trials)
     assert "  trial 1 COMPLETE 0.7:" in flat.splitlines()  # without the tree: at the top
+
+
+def test_the_final_report_lies_at_the_trials_end_not_past_it() -> None:
+    """1438 samples an epoch, an evaluation every 0.25 (360 samples): the 4th lands at 1440,
+    past the 1438 a one-epoch trial trained, and the plot dropped the trial's final value."""
+    points = [(k * 360 / 1438, k / 4) for k in range(1, 5)]
+    moved = final_at_end(points, 1.0, 360 / 1438)
+    assert moved[-1] == (1.0, 1.0) and moved[:-1] == tuple(points[:-1])
+    assert final_at_end(points, 0.6, 360 / 1438) == tuple(points)  # far past: left as it is
+    assert final_at_end(points, None, 1.0) == tuple(points)

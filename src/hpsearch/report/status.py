@@ -111,11 +111,11 @@ def _trial_view(
         parent_checkpoint=rec.parent_checkpoint,
         fork_step=rec.fork_step,
         fork_progress=fork_progress,
-        end_progress=_end_progress(t, mine, fork_progress, samples, n),
+        end_progress=(end := _end_progress(t, mine, fork_progress, samples, n)),
         steps_trained=steps,
         samples_trained=samples,
         # intermediate values are keyed by evaluation index; place them by the samples seen
-        intermediate=_intermediate(t, placing[1], placing[0], n),
+        intermediate=_intermediate(t, placing[1], placing[0], n, end),
         pruned_at=rec.pruned_at,
         retry_of=rec.retry_of,
         final_checkpoint=final if any(r.id == final for r in live) else None,
@@ -171,10 +171,25 @@ def _unit(t: Any, session: Session, n: int) -> int:
     return every.eval_every_steps * bs
 
 
-def _intermediate(t: Any, unit: int, origin: int, n: int) -> tuple[tuple[float, float], ...]:
-    return tuple(
-        ((origin + k * unit) / n, float(v)) for k, v in sorted(t.intermediate_values.items())
-    )
+def _intermediate(
+    t: Any, unit: int, origin: int, n: int, end: float | None
+) -> tuple[tuple[float, float], ...]:
+    """The reports at (origin + index * unit) / n epochs."""
+    points = [((origin + k * unit) / n, float(v)) for k, v in sorted(t.intermediate_values.items())]
+    return final_at_end(points, end, unit / n)
+
+
+def final_at_end(
+    points: list[tuple[float, float]], end: float | None, interval: float
+) -> tuple[tuple[float, float], ...]:
+    """`points` with the last one at `end` when it lies less than an `interval` past it: the
+    final evaluation comes at the end of the segment, which index * a rounded eval_every * n
+    can overshoot; past the trial's end, the plot dropped the trial's final value."""
+    if end is None or not points or not end < points[-1][0] <= end + interval:
+        return tuple(points)
+    if len(points) == 1 or points[-2][0] < end:
+        points = [*points[:-1], (end, points[-1][1])]
+    return tuple(points)
 
 
 def _global_indices(

@@ -52,17 +52,9 @@ def branch_plot_data(view: StudyView, *, x: str = "epochs") -> BranchPlotData:
     trunk = None
     if not view.classic and view.warmup_progress > 0:
         trunk = Segment(0.0, 0.0, view.warmup_progress * scale, 0.0, None)
-    connector = _connector(chains, scale, view.tree)
-    winner_path: tuple[int, ...] = ()
-    if view.tree:
-        branches, curves, f = tree_rows(
-            chains, maximize, scale, connector, best_number, trunk=trunk is not None
-        )
-        n_rows = f.rows
-        winner_path = tuple(chains[i][-1].number for i in f.path)
-    else:
-        branches, curves = _rows(chains, maximize, scale, connector, best_number)
-        n_rows = len(branches)
+    branches, curves, n_rows, winner_path = _laid_out(
+        view, chains, scale, best_number, trunk=trunk is not None
+    )
     best_path: tuple[Segment, ...] = ()
     best_text = None
     if best is not None:
@@ -117,6 +109,20 @@ def _lineage_curve(curves: tuple[Curve, ...], path: tuple[int, ...]) -> tuple[Po
     for n in path:
         points += [p for p in by_number[n].points if not points or p[0] > points[-1][0]]
     return tuple(points)
+
+
+def _laid_out(
+    view: StudyView, chains: list[list[TrialView]], scale: float, best: int | None, *, trunk: bool
+) -> tuple[tuple[Branch, ...], tuple[Curve, ...], int, tuple[int, ...]]:
+    """The branches in row order and their curves, the number of rows and (in a fork tree)
+    the winner's path: one row per branch, or a fork tree's rows (`forktree`)."""
+    maximize = view.direction == "maximize"
+    connector = _connector(chains, scale, view.tree)
+    if not view.tree:
+        branches, curves = _rows(chains, maximize, scale, connector, best)
+        return branches, curves, len(branches), ()
+    branches, curves, f = tree_rows(chains, maximize, scale, connector, best, trunk=trunk)
+    return branches, curves, f.rows, tuple(chains[i][-1].number for i in f.path)
 
 
 def _range_state(view: StudyView, b: Branch) -> str:

@@ -5,6 +5,7 @@ drawing at 200 nodes, and `status` / `tree` on a real Optuna study in sqlite (bu
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -227,10 +228,15 @@ def test_a_missing_parent_or_a_loop_makes_a_root() -> None:
         return TrialView(number, "COMPLETE", value, {"lr": 0.1}, None, None, float(gen),
                          gen + 1.0, 1, 1, parent_trial=parent, generation=gen)  # fmt: skip
 
-    trials = (t(0, None, 0), t(1, 0, 1), t(2, 99, 1), t(3, 4, 1), t(4, 3, 2))
+    # 5 crashed; its retry 6 names the attempt as where it started (no tree parent recorded)
+    crashed = replace(t(5, 0, 1), state="FAIL", value=None)
+    retry = replace(t(6, 5, 1), retry_of=5, generation=None)
+    trials = (t(0, None, 0), t(1, 0, 1), t(2, 99, 1), t(3, 4, 1), t(4, 3, 2), crashed, retry)
     view = StudyView("odd", "acc", "maximize", False, 10, 0.0, 0, trials=trials, tree=True)
     data = branch_plot_data(view)
-    assert sorted(b.number for b in data.branches) == [0, 1, 2, 3, 4]
+    assert sorted(b.number for b in data.branches) == [0, 1, 2, 3, 4, 6]
+    again = data.branch(5)  # the retry's branch, forked from #0 like its attempt
+    assert (again.number, again.parent, again.generation) == (6, 0, 1)
     parents = {b.number: b.parent for b in data.branches}
     assert parents[0] is None and parents[1] == 0 and parents[2] is None
     assert [parents[3], parents[4]].count(None) == 1  # the loop is cut once

@@ -42,9 +42,9 @@ def forest(chains: Sequence[Chain], maximize: bool, best_number: int | None) -> 
     makes a root), then lay out their rows."""
     index = {t.number: i for i, c in enumerate(chains) for t in c}
     parent: list[int | None] = []
-    for i, c in enumerate(chains):
-        p = next((t.parent_trial for t in reversed(c) if t.parent_trial is not None), None)
-        parent.append(index.get(p) if p is not None and index.get(p) != i else None)
+    for i, c in enumerate(chains):  # the latest attempt that names another chain
+        named = [index.get(t.parent_trial) for t in reversed(c) if t.parent_trial is not None]
+        parent.append(next((j for j in named if j is not None and j != i), None))
     for i in range(len(chains)):  # cut the edge that closes a loop
         seen, j = {i}, parent[i]
         while j is not None and j not in seen:

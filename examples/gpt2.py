@@ -1,9 +1,9 @@
 """A tiny GPT-2 from Hugging Face transformers, tuned by hpsearch through the ordinary Task API.
 
 The model is built from `transformers.GPT2Config` (nothing is downloaded): 2 layers, 64 dims,
-a character vocabulary (ASCII), the output layer tied to the token embedding. The text is Python's own
-standard library source, read from this interpreter's files at run time: a few hundred kB,
-cut into windows of `BLOCK` characters. Needs `pip install 'hpsearch[transformers]'`.
+a character vocabulary (ASCII), the output layer tied to the token embedding. The text is
+Python's own standard library source, read from this interpreter's files at run time (200 kB
+at most), cut into windows of `BLOCK` characters. Needs `pip install 'hpsearch[transformers]'`.
 
     hpsearch run studies/gpt2.yaml
 """

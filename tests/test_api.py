@@ -44,7 +44,7 @@ def _config(**overrides: Any) -> dict[str, Any]:
 
 def test_a_notebook_runs_a_study_and_gets_the_best_model_back(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys.modules["__main__"], "NotebookTask", NotebookTask, raising=False)
-    with pytest.raises(hpsearch.UsageError, match="defined in __main__.*workers=1"):
+    with pytest.raises(hpsearch.UsageError, match=r"defined in __main__.*workers=1"):
         hpsearch.run(task=NotebookTask, config=_config(), workers=2, base_dir=tmp_path)
     study = hpsearch.run(task=NotebookTask, config=_config(), base_dir=tmp_path)
     assert "study api: 3 finished trials" in capsys.readouterr().out  # the CLI's summary

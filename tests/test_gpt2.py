@@ -12,23 +12,25 @@ import yaml
 
 pytest.importorskip("transformers")  # the `transformers` extra; imported once, it is slow
 
-import hpsearch  # noqa: E402
-from hpsearch.cli import main  # noqa: E402
-from studyutil import ROOT  # noqa: E402
+import hpsearch
+from hpsearch.cli import main
+from studyutil import ROOT
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> str:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("gpt2")
     task = tmp / "task.py"
-    task.write_text(textwrap.dedent(f"""
+    task.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {os.path.join(ROOT, "examples")!r})
         from gpt2 import TinyGPT2
 
         class SmallGPT2(TinyGPT2):
             max_chars = 12_000  # 337 windows to train on, 38 to validate
-    """))
+    """)
+    )
     with open(os.path.join(ROOT, "studies", "gpt2.yaml")) as f:
         doc = yaml.safe_load(f)
     doc.update(

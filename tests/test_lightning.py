@@ -130,7 +130,8 @@ def test_validation_metrics_are_reduced_as_lightnings_trainer_reduces_them() -> 
 def study(tmp_path_factory) -> str:  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("lightning")
     task = tmp / "task.py"  # the task file a Lightning user adds beside their own code
-    task.write_text(textwrap.dedent(f"""
+    task.write_text(
+        textwrap.dedent(f"""
         import functools, sys
         sys.path.insert(0, {os.path.join(ROOT, "examples")!r})
         from lightning_digits import DigitsData, DigitsModule
@@ -139,7 +140,8 @@ def study(tmp_path_factory) -> str:  # type: ignore[no-untyped-def]
         class DigitsTask(LightningTask):
             module = DigitsModule
             datamodule = functools.partial(DigitsData, n_train=256)
-    """))
+    """)
+    )
     path = write_study(
         tmp, "lightning", task=f"{task}:DigitsTask",
         checkpoints={"every": 1.0, "keep_best": 3},

@@ -184,24 +184,26 @@ def _task_spec(task: Any, workers: int) -> str:
         raise UsageError(
             f"task must be a Task subclass or 'path/to/file.py:Class', got {type(task).__name__}"
         )
-    module = sys.modules.get(task.__module__)
-    if task.__qualname__ != task.__name__ or getattr(module, task.__name__, None) is not task:
+    cls: type = task
+    module = sys.modules.get(cls.__module__)
+    found = getattr(module, cls.__name__, None)
+    if cls.__qualname__ != cls.__name__ or found is not cls:
         raise UsageError(
-            f"task {task.__qualname__}: hpsearch imports the task by module and name; define "
+            f"task {cls.__qualname__}: hpsearch imports the task by module and name; define "
             "the class at the top level of a module (or a notebook cell), not inside a function"
         )
-    if task.__module__ == "__main__":
+    if cls.__module__ == "__main__":
         if workers > 1:
             raise UsageError(
-                f"task {task.__name__} is defined in __main__ (a notebook, or a script run "
+                f"task {cls.__name__} is defined in __main__ (a notebook, or a script run "
                 "directly), which worker processes cannot import: run it with workers=1, or move "
-                f"it into a .py file and pass task='that_file.py:{task.__name__}'"
+                f"it into a .py file and pass task='that_file.py:{cls.__name__}'"
             )
-        return f"__main__:{task.__name__}"
+        return f"__main__:{cls.__name__}"
     file = getattr(module, "__file__", None)
-    if task.__module__.startswith(_FILE_MODULE) and file:
-        return f"{file}:{task.__name__}"
-    return f"{task.__module__}:{task.__name__}"
+    if cls.__module__.startswith(_FILE_MODULE) and file:
+        return f"{file}:{cls.__name__}"
+    return f"{cls.__module__}:{cls.__name__}"
 
 
 class _Dumper(yaml.SafeDumper):

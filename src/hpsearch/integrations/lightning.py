@@ -48,10 +48,8 @@ try:
     from lightning.pytorch.utilities.data import extract_batch_size
 except ImportError:  # the older package name, same code
     try:
-        from pytorch_lightning.utilities.data import extract_batch_size  # type: ignore[no-redef]
-        from lightning_fabric.utilities.apply_func import (  # type: ignore[no-redef]
-            move_data_to_device,
-        )
+        from lightning_fabric.utilities.apply_func import move_data_to_device
+        from pytorch_lightning.utilities.data import extract_batch_size
     except ImportError as exc:
         raise ImportError(
             "hpsearch.integrations.lightning needs Lightning: pip install 'hpsearch[lightning]'"
@@ -105,10 +103,11 @@ class LightningTask(Task):
                 f"{_name(cls)} sets automatic_optimization = False: manual optimization is not "
                 "supported (hpsearch's loop calls backward and step); use automatic optimization"
             )
-        return model  # type: ignore[no-any-return]
+        return model
 
     def optimizer(self, model: torch.nn.Module, hparams: dict[str, Any]) -> torch.optim.Optimizer:
-        optimizer, config = _split(model.configure_optimizers(), type(model).__name__)
+        module: Any = model  # a LightningModule: its hooks are no torch.nn.Module attributes
+        optimizer, config = _split(module.configure_optimizers(), type(model).__name__)
         self._pending[id(optimizer)] = config
         return optimizer
 
@@ -136,8 +135,9 @@ class LightningTask(Task):
     # -- training and evaluation -------------------------------------------------------------
 
     def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        module: Any = model
         with _logging_into(model, None):
-            out = model.training_step(batch, self._batches)
+            out = module.training_step(batch, self._batches)
         self._batches += 1
         if isinstance(out, dict):
             out = out.get("loss")
@@ -151,13 +151,14 @@ class LightningTask(Task):
     def evaluate(self, model: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
         logged = _Logged()
         device = next(model.parameters(), torch.empty(0)).device
+        module: Any = model
         with _logging_into(model, logged):
-            model.on_validation_epoch_start()
+            module.on_validation_epoch_start()
             for i, batch in enumerate(loader):
                 logged.batch = batch = move_data_to_device(batch, device)
-                model.validation_step(batch, i)
+                module.validation_step(batch, i)
             logged.batch = None
-            model.on_validation_epoch_end()
+            module.on_validation_epoch_end()
         if not logged.values:
             raise TaskError(
                 f"{type(model).__name__}.validation_step logged no metric: log the study's "
@@ -203,11 +204,11 @@ class LightningScheduler:
     # a fork of `lr` moves the scheduler's base LRs (hpsearch.training.fork): the inner ones
     @property
     def base_lrs(self) -> list[float]:
-        return self.scheduler.base_lrs  # type: ignore[no-any-return]
+        return self.scheduler.base_lrs
 
     @property
     def _last_lr(self) -> list[float]:
-        return self.scheduler._last_lr  # type: ignore[no-any-return]
+        return self.scheduler._last_lr
 
     @_last_lr.setter
     def _last_lr(self, value: list[float]) -> None:
@@ -224,7 +225,7 @@ def _attr(task: LightningTask, name: str, what: str) -> Callable[..., Any]:
         raise TaskError(
             f"{type(task).__name__} sets no `{name}`: write `{name} = ...` ({what}) in the class"
         )
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _name(cls: Any) -> str:
@@ -269,9 +270,7 @@ def _split(out: Any, model: str) -> tuple[torch.optim.Optimizer, dict[str, Any] 
     if isinstance(out, dict):
         opts, sched = [out.get("optimizer")], out.get("lr_scheduler")
         scheds = [sched] if sched is not None else []
-    elif isinstance(out, list | tuple) and len(out) == 2 and all(
-        isinstance(x, list | tuple) for x in out
-    ):
+    elif isinstance(out, list | tuple) and len(out) == 2 and _both_lists(out):
         opts, scheds = list(out[0]), list(out[1])
     elif isinstance(out, list | tuple):
         opts = list(out)
@@ -289,6 +288,10 @@ def _split(out: Any, model: str) -> tuple[torch.optim.Optimizer, dict[str, Any] 
     if "scheduler" not in config:
         raise TaskError(f"{model}.configure_optimizers: an lr_scheduler dict needs 'scheduler'")
     return opts[0], config
+
+
+def _both_lists(out: Sequence[Any]) -> bool:
+    return all(isinstance(x, list | tuple) for x in out)
 
 
 def _describe(out: Any) -> str:
@@ -317,9 +320,10 @@ class _Logged:
             how = "last"  # a step-only value: the last one is what callback_metrics holds
         else:
             fx = opts.get("reduce_fx", "mean")
-            how = _REDUCE.get(fx) if isinstance(fx, str) else _REDUCE_FNS.get(fx)
-            if how is None:
+            found = _REDUCE.get(fx) if isinstance(fx, str) else _REDUCE_FNS.get(fx)
+            if found is None:
                 raise TaskError(f"self.log({name!r}): reduce_fx {fx!r} is not supported")
+            how = found
         key = f"{name}_epoch" if on_step and on_epoch is not False else name
         if hasattr(value, "compute") and hasattr(value, "reset"):  # a torchmetrics Metric
             self.values[key] = ("metric", [], value)
@@ -342,8 +346,10 @@ class _Logged:
                 out[key] = sum(v * n for v, n in seen) / sum(n for _, n in seen)
             else:
                 values = [v for v, _ in seen]
-                pick = {"sum": sum, "max": max, "min": min, "last": lambda x: x[-1]}[how]
-                out[key] = float(pick(values))
+                picks: dict[str, Callable[[list[float]], float]] = {
+                    "sum": sum, "max": max, "min": min, "last": lambda x: x[-1],
+                }  # fmt: skip
+                out[key] = float(picks[how](values))
         return out
 
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
 import torch
 import yaml
 
@@ -127,6 +128,7 @@ def run(
     if workers < 1:
         raise UsageError(f"workers must be >= 1, got {workers}")
     path = _study_file(task, config, os.fspath(base_dir or os.getcwd()), workers)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # as `hpsearch run`: it prints its own
     summary, settings = _run_workers(path, trials, workers, storage, classic)
     print(format_summary(summary, os.path.join(settings.checkpoints.dir, summary.study)))
     study = load(path, storage=storage, classic=classic)

@@ -50,7 +50,7 @@ def _built(make):  # type: ignore[no-untyped-def]
     return opt, task.scheduler(opt, {"batch_size": 64}, 100)
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")  # no training here
+@pytest.mark.filterwarnings("ignore:Detected call of:UserWarning")  # no training here
 @pytest.mark.parametrize(
     ("form", "period"),
     [

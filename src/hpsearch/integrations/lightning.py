@@ -128,6 +128,8 @@ class LightningTask(Task):
             return sched  # hpsearch steps it with the objective at each evaluation
         if interval == "step" and frequency == 1:
             return sched  # exactly hpsearch's own stepping
+        if not self._train_len:  # built before the data (a check): an epoch needs its length
+            self.datasets()
         per_epoch = max(1, math.ceil(self._train_len / int(hparams["batch_size"])))
         period = frequency if interval == "step" else frequency * per_epoch
         return LightningScheduler(sched, period)

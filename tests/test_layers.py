@@ -11,8 +11,10 @@ import sys
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "hpsearch"
 
 # a module may import from its own layer and the layers before it, never after
-LAYERS = ["task", "errors", "console", "config", "training", "checkpoint", "lineage", "search",
-          "report", "cli", "testing", "__init__", "__main__"]  # fmt: skip
+# integrations/ sit beside the user's task code: they import task, errors and console only
+LAYERS = ["task", "errors", "console", "integrations", "config", "training", "checkpoint",
+          "lineage", "search", "report", "cli", "api", "testing", "__init__",
+          "__main__"]  # fmt: skip
 RANK = {"task": 0, "errors": 0, "console": 0, **{name: i for i, name in enumerate(LAYERS)}}
 NO_OPTUNA = ("training", "checkpoint", "lineage")  # config builds samplers by name: it may
 PRIVATE_OPTUNA = ("._storage", "._trial_id", "._thread_local", "._stop_flag", "optuna.trial.Trial(")

@@ -18,8 +18,10 @@ from hpsearch.errors import (
 )
 
 if TYPE_CHECKING:
-    from hpsearch.report.status import StudyHandle
+    from hpsearch.api import Study, load, run
     from hpsearch.task import Task
+
+_API = ("Study", "load", "run")  # hpsearch.api imports torch and Optuna: on first use
 
 
 def __getattr__(name: str) -> Any:
@@ -29,14 +31,11 @@ def __getattr__(name: str) -> Any:
         from hpsearch.task import Task
 
         return Task
+    if name in _API:
+        import hpsearch.api
+
+        return getattr(hpsearch.api, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def load(study_file: str, *, storage: str | None = None, classic: bool = False) -> StudyHandle:
-    """Open an existing study for reading: `hpsearch.load("studies/x.yaml").dataframe()`."""
-    from hpsearch.report.status import load as _load
-
-    return _load(study_file, storage=storage, classic=classic)
 
 
 __all__ = [
@@ -45,10 +44,12 @@ __all__ = [
     "CheckpointMismatch",
     "ForkError",
     "HpsearchError",
+    "Study",
     "StudyFileError",
     "Task",
     "TaskError",
     "UsageError",
     "__version__",
     "load",
+    "run",
 ]

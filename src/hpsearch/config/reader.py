@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -44,7 +45,7 @@ from hpsearch.config.space import read_search_space
 from hpsearch.config.tree import generation_sizes, read_tree, start_point
 from hpsearch.config.values import Bounds, Reader, clip
 
-__all__ = ["load_study_file"]
+__all__ = ["load_study_file", "load_study_mapping"]
 
 _MAX_DEPTH = 50  # YAML nesting levels; a study file needs about five
 
@@ -124,9 +125,32 @@ def load_study_file(path: str | os.PathLike[str], *, writable: bool = True) -> S
     """
     shown = os.fspath(path)
     r = Reader(shown, writable=writable)
+    return _read_study(r, _parse(r, shown), shown, os.path.dirname(os.path.abspath(shown)))
+
+
+def load_study_mapping(
+    config: Mapping[str, Any], *, base_dir: str, source: str = "config", writable: bool = True
+) -> StudySettings:
+    """Validate a study given as a mapping (what `hpsearch.run(config=...)` takes): the very
+    checks and messages of `load_study_file`, with `source` where a message names the file and
+    relative paths resolved against `base_dir`. Tuples read as lists, as YAML would give them."""
+    r = Reader(source, writable=writable)
+    return _read_study(r, _plain(config), source, os.path.abspath(base_dir))
+
+
+def _plain(value: Any) -> Any:
+    """A Python value as YAML would have parsed it: mappings as dicts, tuples as lists."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _read_study(r: Reader, parsed: Any, shown: str, base_dir: str) -> StudySettings:
     required = {k: v for k, v in _TOP.items() if v is not None}
-    raw = r.mapping(_parse(r, shown), "", _TOP, required)
-    settings, sampler, pruner = _read_sections(r, raw, shown)
+    raw = r.mapping(parsed, "", _TOP, required)
+    settings, sampler, pruner = _read_sections(r, raw, shown, base_dir)
     dry_run(r, settings, sampler, pruner)
     return settings
 
@@ -160,11 +184,10 @@ def _parse(r: Reader, shown: str) -> Any:
 
 
 def _read_sections(
-    r: Reader, raw: dict[str, Any], shown: str
+    r: Reader, raw: dict[str, Any], shown: str, base_dir: str
 ) -> tuple[StudySettings, optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
     """The settings, and the sampler and pruner built from them for the dry run."""
     # Sections are checked in the order the SPEC example lists them; the first mistake is raised.
-    base_dir = os.path.dirname(os.path.abspath(shown))
     name = read_name(r, raw["name"])
     run_dir = os.path.join(base_dir, "runs", name)
     task = read_task(r, raw["task"], base_dir)

@@ -35,7 +35,7 @@ def main(url: str, jobs_path: str, out_path: str) -> None:
             result = {"resume": store.save(*resumed.state()).id, "losses": losses,
                       "tied": zoo.ties_kept(name, resumed)}  # fmt: skip
             forked = zoo.restore(name, store.load(ckpt_id))
-            fork(forked, zoo.FORK)
+            fork(forked, zoo.fork_changes(name))
             result["fork_losses"] = zoo.train(forked, 2 * zoo.K)
             result["fork"] = store.save(*forked.state()).id
             out[name] = result

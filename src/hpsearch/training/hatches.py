@@ -143,21 +143,24 @@ def has_task_state(task: Any) -> bool:
 
 def flatten(value: Any, what: str = "task state") -> tuple[dict[str, torch.Tensor], Any]:
     """A nested dict/list of tensors and JSON values as (tensors by dotted path, JSON with each
-    tensor's place marked `{"__tensor__": path}`)."""
+    tensor's place marked `{"__tensor__": path}`). Keys may hold dots (parameter names do):
+    the JSON keeps the structure, and only two tensors of one path are refused."""
     from hpsearch.training.state import to_json
 
     tensors: dict[str, torch.Tensor] = {}
 
     def walk(v: Any, path: str) -> Any:
         if isinstance(v, torch.Tensor):
+            if path in tensors:  # {"a.b": x, "a": {"b": y}}: both would be saved as "a.b"
+                raise TaskError(f"{what}: two tensors would be saved under the name {path!r}")
             tensors[path] = v.detach()
             return {"__tensor__": path}
         if isinstance(v, Mapping):
             for k in v:
-                if not isinstance(k, str) or not k or "." in k:
+                if not isinstance(k, str) or not k:
                     raise TaskError(
                         f"{what}: key {k!r} at {path or 'the top'}: keys must be non-empty "
-                        "strings without '.' (they name the saved tensors)"
+                        "strings (they name the saved tensors)"
                     )
             return {k: walk(x, f"{path}.{k}" if path else k) for k, x in v.items()}
         if isinstance(v, (list, tuple)):

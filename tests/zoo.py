@@ -33,6 +33,7 @@ K = 6  # steps before the checkpoint, and after it
 N = 48  # training samples
 HP: dict[str, Any] = {"lr": 1e-2, "batch_size": 8, "dropout": 0.1}
 FORK = {"lr": 3e-3, "batch_size": 5}
+PLAIN = TrainingSettings()
 VOCAB, SEQ, DIM, CLASSES = 16, 6, 8, 4
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +374,7 @@ class Spec:
     data: str = "tuple"
     workers: int = 0
     precision: str = "fp32"  # "bf16": the loss runs under CPU autocast
-    training: TrainingSettings = TrainingSettings()  # the loop's escape hatches
+    training: TrainingSettings = PLAIN  # the loop's escape hatches
     task: str = "plain"  # or a task of tests/zoo_hatches.py: "training_step", "ema"
 
 

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from zoo import FORK, Spec, ZooTask, _xy
 
 from hpsearch.config import TrainingSettings as T
+from zoo import FORK, Spec, ZooTask, _xy
 
 
 class StepTask(ZooTask):

@@ -334,9 +334,10 @@ def test_check_resume_builds_the_run_with_the_hatches_and_names_them(tmp_path: P
     tensors = {g: {k: v.clone() for k, v in d.items()} for g, d in saved[0].items()}
     same = (tensors, json.loads(json.dumps(saved[1])))
     assert first_difference(saved, same) is None
-    tensors["task"]["ema.2"] += 1
+    kept = tensors["task"]["ema.2"]
+    tensors["task"]["ema.2"] = kept + 1
     assert first_difference(saved, same) == "task.ema.2"
     assert "Task.state_dict does not return all" in selfcheck.likely_cause("task.ema.2")
-    tensors["task"]["ema.2"] -= 1
+    tensors["task"]["ema.2"] = kept
     same[1]["scaler"]["_growth_tracker"] += 1
     assert first_difference(saved, same) == "scaler"

@@ -4,13 +4,13 @@
 
 On the quickstart MLP (examples/digits.py, batch 64, hidden 256) and the char transformer
 (examples/chars.py, batch 32, d=64, 2 layers), one trainer per variant, built once; then in each
-repeat every variant in turn trains --steps optimizer steps (by default 40 of the MLP, 8 of the
-transformer; after 3 untimed ones), so a change in the machine's load hits all variants of a
-repeat alike. A variant's ratio is the median over the
-repeats of its step time over the plain loop's step time in the same repeat. Accumulation keeps
-the samples per optimizer step: batch b as 2 (or 4) micro-batches of b/2 (b/4). The task-state
-row is an EMA of the weights updated at every step (the task's own work, mostly) and its line
-also gives the time `Trainer.state()` takes with the EMA in it, against without.
+repeat every variant in turn trains --steps optimizer steps (by default 40 of the MLP, 5 of the
+transformer; 3 untimed ones before the first repeat), so a change in the machine's load hits all
+variants of a repeat alike. A variant's ratio is the median over the repeats of its step time
+over the plain loop's step time in the same repeat. Accumulation keeps the samples per optimizer
+step: batch b as 2 (or 4) micro-batches of b/2 (b/4). The task-state row is an EMA of the
+weights updated at every step (the task's own work, mostly); the last row is the time
+`Trainer.state()` takes with the EMA in it, against without.
 Prints a Markdown table (for benchmarks/RESULTS.md).
 """
 
@@ -44,7 +44,7 @@ TASKS: dict[str, tuple[type, dict[str, Any]]] = {
 }  # fmt: skip
 
 
-STEPS = {"digits MLP": 40, "char transformer": 8}  # timed steps per variant and repeat
+STEPS = {"digits MLP": 40, "char transformer": 5}  # timed steps per variant and repeat
 
 
 def _with_step(cls: type) -> type:
@@ -110,9 +110,10 @@ def variants(hp: dict[str, Any]) -> dict[str, Variant]:
 
 
 def _time_steps(trainer: Trainer, steps: int) -> float:
-    """Seconds per optimizer step over `steps` steps (after 3 untimed ones)."""
+    """Seconds per optimizer step over `steps` steps (3 untimed ones first, the first time)."""
     p = trainer.progress
-    trainer.train(Budget(steps=p.step - p.origin_step + 3))
+    if p.step == 0:
+        trainer.train(Budget(steps=3))
     start = time.perf_counter()
     trainer.train(Budget(steps=p.step - p.origin_step + steps))
     return (time.perf_counter() - start) / steps
@@ -159,7 +160,7 @@ def measure(name: str, repeats: int, steps: int | None, device: str) -> list[Row
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=None, help="default: 40 (MLP), 8 (chars)")
+    ap.add_argument("--steps", type=int, default=None, help="default: 40 (MLP), 5 (chars)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()

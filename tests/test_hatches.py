@@ -17,6 +17,7 @@ from hpsearch.config import TrainingSettings, load_study_file
 from hpsearch.errors import CheckpointMismatch, ForkError, StudyFileError, TaskError
 from hpsearch.search import selfcheck
 from hpsearch.search.selfcheck import first_difference
+from hpsearch.search.session import fingerprint
 from hpsearch.training import Budget, Every, Hooks, Schedule, Trainer, fork
 
 HP = {"lr": 1e-2, "batch_size": 4, "dropout": 0.1}
@@ -130,6 +131,18 @@ def test_the_training_section_is_read_and_defaults_to_the_plain_loop(tmp_path: P
     del doc["training"]
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(doc))
     assert load_study_file(tmp_path / "study.yaml").training == TrainingSettings()
+
+
+def test_the_fingerprint_holds_the_training_settings_a_study_sets(tmp_path: Path) -> None:
+    """The base checkpoint depends on them: a study may not change them under its trials. A
+    study without them keeps the fingerprint it had before they existed."""
+    hatched = fingerprint(load_study_file(_study(tmp_path, {"clip_norm": 2, "precision": "bf16"})))
+    assert {k: v for k, v in hatched.items() if k.startswith("training.")} == {
+        "training.clip_norm": 2.0,
+        "training.precision": "bf16",
+    }
+    plain = fingerprint(load_study_file(_study(tmp_path, None)))
+    assert not any(k.startswith("training") for k in plain)
 
 
 @pytest.mark.parametrize(

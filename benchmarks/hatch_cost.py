@@ -4,13 +4,13 @@
 
 On the quickstart MLP (examples/digits.py, batch 64, hidden 256) and the char transformer
 (examples/chars.py, batch 32, d=64, 2 layers), one trainer per variant, built once; then in each
-repeat every variant in turn trains --steps optimizer steps (by default 40 of the MLP, 5 of the
-transformer; 3 untimed ones before the first repeat), so a change in the machine's load hits all
-variants of a repeat alike. A variant's ratio is the median over the repeats of its step time
-over the plain loop's step time in the same repeat. Accumulation keeps the samples per optimizer
-step: batch b as 2 (or 4) micro-batches of b/2 (b/4). The task-state row is an EMA of the
-weights updated at every step (the task's own work, mostly); the last row is the time
-`Trainer.state()` takes with the EMA in it, against without.
+repeat every variant in turn (in an order shuffled each repeat) trains --steps optimizer steps
+(by default 40 of the MLP, 5 of the transformer; 3 untimed ones before the first repeat), so a
+change in the machine's load hits all variants of a repeat alike. A variant's ratio is the
+median over the repeats of its step time over the plain loop's step time in the same repeat.
+Accumulation keeps the samples per optimizer step: batch b as 2 (or 4) micro-batches of b/2
+(b/4). The task-state row is an EMA of the weights updated at every step (the task's own work,
+mostly); the last row is the time `Trainer.state()` takes with the EMA in it, against without.
 Prints a Markdown table (for benchmarks/RESULTS.md).
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -143,9 +144,11 @@ def measure(name: str, repeats: int, steps: int | None, device: str) -> list[Row
     times: dict[str, list[float]] = {v: [] for v in trainers}
     ratios: dict[str, list[float]] = {v: [] for v in trainers}
     state_ratio: list[float] = []
-    for _ in range(repeats):
-        for v, trainer in trainers.items():
-            times[v].append(_time_steps(trainer, steps))
+    order = list(trainers)
+    for r in range(repeats):
+        random.Random(r).shuffle(order)  # no variant always runs right after another
+        for v in order:
+            times[v].append(_time_steps(trainers[v], steps))
         base = times["plain loop"][-1]
         for v in trainers:
             ratios[v].append(times[v][-1] / base)

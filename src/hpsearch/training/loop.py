@@ -322,20 +322,20 @@ class Trainer:
         if self.schedule is not None:
             frac = p.samples / self.total_samples if self.total_samples else 0.0
             lr = float(self.hparams["lr"]) * self.schedule.factor(frac)
-            for group_ in self.optimizer.param_groups:
-                group_["lr"] = lr * group_.get(LR_SCALE, 1.0)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr * g.get(LR_SCALE, 1.0)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         n = sum(len(indices) for indices, _ in group)
         value = 0.0
         for indices, batch in group:
-            loss = self._loss(batch, p.step + 1)
+            loss, v = self._loss(batch, p.step + 1)
             if k > 1:  # each micro-batch's share of the group's mean loss
                 weight = len(indices) / n
-                value += float(loss.detach()) * weight
+                value += v * weight
                 loss = loss * weight
             else:
-                value = float(loss.detach())
+                value = v
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         hx.optimizer_step(self.optimizer, self.scaler, self.training)
         if self.scheduler is not None and not is_plateau(self.scheduler):
@@ -346,8 +346,9 @@ class Trainer:
         hooks.on_step(self, indices, value)
         return value
 
-    def _loss(self, batch: Any, step: int) -> torch.Tensor:
-        """The task's loss of one (micro-)batch, under the run's autocast; checked finite."""
+    def _loss(self, batch: Any, step: int) -> tuple[torch.Tensor, float]:
+        """The task's loss of one (micro-)batch, under the run's autocast, and its value,
+        checked finite."""
         step_fn = getattr(self.task, "training_step", None)
         with hx.autocast(self.device, self.training):
             if step_fn is not None:
@@ -366,7 +367,7 @@ class Trainer:
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingDiverged("the training loss", value, step)
-        return loss
+        return loss, value
 
     def evaluate(self) -> dict[str, float]:
         self.model.eval()

@@ -1,9 +1,10 @@
 """The zoo's fresh process: `python zoo_child.py STORE JOBS.json OUT.json`.
 
 For each entry of JOBS (`{name: checkpoint id}`) it restores the checkpoint and trains on (the
-resumed run), then restores it again, forks with `zoo.fork_changes(name)` and trains on (the fork), saving both
-end states to STORE. OUT gets `{name: {"resume": id, "fork": id, "losses": [...], ...}}`, or
-`{"error": ...}` for an entry that failed here.
+resumed run), then restores it again, forks with `zoo.fork_changes(name)` and trains on (the
+fork), saving both end states to STORE. OUT gets
+`{name: {"resume": id, "fork": id, "losses": [...], ...}}`, or `{"error": ...}` for an entry that
+failed here.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The conformance zoo's entries for the loop's escape hatches: clipping by norm and by value,
-gradient accumulation with a fork that changes the batch size, bf16 autocast on the CPU, fp16
+"""The conformance zoo's entries for the loop's escape hatches: clipping by value, gradient
+accumulation clipped by norm with a fork that changes the batch size, bf16 autocast on the CPU, fp16
 with its GradScaler (on the CPU, clipped after unscaling), `Task.training_step` reading a custom
 forkable key, and a task that keeps an EMA of the weights in `Task.state_dict`.
 
@@ -64,11 +64,15 @@ TASKS: dict[str, type[ZooTask]] = {"training_step": StepTask, "ema": EMATask}
 
 # name: (spec, hparams beyond zoo.HP, fork changes where zoo.FORK does not fit)
 ENTRIES: dict[str, tuple[Spec, dict[str, Any], dict[str, Any]]] = {
-    "hatch-clip_norm": (Spec(training=T(clip_norm=0.05)), {}, {}),
     "hatch-clip_value-sgd": (Spec(optimizer="sgd_nesterov", training=T(clip_value=0.01)), {}, {}),
-    # 2 micro-batches of 8 per step, then 4 of 4 after the fork: the effective batch stays 16
-    "hatch-accumulate-batch_size_fork": (
-        Spec(scheduler="cosine", optimizer="sgd_nesterov", training=T(accumulate_samples=16)),
+    # 2 micro-batches of 8 per step, then 4 of 4 after the fork: the effective batch stays 16;
+    # the gradient of the whole group is clipped
+    "hatch-accumulate-clip_norm-batch_size_fork": (
+        Spec(
+            scheduler="cosine",
+            optimizer="sgd_nesterov",
+            training=T(accumulate_samples=16, clip_norm=0.05),
+        ),
         {},
         {**FORK, "batch_size": 4},
     ),

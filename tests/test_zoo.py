@@ -51,7 +51,7 @@ def _run_all(store: Any, tmp: Any, runs: dict[str, dict]) -> None:
             expected = trainer.state()
             forked = zoo.create(name)
             zoo.train(forked, zoo.K)
-            fork(forked, zoo.FORK)
+            fork(forked, zoo.fork_changes(name))
             fork_losses = zoo.train(forked, 2 * zoo.K)
             runs[name] = {"ckpt": ckpt, "expected": expected, "losses": losses,
                           "fork_expected": forked.state(), "fork_losses": fork_losses}  # fmt: skip

@@ -7,6 +7,8 @@ scheduler (`SCHEDULERS`) and a data pipeline (`DATA`), plus the number of DataLo
 restores the checkpoint in a fresh process (`tests/zoo_child.py`) and continues there, then forks
 (lr and batch_size changed) from the restored and from the uninterrupted state, and compares
 everything bitwise. To add an entry, add one line to `ZOO` (and a builder if the family is new).
+The loop's escape hatches (clipping, accumulation, precision, `Task.training_step`, a task's own
+state) have their entries in `tests/zoo_hatches.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 import hpsearch
+from hpsearch.config import TrainingSettings
 from hpsearch.training import Budget, Every, Hooks, Trainer, state
 
 THREADS = 1  # tiny ops: more threads only spin, and on a loaded machine they crawl
@@ -30,6 +33,7 @@ K = 6  # steps before the checkpoint, and after it
 N = 48  # training samples
 HP: dict[str, Any] = {"lr": 1e-2, "batch_size": 8, "dropout": 0.1}
 FORK = {"lr": 3e-3, "batch_size": 5}
+PLAIN = TrainingSettings()
 VOCAB, SEQ, DIM, CLASSES = 16, 6, 8, 4
 
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +374,8 @@ class Spec:
     data: str = "tuple"
     workers: int = 0
     precision: str = "fp32"  # "bf16": the loss runs under CPU autocast
+    training: TrainingSettings = PLAIN  # the loop's escape hatches
+    task: str = "plain"  # or a task of tests/zoo_hatches.py: "training_step", "ema"
 
 
 ZOO: dict[str, Spec] = {
@@ -385,6 +391,19 @@ ZOO: dict[str, Spec] = {
     "data-tuple-workers2": Spec(data="tuple", workers=2),
     "data-augment-workers2": Spec(data="augment", workers=2),
 }
+EXTRA_HP: dict[str, dict[str, Any]] = {}  # an entry's hparams beyond HP
+FORKS: dict[str, dict[str, Any]] = {}  # an entry's fork, where FORK does not fit it
+
+
+def _add_hatches() -> None:
+    from zoo_hatches import ENTRIES
+
+    for name, (spec, extra_hp, changes) in ENTRIES.items():
+        ZOO[name] = spec
+        if extra_hp:
+            EXTRA_HP[name] = extra_hp
+        if changes:
+            FORKS[name] = changes
 
 
 class ZooTask(hpsearch.Task):
@@ -432,17 +451,34 @@ class Losses(Hooks):
         self.values.append(loss)
 
 
+def _task(spec: Spec) -> ZooTask:
+    if spec.task == "plain":
+        return ZooTask(spec)
+    import zoo_hatches
+
+    return zoo_hatches.TASKS[spec.task](spec)
+
+
+def hparams(name: str) -> dict[str, Any]:
+    return {**HP, **EXTRA_HP.get(name, {})}
+
+
+def fork_changes(name: str) -> dict[str, Any]:
+    """What the fork of the entry changes: `FORK`, unless the entry needs another fork."""
+    return FORKS.get(name, FORK)
+
+
 def create(name: str) -> Trainer:
     spec = ZOO[name]
     return Trainer.create(
-        ZooTask(spec), HP, seed=7, total_samples=4 * N, num_workers=spec.workers,
-        objective="val_loss",
+        _task(spec), hparams(name), seed=7, total_samples=4 * N, num_workers=spec.workers,
+        objective="val_loss", training=spec.training,
     )  # fmt: skip
 
 
 def restore(name: str, loaded: Any) -> Trainer:
     spec = ZOO[name]
-    return Trainer.restore(ZooTask(spec), loaded.tensors, loaded.state, num_workers=spec.workers)
+    return Trainer.restore(_task(spec), loaded.tensors, loaded.state, num_workers=spec.workers)
 
 
 def train(trainer: Trainer, until_step: int) -> list[float]:
@@ -456,3 +492,6 @@ def ties_kept(name: str, trainer: Trainer) -> bool:
     """Whether the trainer's model has the tied weights a fresh `Task.model()` has."""
     fresh = ZooTask(ZOO[name]).model(HP)
     return len(state.tied_names(fresh)) == len(state.tied_names(trainer.model))
+
+
+_add_hatches()

@@ -1,9 +1,10 @@
 """The zoo's fresh process: `python zoo_child.py STORE JOBS.json OUT.json`.
 
 For each entry of JOBS (`{name: checkpoint id}`) it restores the checkpoint and trains on (the
-resumed run), then restores it again, forks with `zoo.FORK` and trains on (the fork), saving both
-end states to STORE. OUT gets `{name: {"resume": id, "fork": id, "losses": [...], ...}}`, or
-`{"error": ...}` for an entry that failed here.
+resumed run), then restores it again, forks with `zoo.fork_changes(name)` and trains on (the
+fork), saving both end states to STORE. OUT gets
+`{name: {"resume": id, "fork": id, "losses": [...], ...}}`, or `{"error": ...}` for an entry that
+failed here.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main(url: str, jobs_path: str, out_path: str) -> None:
             result = {"resume": store.save(*resumed.state()).id, "losses": losses,
                       "tied": zoo.ties_kept(name, resumed)}  # fmt: skip
             forked = zoo.restore(name, store.load(ckpt_id))
-            fork(forked, zoo.FORK)
+            fork(forked, zoo.fork_changes(name))
             result["fork_losses"] = zoo.train(forked, 2 * zoo.K)
             result["fork"] = store.save(*forked.state()).id
             out[name] = result

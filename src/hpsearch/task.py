@@ -27,8 +27,15 @@ class Task:
 
     `hparams` is one dict: the warm-up's values overridden by the trial's sampled ones. Keys the
     base class does not know how to fork (see `hpsearch.training.fork`) can be handled by
-    overriding `apply_hparams`.
+    overriding `apply_hparams`, or, for a key `training_step` reads at every step (a loss
+    weight), by naming it in `forkable_hparams`.
     """
+
+    forkable_hparams: tuple[str, ...] = ()
+    """Keys of your own that a fork may change with no help from the task: `training_step` reads
+    them from its `hparams` at every step, so a fork changes them by changing hparams alone
+    (nothing in the model or optimizer holds them). A search_space key that is neither one of
+    hpsearch's forkable keys nor listed here needs `apply_hparams`."""
 
     def datasets(self) -> tuple[Dataset, Dataset]:
         """Return (train, validation) map-style datasets."""
@@ -61,6 +68,26 @@ class Task:
     ) -> None:
         """Apply forkable keys hpsearch does not know. Raise KeyError for a key you cannot apply."""
         raise KeyError(next(iter(hparams)))
+
+    def training_step(
+        self, model: torch.nn.Module, batch: Any, hparams: dict[str, Any]
+    ) -> torch.Tensor:
+        """Return the scalar loss of one (micro-)batch; hpsearch calls backward and step.
+
+        The default is `self.loss(model, batch)`. Override it to read the trial's current
+        hyperparameters (after a fork, the child's) instead of keeping them on `self`; treat
+        `hparams` as read-only. A task that overrides it need not implement `loss`."""
+        return self.loss(model, batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """State the task keeps outside the model and optimizer (an EMA copy of the weights, a
+        running statistic), saved with every checkpoint and given back to `load_state_dict` on
+        resume and in a fork. A dict (nested dicts and lists allowed) of tensors and JSON values;
+        tensors come back on the run's device. The default: no state."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what `state_dict` returned. Override both or neither."""
 
     def collate(self, samples: Sequence[Any]) -> Any:
         """Turn a list of samples into a batch. Defaults to torch's default_collate."""

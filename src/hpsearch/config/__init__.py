@@ -6,6 +6,7 @@ friends read study files without paying for it.
     reader      load_study_file: the YAML (no aliases), then each section in order
     values      the Reader of one raw value, and how a message shows it
     sections    name, task, device, objective, warmup, trials, data, schedule
+    hatches     training: the loop's clipping, accumulation and precision
     places      storage and checkpoints: resolved and probed for writing
     space       search_space, suggest, warmup/trial hparams, check_budgets
     components  sampler and pruner: read, dry-run, make_sampler/make_pruner
@@ -37,6 +38,7 @@ from hpsearch.config.schema import (
     ScheduleSettings,
     Strategy,
     StudySettings,
+    TrainingSettings,
     TreeSettings,
     TrialSettings,
     WarmupSettings,
@@ -63,6 +65,7 @@ __all__ = [
     "ScheduleSettings",
     "Strategy",
     "StudySettings",
+    "TrainingSettings",
     "TreeSettings",
     "TrialSettings",
     "WarmupSettings",

@@ -29,6 +29,7 @@ import optuna
 import yaml
 
 from hpsearch.config.components import dry_run, read_pruner, read_sampler
+from hpsearch.config.hatches import read_training
 from hpsearch.config.places import read_checkpoints, read_storage
 from hpsearch.config.schema import Strategy, StudySettings, WarmupSettings
 from hpsearch.config.sections import (
@@ -65,6 +66,7 @@ _TOP = {
     "schedule": None,
     "sampler": None,
     "pruner": None,
+    "training": None,
 }
 
 
@@ -217,6 +219,8 @@ def _read_sections(
         warmup = WarmupSettings(epochs=0.0, steps=None, hparams=start_point(tree, search_space))
         trials = dataclasses.replace(trials, n=sum(generation_sizes(tree)))
     data = read_data(r, raw.get("data"))
+    fixed = ("warmup.hparams", warmup.hparams) if tree is None else ("tree.hparams", tree.hparams)
+    training = read_training(r, raw.get("training"), fixed, search_space)
     sampler, sampler_obj = read_sampler(r, raw.get("sampler"), search_space, seed)
     pruner, pruner_obj = read_pruner(r, raw.get("pruner", {"name": "MedianPruner"}))
     settings = StudySettings(
@@ -239,6 +243,7 @@ def _read_sections(
         pruner=pruner,
         strategy=strategy,
         tree=tree,
+        training=training,
     )
     _check_probe(r, settings)
     return settings, sampler_obj, pruner_obj

@@ -14,6 +14,7 @@ __all__ = [
     "COMPRESSIONS",
     "DIRECTIONS",
     "PARAM_KINDS",
+    "PRECISIONS",
     "SCHEDULE_NAMES",
     "STRATEGIES",
     "CheckpointSettings",
@@ -24,10 +25,12 @@ __all__ = [
     "Objective",
     "Param",
     "ParamKind",
+    "Precision",
     "ScheduleName",
     "ScheduleSettings",
     "Strategy",
     "StudySettings",
+    "TrainingSettings",
     "TreeSettings",
     "TrialSettings",
     "WarmupSettings",
@@ -40,6 +43,7 @@ ScheduleName = Literal["cosine", "linear", "constant", "wsd"]
 # (classic, every trial from scratch, is the `--no-fork` twin of either, not a file setting)
 Strategy = Literal["tree", "base"]
 ParamKind = Literal["float", "int", "categorical"]
+Precision = Literal["fp32", "bf16", "fp16"]
 
 # The choices a study file may write, in the order messages list them: read off the Literals, so
 # the type and the check cannot disagree.
@@ -48,6 +52,7 @@ COMPRESSIONS: tuple[Compression, ...] = get_args(Compression)
 SCHEDULE_NAMES: tuple[ScheduleName, ...] = get_args(ScheduleName)
 PARAM_KINDS: tuple[ParamKind, ...] = get_args(ParamKind)
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,19 @@ class ComponentSettings:
 
 
 @dataclass(frozen=True)
+class TrainingSettings:
+    """The loop's escape hatches (the `training:` section); the defaults are the plain loop.
+
+    At most one of `clip_norm`/`clip_value` is set. `accumulate_samples` (None: off) is the
+    number of samples per optimizer step, a multiple of every batch size the run can have."""
+
+    clip_norm: float | None = None  # clip the gradients' total L2 norm to this
+    clip_value: float | None = None  # clip each gradient element to [-v, v]
+    accumulate_samples: int | None = None
+    precision: Precision = "fp32"  # autocast dtype of the forward pass; fp16 adds a GradScaler
+
+
+@dataclass(frozen=True)
 class StudySettings:
     """A validated study file. Paths are absolute strings; URLs are kept as written."""
 
@@ -174,3 +192,4 @@ class StudySettings:
     pruner: ComponentSettings  # `pruner: null` is stored as NopPruner
     strategy: Strategy = "base"
     tree: TreeSettings | None = None  # set for strategy `tree`
+    training: TrainingSettings = field(default_factory=TrainingSettings)  # the plain loop

@@ -175,6 +175,8 @@ def _check_class(spec: str, module: ModuleType, cls_name: str, where: str) -> ty
             f"it as `class {cls_name}(hpsearch.Task):`"
         )
     missing = [m for m in REQUIRED_METHODS if not overrides(obj, m)]
+    if "loss" in missing and overrides(obj, "training_step"):
+        missing.remove("loss")  # training_step replaces loss
     if missing:
         raise TaskError(
             f"task {spec!r}: {cls_name} in {where} does not implement {', '.join(missing)}; "

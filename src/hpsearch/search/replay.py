@@ -121,6 +121,7 @@ def replay(
         session.task(), dict(first.hparams), seed=s.seed, device=s.device,
         schedule=Schedule.of(s.schedule), total_samples=first.total,
         num_workers=s.data.num_workers, datasets=session.datasets(), objective=s.objective.metric,
+        training=s.training,
     )  # fmt: skip
     metrics: dict[str, float] = {}
     for i, seg in enumerate(segments):

@@ -78,6 +78,7 @@ class Restorer:
             schedule=Schedule.of(sched),
             total_samples=total_samples, num_workers=s.data.num_workers,
             datasets=self.ctx.session.datasets(), objective=self.ctx.metric,
+            training=s.training,
         )  # fmt: skip
         return self.trainer
 

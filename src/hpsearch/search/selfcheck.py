@@ -22,9 +22,10 @@ import torch
 
 from hpsearch.checkpoint import open_store
 from hpsearch.config import load_study_file, warmup_hparams
-from hpsearch.config.taskload import load_task
+from hpsearch.config.taskload import load_task, overrides
 from hpsearch.errors import HpsearchError
 from hpsearch.training import Budget, Schedule, Trainer
+from hpsearch.training.hatches import has_task_state
 
 EXACT, NOT_EXACT = 0, 1  # exit statuses; a usage error is 2, as everywhere
 
@@ -67,7 +68,7 @@ def _trainer(path: str) -> Trainer:
             task, hp, seed=settings.seed, device=settings.device,
             schedule=Schedule.of(sched),
             total_samples=4 * n, num_workers=settings.data.num_workers,
-            objective=settings.objective.metric,
+            objective=settings.objective.metric, training=settings.training,
         )  # fmt: skip
 
 
@@ -85,6 +86,13 @@ _CAUSES = (
         "counter kept elsewhere)",
     ),
     ("metrics", "Task.evaluate is not deterministic, or reads state outside the model"),
+    (
+        "task",
+        "Task.state_dict does not return all of the state the task keeps, or load_state_dict "
+        "does not put all of it back",
+    ),
+    ("scaler", "the fp16 GradScaler's state (a scale the task changes itself?)"),
+    ("training", "the training settings (clip, accumulation, precision) were not restored"),
     ("optimizer", "optimizer state kept outside state_dict(), or a nondeterministic kernel"),
     (
         "model",
@@ -106,15 +114,20 @@ def likely_cause(component: str) -> str:
 def first_difference(a: tuple[dict, dict], b: tuple[dict, dict]) -> str | None:
     """Name the first state component where two `Trainer.state()` results differ, or None."""
     (ta, sa), (tb, sb) = a, b
-    for group in ("model", "optimizer"):
-        ka, kb = set(ta[group]), set(tb[group])
+    for group in ("model", "optimizer", "task"):
+        if group not in ta and group not in tb:
+            continue  # a task without state of its own
+        ka, kb = set(ta.get(group, {})), set(tb.get(group, {}))
         if ka != kb:
             return f"{group}: keys differ ({sorted(ka ^ kb)[:5]})"
         for key in sorted(ka):
             x, y = ta[group][key], tb[group][key]
             if x.dtype != y.dtype or x.shape != y.shape or not torch.equal(x.cpu(), y.cpu()):
                 return f"{group}.{key}"
-    for key in ("progress", "hparams", "optimizer", "scheduler", "metrics", "model_aliases"):
+    for key in (
+        "progress", "hparams", "optimizer", "scheduler", "metrics", "model_aliases", "training",
+        "scaler", "task_state",
+    ):  # fmt: skip
         if json.dumps(sa.get(key), sort_keys=True) != json.dumps(sb.get(key), sort_keys=True):
             return key
     for key in sorted(set(sa["rng"]) | set(sb["rng"])):
@@ -156,12 +169,38 @@ def check_resume(path: str, *, steps: int = 20) -> tuple[int, str]:
             f"exact: after {steps} steps, a checkpoint restored in a fresh process and trained "
             f"{steps} more steps equals the uninterrupted run bit for bit ({n} numbers in "
             f"{sum(len(g) for g in expected[0].values())} tensors, RNG, data position, "
-            "scheduler, metrics)"
+            f"scheduler, metrics){_hatches(trainer)}"
         )
     return NOT_EXACT, (
         f"NOT exact: the first component that differs is {diff}. Likely cause: "
         f"{likely_cause(diff)}. See the README's 'What a task must not do'."
     )
+
+
+def hatches_in_use(trainer: Trainer) -> list[str]:
+    """The loop's escape hatches a run uses, as check-resume names them."""
+    t, out = trainer.training, []
+    if t.clip_norm is not None:
+        out.append(f"gradients clipped to norm {t.clip_norm:g}")
+    if t.clip_value is not None:
+        out.append(f"gradients clipped to +-{t.clip_value:g}")
+    if t.accumulate_samples is not None:
+        k = t.accumulate_samples // trainer.stream.batch_size
+        out.append(f"{t.accumulate_samples} samples per optimizer step ({k} micro-batches)")
+    if t.precision != "fp32":
+        scaler = " with the GradScaler's state" if trainer.scaler is not None else ""
+        out.append(f"{t.precision} autocast{scaler}")
+    if overrides(type(trainer.task), "training_step"):
+        out.append("Task.training_step")
+    if has_task_state(trainer.task):
+        n = len(trainer.state()[0].get("task", {}))
+        out.append(f"the task's own state (Task.state_dict: {n} tensors and its JSON)")
+    return out
+
+
+def _hatches(trainer: Trainer) -> str:
+    used = hatches_in_use(trainer)
+    return "; the loop's escape hatches, each restored too: " + ", ".join(used) if used else ""
 
 
 def _child_result(line: str) -> dict[str, Any]:

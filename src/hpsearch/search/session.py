@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from hpsearch.checkpoint import CheckpointStore, ForeignStoreRoot, open_store
 from hpsearch.config import (
     StudySettings,
+    TrainingSettings,
     check_budgets,
     load_study_file,
     make_pruner,
@@ -221,6 +222,10 @@ def fingerprint(settings: StudySettings) -> dict[str, Any]:
     }
     for key, value in sorted(w.hparams.items()):
         out[f"warmup.hparams.{key}"] = value
+    plain = dataclasses.asdict(TrainingSettings())
+    for key, value in dataclasses.asdict(settings.training).items():
+        if value != plain[key]:  # only what a study sets: a study made before them is unchanged
+            out[f"training.{key}"] = value
     for key, value in sorted(dataclasses.asdict(settings.data).items()):
         if key != "num_workers":  # the data order does not depend on it (by design)
             out[f"data.{key}"] = value

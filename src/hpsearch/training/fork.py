@@ -5,7 +5,11 @@
 - `weight_decay`, `momentum`, `betas`, `eps`: the param groups that hold the old value take the
   new one; a group the task set apart (no weight decay for biases, say) keeps its own.
 - `dropout`: `p` of every `torch.nn.Dropout*` module.
-- `batch_size`: the data stream continues from the same sample position with the new size.
+- `batch_size`: the data stream continues from the same sample position with the new size
+  (with gradient accumulation, the new size must divide `training.accumulate_samples`, so the
+  samples per optimizer step stay what they were).
+- a key the task lists in `Task.forkable_hparams`: only the hparams change; `training_step`
+  reads it from them at the next step.
 - anything else: `Task.apply_hparams`; without it the key is not forkable.
 
 Which key is which is the registry in `hpsearch.config.forkable`, which `check_forkable` reads
@@ -21,6 +25,7 @@ import torch
 
 from hpsearch.config import DROPOUT_KEY, FORK_KEYS, FORKABLE, dropout_types
 from hpsearch.errors import ForkError
+from hpsearch.training.hatches import check_batch_size
 
 if TYPE_CHECKING:
     from hpsearch.training.loop import Trainer
@@ -37,6 +42,7 @@ def fork(trainer: Trainer, changes: Mapping[str, Any]) -> dict[str, Any]:
     so forking with the parent's own values is a no-op.
     """
     changed = {k: v for k, v in changes.items() if trainer.hparams.get(k) != v}
+    read_per_step = set(getattr(trainer.task, "forkable_hparams", ()))
     custom: dict[str, Any] = {}
     for key, value in changed.items():
         kind = FORK_KEYS.get(key)  # what the key is: the registry in hpsearch.config.forkable
@@ -49,7 +55,10 @@ def fork(trainer: Trainer, changes: Mapping[str, Any]) -> dict[str, Any]:
         elif kind == "batch_size":
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ForkError(f"batch_size must be a positive integer, got {value!r}")
+            check_batch_size(trainer.training, value)
             trainer.stream.set_batch_size(value)
+        elif key in read_per_step:
+            pass  # Task.training_step reads it from trainer.hparams, updated below
         else:
             custom[key] = value
     if custom:
@@ -138,6 +147,11 @@ def reapply_model_hparams(trainer: Trainer, old: Mapping[str, Any], new: Mapping
     model rather than in the saved tensors (dropout, keys of `Task.apply_hparams`)."""
     if DROPOUT_KEY in new and old.get(DROPOUT_KEY) != new[DROPOUT_KEY]:
         _set_dropout(trainer.model, float(new[DROPOUT_KEY]))
-    custom = {k: v for k, v in new.items() if k not in FORKABLE and k in old and old[k] != v}
+    read_per_step = set(getattr(trainer.task, "forkable_hparams", ()))
+    custom = {
+        k: v
+        for k, v in new.items()
+        if k not in FORKABLE and k not in read_per_step and k in old and old[k] != v
+    }
     if custom:
         trainer.task.apply_hparams(trainer.model, trainer.optimizer, custom)

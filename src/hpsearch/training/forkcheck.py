@@ -24,14 +24,16 @@ def check_forkable(settings: StudySettings, task_cls: type[Task]) -> None:
     (`momentum`, `eps`, ...) must be in every param group, `dropout` needs a `torch.nn.Dropout*`
     module; both are checked on a model and optimizer built once with the warm-up's hparams (on
     the meta device, so no memory is spent on weights). Any other key is forkable only if
-    `task_cls` overrides `Task.apply_hparams`.
+    `task_cls` overrides `Task.apply_hparams` or lists it in `Task.forkable_hparams` (a key its
+    `training_step` reads from hparams at every step, so a fork needs to change nothing else).
     """
     from hpsearch.config.taskload import overrides  # imports torch; only needed here
 
+    read_per_step = set(getattr(task_cls, "forkable_hparams", ()))
     # a fork tree samples the keys a fork cannot change in its roots only
     if settings.strategy == "base" and not overrides(task_cls, "apply_hparams"):
         for name in settings.search_space:
-            if name not in FORKABLE:
+            if name not in FORKABLE and name not in read_per_step:
                 raise StudyFileError(
                     settings.path,
                     f"search_space.{clip(name)}",

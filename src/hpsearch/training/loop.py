@@ -9,20 +9,24 @@ resumed run evaluates and checkpoints at the very same steps as an uninterrupted
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from hpsearch.config import TrainingSettings
 from hpsearch.errors import CheckpointMismatch, TaskError, TrainingDiverged
 from hpsearch.task import Task
+from hpsearch.training import hatches as hx
 from hpsearch.training import state as st
+from hpsearch.training.build import check_supported, is_plateau, restored_model, to_device
 from hpsearch.training.data import DataStream, eval_loader
 from hpsearch.training.progress import Budget, Every, Hooks, Progress
 from hpsearch.training.schedule import Schedule
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the escape hatches (training settings, GradScaler, task state)
 LR_SCALE = "hpsearch_lr_scale"  # param group key: the group's LR relative to hparams["lr"]
 
 
@@ -50,8 +54,10 @@ class Trainer:
         progress: Progress,
         history: list[dict[str, Any]],
         objective: str | None = None,
+        training: TrainingSettings | None = None,
+        scaler_state: Mapping[str, Any] | None = None,
     ) -> None:
-        _check_supported(optimizer, scheduler, objective)
+        check_supported(optimizer, scheduler, objective)
         self.task = task
         self.hparams = hparams
         self.model = model
@@ -71,6 +77,8 @@ class Trainer:
         self.objective = objective  # the metric a ReduceLROnPlateau scheduler watches
         self.saved_step: int | None = None  # step of the newest checkpoint of this trainer
         self._before = Progress(**vars(progress))
+        self.training = training or hx.PLAIN  # the escape hatches; PLAIN: the plain loop
+        self.scaler = hx.make_scaler(device, self.training, scaler_state)
 
     # -- construction ------------------------------------------------------------------------
 
@@ -87,19 +95,23 @@ class Trainer:
         num_workers: int = 0,
         datasets: tuple[Any, Any] | None = None,
         objective: str | None = None,
+        training: TrainingSettings | None = None,
     ) -> Trainer:
         """A fresh run: seed every RNG, then build the model, optimizer and scheduler.
 
         `objective` names the metric a task's `ReduceLROnPlateau` is stepped with, at each
-        evaluation (every other scheduler steps once per optimizer step)."""
+        evaluation (every other scheduler steps once per optimizer step). `training` holds the
+        escape hatches (clipping, accumulation, precision); they are saved with the run."""
         torch.set_flush_denormal(True)  # denormals in Adam's moments make CPU steps 20x slower
+        training = training or hx.PLAIN
+        hx.check_batch_size(training, int(hparams["batch_size"]))
         train_set, val_set = datasets if datasets is not None else task.datasets()
         hp = dict(hparams)
         dev = torch.device(device)
         st.seed_everything(seed)
         model = task.model(hp).to(dev)
         optimizer = task.optimizer(model, hp)
-        scheduler = task.scheduler(optimizer, hp, _total_steps(total_samples, hp))
+        scheduler = task.scheduler(optimizer, hp, _total_steps(total_samples, hp, training))
         if schedule is not None and scheduler is not None:
             raise ValueError(
                 "the study sets a `schedule` and the task returns a scheduler: use one of them"
@@ -118,7 +130,7 @@ class Trainer:
         return cls(
             task, hp, model, optimizer, scheduler, stream, val_set,
             seed=seed, device=dev, schedule=schedule, total_samples=total_samples,
-            progress=Progress(), history=[], objective=objective,
+            progress=Progress(), history=[], objective=objective, training=training,
         )  # fmt: skip
 
     @classmethod
@@ -143,11 +155,12 @@ class Trainer:
         train_set, val_set = datasets if datasets is not None else task.datasets()
         hp = dict(state["hparams"])
         dev = torch.device(device)
-        model = _restored_model(task, hp, tensors, state, dev)
+        model = restored_model(task, hp, tensors, state, dev)
         optimizer = task.optimizer(model, hp)
+        training = hx.settings_from_json(state.get("training"))
         # the scheduler first: creating one rewrites the groups' LRs, which the load then restores
         total = state.get("total_samples")
-        scheduler = task.scheduler(optimizer, hp, _total_steps(total, hp))
+        scheduler = task.scheduler(optimizer, hp, _total_steps(total, hp, training))
         opt_tensors = {k: v.to(dev) for k, v in tensors["optimizer"].items()}
         st.load_optimizer_state(optimizer, opt_tensors, state["optimizer"])
         if scheduler is not None:
@@ -171,8 +184,9 @@ class Trainer:
             seed=state["seed"], device=dev,
             schedule=Schedule(**sched) if sched else None, total_samples=total,
             progress=Progress(**p), history=copy.deepcopy(list(state.get("metrics", []))),
-            objective=state.get("objective"),
+            objective=state.get("objective"), training=training, scaler_state=state.get("scaler"),
         )  # fmt: skip
+        hx.load_task_state(task, tensors.get("task", {}), state.get("task_state"), dev, copy=False)
         st.set_rng_state(state["rng"])
         trainer.saved_step = trainer.progress.step
         return trainer
@@ -201,6 +215,11 @@ class Trainer:
         self.stream.seed = self.seed
         self.stream.set_batch_size(int(self.hparams["batch_size"]))
         self.stream.seek(self.progress.samples)
+        self.training = hx.settings_from_json(state.get("training"))
+        self.scaler = hx.make_scaler(self.device, self.training, state.get("scaler"))
+        hx.load_task_state(
+            self.task, tensors.get("task", {}), state.get("task_state"), self.device, copy=True
+        )
         st.set_rng_state(state["rng"])
         self.saved_step = self.progress.step
 
@@ -211,8 +230,14 @@ class Trainer:
         opt_tensors, opt_meta = st.optimizer_state(self.optimizer)
         model_tensors, aliases = st.model_state(self.model)
         p = self.progress
+        task_tensors, task_state = (
+            hx.flatten(self.task.state_dict()) if hx.has_task_state(self.task) else ({}, None)
+        )
+        hatched = self.training != hx.PLAIN or task_state is not None
         info = {
-            "version": STATE_VERSION,
+            # a plain run's checkpoint stays readable by the hpsearch before the hatches; one
+            # that uses them is refused there rather than trained on without them
+            "version": STATE_VERSION if hatched else 1,
             "hpsearch": _version(),
             "torch": torch.__version__,
             "progress": vars(p).copy(),
@@ -231,8 +256,14 @@ class Trainer:
             "metrics": copy.deepcopy(self.history),
             "objective": self.objective,
             "model_aliases": aliases,
+            "training": dataclasses.asdict(self.training),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "task_state": task_state,
         }
-        return {"model": model_tensors, "optimizer": opt_tensors}, info
+        tensors = {"model": model_tensors, "optimizer": opt_tensors}
+        if task_state is not None:
+            tensors["task"] = task_tensors
+        return tensors, info
 
     # -- training ----------------------------------------------------------------------------
 
@@ -282,39 +313,65 @@ class Trainer:
         return eval_every.index(p) > max(done, default=0)
 
     def step(self, hooks: Hooks) -> float:
-        """One optimizer step on the next batch."""
+        """One optimizer step: on the next batch, or on the next group of micro-batches when
+        gradients are accumulated. Returns the (group's mean) training loss."""
         p = self.progress
         self._before = Progress(**vars(p))
-        indices, batch = self.stream.next_batch()
+        k = hx.micro_batches(self.training, self.stream.batch_size)
+        group = [self.stream.next_batch() for _ in range(k)]
         if self.schedule is not None:
             frac = p.samples / self.total_samples if self.total_samples else 0.0
             lr = float(self.hparams["lr"]) * self.schedule.factor(frac)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * group.get(LR_SCALE, 1.0)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr * g.get(LR_SCALE, 1.0)
         self.model.train()
-        loss = self.task.loss(self.model, _to_device(batch, self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        n = sum(len(indices) for indices, _ in group)
+        value = 0.0
+        for indices, batch in group:
+            loss, v = self._loss(batch, p.step + 1)
+            if k > 1:  # each micro-batch's share of the group's mean loss
+                weight = len(indices) / n
+                value += v * weight
+                loss = loss * weight
+            else:
+                value = v
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        hx.optimizer_step(self.optimizer, self.scaler, self.training)
+        if self.scheduler is not None and not is_plateau(self.scheduler):
+            self.scheduler.step()
+        p.step += 1
+        p.samples += n
+        indices = group[0][0] if k == 1 else [i for ix, _ in group for i in ix]
+        hooks.on_step(self, indices, value)
+        return value
+
+    def _loss(self, batch: Any, step: int) -> tuple[torch.Tensor, float]:
+        """The task's loss of one (micro-)batch, under the run's autocast, and its value,
+        checked finite."""
+        step_fn = getattr(self.task, "training_step", None)
+        with hx.autocast(self.device, self.training):
+            if step_fn is not None:
+                loss = step_fn(self.model, to_device(batch, self.device), self.hparams)
+            else:  # a task object that is not a subclass of hpsearch.Task
+                loss = self.task.loss(self.model, to_device(batch, self.device))
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             what = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            from hpsearch.config.taskload import overrides
+
+            name = "training_step" if overrides(type(self.task), "training_step") else "loss"
             raise TaskError(
-                f"{type(self.task).__name__}.loss must return a scalar tensor, got {what}: "
+                f"{type(self.task).__name__}.{name} must return a scalar tensor, got {what}: "
                 "reduce it (e.g. .mean()) before returning"
             )
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise TrainingDiverged("the training loss", value, p.step + 1)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        if self.scheduler is not None and not _is_plateau(self.scheduler):
-            self.scheduler.step()
-        p.step += 1
-        p.samples += len(indices)
-        hooks.on_step(self, indices, value)
-        return value
+            raise TrainingDiverged("the training loss", value, step)
+        return loss, value
 
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), hx.autocast(self.device, self.training):
             metrics = self.task.evaluate(self.model, self.val_loader)
         self.model.train()
         out = {}
@@ -336,7 +393,7 @@ class Trainer:
             {"step": p.step, "samples": p.samples, "segment_samples": p.samples - p.origin_samples,
              "index": index, **metrics}
         )  # fmt: skip
-        if self.scheduler is not None and _is_plateau(self.scheduler):
+        if self.scheduler is not None and is_plateau(self.scheduler):
             self.scheduler.step(metrics[self.objective])  # type: ignore[index]
         hooks.on_eval(self, index, metrics)
 
@@ -344,70 +401,18 @@ class Trainer:
 _BOOKKEEPING = ("step", "samples", "segment_samples", "index")
 
 
-def _restored_model(
-    task: Task,
-    hp: dict[str, Any],
-    tensors: Mapping[str, Mapping[str, torch.Tensor]],
-    state: Mapping[str, Any],
-    dev: torch.device,
-) -> torch.nn.Module:
-    """The task's model built on the meta device, taking the loaded tensors as they are."""
-    with torch.device("meta"):
-        model = task.model(hp)
-    model_tensors = st.expand_aliases(tensors["model"], state.get("model_aliases"))
-    if dev.type == "cpu":
-        st.load_model_state(model, model_tensors, assign=True)
-    else:
-        st.load_model_state(
-            model, {k: v.to(dev, non_blocking=True) for k, v in model_tensors.items()},
-            assign=True,
-        )  # fmt: skip
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
-        # non-persistent buffers are not saved: build normally, then copy the weights in
-        model = task.model(hp).to(dev)
-        st.load_model_state(model, model_tensors)
-    return model.to(dev)
-
-
-def _is_plateau(scheduler: Any) -> bool:
-    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-
-
-def _check_supported(optimizer: Any, scheduler: Any, objective: str | None) -> None:
-    """Refuse, with the reason and what to do instead, what the loop cannot run exactly."""
-    if isinstance(optimizer, torch.optim.LBFGS):
-        raise TaskError(
-            "torch.optim.LBFGS is not supported: its step() needs a closure that re-evaluates "
-            "the loss several times per step, and hpsearch's loop computes one loss per batch. "
-            "Use a first-order optimizer (SGD, Adam, ...)"
-        )
-    if _is_plateau(scheduler) and objective is None:
-        raise TaskError(
-            "ReduceLROnPlateau is stepped with a metric at each evaluation, but this run has no "
-            "objective metric to give it (pass objective= to Trainer.create)"
-        )
-
-
 def _crossed(every: Every, now: Progress, before: Progress) -> bool:
     return every.index(now) > every.index(before)
 
 
-def _total_steps(total_samples: int | None, hparams: Mapping[str, Any]) -> int:
+def _total_steps(
+    total_samples: int | None, hparams: Mapping[str, Any], training: TrainingSettings
+) -> int:
+    """Optimizer steps in the run: what a task's scheduler is sized by."""
     if not total_samples:
         return 0
-    return -(-int(total_samples) // int(hparams["batch_size"]))
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if device.type == "cpu":
-        return batch
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
+    per_step = training.accumulate_samples or int(hparams["batch_size"])
+    return -(-int(total_samples) // per_step)
 
 
 def _version() -> str:

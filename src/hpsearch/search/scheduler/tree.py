@@ -10,7 +10,7 @@ generation start at the same step, so the pruner compares like with like.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from optuna.trial import FrozenTrial
@@ -61,6 +61,14 @@ class Tree:
             trials = self.ctx.session.study.get_trials(deepcopy=False)
         return TreePlan(trials, self.tree, s.objective.direction, s.trials.retries)
 
+    def _forkable(self) -> set[str]:
+        """The keys a child may change: the registry's (lr, weight decay, dropout, batch size,
+        ...) and those the task reads from its hparams at every step (`forkable_hparams`); its
+        other keys (a hidden size, or what `apply_hparams` would have to rebuild) stay as the
+        root sampled them."""
+        task = self.ctx.session.task()
+        return set(FORKABLE) | set(getattr(task, "forkable_hparams", ()))
+
     def pins(self, rows: Sequence[CheckpointRow]) -> set[str]:
         return self.plan().protected()
 
@@ -82,7 +90,7 @@ class Tree:
         parent_ckpt = trial_attr(nxt.parent, "final_checkpoint") if nxt.parent else None
         if nxt.parent is not None:
             study.enqueue_trial(
-                inherited(ctx.settings, nxt.parent.params, keep_all=child == 0),
+                inherited(nxt.parent.params, self._forkable(), keep_all=child == 0),
                 skip_if_exists=False,
             )
         ctx.pin([parent_ckpt])
@@ -97,18 +105,14 @@ class Tree:
         return job
 
 
-def inherited(settings: StudySettings, params: dict[str, Any], *, keep_all: bool) -> dict[str, Any]:
+def inherited(
+    params: dict[str, Any], forkable: Collection[str], *, keep_all: bool
+) -> dict[str, Any]:
     """The values a child takes from its parent: all of them for the child that continues,
     else the keys a fork cannot change (the sampler proposes the rest)."""
     if keep_all:
         return dict(params)
-    return {k: v for k, v in params.items() if not forkable(settings, k)}
-
-
-def forkable(settings: StudySettings, key: str) -> bool:
-    """Can a child change `key`? The registry's keys (lr, weight decay, dropout, batch size,
-    ...); a task's own keys stay as its root sampled them, even with `Task.apply_hparams`."""
-    return key in FORKABLE
+    return {k: v for k, v in params.items() if k not in forkable}
 
 
 def tree_pins(trials: Sequence[FrozenTrial], settings: StudySettings) -> set[str]:

@@ -18,7 +18,9 @@ from hpsearch.console import BARS_ENV
 from hpsearch.errors import HpsearchError, UsageError
 
 if TYPE_CHECKING:
+    from hpsearch.config import StudySettings
     from hpsearch.report.views import TrialView
+    from hpsearch.search.placement import Placement
     from hpsearch.search.session import Session
 
 
@@ -53,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         c = cmd(name, help)
         c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
         c.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+        c.add_argument("--gpus", help="with device: cuda, the GPUs for the workers, e.g. 0,1,3")
         common(c)
     c = cmd("worker", "one extra worker for a study in a shared database")
     c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
@@ -131,6 +134,7 @@ def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     # on stdout, with the run's other lines: stderr is for warnings and errors
     print(f"{args.study}: opening the study and loading the task {settings.task} ...", flush=True)
+    from hpsearch.search.placement import CUDA_ENV, worker_env
     from hpsearch.search.runner import run_study  # imports torch: seconds on a cold start
     from hpsearch.search.session import Session
     from hpsearch.search.summary import format_summary
@@ -141,7 +145,10 @@ def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
     if args.workers > 1:  # one terminal, several workers: prefixed lines, no bars
         os.environ[BARS_ENV] = "0"
         label = f"[worker {os.getpid()}] "
-    extra = [_spawn_worker(args) for _ in range(args.workers - 1)]
+    plan = _placement(args, settings)
+    extra = [_spawn_worker(args, worker_env(plan, i)) for i in range(1, args.workers)]
+    if plan is not None:  # this process is worker 0; CUDA reads the variable when it starts
+        os.environ[CUDA_ENV] = plan.devices[0]
 
     def wait_for_workers() -> None:
         for proc in extra:
@@ -162,7 +169,20 @@ def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
     return 0
 
 
-def _spawn_worker(args: argparse.Namespace) -> subprocess.Popen[bytes]:
+def _placement(args: argparse.Namespace, settings: StudySettings) -> Placement | None:
+    from hpsearch.search.placement import CUDA_ENV, parse_gpus, place_workers
+
+    gpus = parse_gpus(args.gpus) if args.gpus else settings.gpus
+    plan = place_workers(args.workers, device=settings.device, gpus=gpus,
+                         inherited=os.environ.get(CUDA_ENV))  # fmt: skip
+    if plan is not None:
+        print(plan.describe(), flush=True)
+        if plan.warning:
+            print(plan.warning, file=sys.stderr)
+    return plan
+
+
+def _spawn_worker(args: argparse.Namespace, env: dict[str, str]) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "hpsearch", "worker", args.study]
     if args.storage:
         cmd += ["--storage", args.storage]
@@ -170,7 +190,7 @@ def _spawn_worker(args: argparse.Namespace) -> subprocess.Popen[bytes]:
         cmd.append("--no-fork")
     if args.trials is not None:
         cmd += ["--trials", str(args.trials)]
-    return subprocess.Popen(cmd)
+    return subprocess.Popen(cmd, env=env)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:

@@ -35,6 +35,8 @@ from hpsearch.config.schema import Strategy, StudySettings, WarmupSettings
 from hpsearch.config.sections import (
     read_data,
     read_device,
+    read_gpus,
+    read_loggers,
     read_name,
     read_objective,
     read_schedule,
@@ -67,6 +69,8 @@ _TOP = {
     "sampler": None,
     "pruner": None,
     "training": None,
+    "loggers": None,
+    "gpus": None,
 }
 
 
@@ -244,6 +248,8 @@ def _read_sections(
         strategy=strategy,
         tree=tree,
         training=training,
+        loggers=read_loggers(r, raw.get("loggers"), base_dir, run_dir),
+        gpus=read_gpus(r, raw.get("gpus"), device),
     )
     _check_probe(r, settings)
     return settings, sampler_obj, pruner_obj

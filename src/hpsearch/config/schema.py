@@ -22,6 +22,7 @@ __all__ = [
     "Compression",
     "DataSettings",
     "Direction",
+    "LoggerSettings",
     "Objective",
     "Param",
     "ParamKind",
@@ -170,6 +171,14 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True)
+class LoggerSettings:
+    """Where every trial's evaluations and hyperparameters are logged besides Optuna; None: off."""
+
+    tensorboard: str | None = None  # an absolute directory: one run per trial below it
+    mlflow: str | None = None  # an MLflow tracking URI; the experiment is the study's name
+
+
+@dataclass(frozen=True)
 class StudySettings:
     """A validated study file. Paths are absolute strings; URLs are kept as written."""
 
@@ -193,3 +202,6 @@ class StudySettings:
     strategy: Strategy = "base"
     tree: TreeSettings | None = None  # set for strategy `tree`
     training: TrainingSettings = field(default_factory=TrainingSettings)  # the plain loop
+    loggers: LoggerSettings = field(default_factory=LoggerSettings)
+    # with device `cuda`: the GPUs (as this process sees them) that `--workers` spreads over
+    gpus: tuple[int, ...] | None = None

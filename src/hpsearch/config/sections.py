@@ -4,6 +4,7 @@ value and returns its settings, or raises `StudyFileError` naming the key and th
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from typing import Any
@@ -12,6 +13,7 @@ from hpsearch.config.schema import (
     DIRECTIONS,
     SCHEDULE_NAMES,
     DataSettings,
+    LoggerSettings,
     Objective,
     ScheduleSettings,
     TrialSettings,
@@ -250,3 +252,80 @@ def read_schedule(r: Reader, value: Any) -> ScheduleSettings | None:
         final=r.real(section.get("final", 0.0), "schedule.final", Bounds(ge=0, le=1)),
         decay=decay,
     )
+
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def read_loggers(r: Reader, value: Any, base_dir: str, run_dir: str) -> LoggerSettings:
+    """`loggers: {tensorboard: DIR, mlflow: TRACKING_URI}`, each optional; relative paths are
+    resolved against the study file's directory, as every path in the file is."""
+    section = r.mapping(value, "loggers", ("tensorboard", "mlflow"), optional=True)
+    tensorboard = mlflow = None
+    tb = section.get("tensorboard")
+    if tb is not None and tb is not False:
+        key = "loggers.tensorboard"
+        if tb is True:
+            tensorboard = os.path.join(run_dir, "tensorboard")
+        else:
+            path = r.string(tb, key)
+            if _URI.match(path) and not os.path.isabs(path):
+                r.fail(key, f"must be a local directory (or true), got {show(path)}")
+            tensorboard = _local(base_dir, path)
+        _needs(r, key, "tensorboard")
+    if section.get("mlflow") is not None:
+        mlflow = _tracking_uri(r, section["mlflow"], base_dir)
+        _needs(r, "loggers.mlflow", "mlflow")
+    return LoggerSettings(tensorboard=tensorboard, mlflow=mlflow)
+
+
+def _tracking_uri(r: Reader, value: Any, base_dir: str) -> str:
+    """An MLflow tracking URI with a relative file or sqlite path made absolute: MLflow would
+    resolve it against the working directory, which differs between a run and its workers."""
+    uri = r.string(value, "loggers.mlflow")
+    if uri.startswith("file:"):
+        path = uri[len("file:") :]
+        path = path[2:] if path.startswith("//") else path  # file:///abs and file:rel
+        return "file://" + _local(base_dir, path)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + _local(base_dir, uri[len("sqlite:///") :])
+    if not _URI.match(uri):  # a plain path: MLflow's own reading of it is a file store
+        return "file://" + _local(base_dir, uri)
+    return uri
+
+
+def _local(base_dir: str, path: str) -> str:
+    return os.path.normpath(os.path.join(base_dir, os.path.expanduser(path)))
+
+
+def _needs(r: Reader, key: str, package: str) -> None:
+    """The logger's library is installed (checked only by the commands that train: `status` or
+    `export` of the study works without it)."""
+    if r.writable and importlib.util.find_spec(package) is None:
+        r.fail(
+            key,
+            f"logging to {package} needs the {package} package, which is not installed; install "
+            f"it with pip install 'hpsearch[{package}]', or remove the line",
+        )
+
+
+def read_gpus(r: Reader, value: Any, device: str) -> tuple[int, ...] | None:
+    """`gpus: [0, 1, 3]`: the GPUs `--workers N` places its workers on, worker i on the i-th
+    (indices as this process sees them, so within an inherited CUDA_VISIBLE_DEVICES; a GPU
+    listed twice takes two workers)."""
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    index = all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in items)
+    if not items or not index:
+        r.fail(
+            "gpus",
+            f"must be a list of GPU indices (integers >= 0) such as [0, 1, 3], got {show(value)}",
+        )
+    if device != "cuda":
+        r.fail(
+            "gpus",
+            f"places each worker on a GPU, which needs device: cuda, got device: {device}; "
+            "set device: cuda, or remove gpus",
+        )
+    return tuple(items)

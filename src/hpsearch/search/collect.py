@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable
 
 from hpsearch.lineage import CheckpointRow, attempt_is_stale
 from hpsearch.lineage.gc import Deletion, TrialFacts, apply_gc, collectable
-from hpsearch.search.records import trial_attr
+from hpsearch.search import optuna_bridge as bridge
+from hpsearch.search.records import PREFIX, trial_attr
 from hpsearch.search.retries import retried_numbers, retryable
 from hpsearch.search.scheduler import pins_of
 from hpsearch.search.session import Session
@@ -40,10 +41,10 @@ def recover(session: Session, token: str) -> None:
     if not lin.take_lease(GC_LEASE, token, ttl_s=grace):
         return  # another worker is collecting: it finishes interrupted deletions too
     try:
-        doomed = lin.checkpoints(statuses=("deleting",))
-        apply_gc(
-            [Deletion.of(r, "deletion interrupted earlier") for r in doomed], lin, store.delete
-        )
+        doomed = [Deletion.of(r, "deletion interrupted earlier")
+                  for r in lin.checkpoints(statuses=("deleting",))]  # fmt: skip
+        apply_gc(doomed, lin, store.delete)
+        mark_deleted_finals(session, doomed)
         if not alive - {token}:  # no other worker may be writing: torn temporary files can go
             store.clean_leftovers()
     finally:
@@ -93,10 +94,29 @@ def collect_garbage(
         )  # fmt: skip
         if not dry_run:
             apply_gc(doomed, lin, session.store.delete, renew=_renewer(session, token))
+            mark_deleted_finals(session, doomed)
         return doomed
     finally:
         if not dry_run:
             lin.release_lease(GC_LEASE, token)
+
+
+def mark_deleted_finals(session: Session, deletions: Iterable[Deletion]) -> None:
+    """A trial whose final checkpoint GC deleted says so: `hpsearch.final_checkpoint` becomes
+    None and the id moves to `hpsearch.final_checkpoint_deleted`, so that the dashboard, `best`
+    and the export point at nothing that is gone. Costs nothing while no final goes."""
+    finals = [d for d in deletions if d.kind == "final"]
+    if not finals:
+        return
+    lin = session.lineage
+    gone = {d.id for d in finals if (r := lin.get(d.id)) is not None and r.status != "committed"}
+    for t in session.study.get_trials(deepcopy=False):
+        final = trial_attr(t, "final_checkpoint")
+        if final is not None and final in gone:
+            bridge.set_finished_user_attrs(
+                session.study, bridge.trial_id(t),
+                {PREFIX + "final_checkpoint": None, PREFIX + "final_checkpoint_deleted": final},
+            )  # fmt: skip
 
 
 def collect_garbage_quietly(session: Session, token: str) -> None:

@@ -84,7 +84,12 @@ class FailureHandler:
         lin.heartbeat(job.token, steps=hooks.steps, samples=hooks.samples)
         mine = lin.attempts(job.number)
         steps = sum(a.steps for a in mine)
-        set_trial_attrs(otrial, steps_trained=steps, samples_trained=sum(a.samples for a in mine))
+        # every metric of every evaluation, once an attempt (not a storage write per evaluation)
+        evaluations = hooks.evaluations()
+        extra = {"evaluations": evaluations} if evaluations else {}
+        set_trial_attrs(
+            otrial, steps_trained=steps, samples_trained=sum(a.samples for a in mine), **extra
+        )
         return steps
 
 

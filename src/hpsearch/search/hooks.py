@@ -13,7 +13,9 @@ from hpsearch.errors import CheckpointError, TaskError
 from hpsearch.lineage import WARMUP, CheckpointKind
 from hpsearch.search import optuna_bridge as bridge
 from hpsearch.search.context import RunContext
-from hpsearch.search.control import LostTrial
+from hpsearch.search.control import Interrupted, LostTrial, StudyStopped
+from hpsearch.search.loggers import LINEAGE_KEYS, Loggers, TrialEnd, open_loggers
+from hpsearch.search.records import trial_attr
 from hpsearch.training import Budget, Hooks, Trainer
 
 
@@ -33,7 +35,7 @@ class TrialHooks(Hooks):
         otrial: optuna.Trial | None = None,
     ) -> None:
         self.ctx, self.trial, self.token, self.budget, self.bar = ctx, trial, token, budget, bar
-        self.otrial = otrial
+        self.trainer, self.otrial = trainer, otrial
         self.last = parent  # newest checkpoint of this chain
         self.parent = parent
         self.last_value: float | None = None
@@ -45,16 +47,48 @@ class TrialHooks(Hooks):
         # step are those of one generation, which start at the same point
         self.step_offset = 0
         self.reported: set[int] = set()
+        self.pruned = self.finished = self.lost = False  # how the attempt ended, for the loggers
+        self.loggers: Loggers | None = None
         if otrial is not None:
             ft = bridge.frozen(ctx.session.study, bridge.trial_id(otrial))
             self.reported = set(ft.intermediate_values)
+            self.loggers = open_loggers(ctx.settings.loggers, ctx.session.study_name, trial)
         ctx.lineage.heartbeat(token, start_step=trainer.progress.step)
         ctx.heartbeat.watch(token)
 
     def close(self) -> None:
-        """The attempt's training is over (or stopped): its heartbeats stop with it."""
+        """The attempt's training is over (or stopped): its heartbeats stop with it. Called from
+        the trial's `finally`, so the exception on its way out (if any) says how it ended."""
         self.ctx.heartbeat.forget(self.token)
         self.bar.close()
+        if self.loggers is not None:
+            self._close_loggers(sys.exc_info()[1])
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """Every evaluation of the trial's own segment (a retry's includes those of the attempt
+        it continues), with all of evaluate()'s metrics: {step, samples, index, <metric>...}.
+        The trainer's history holds them and every checkpoint saves it, so a killed attempt's
+        come back with the checkpoint its continuation starts from."""
+        origin = self.trainer.progress.origin_samples
+        return [
+            {k: v for k, v in h.items() if k != "segment_samples"}
+            for h in self.trainer.history
+            if h["samples"] > origin
+        ]
+
+    def _close_loggers(self, leaving: BaseException | None) -> None:
+        assert self.loggers is not None and self.otrial is not None
+        if self.lost or isinstance(leaving, (Interrupted, StudyStopped)):
+            self.loggers.close()  # the trial goes on later, or in another worker: logged then
+            return
+        state = "COMPLETE" if self.finished else "PRUNED" if self.pruned else "FAIL"
+        ft = bridge.frozen(self.ctx.session.study, bridge.trial_id(self.otrial))
+        lineage = {k: trial_attr(ft, k) for k in LINEAGE_KEYS}
+        info = TrialEnd(
+            self.ctx.session.study_name, self.trial, state, dict(self.trainer.hparams),
+            {k: v for k, v in lineage.items() if v is not None}, self.evaluations(),
+        )  # fmt: skip
+        self.loggers.end(info)
 
     def on_step(self, trainer: Trainer, indices: list[int], loss: float) -> None:
         self.steps += 1
@@ -63,6 +97,7 @@ class TrialHooks(Hooks):
                         f"loss {loss:.4g}")  # fmt: skip
         self.ctx.heartbeat.count(self.token, self.steps, self.samples)
         if self.ctx.heartbeat.lost(self.token):
+            self.lost = True
             raise LostTrial("another worker took this trial over")
         self.ctx.check_stop()
 
@@ -79,6 +114,8 @@ class TrialHooks(Hooks):
         self.bar.update(self.bar.done, f"{metric} {value:.4g}")
         if self.otrial is None:
             return
+        if self.loggers is not None:
+            self.loggers.evaluation(trainer.progress.step, metrics)
         study = self.ctx.session.study
         if index not in self.reported:
             self.otrial.report(value, index)  # through the Trial: should_prune reads its cache
@@ -94,11 +131,13 @@ class TrialHooks(Hooks):
             # uninterrupted run did at this step, without the reports that came after it
             prune = bridge.prune_as_of(study, bridge.trial_id(self.otrial), index)
         if prune:
+            self.pruned = True
             raise optuna.TrialPruned(f"pruned at evaluation {index}")
 
     def on_checkpoint(self, trainer: Trainer) -> None:
         lin = self.ctx.lineage
         if not lin.heartbeat(self.token, steps=self.steps, samples=self.samples):
+            self.lost = True
             raise LostTrial("another worker took this trial over")
         final = self.budget.reached(trainer.progress) and not self.stopping
         kind: CheckpointKind
@@ -111,6 +150,7 @@ class TrialHooks(Hooks):
             supersedes=self.last if self.last != self.parent else None,
         )  # fmt: skip
         self.last = ckpt
+        self.finished = kind == "final"
 
 
 def progress_bar(label: str, b: Budget, n: int) -> Bar:

@@ -10,6 +10,7 @@ copying a grid point to a retry. pyproject.toml pins optuna below the next major
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from typing import Any
 
@@ -80,3 +81,27 @@ def prune_as_of(study: optuna.Study, tid: int, index: int) -> bool:
     ft = copy.deepcopy(frozen(study, tid))
     ft.intermediate_values = {k: v for k, v in ft.intermediate_values.items() if k <= index}
     return bool(study.pruner.prune(study, ft))
+
+
+def set_finished_user_attrs(study: optuna.Study, tid: int, attrs: dict[str, Any]) -> None:
+    """Set user attributes of a trial that has finished, which Optuna's API refuses (a finished
+    trial is read-only there): written to its RDB tables in one transaction, and into this
+    process's cached copy of the trial. For a fact that changes after the trial (its final
+    checkpoint, deleted by GC); other processes' caches keep the old value until they restart."""
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    storage = study._storage
+    backend: Any = getattr(storage, "_backend", storage)  # the cache wraps the RDBStorage
+    model = models.TrialUserAttributeModel
+    with sa.orm.Session(backend.engine) as db, db.begin():
+        for key, value in attrs.items():
+            row = db.scalars(
+                sa.select(model).where(model.trial_id == tid, model.key == key)
+            ).one_or_none()
+            if row is None:
+                db.add(model(trial_id=tid, key=key, value_json=json.dumps(value)))
+            else:
+                row.value_json = json.dumps(value)
+    cached = storage.get_trial(tid)  # the cache's own object for a finished trial
+    cached.user_attrs.update(attrs)

@@ -32,6 +32,12 @@ TrialKey = Literal[
     "fork_step",
     "fork_samples",
     "final_checkpoint",
+    # the final checkpoint's id once GC deleted it (final_checkpoint is then None): the
+    # dashboard and `best` say so instead of pointing at nothing
+    "final_checkpoint_deleted",
+    # every evaluation of the trial's own segment, [{step, samples, index, <metric>...}], written
+    # once at the end of each attempt (the checkpoints hold them in between)
+    "evaluations",
     "steps_trained",  # the trial's own training, summed over its attempts
     "samples_trained",
     "pruned_at",  # epoch
@@ -88,6 +94,8 @@ class TrialRecord:
     fail_reason: str | None
     generation: int | None = None
     parent_trial: int | None = None
+    final_checkpoint_deleted: str | None = None
+    evaluations: tuple[dict[str, Any], ...] = ()
 
     @classmethod
     def of(cls, t: FrozenTrial) -> TrialRecord:
@@ -99,4 +107,5 @@ class TrialRecord:
             get("fork_samples"), get("final_checkpoint"), int(get("steps_trained") or 0),
             int(get("samples_trained") or 0), get("pruned_at"), get("fail_kind"),
             get("fail_reason"), get("generation"), get("parent_trial"),
+            get("final_checkpoint_deleted"), tuple(get("evaluations") or ()),
         )  # fmt: skip

@@ -19,6 +19,7 @@ from hpsearch.errors import UsageError
 from hpsearch.lineage import WARMUP, CheckpointRow
 from hpsearch.report.export import (
     MissingDependency,
+    evaluations_dataframe,
     read_export,
     trials_dataframe,
     write_export,
@@ -37,6 +38,10 @@ COLUMNS = [
     "params_lr",
     "params_optimizer",
     "params_use_bn",
+    "metric_val_accuracy",
+    "metric_val_loss",
+    "generation",
+    "parent_trial",
     "parent_checkpoint",
     "fork_step",
     "steps_trained",
@@ -44,6 +49,7 @@ COLUMNS = [
     "pruned_at",
     "retry_of",
     "final_checkpoint",
+    "final_checkpoint_deleted",
     "checkpoint_bytes",
     "duration_s",
     "fork_progress",
@@ -74,6 +80,23 @@ def make_view(*, with_pruned: bool = True) -> StudyView:
             final_checkpoint="runs/ckpt/t0/step-000800",
             checkpoint_bytes=123_456_789,
             duration_s=12.5,
+            metrics={"val_accuracy": 0.1 + 0.2, "val_loss": 1.25},
+            evaluations=(
+                {
+                    "step": 700,
+                    "samples": 1797 * 7,
+                    "index": 1,
+                    "val_accuracy": 0.25,
+                    "val_loss": 1.5,
+                },
+                {
+                    "step": 800,
+                    "samples": 1797 * 8,
+                    "index": 2,
+                    "val_accuracy": 0.1 + 0.2,
+                    "val_loss": 1.25,
+                },
+            ),
             **base,
         ),
         TrialView(
@@ -102,6 +125,9 @@ def make_view(*, with_pruned: bool = True) -> StudyView:
             retry_of=1,
             checkpoint_bytes=2048,
             duration_s=30.25,
+            generation=1,
+            parent_trial=1,
+            final_checkpoint_deleted="runs/ckpt/t2/step-000800",
         ),
         TrialView(
             3,
@@ -135,6 +161,8 @@ def make_view(*, with_pruned: bool = True) -> StudyView:
                 samples_trained=6400,
                 pruned_at=6.5,
                 duration_s=1.0,
+                metrics={"val_accuracy": 0.71},  # no val_loss: a metric may come and go
+                evaluations=({"step": 650, "samples": 11680, "index": 1, "val_accuracy": 0.71},),
                 **base,
             )
         )
@@ -174,6 +202,34 @@ def test_values() -> None:
     assert df.loc[4, "fork_step"] is pd.NA and math.isnan(df.loc[4, "end_progress"])
     assert df.loc[0, "checkpoint_bytes"] == 123_456_789
     assert df.loc[1, "fail_reason"].startswith("CUDA out of memory")
+    # every metric at the trial's last evaluation; missing where a trial has none
+    assert df.loc[0, "metric_val_accuracy"] == 0.1 + 0.2 and df.loc[0, "metric_val_loss"] == 1.25
+    assert df.loc[5, "metric_val_accuracy"] == 0.71 and math.isnan(df.loc[5, "metric_val_loss"])
+    assert df["metric_val_accuracy"].isna().sum() == 4
+    # the fork tree's columns: only a trial with a generation has a parent_trial there
+    assert df.loc[2, "generation"] == 1 and df.loc[2, "parent_trial"] == 1
+    assert df["generation"].isna().sum() == 5 and df["parent_trial"].isna().sum() == 5
+    assert df.loc[2, "final_checkpoint_deleted"] == "runs/ckpt/t2/step-000800"
+    assert df.loc[2, "final_checkpoint"] is pd.NA
+
+
+def test_the_long_table_has_one_row_per_evaluation_with_every_metric(tmp_path: Path) -> None:
+    df = evaluations_dataframe(make_view())
+    assert list(df.columns) == [
+        "number", "index", "step", "samples", "epoch", "metric_val_accuracy", "metric_val_loss",
+    ]  # fmt: skip
+    assert df["number"].tolist() == [0, 0, 5] and df["index"].tolist() == [1, 2, 1]
+    assert df["step"].tolist() == [700, 800, 650] and df["epoch"].tolist()[:2] == [7.0, 8.0]
+    assert df["metric_val_accuracy"].tolist() == [0.25, 0.1 + 0.2, 0.71]
+    assert df["metric_val_loss"].tolist()[:2] == [1.5, 1.25] and math.isnan(
+        df.loc[2, "metric_val_loss"]
+    )
+    for suffix in (".csv", ".parquet", ".json"):
+        write_export(df, tmp_path / f"e{suffix}")
+        assert_frame_equal(read_export(tmp_path / f"e{suffix}"), df, check_exact=True)
+        read = PANDAS_READERS[suffix](tmp_path / f"e{suffix}")
+        for name in df.columns:
+            assert same_values(read[name], df[name]), (suffix, name)
 
 
 def test_empty_study_has_every_fixed_column() -> None:

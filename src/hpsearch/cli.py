@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     common(c)
     c = cmd("export", "one row per trial as CSV, Parquet or JSON")
     c.add_argument("-o", "--output", help="FILE.csv, .parquet or .json (default: CSV on stdout)")
+    c.add_argument("--evaluations", action="store_true",
+                   help="one row per evaluation of every trial, with every metric")  # fmt: skip
     common(c)
     c = cmd("best", "the best trial's params and checkpoint")
     c.add_argument("--export", metavar="DIR", help="write model.safetensors and params.json")
@@ -252,12 +254,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hpsearch.report.export import trials_dataframe, write_export
+    from hpsearch.report.export import evaluations_dataframe, trials_dataframe, write_export
     from hpsearch.report.status import study_view
 
     session = _open(args)
     try:
-        df = trials_dataframe(study_view(session))
+        table = evaluations_dataframe if args.evaluations else trials_dataframe
+        df = table(study_view(session))
     finally:
         session.close()
     if not args.output:
@@ -266,7 +269,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if os.path.splitext(args.output)[1].lower() not in (".csv", ".parquet", ".json"):
         raise UsageError(f"-o {args.output}: export to .csv, .parquet or .json")
     write_export(df, args.output)
-    print(f"wrote {args.output} ({len(df)} trials)")
+    print(f"wrote {args.output} ({len(df)} {'evaluations' if args.evaluations else 'trials'})")
     return 0
 
 
@@ -289,7 +292,10 @@ def _cmd_best(args: argparse.Namespace) -> int:
         if len(segments) > 1:
             print("recipe (hpsearch replay retrains it from scratch):")
             print("\n".join(format_recipe(segments, session.samples_per_epoch())))
-        if best.final_checkpoint is None:
+        if best.final_checkpoint_deleted is not None:
+            print(f"checkpoint: {best.final_checkpoint_deleted} was deleted by garbage "
+                  "collection (see checkpoints.keep_best)")  # fmt: skip
+        elif best.final_checkpoint is None:
             print("checkpoint: none kept (see checkpoints.keep_best)")
         else:
             print(f"checkpoint: {session.store.url}/{best.final_checkpoint}")

@@ -1,8 +1,11 @@
-"""The export (SPEC section 8): one row per trial, as a DataFrame, CSV, Parquet or JSON.
+"""The export (SPEC section 8): one row per trial, or one per evaluation, as a DataFrame, CSV,
+Parquet or JSON.
 
 `trials_dataframe` turns a `StudyView` into a pandas DataFrame with a fixed column order and
-nullable dtypes; `write_export` writes it as CSV, Parquet or JSON (chosen by suffix) and
-`read_export` reads any of the three back with the same dtypes::
+nullable dtypes (a `metric_<name>` column per metric `evaluate()` returns: its value at the
+trial's last evaluation); `evaluations_dataframe` is the long table, one row per evaluation of
+every trial with all its metrics. `write_export` writes either as CSV, Parquet or JSON (chosen by
+suffix) and `read_export` reads any of the three back with the same dtypes::
 
     df = trials_dataframe(view)
     write_export(df, "trials.parquet")
@@ -24,7 +27,7 @@ from typing import Any
 import pandas as pd  # type: ignore[import-untyped]
 
 from hpsearch.errors import HpsearchError, UsageError
-from hpsearch.report.views import StudyView
+from hpsearch.report.views import StudyView, TrialView
 
 EXPORT_SUFFIXES = (".csv", ".parquet", ".json")
 
@@ -32,7 +35,9 @@ EXPORT_SUFFIXES = (".csv", ".parquet", ".json")
 # Nullable dtypes wherever a value can be missing, so a missing fork step stays <NA> rather than
 # turning the whole column into floats.
 COLUMNS_BEFORE_PARAMS: dict[str, str] = {"number": "int64", "state": "string", "value": "float64"}
-COLUMNS_AFTER_PARAMS: dict[str, str] = {
+COLUMNS_AFTER_PARAMS: dict[str, str] = {  # after the params_ and then the metric_ columns
+    "generation": "Int64",  # the fork tree's (empty in a study without one)
+    "parent_trial": "Int64",
     "parent_checkpoint": "string",
     "fork_step": "Int64",
     "steps_trained": "int64",
@@ -40,6 +45,7 @@ COLUMNS_AFTER_PARAMS: dict[str, str] = {
     "pruned_at": "float64",
     "retry_of": "Int64",
     "final_checkpoint": "string",
+    "final_checkpoint_deleted": "string",  # what GC deleted (final_checkpoint is then empty)
     "checkpoint_bytes": "int64",
     "duration_s": "float64",
     "fork_progress": "float64",
@@ -47,6 +53,15 @@ COLUMNS_AFTER_PARAMS: dict[str, str] = {
     "fail_reason": "string",
 }
 PARAM_PREFIX = "params_"
+METRIC_PREFIX = "metric_"
+# the long table: one row per evaluation, then a metric_<name> column per metric
+EVALUATION_COLUMNS: dict[str, str] = {
+    "number": "int64",
+    "index": "int64",  # the evaluation's index in its segment, as reported to the pruner
+    "step": "int64",
+    "samples": "int64",
+    "epoch": "float64",
+}
 
 
 class ExportFormatError(UsageError, ValueError):
@@ -61,20 +76,57 @@ def trials_dataframe(view: StudyView) -> pd.DataFrame:
     """One row per trial (by trial number), columns in the SPEC's order.
 
     Columns: number, state, value, params_<name> for every parameter any trial has (sorted by
-    name; missing where a trial lacks it), parent_checkpoint, fork_step, steps_trained,
-    samples_trained, pruned_at, retry_of, final_checkpoint, checkpoint_bytes, duration_s,
+    name; missing where a trial lacks it), metric_<name> for every metric any trial's
+    evaluations have (sorted; the value at its last evaluation), generation, parent_trial (the
+    fork tree's), parent_checkpoint, fork_step, steps_trained, samples_trained, pruned_at,
+    retry_of, final_checkpoint, final_checkpoint_deleted, checkpoint_bytes, duration_s,
     fork_progress, end_progress, fail_reason.
     """
     trials = sorted(view.trials, key=lambda t: t.number)
     names = sorted({name for t in trials for name in t.params})
+    metrics = sorted({name for t in trials for name in t.metrics})
     columns: dict[str, Any] = {}
     for name, dtype in COLUMNS_BEFORE_PARAMS.items():
         columns[name] = pd.array([getattr(t, name) for t in trials], dtype=dtype)
     for name in names:
         columns[PARAM_PREFIX + name] = _param_column([t.params.get(name) for t in trials])
+    for name in metrics:
+        columns[METRIC_PREFIX + name] = _floats([t.metrics.get(name) for t in trials])
     for name, dtype in COLUMNS_AFTER_PARAMS.items():
-        columns[name] = pd.array([_missing_to_none(getattr(t, name)) for t in trials], dtype=dtype)
+        columns[name] = pd.array([_missing_to_none(_cell(t, name)) for t in trials], dtype=dtype)
     return pd.DataFrame(columns, index=pd.RangeIndex(len(trials)))
+
+
+def evaluations_dataframe(view: StudyView) -> pd.DataFrame:
+    """One row per evaluation of every trial's own segment (by trial number, then in order):
+    number, index, step, samples, epoch, and metric_<name> for every metric evaluate() returned
+    (sorted; missing where that evaluation lacks it). A trial's rows are recorded when an
+    attempt of it ends: a running trial has none yet."""
+    trials = sorted(view.trials, key=lambda t: t.number)
+    rows = [(t.number, e) for t in trials for e in t.evaluations]
+    keys = set(EVALUATION_COLUMNS) - {"number", "epoch"}
+    metrics = sorted({k for _, e in rows for k in e if k not in keys})
+    n = view.samples_per_epoch
+    columns: dict[str, Any] = {
+        "number": pd.array([number for number, _ in rows], dtype="int64"),
+        "index": pd.array([int(e["index"]) for _, e in rows], dtype="int64"),
+        "step": pd.array([int(e["step"]) for _, e in rows], dtype="int64"),
+        "samples": pd.array([int(e["samples"]) for _, e in rows], dtype="int64"),
+        "epoch": _floats([e["samples"] / n if n else None for _, e in rows]),
+    }
+    for name in metrics:
+        columns[METRIC_PREFIX + name] = _floats([e.get(name) for _, e in rows])
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(rows)))
+
+
+def _cell(t: TrialView, name: str) -> Any:
+    if name == "parent_trial" and t.generation is None:
+        return None  # outside a fork tree the export's parent_trial is empty (see retry_of)
+    return getattr(t, name)
+
+
+def _floats(values: Sequence[Any]) -> Any:
+    return pd.array([math.nan if v is None else float(v) for v in values], dtype="float64")
 
 
 def _missing_to_none(value: Any) -> Any:
@@ -157,16 +209,17 @@ def _json_value(value: Any) -> Any:
 def read_export(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a file written by `write_export`, with the export's dtypes.
 
-    Parquet and JSON keep each parameter's type (int, float, bool, str). CSV keeps none: there a
-    params_<name> column is read from its text (integers, then floats, then True/False, else
-    strings), and an empty string reads as missing.
+    Both tables (trials and evaluations) read back. Parquet and JSON keep each parameter's type
+    (int, float, bool, str). CSV keeps none: there a params_<name> column is read from its text
+    (integers, then floats, then True/False, else strings), and an empty string reads as missing.
     """
     suffix = _check_suffix(path)
-    fixed = {**COLUMNS_BEFORE_PARAMS, **COLUMNS_AFTER_PARAMS}
+    fixed = {**COLUMNS_BEFORE_PARAMS, **COLUMNS_AFTER_PARAMS, **EVALUATION_COLUMNS}
     if suffix == ".parquet":
         _require_pyarrow()
         df = pd.read_parquet(path, engine="pyarrow")
-        return df.astype({name: fixed[name] for name in df.columns if name in fixed})
+        dtypes = {name: _dtype(name, fixed) for name in df.columns}
+        return df.astype({name: dtype for name, dtype in dtypes.items() if dtype})
     columns: dict[str, list[Any]]
     if suffix == ".json":
         with open(path, encoding="utf-8") as f:
@@ -175,12 +228,19 @@ def read_export(path: str | os.PathLike[str]) -> pd.DataFrame:
         columns = {n: [r.get(n) for r in records] for n in names}
     else:
         text = pd.read_csv(path, dtype=str, keep_default_na=False)
-        columns = {n: [_from_csv(v, fixed.get(n)) for v in text[n]] for n in text.columns}
-    out = {
-        name: pd.array(values, dtype=fixed[name]) if name in fixed else _param_column(values)
-        for name, values in columns.items()
-    }
+        columns = {n: [_from_csv(v, _dtype(n, fixed)) for v in text[n]] for n in text.columns}
+    out = {}
+    for name, values in columns.items():
+        dtype = _dtype(name, fixed)
+        out[name] = pd.array(values, dtype=dtype) if dtype else _param_column(values)
     return pd.DataFrame(out, index=pd.RangeIndex(len(next(iter(columns.values()), []))))
+
+
+def _dtype(name: str, fixed: dict[str, str]) -> str | None:
+    """A column's dtype by its name; None for a parameter (its values decide)."""
+    if name.startswith(METRIC_PREFIX):
+        return "float64"
+    return fixed.get(name)
 
 
 def _from_csv(text: str, dtype: str | None) -> Any:

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.lineage import WARMUP, CheckpointRow
 from hpsearch.report.tree import tree_text
 from hpsearch.report.views import StudyView, TrialStateName, TrialView
-from hpsearch.search.records import TrialRecord, trial_attr
+from hpsearch.search.records import EVALUATION_KEYS, TrialRecord, trial_attr
 from hpsearch.search.session import Session
 
 
@@ -102,6 +102,9 @@ def _trial_view(
         stop = t.datetime_complete.timestamp() if t.datetime_complete else time.time()
         duration = stop - t.datetime_start.timestamp()
     final = rec.final_checkpoint
+    kept = final if any(r.id == final for r in live) else None
+    # marked by GC; or, in a study older than the mark, a final that is no longer committed
+    deleted = rec.final_checkpoint_deleted or (final if final is not None and not kept else None)
     return TrialView(
         number=t.number,
         # Optuna's TrialState has exactly these five members
@@ -118,7 +121,7 @@ def _trial_view(
         intermediate=_intermediate(t, placing[1], placing[0], n, end),
         pruned_at=rec.pruned_at,
         retry_of=rec.retry_of,
-        final_checkpoint=final if any(r.id == final for r in live) else None,
+        final_checkpoint=kept,
         checkpoint_bytes=sum(r.nbytes for r in live),
         duration_s=duration,
         fail_reason=rec.fail_reason,
@@ -128,11 +131,20 @@ def _trial_view(
         else _parent_trial(rec.parent_checkpoint, owner),
         generation=_int(rec.generation),
         child=_int(trial_attr(t, "child")),
+        final_checkpoint_deleted=deleted,
+        metrics=_last_metrics(rec.evaluations),
+        evaluations=rec.evaluations,
     )
 
 
 def _int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _last_metrics(evaluations: tuple[dict[str, Any], ...]) -> dict[str, float]:
+    if not evaluations:
+        return {}
+    return {k: float(v) for k, v in evaluations[-1].items() if k not in EVALUATION_KEYS}
 
 
 def _parent_trial(parent: str | None, owner: dict[str, int]) -> int | None:

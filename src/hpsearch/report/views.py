@@ -24,7 +24,8 @@ class TrialView:
     `fork_progress` is where the trial branched off (the warm-up's end for a forked trial, the
     parent attempt's last checkpoint for a continuation, 0 in classic mode); `end_progress` is
     where it stopped (finished, pruned, failed, or its latest checkpoint while running).
-    `intermediate` holds (progress, objective) pairs as reported to the pruner.
+    `intermediate` holds (progress, objective) pairs as reported to the pruner; `evaluations`
+    every metric `evaluate()` returned.
     """
 
     number: int
@@ -49,6 +50,11 @@ class TrialView:
     # the node it continues; `parent_trial` is then the node's tree parent, not the attempt
     generation: int | None = None  # 0: a root trained from scratch
     child: int | None = None  # its slot among its parent's children (0: continues its params)
+    final_checkpoint_deleted: str | None = None  # its final checkpoint, which GC deleted
+    # every metric of its last evaluation, and of every evaluation of its own segment
+    # ({step, samples, index, <metric>: value}); empty until an attempt of it has ended
+    metrics: dict[str, float] = field(default_factory=dict)
+    evaluations: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

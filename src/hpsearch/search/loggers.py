@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hpsearch.config import LoggerSettings
-from hpsearch.search.records import TrialKey
+from hpsearch.search.records import EVALUATION_KEYS, TrialKey
 
 # the trial's facts that become tags (MLflow) or HParams (TensorBoard), when recorded
 LINEAGE_KEYS: tuple[TrialKey, ...] = (
@@ -34,7 +34,6 @@ LINEAGE_KEYS: tuple[TrialKey, ...] = (
     "generation",
     "retry_of",
 )
-BOOKKEEPING = ("step", "samples", "index")  # of an evaluation record, beside its metrics
 _MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
@@ -107,7 +106,7 @@ def run_name(number: int) -> str:
 
 
 def metrics_of(evaluation: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in evaluation.items() if k not in BOOKKEEPING}
+    return {k: float(v) for k, v in evaluation.items() if k not in EVALUATION_KEYS}
 
 
 # -- TensorBoard ---------------------------------------------------------------------------------

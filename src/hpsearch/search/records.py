@@ -53,6 +53,9 @@ TrialKey = Literal[
 
 Mode = Literal["tree", "fork", "classic"]
 
+# the keys of an `evaluations` record beside the metrics evaluate() returned
+EVALUATION_KEYS = ("step", "samples", "index")
+
 
 def study_attr(study: optuna.Study, key: StudyKey, default: Any = None) -> Any:
     return study.user_attrs.get(PREFIX + key, default)

@@ -22,8 +22,8 @@ from hpsearch.search.session import Session
 from studyutil import DIGITS, write_study
 
 # the loss() call that sends Ctrl-C: 23 steps of warm-up (one epoch at batch size 64), then mid
-# way through the first trial (23 steps, evaluated every 6)
-STOP_AT_STEP = 23 + 14
+# way through the first trial (12 steps, evaluated about every 3)
+STOP_AT_STEP = 23 + 7
 
 TASK = f"""
 import os, signal
@@ -57,8 +57,8 @@ def study(tmp_path_factory):
         tmp, name="metrics", task="task.py:StoppedOnce",
         warmup={"epochs": 1, "hparams": {"lr": 1e-2, "dropout": 0.1, "batch_size": 64,
                                          "hidden": 32}},
-        trials={"n": 4, "epochs": 1, "eval_every": 0.25},
-        checkpoints={"every": 0.5, "keep_best": 1},
+        trials={"n": 3, "epochs": 0.5, "eval_every": 0.125},
+        checkpoints={"every": 0.25, "keep_best": 1},
         search_space={"lr": {"float": [1e-3, 3e-2], "log": True}},
         sampler={"name": "RandomSampler"}, pruner=None,
         loggers={name: str(tmp / where) for name, where in LOGGERS.items()
@@ -94,7 +94,7 @@ def test_every_metric_of_every_evaluation_is_on_the_trial(study):
     path, writes, _ = study
     trials, _, names = _trials(path)
     assert names == ["val_accuracy"]  # what optuna-dashboard shows instead of "Objective 0"
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     for t in trials:
         evals = t.user_attrs["hpsearch.evaluations"]
         assert [e["index"] for e in evals] == [1, 2, 3, 4]
@@ -105,9 +105,9 @@ def test_every_metric_of_every_evaluation_is_on_the_trial(study):
         assert {e["index"]: e["val_accuracy"] for e in evals} == t.intermediate_values
         assert evals[-1]["val_accuracy"] == t.value
         assert all(0 < e["val_loss"] < 5 for e in evals)
-    # written once at the end of each attempt: 4 trials, one of them stopped and continued --
-    # never a storage write per evaluation (16 of them)
-    assert writes.count("hpsearch.evaluations") == 5
+    # written once at the end of each attempt: 3 trials, one of them stopped and continued --
+    # never a storage write per evaluation (12 of them)
+    assert writes.count("hpsearch.evaluations") == 4
 
 
 def test_a_stopped_trial_keeps_the_evaluations_of_its_first_attempt(study):
@@ -148,11 +148,11 @@ def test_export_has_a_column_per_metric_and_the_long_table(study, capsys):
             assert df.loc[t.number, "metric_val_accuracy"] == t.value == last["val_accuracy"]
             assert df.loc[t.number, "metric_val_loss"] == last["val_loss"]
         assert df["generation"].isna().all() and df["parent_trial"].isna().all()  # no tree
-        assert df["final_checkpoint_deleted"].notna().sum() == 3
+        assert df["final_checkpoint_deleted"].notna().sum() == 2
         ev = read_export(long)
         assert list(ev.columns) == ["number", "index", "step", "samples", "epoch",
                                     "metric_val_accuracy", "metric_val_loss"]  # fmt: skip
-        assert len(ev) == 16 and ev["number"].tolist() == [n for n in range(4) for _ in range(4)]
+        assert len(ev) == 12 and ev["number"].tolist() == [n for n in range(3) for _ in range(4)]
         by_trial = ev.groupby("number")["metric_val_loss"].apply(list).to_dict()
         for t in trials:
             assert by_trial[t.number] == [
@@ -191,7 +191,7 @@ def test_mlflow_got_one_run_per_trial_with_its_lineage(study):
     client = MlflowClient(tracking_uri=f"file://{tmp / 'mlruns'}")
     runs = client.search_runs([client.get_experiment_by_name("metrics").experiment_id])
     by_trial = {int(r.data.tags["hpsearch.trial"]): r for r in runs}
-    assert sorted(by_trial) == [0, 1, 2, 3]  # the stopped trial once, when it ended
+    assert sorted(by_trial) == [0, 1, 2]  # the stopped trial once, when it ended
     for t in trials:
         run = by_trial[t.number]
         assert run.info.status == "FINISHED" and run.info.run_name == f"trial-{t.number:05d}"

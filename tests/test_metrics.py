@@ -131,8 +131,10 @@ def test_gc_marks_the_final_checkpoints_it_deleted(study):
         deleted = t.user_attrs.get("hpsearch.final_checkpoint_deleted")
         if t.number == best.number:  # keep_best: 1
             assert status[final] == "committed" and deleted is None
-        else:  # the dashboard shows null and the id that is gone, not a dangling id
-            assert final is None and status[deleted] == "deleted"
+        else:  # marked (as a fresh process reads the database): no dangling id on the dashboard
+            assert status[final] == "deleted"
+            assert deleted == (f"deleted by garbage collection: trial {t.number} is no longer "
+                               "among the best 1")  # fmt: skip
 
 
 def test_export_has_a_column_per_metric_and_the_long_table(study, capsys):

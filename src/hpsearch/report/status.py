@@ -103,8 +103,8 @@ def _trial_view(
         duration = stop - t.datetime_start.timestamp()
     final = rec.final_checkpoint
     kept = final if any(r.id == final for r in live) else None
-    # marked by GC; or, in a study older than the mark, a final that is no longer committed
-    deleted = rec.final_checkpoint_deleted or (final if final is not None and not kept else None)
+    # GC marks the trial (final_checkpoint_deleted); a study older than the mark says it too
+    deleted = final if final is not None and not kept else None
     return TrialView(
         number=t.number,
         # Optuna's TrialState has exactly these five members

@@ -102,21 +102,22 @@ def collect_garbage(
 
 
 def mark_deleted_finals(session: Session, deletions: Iterable[Deletion]) -> None:
-    """A trial whose final checkpoint GC deleted says so: `hpsearch.final_checkpoint` becomes
-    None and the id moves to `hpsearch.final_checkpoint_deleted`, so that the dashboard, `best`
-    and the export point at nothing that is gone. Costs nothing while no final goes."""
-    finals = [d for d in deletions if d.kind == "final"]
+    """A trial whose final checkpoint GC deleted says so in `hpsearch.final_checkpoint_deleted`
+    (why, as GC put it), so that the dashboard does not show a checkpoint id that is gone as if it
+    were there. `hpsearch.final_checkpoint` stays: it records what the trial produced, and the
+    fork tree's plan is built on it. Costs nothing while no final goes."""
+    finals = {d.id: d.reason for d in deletions if d.kind == "final"}
     if not finals:
         return
     lin = session.lineage
-    gone = {d.id for d in finals if (r := lin.get(d.id)) is not None and r.status != "committed"}
+    gone = {i: why for i, why in finals.items() if (r := lin.get(i)) and r.status != "committed"}
     for t in session.study.get_trials(deepcopy=False):
         final = trial_attr(t, "final_checkpoint")
-        if final is not None and final in gone:
+        if final in gone and trial_attr(t, "final_checkpoint_deleted") is None:
+            why = f"deleted by garbage collection: {gone[final]}"
             bridge.set_finished_user_attrs(
-                session.study, bridge.trial_id(t),
-                {PREFIX + "final_checkpoint": None, PREFIX + "final_checkpoint_deleted": final},
-            )  # fmt: skip
+                session.study, bridge.trial_id(t), {PREFIX + "final_checkpoint_deleted": why}
+            )
 
 
 def collect_garbage_quietly(session: Session, token: str) -> None:

@@ -86,8 +86,9 @@ def prune_as_of(study: optuna.Study, tid: int, index: int) -> bool:
 def set_finished_user_attrs(study: optuna.Study, tid: int, attrs: dict[str, Any]) -> None:
     """Set user attributes of a trial that has finished, which Optuna's API refuses (a finished
     trial is read-only there): written to its RDB tables in one transaction, and into this
-    process's cached copy of the trial. For a fact that changes after the trial (its final
-    checkpoint, deleted by GC); other processes' caches keep the old value until they restart."""
+    process's cached copy of the trial. For a fact that comes after the trial (GC deleted its
+    final checkpoint); other processes' caches miss it until they restart, which is harmless for
+    a fact that only readers (the dashboard, the report) use."""
     import sqlalchemy as sa
     from optuna.storages._rdb import models
 

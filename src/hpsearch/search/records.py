@@ -32,8 +32,7 @@ TrialKey = Literal[
     "fork_step",
     "fork_samples",
     "final_checkpoint",
-    # the final checkpoint's id once GC deleted it (final_checkpoint is then None): the
-    # dashboard and `best` say so instead of pointing at nothing
+    # set once GC deleted the final checkpoint (why); final_checkpoint keeps the id it had
     "final_checkpoint_deleted",
     # every evaluation of the trial's own segment, [{step, samples, index, <metric>...}], written
     # once at the end of each attempt (the checkpoints hold them in between)

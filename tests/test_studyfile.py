@@ -576,7 +576,7 @@ def test_an_unknown_top_level_key_suggests_the_close_one(study_dir: Path) -> Non
     assert str(error_of(path)) == (
         f"{path}: serch_space: unknown key; did you mean 'search_space'? (allowed here: name, "
         f"task, seed, device, objective, storage, checkpoints, tree, warmup, trials, data, "
-        f"search_space, schedule, sampler, pruner, training)"
+        f"search_space, schedule, sampler, pruner, training, loggers, gpus)"
     )
 
 

@@ -10,6 +10,8 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 
+from optuna.trial import FrozenTrial
+
 from hpsearch.lineage import CheckpointRow, attempt_is_stale
 from hpsearch.lineage.gc import Deletion, TrialFacts, apply_gc, collectable
 from hpsearch.search import optuna_bridge as bridge
@@ -62,8 +64,8 @@ def settle_pending(session: Session, rows: Iterable[CheckpointRow]) -> None:
             lin.set_status(row.id, "failed")
 
 
-def trial_facts(session: Session) -> dict[int, TrialFacts]:
-    trials = session.study.get_trials(deepcopy=False)
+def trial_facts(session: Session, trials: list[FrozenTrial] | None = None) -> dict[int, TrialFacts]:
+    trials = session.study.get_trials(deepcopy=False) if trials is None else trials
     retried = retried_numbers(trials)
     retries = session.settings.trials.retries
     out = {}
@@ -88,20 +90,23 @@ def collect_garbage(
         return []
     try:
         rows = lin.checkpoints()
+        trials = session.study.get_trials(deepcopy=False)
         doomed = collectable(
-            rows, trial_facts(session), pins=pins_of(session, rows) | lin.pinned(),
+            rows, trial_facts(session, trials), pins=pins_of(session, rows) | lin.pinned(),
             keep_best=s.checkpoints.keep_best, direction=s.objective.direction,
         )  # fmt: skip
         if not dry_run:
             apply_gc(doomed, lin, session.store.delete, renew=_renewer(session, token))
-            mark_deleted_finals(session, doomed)
+            mark_deleted_finals(session, doomed, trials)
         return doomed
     finally:
         if not dry_run:
             lin.release_lease(GC_LEASE, token)
 
 
-def mark_deleted_finals(session: Session, deletions: Iterable[Deletion]) -> None:
+def mark_deleted_finals(
+    session: Session, deletions: Iterable[Deletion], trials: list[FrozenTrial] | None = None
+) -> None:
     """A trial whose final checkpoint GC deleted says so in `hpsearch.final_checkpoint_deleted`
     (why, as GC put it), so that the dashboard does not show a checkpoint id that is gone as if it
     were there. `hpsearch.final_checkpoint` stays: it records what the trial produced, and the
@@ -111,7 +116,7 @@ def mark_deleted_finals(session: Session, deletions: Iterable[Deletion]) -> None
         return
     lin = session.lineage
     gone = {i: why for i, why in finals.items() if (r := lin.get(i)) and r.status != "committed"}
-    for t in session.study.get_trials(deepcopy=False):
+    for t in session.study.get_trials(deepcopy=False) if trials is None else trials:
         final = trial_attr(t, "final_checkpoint")
         if final in gone and trial_attr(t, "final_checkpoint_deleted") is None:
             why = f"deleted by garbage collection: {gone[final]}"

@@ -184,7 +184,10 @@ def _placement(args: argparse.Namespace, settings: StudySettings) -> Placement |
     return plan
 
 
-def _spawn_worker(args: argparse.Namespace, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _spawn_worker(
+    args: argparse.Namespace, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`hpsearch worker` for the same study, in `env` (None: this process's environment)."""
     cmd = [sys.executable, "-m", "hpsearch", "worker", args.study]
     if args.storage:
         cmd += ["--storage", args.storage]

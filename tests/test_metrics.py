@@ -57,7 +57,7 @@ def study(tmp_path_factory):
         tmp, name="metrics", task="task.py:StoppedOnce",
         warmup={"epochs": 1, "hparams": {"lr": 1e-2, "dropout": 0.1, "batch_size": 64,
                                          "hidden": 32}},
-        trials={"n": 3, "epochs": 0.5, "eval_every": 0.125},
+        trials={"n": 2, "epochs": 0.5, "eval_every": 0.125},
         checkpoints={"every": 0.25, "keep_best": 1},
         search_space={"lr": {"float": [1e-3, 3e-2], "log": True}},
         sampler={"name": "RandomSampler"}, pruner=None,
@@ -94,7 +94,7 @@ def test_every_metric_of_every_evaluation_is_on_the_trial(study):
     path, writes, _ = study
     trials, _, names = _trials(path)
     assert names == ["val_accuracy"]  # what optuna-dashboard shows instead of "Objective 0"
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     for t in trials:
         evals = t.user_attrs["hpsearch.evaluations"]
         assert [e["index"] for e in evals] == [1, 2, 3, 4]
@@ -105,9 +105,9 @@ def test_every_metric_of_every_evaluation_is_on_the_trial(study):
         assert {e["index"]: e["val_accuracy"] for e in evals} == t.intermediate_values
         assert evals[-1]["val_accuracy"] == t.value
         assert all(0 < e["val_loss"] < 5 for e in evals)
-    # written once at the end of each attempt: 3 trials, one of them stopped and continued --
-    # never a storage write per evaluation (12 of them)
-    assert writes.count("hpsearch.evaluations") == 4
+    # written once at the end of each attempt: 2 trials, one of them stopped and continued --
+    # never a storage write per evaluation (8 of them)
+    assert writes.count("hpsearch.evaluations") == 3
 
 
 def test_a_stopped_trial_keeps_the_evaluations_of_its_first_attempt(study):
@@ -150,11 +150,11 @@ def test_export_has_a_column_per_metric_and_the_long_table(study, capsys):
             assert df.loc[t.number, "metric_val_accuracy"] == t.value == last["val_accuracy"]
             assert df.loc[t.number, "metric_val_loss"] == last["val_loss"]
         assert df["generation"].isna().all() and df["parent_trial"].isna().all()  # no tree
-        assert df["final_checkpoint_deleted"].notna().sum() == 2
+        assert df["final_checkpoint_deleted"].notna().sum() == 1
         ev = read_export(long)
         assert list(ev.columns) == ["number", "index", "step", "samples", "epoch",
                                     "metric_val_accuracy", "metric_val_loss"]  # fmt: skip
-        assert len(ev) == 12 and ev["number"].tolist() == [n for n in range(3) for _ in range(4)]
+        assert len(ev) == 8 and ev["number"].tolist() == [n for n in range(2) for _ in range(4)]
         by_trial = ev.groupby("number")["metric_val_loss"].apply(list).to_dict()
         for t in trials:
             assert by_trial[t.number] == [
@@ -193,7 +193,7 @@ def test_mlflow_got_one_run_per_trial_with_its_lineage(study):
     client = MlflowClient(tracking_uri=f"file://{tmp / 'mlruns'}")
     runs = client.search_runs([client.get_experiment_by_name("metrics").experiment_id])
     by_trial = {int(r.data.tags["hpsearch.trial"]): r for r in runs}
-    assert sorted(by_trial) == [0, 1, 2]  # the stopped trial once, when it ended
+    assert sorted(by_trial) == [0, 1]  # the stopped trial once, when it ended
     for t in trials:
         run = by_trial[t.number]
         assert run.info.status == "FINISHED" and run.info.run_name == f"trial-{t.number:05d}"

@@ -140,6 +140,7 @@ def _tree_file(tmp_path: Path, **tree: Any) -> str:
     doc["tree"].update(tree)
     doc["trials"] = {"epochs": 2, "eval_every": 0.25}
     doc["search_space"]["weight_decay"] = {"float": [1e-5, 1e-2], "log": True}
+    doc["search_space"]["hidden"] = {"categorical": [8, 16]}  # the roots' builds differ
     doc["checkpoints"]["keep_best"] = 1
     path = tmp_path / "tree.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -170,6 +171,10 @@ def test_a_tree_study_grows_its_shape_and_its_winner_replays_bit_for_bit(
             )
             if trial_attr(t, "child") == 0:  # the child that continues
                 assert t.params == p.params
+            assert t.params["hidden"] == p.params["hidden"]  # not forkable: inherited
+        # nodes of both builds ran on one reused trainer: no node found its parent unusable
+        assert {t.params["hidden"] for t in trials} == {8, 16}
+        assert all(t.state != TrialState.FAIL for t in trials)
         # GC: of the finals, only the winner's (keep_best 1) survives a grown tree
         live = [r for r in session.lineage.checkpoints() if r.status == "committed"]
         best = winner(session)

@@ -115,18 +115,28 @@ class Restorer:
         hp = state["hparams"]
         if not isinstance(hp, dict):
             raise CheckpointMismatch(f"hparams are a {type(hp).__name__}, not a mapping")
+        weights = training_state.expand_aliases(loaded.tensors["model"], state.get("model_aliases"))
         if self.trainer is not None:
             # compare with the live trainer: calling the task's model() and optimizer() again
             # would replace what a task keeps of them (its optimizer, say) by meta copies
-            model, optimizer = self.trainer.model, self.trainer.optimizer
-        else:  # a restore follows, and builds the real ones last
-            task = self.ctx.session.task()
-            with torch.device("meta"):
-                model = task.model(dict(hp))
-            optimizer = task.optimizer(model, dict(hp))
-        weights = training_state.expand_aliases(loaded.tensors["model"], state.get("model_aliases"))
+            try:
+                training_state.check_model_keys(self.trainer.model, weights)
+                check_groups(state["optimizer"], self.trainer.optimizer)
+                return self._check_finite(loaded)
+            except CheckpointMismatch:
+                # a model of another build (a tree's nodes inherit the hidden size their root
+                # sampled): the live trainer cannot take it; check against the checkpoint's own
+                # build below, and the restore that follows builds that trainer anew
+                self.forget()
+        task = self.ctx.session.task()
+        with torch.device("meta"):
+            model = task.model(dict(hp))
+        optimizer = task.optimizer(model, dict(hp))
         training_state.check_model_keys(model, weights)  # names, shapes and dtypes
         check_groups(state["optimizer"], optimizer)
+        self._check_finite(loaded)
+
+    def _check_finite(self, loaded: LoadedCheckpoint) -> None:
         for group, tensors in loaded.tensors.items():
             for k, t in tensors.items():
                 # the sum is finite only if every element is (NaN and inf propagate), and it

@@ -38,7 +38,8 @@ from hpsearch.task import Task
 
 
 class TinyTask(Task):
-    """y = x @ w + noise, 256 training samples of 8 features; hparams: lr, dropout, batch_size."""
+    """y = x @ w + noise, 256 training samples of 8 features; hparams: lr, dropout, batch_size,
+    and optionally hidden (16 by default)."""
 
     def datasets(self) -> tuple[TensorDataset, TensorDataset]:
         g = torch.Generator().manual_seed(7)
@@ -47,8 +48,9 @@ class TinyTask(Task):
         return TensorDataset(x[:256], y[:256]), TensorDataset(x[256:], y[256:])
 
     def model(self, hparams: dict[str, Any]) -> nn.Module:
-        return nn.Sequential(nn.Linear(8, 16), nn.Dropout(float(hparams["dropout"])),
-                             nn.Linear(16, 1))  # fmt: skip
+        hidden = int(hparams.get("hidden", 16))  # a key a fork cannot change
+        return nn.Sequential(nn.Linear(8, hidden), nn.Dropout(float(hparams["dropout"])),
+                             nn.Linear(hidden, 1))  # fmt: skip
 
     def optimizer(self, model: nn.Module, hparams: dict[str, Any]) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=float(hparams["lr"]), momentum=0.9)

@@ -172,6 +172,8 @@ def test_a_tree_study_grows_its_shape_and_its_winner_replays_bit_for_bit(
             if trial_attr(t, "child") == 0:  # the child that continues
                 assert t.params == p.params
             assert t.params["hidden"] == p.params["hidden"]  # not forkable: inherited
+            # reports at the index since scratch: a child's steps come after its parent's
+            assert min(t.intermediate_values) > max(p.intermediate_values)
         # nodes of both builds ran on one reused trainer: no node found its parent unusable
         assert {t.params["hidden"] for t in trials} == {8, 16}
         assert all(t.state != TrialState.FAIL for t in trials)
@@ -191,6 +193,9 @@ def test_a_tree_study_grows_its_shape_and_its_winner_replays_bit_for_bit(
 
 def test_a_probed_tree_ranks_on_the_probe_and_forks_from_before_it(tmp_path: Path) -> None:
     path = _tree_file(tmp_path, probe=0.125)
+    doc = yaml.safe_load(Path(path).read_text())
+    doc["pruner"] = {"name": "MedianPruner", "n_startup_trials": 0, "n_warmup_steps": 2}
+    Path(path).write_text(yaml.safe_dump(doc))
     run_study(path)
     session = Session.open(path, create=False)
     try:
@@ -200,6 +205,9 @@ def test_a_probed_tree_ranks_on_the_probe_and_forks_from_before_it(tmp_path: Pat
         assert all(trial_attr(t, "rung_value") != t.value for t in inner)
         last = [t for t in trials if trial_attr(t, "generation") == 2]
         assert all(trial_attr(t, "probe_value") is None for t in last)
+        # the pruner's warm-up counts a node's evaluations from its fork
+        pruned = [t for t in trials if t.state == TrialState.PRUNED]
+        assert pruned and all(len(t.intermediate_values) >= 2 for t in pruned)
         best = winner(session)
         assert best is not None
         _, result = replay(session, best.number, say=lambda _: None)

@@ -66,7 +66,8 @@ def test_study_end_to_end(tmp_path, capsys):
     study = optuna.load_study(study_name="tiny", storage=storage)
     df = study.trials_dataframe()
     assert len(df) == 8 and set(df["state"]) <= {"COMPLETE", "PRUNED"}
-    assert df["value"].notna().all()
+    # the objective is named for Optuna (set_metric_names), so its column is value_<metric>
+    assert df["value_val_accuracy"].notna().all()
 
     # a rerun of a finished study says so, and trains nothing
     assert main(["run", path]) == 0

@@ -34,9 +34,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from efficiency import analysis, report  # noqa: E402
-from efficiency.arms import full_run_epochs, prime, run_hpsearch, study_copy  # noqa: E402
-from efficiency.records import Run, load_runs, merge, save_runs  # noqa: E402
+from efficiency import report
+from efficiency.arms import full_run_epochs, prime, run_hpsearch, study_copy
+from efficiency.records import Run, load_runs, merge, save_runs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STUDIES = os.path.join(HERE, "studies")
@@ -75,22 +75,29 @@ def run_arm(workload: str, arm: str, seed: int, budget: float, *, workdir: str,
         from hpsearch.config import load_study_file
 
         s = load_study_file(path)
-        every = round(float(s.trials.eval_every or 0) * n)
-        per = max(1, round(pbt_every * full / every))
+        # one training iteration (a report and a Ray checkpoint) per perturbation interval
+        every, per = max(1, round(pbt_every * full)), 1
         population = max(2, round(budget))
         rows, info = run_pbt(path, seed=seed, population=population, full=full, interval=every,
                              perturb_every=per, workdir=here)  # fmt: skip
         points, wall = pbt_points(rows, s.objective.direction)
         return Run(workload, arm, seed, s.objective.direction, s.objective.metric, full,
                    population * full, wall, points, info)  # fmt: skip
-    copy = study_copy(path, here, seed=seed, tree=tree if arm == "tree" else None)
-    info = {k: v for k, v in tree.items()} if arm == "tree" else {}
+    given = dict(tree) if arm == "tree" else {}
+    if isinstance(given.get("roots"), str):  # "0.5B": half the budget in full runs
+        given["roots"] = max(1, round(float(given["roots"].rstrip("B")) * budget))
+    copy = study_copy(path, here, seed=seed, tree=given or None)
+    info = {**given, "roots_given": tree["roots"]} if isinstance(tree.get("roots"), str) else given
     return run_hpsearch(copy, workload=workload, arm=label, seed=seed, classic=arm in
                         ("tpe-median", "tpe-hyperband"), cap=0 if arm == "tree" else cap,
                         full=full, settings_info=info)  # fmt: skip
 
 
-def benchmark(args: argparse.Namespace, tree: dict[str, Any]) -> list[Run]:
+def benchmark(
+    args: argparse.Namespace, tree: dict[str, Any], done: Sequence[Run], meta: dict[str, Any]
+) -> list[Run]:
+    """Run every workload, seed and arm asked for, but those in `done` with `--skip-done`;
+    after each run, the JSON holds everything so far (a killed benchmark loses one run)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -106,11 +113,19 @@ def benchmark(args: argparse.Namespace, tree: dict[str, Any]) -> list[Run]:
                 # alternate the order of the arms from seed to seed, so that a machine getting
                 # slower or faster during the benchmark favours no arm's wall time
                 for arm in args.arm if i % 2 == 0 else list(reversed(args.arm)):
+                    label = tree_label(tree) if arm == "tree" else arm
+                    if args.skip_done and any(
+                        (r.workload, r.arm, r.seed) == (w, label, seed) for r in done
+                    ):
+                        continue
                     t = time.monotonic()
                     print(f"== {w} {arm} seed {seed}", file=sys.stderr, flush=True)
                     run = run_arm(w, arm, seed, budget_of(args, w), workdir=root, tree=tree,
                                   pbt_every=args.pbt_every)  # fmt: skip
                     runs.append(run)
+                    os.makedirs(args.out, exist_ok=True)
+                    save_runs(os.path.join(args.out, f"{args.name}.json"),
+                              merge([*done, *runs]), meta)  # fmt: skip
                     print(f"== {w} {run.arm} seed {seed}: best {run.final_best}, "
                           f"{run.total_samples / run.full_samples:.2f} full runs, "
                           f"{len(run.points)} points, {run.wall_s:.1f} s "
@@ -155,8 +170,17 @@ def write(runs: Sequence[Run], meta: dict[str, Any], out: str, name: str) -> dic
 def _budget(text: str) -> tuple[str, float]:
     w, _, b = text.partition("=")
     if w not in WORKLOADS or not b:
-        raise argparse.ArgumentTypeError(f"--budget WORKLOAD=FULL_RUNS, workloads {list(WORKLOADS)}")
+        raise argparse.ArgumentTypeError(
+            f"--budget WORKLOAD=FULL_RUNS, workloads {list(WORKLOADS)}"
+        )
     return w, float(b)
+
+
+def _roots(text: str) -> int | str:
+    try:
+        return int(text) if not text.endswith("B") else (float(text[:-1]), text)[1]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tree-roots {text}: a number, or e.g. 0.5B") from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -165,19 +189,34 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arm", action="append", choices=list(ARMS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--budget", action="append", type=_budget, help="WORKLOAD=FULL_RUNS")
-    p.add_argument("--tree-roots", type=int)
+    p.add_argument("--tree-roots", type=_roots,
+                   help="roots of the tree: a number, or a multiple of the budget such as 0.5B")
     p.add_argument("--tree-rungs", type=float, nargs="+")
     p.add_argument("--tree-keep", type=float)
     p.add_argument("--tree-children", type=int)
     p.add_argument("--tree-probe", type=float)
-    p.add_argument("--pbt-every", type=float, default=0.125,
-                   help="PBT perturbation interval, as a fraction of a full run")
+    p.add_argument(
+        "--pbt-every",
+        type=float,
+        default=0.125,
+        help="PBT perturbation interval, as a fraction of a full run",
+    )
     p.add_argument("--out", default=HERE)
     p.add_argument("--name", default="search_efficiency")
     p.add_argument("--workdir", help="keep the studies here instead of a temp dir")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--from", dest="sources", action="append", default=[],
-                   help="a JSON file of earlier runs to merge in (repeatable)")
+    p.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        default=[],
+        help="a JSON file of earlier runs to merge in (repeatable)",
+    )
+    p.add_argument(
+        "--skip-done",
+        action="store_true",
+        help="do not rerun a workload, arm and seed that --from already holds",
+    )
     return p
 
 
@@ -202,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         t0 = time.monotonic()
-        runs += benchmark(args, tree)
+        runs += benchmark(args, tree, runs, {**meta, "commands": commands})
         meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "machine": machine(),
                 "last command's wall time": f"{time.monotonic() - t0:.0f} s"}  # fmt: skip

@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import chars  # noqa: E402  (the sibling example, imported by path like a study file imports it)
+import chars
 
-MODULES = chars.MODULES + (
+MODULES = (
+    *chars.MODULES,
     "inspect", "typing", "pathlib", "subprocess", "threading", "datetime", "locale", "optparse",
     "pickle", "platform", "socket", "ssl", "tarfile", "traceback", "warnings", "weakref",
     "gettext", "imaplib", "ftplib", "smtplib", "mailbox", "doctest", "ast", "pdb", "ipaddress",

@@ -199,3 +199,34 @@ def test_a_later_run_of_the_same_arm_and_seed_replaces_the_earlier() -> None:
     assert se.tree_label({"roots": 8, "rungs": [0.25, 1.0]}) == "tree[r8 rungs0.25/1.0]"
     start = dt.datetime(2026, 1, 1)
     assert records.curve([], direction="minimize", started=start) == []
+
+
+def _trial(number: int, state: str, value: float | None, samples: int, second: int, **attrs):
+    from types import SimpleNamespace
+
+    user = {"hpsearch.steps_trained": samples // 10, "hpsearch.samples_trained": samples}
+    user.update({f"hpsearch.{k}": v for k, v in attrs.items()})
+    return SimpleNamespace(
+        number=number, state=SimpleNamespace(name=state), value=value, params={},
+        datetime_complete=dt.datetime(2026, 1, 1, 0, 0, second), user_attrs=user,
+    )  # fmt: skip
+
+
+def test_a_probed_node_pays_its_probe_and_counts_its_own_value() -> None:
+    """A tree node ranked on a cooldown probe: its Optuna value is the probe's (a throwaway
+    branch), its samples_trained leave the probe out. Completion order decides, not number."""
+    trials = [
+        _trial(1, "COMPLETE", 0.5, 100, 5, probe_value=0.5, rung_value=0.8),
+        _trial(0, "COMPLETE", 0.9, 100, 3, probe_value=0.9, rung_value=1.2),
+        _trial(2, "PRUNED", 0.1, 40, 7),  # a pruned node's value never counts
+        _trial(3, "COMPLETE", 0.6, 200, 9),  # a leaf: no probe
+    ]
+    start = dt.datetime(2026, 1, 1)
+    points = records.curve(trials, direction="minimize", started=start, probe_samples=30,
+                           batch_size=8)  # fmt: skip
+    assert [p.trial for p in points] == [0, 1, 2, 3]
+    assert [p.samples for p in points] == [130, 260, 300, 500]
+    assert [p.steps for p in points] == [14, 28, 32, 52]  # probe: ceil(30 / 8) steps
+    assert [p.value for p in points] == [1.2, 0.8, 0.1, 0.6]
+    assert [p.best for p in points] == [1.2, 0.8, 0.8, 0.6]
+    assert [p.wall_s for p in points] == [3.0, 5.0, 7.0, 9.0]

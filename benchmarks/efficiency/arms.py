@@ -10,6 +10,7 @@ that reaches the budget (the trial running then finishes).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
@@ -99,11 +100,8 @@ def run_hpsearch(
         stop = StopFlag()
         started = dt.datetime.now()  # Optuna stamps trials with naive local datetime.now()
         t0 = time.monotonic()
-        with stop.installed():
-            try:
-                _worker_class(cap)(session, stop=stop).run(target)
-            except BudgetSpent:
-                pass
+        with stop.installed(), contextlib.suppress(BudgetSpent):
+            _worker_class(cap)(session, stop=stop).run(target)
         wall = time.monotonic() - t0
         name, url = session.study.study_name, s.storage
     finally:
@@ -111,9 +109,13 @@ def run_hpsearch(
     study = optuna.load_study(study_name=name, storage=url)
     warm_steps = int(study.user_attrs.get(ATTR + "warmup_steps", 0) or 0)
     warm_samples = int(study.user_attrs.get(ATTR + "warmup_samples", 0) or 0)
+    tree = getattr(s, "tree", None) if not classic else None
+    fixed = dict(tree.hparams) if tree is not None else dict(s.warmup.hparams or {})
     points = curve(
         study.get_trials(deepcopy=False), direction=s.objective.direction, started=started,
         extra_steps=0 if classic else warm_steps, extra_samples=0 if classic else warm_samples,
+        probe_samples=round(tree.probe * full) if tree is not None else 0,
+        batch_size=int(fixed.get("batch_size", 1)),
     )  # fmt: skip
     info = dict(settings_info or {})
     info.update(pruner=s.pruner.name, sampler=s.sampler.name, trials=len(points))
@@ -135,6 +137,8 @@ def prime(study_file: str) -> int:
     task = load_task(settings.task, study_path=study_file)()
     train, _ = task.datasets()
     hp = dict(warmup_hparams(settings))
+    tree = getattr(settings, "tree", None)
+    hp.update(tree.hparams if tree is not None else {})
     for name, p in settings.search_space.items():  # the tree's file has no warm-up to lean on
         hp.setdefault(name, p.choices[0] if p.choices else p.low)
     model = task.model(hp)

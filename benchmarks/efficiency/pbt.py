@@ -11,7 +11,8 @@ PBT's documented defaults are kept: quantile_fraction 0.25, resample_probability
 perturbation_factors (1.2, 0.8), asynchronous. Two settings cannot be defaults: the default
 `time_attr` is wall time with a 60 s `perturbation_interval`, which on a shared machine would
 tie perturbations to the load (and, for these short runs, never fire); we count training
-iterations instead and perturb every eighth of the run. And a perturbed value is clipped to the
+iterations instead, one per eighth of the run (a report with a checkpoint each), and perturb at
+every one. And a perturbed value is clipped to the
 search space (through PBT's `custom_explore_fn`), so that ×1.2 cannot push dropout past 1.
 
 Cost: every member trains the full budget from scratch, so the population size is the budget
@@ -82,7 +83,7 @@ class Clip:
         for k, (lo, hi) in self.bounds.items():
             if k in config:
                 v = min(max(config[k], lo), hi)
-                config[k] = int(round(v)) if isinstance(config[k], int) else float(v)
+                config[k] = round(v) if isinstance(config[k], int) else float(v)
         return config
 
 
@@ -108,7 +109,7 @@ def train_member(config: dict[str, Any], bench: dict[str, Any]) -> None:
 
     started = time.time()
     torch.set_num_threads(1)
-    settings, task, data = _task(bench["study"])
+    _, task, data = _task(bench["study"])
     member = int(tune.get_context().get_trial_name().rsplit("_", 1)[-1])
     hp = {**bench["fixed"], **{k: config[k] for k in bench["keys"]}}
     ck = tune.get_checkpoint()
@@ -180,12 +181,18 @@ def run_pbt(
         tune.with_parameters(train_member, bench=bench),
         param_space=params,
         tune_config=tune.TuneConfig(
-            scheduler=pbt, num_samples=population, max_concurrent_trials=population,
-            metric=settings.objective.metric, mode=settings.objective.direction[:3],
-            search_alg=BasicVariantGenerator(random_state=seed), reuse_actors=True,
-        ),  # fmt: skip
+            scheduler=pbt,
+            num_samples=population,
+            max_concurrent_trials=population,
+            metric=settings.objective.metric,
+            mode=settings.objective.direction[:3],
+            search_alg=BasicVariantGenerator(random_state=seed),
+            reuse_actors=True,
+        ),
         run_config=tune.RunConfig(
-            name=f"pbt-{seed}", storage_path=os.path.join(workdir, "ray"), verbose=0,
+            name=f"pbt-{seed}",
+            storage_path=os.path.join(workdir, "ray"),
+            verbose=0,
         ),
     )
     tuner.fit()

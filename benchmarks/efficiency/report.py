@@ -75,19 +75,26 @@ def workload_tables(runs: Sequence[Run], w: str, target: float) -> list[str]:
         )
     others = [a for a in arms if a not in an.NAMES_BASE]
     if others:
-        lines += ["", "Samples to the target, seed by seed, of each hpsearch arm over each "
-                  "baseline's (median over the seeds where both reached it, their number in "
-                  "brackets; below 1: fewer samples than the baseline):", "",
-                  "| arm | " + " | ".join(name(b) for b in an.NAMES_BASE if b in by) +
-                  " | the issue's target |",
-                  "| --- | " + " | ".join("---" for b in an.NAMES_BASE if b in by) + " | --- |"]
+        lines += [
+            "",
+            "Samples to the target, seed by seed, of each hpsearch arm over each "
+            "baseline's (median over the seeds where both reached it, their number in "
+            "brackets; below 1: fewer samples than the baseline):",
+            "",
+            "| arm | "
+            + " | ".join(name(b) for b in an.NAMES_BASE if b in by)
+            + " | the issue's target |",
+            "| --- | " + " | ".join("---" for b in an.NAMES_BASE if b in by) + " | --- |",
+        ]
         for a in others:
             cells = [_vs(an.against(by[a], by[b])) for b in an.NAMES_BASE if b in by]
             s = an.arm_summary(by[a], classic, direction)
             v = an.verdict(s, an.against(by[a], by[an.PBT]) if an.PBT in by else None)
-            ok = [f"≤ 1/2 in ≥ {v['need']} seeds: {'yes' if v['half'] else 'no'}",
-                  f"earlier than PBT: {_yn(v['earlier_than_pbt'])}",
-                  f"quality kept: {'yes' if v['quality'] else 'no'}"]
+            ok = [
+                f"≤ 1/2 in ≥ {v['need']} seeds: {'yes' if v['half'] else 'no'}",
+                f"earlier than PBT: {_yn(v['earlier_than_pbt'])}",
+                f"quality kept: {'yes' if v['quality'] else 'no'}",
+            ]
             lines.append(f"| {name(a)} | " + " | ".join(cells) + " | " + "; ".join(ok) + " |")
     lines += ["", "Per seed: final best (samples to the target ÷ the same seed's classic "
               "search; – : never reached)", "",
@@ -137,8 +144,11 @@ def draw(runs: Sequence[Run], path: str) -> None:
         for a in arms:
             b = an.bands([r for r in mine if r.arm == a], xs)
             c = colour(a, arms)
-            pts = [(x, m, lo, hi) for x, m, lo, hi in zip(xs, b["median"], b["min"], b["max"],
-                                                        strict=True) if m is not None]
+            pts = [
+                (x, m, lo, hi)
+                for x, m, lo, hi in zip(xs, b["median"], b["min"], b["max"], strict=True)
+                if m is not None
+            ]
             if not pts:
                 continue
             x, m, lo, hi = zip(*pts, strict=True)
@@ -146,7 +156,9 @@ def draw(runs: Sequence[Run], path: str) -> None:
             ax.fill_between(x, lo, hi, step="post", color=c, alpha=0.15, lw=0)
             finals += [v for v in hi if v is not None]
         if target is not None:
-            ax.axhline(target, color="black", ls="--", lw=1, label="target (classic's median final)")
+            ax.axhline(
+                target, color="black", ls="--", lw=1, label="target (classic's median final)"
+            )
         classic = [r.total_samples / r.full_samples for r in mine if r.arm == an.CLASSIC]
         if classic:
             half = an.HALF * sorted(classic)[len(classic) // 2]

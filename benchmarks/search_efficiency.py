@@ -155,7 +155,9 @@ def machine() -> str:
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}")  # fmt: skip
 
 
-def write(runs: Sequence[Run], meta: dict[str, Any], out: str, name: str) -> dict[str, str]:
+def write(
+    runs: Sequence[Run], meta: dict[str, Any], out: str, name: str, show: Sequence[str] = ()
+) -> dict[str, str]:
     os.makedirs(out, exist_ok=True)
     paths = {e: os.path.join(out, f"{name}.{e}") for e in ("json", "md", "png")}
     save_runs(paths["json"], runs, meta)
@@ -163,7 +165,7 @@ def write(runs: Sequence[Run], meta: dict[str, Any], out: str, name: str) -> dic
     head += "".join(f"Command: `{c}`\n\n" for c in meta.get("commands", []))
     with open(paths["md"], "w", encoding="utf-8") as f:
         f.write(head + f"Figure: `{name}.png`\n\n" + report.markdown(runs))
-    report.draw(runs, paths["png"])
+    report.draw([r for r in runs if not show or r.arm in show], paths["png"])
     return paths
 
 
@@ -189,8 +191,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--arm", action="append", choices=list(ARMS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--budget", action="append", type=_budget, help="WORKLOAD=FULL_RUNS")
-    p.add_argument("--tree-roots", type=_roots,
-                   help="roots of the tree: a number, or a multiple of the budget such as 0.5B")
+    p.add_argument(
+        "--tree-roots",
+        type=_roots,
+        help="roots of the tree: a number, or a multiple of the budget such as 0.5B",
+    )
     p.add_argument("--tree-rungs", type=float, nargs="+")
     p.add_argument("--tree-keep", type=float)
     p.add_argument("--tree-children", type=int)
@@ -211,6 +216,12 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="a JSON file of earlier runs to merge in (repeatable)",
+    )
+    p.add_argument(
+        "--show",
+        action="append",
+        default=[],
+        help="draw only these arms (repeatable; the tables keep every arm)",
     )
     p.add_argument(
         "--skip-done",
@@ -245,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "machine": machine(),
                 "last command's wall time": f"{time.monotonic() - t0:.0f} s"}  # fmt: skip
-    paths = write(merge(runs), {**meta, "commands": commands}, args.out, args.name)
+    paths = write(merge(runs), {**meta, "commands": commands}, args.out, args.name, args.show)
     with open(paths["md"], encoding="utf-8") as f:
         print(f.read())
     return 0

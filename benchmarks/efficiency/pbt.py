@@ -45,6 +45,9 @@ def ray_started(num_cpus: int) -> None:
         return
     paths = [BENCH_DIR, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    # Ray runs its workers at niceness 15: on a machine shared with other jobs they would get
+    # almost no CPU (1 % each, measured), and PBT's wall time would measure the neighbours
+    os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,

@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 import hpsearch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from digits import digits_datasets  # noqa: E402
+from digits import digits_datasets
 
 
 class RandomShift(nn.Module):

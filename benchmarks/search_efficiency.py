@@ -43,7 +43,7 @@ STUDIES = os.path.join(HERE, "studies")
 ARMS = ("tpe-median", "tpe-hyperband", "ray-pbt", "fork", "tree")
 # the default budget of each workload, in full runs from scratch: what 5 arms x 5 seeds of all
 # three afford in about 40 minutes on the 2-core machine of benchmarks/RESULTS.md
-WORKLOADS = {"digits": 8, "cnn": 6, "chars": 5}
+WORKLOADS = {"digits": 8, "cnn": 4, "chars": 5}
 TREE_KEYS = ("roots", "rungs", "keep", "children", "probe")
 
 

@@ -54,7 +54,7 @@ def full_run_epochs(path: str) -> float:
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f)
     epochs = float(raw["trials"]["epochs"])
-    if "tree" in raw:
+    if "warmup" not in raw:  # the fork tree's form: `trials.epochs` is the full budget
         return epochs
     return epochs + float((raw.get("warmup") or {}).get("epochs") or 0.0)
 

@@ -133,14 +133,13 @@ def draw(runs: Sequence[Run], path: str) -> None:
     tg = an.targets(runs)
     workloads = an.order_of(runs, "workload")
     cols = max(1, len(workloads))
-    fig, axes = plt.subplots(1, cols, figsize=(6.2 * cols, 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, cols, figsize=(6.2 * cols, 5.4), squeeze=False)
     for ax, w in zip(axes[0], workloads, strict=False):
         target = tg.get(w)
         mine = [r for r in runs if r.workload == w]
         arms = an.order_of(mine, "arm")
         end = max(r.total_samples / r.full_samples for r in mine)
         xs = [end * i / 400 for i in range(401)]
-        finals = []
         for a in arms:
             b = an.bands([r for r in mine if r.arm == a], xs)
             c = colour(a, arms)
@@ -153,8 +152,7 @@ def draw(runs: Sequence[Run], path: str) -> None:
                 continue
             x, m, lo, hi = zip(*pts, strict=True)
             ax.step(x, m, where="post", color=c, lw=1.6, label=name(a))
-            ax.fill_between(x, lo, hi, step="post", color=c, alpha=0.15, lw=0)
-            finals += [v for v in hi if v is not None]
+            ax.fill_between(x, lo, hi, step="post", color=c, alpha=0.1, lw=0)
         if target is not None:
             ax.axhline(
                 target, color="black", ls="--", lw=1, label="target (classic's median final)"
@@ -164,16 +162,23 @@ def draw(runs: Sequence[Run], path: str) -> None:
             half = an.HALF * sorted(classic)[len(classic) // 2]
             ax.axvline(half, color="black", ls=":", lw=1, label="1/2 of classic's samples")
         lows = [r.final_best for r in mine if r.final_best is not None]
-        if lows and finals:
-            lo, hi = min(lows), sorted(finals)[int(0.9 * (len(finals) - 1))]
-            pad = 0.08 * (hi - lo or 1.0)
-            ax.set_ylim(lo - pad, hi + pad)
+        if lows and target is not None:
+            # from the best final to a few times its distance to the target: where the arms
+            # differ, not the first minutes of training
+            lo, sign = (min(lows), 1) if mine[0].direction == "minimize" else (max(lows), -1)
+            span = abs(target - lo) or abs(target) * 0.1 or 1.0
+            ends = sorted([lo - sign * 0.15 * span, target + sign * 4 * span])
+            ax.set_ylim(*ends)
         ax.set_xlabel("cumulative training samples, in full runs from scratch")
         ax.set_ylabel(f"best {mine[0].metric} so far")
         better = "higher" if mine[0].direction == "maximize" else "lower"
         ax.set_title(f"{w}: median over seeds, band min–max ({better} is better)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper right" if better == "lower" else "lower right")
-    fig.tight_layout()
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.06 * (1 + len(handles) // 4), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

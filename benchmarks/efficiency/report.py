@@ -116,9 +116,43 @@ def _yn(x: bool | None) -> str:
 
 def markdown(runs: Sequence[Run]) -> str:
     lines: list[str] = []
-    for w, target in an.targets(runs).items():
+    targets = an.targets(runs)
+    for w, target in targets.items():
         lines += workload_tables(runs, w, target)
+    lines += settings_table(runs, targets)
     return "\n".join(lines)
+
+
+def settings_table(runs: Sequence[Run], targets: dict[str, float]) -> list[str]:
+    """Every tree setting measured, side by side over the workloads: seeds reaching the target
+    (at <= 1/2 of classic's samples), the median samples to it and the whole tree, both as
+    fractions of classic's, and the median final best."""
+    trees = [a for a in an.order_of(runs, "arm") if a not in an.NAMES_BASE]
+    if not trees:
+        return []
+    ws = list(targets)
+    lines = [
+        "### The tree's settings, side by side", "",
+        "Per workload: seeds reaching the target (of them at ≤ 1/2 of classic's samples); "
+        "median samples to the target ÷ classic's; the whole tree ÷ classic's; median final best "
+        "(classic's in the header).", "",
+        "| setting | " + " | ".join(f"{w} (classic {_f(targets[w])})" for w in ws) + " |",
+        "| --- |" + " --- |" * len(ws),
+    ]  # fmt: skip
+    for a in trees:
+        cells = []
+        for w in ws:
+            reach = [r for r in an.reaches(runs, w, targets[w]) if r.arm == a]
+            if not reach:
+                cells.append("")
+                continue
+            classic = [r for r in an.reaches(runs, w, targets[w]) if r.arm == an.CLASSIC]
+            direction = next(r.direction for r in runs if r.workload == w)
+            s = an.arm_summary(reach, classic, direction)
+            cells.append(f"{s['reached']}/{s['seeds']} ({s['reached_half']}); {_r(s['ratio'])}; "
+                         f"{_f(s['total_ratio'], '.2f')}; {_f(s['final_median'])}")  # fmt: skip
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def draw(runs: Sequence[Run], path: str) -> None:

@@ -161,8 +161,10 @@ def write(
     os.makedirs(out, exist_ok=True)
     paths = {e: os.path.join(out, f"{name}.{e}") for e in ("json", "md", "png")}
     save_runs(paths["json"], runs, meta)
-    head = "".join(f"{k}: {v}\n\n" for k, v in meta.items() if k != "commands")
-    head += "".join(f"Command: `{c}`\n\n" for c in meta.get("commands", []))
+    head = "".join(f"{k}: {v}\n\n" for k, v in meta.items() if k not in ("commands", "walls"))
+    walls = meta.get("walls", {})
+    head += "".join(f"Command ({walls.get(c, '?')} of wall time): `{c}`\n\n"
+                    for c in meta.get("commands", []))  # fmt: skip
     with open(paths["md"], "w", encoding="utf-8") as f:
         f.write(head + f"Figure: `{name}.png`\n\n" + report.markdown(runs))
     report.draw([r for r in runs if not show or r.arm in show], paths["png"])
@@ -235,12 +237,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     runs: list[Run] = []
     commands: list[str] = []
+    walls: dict[str, str] = {}  # command: its wall time
+    dates: list[str] = []
     meta: dict[str, Any] = {}
     for src in args.sources:
         doc, more = load_runs(src)
         runs += more
         commands += [c for c in doc.get("commands", []) if c not in commands]
-        meta = {k: v for k, v in doc.items() if k != "commands"} or meta
+        walls.update(doc.get("walls", {}))
+        if "last command's wall time" in doc and doc.get("commands"):
+            walls.setdefault(doc["commands"][-1], doc["last command's wall time"])
+        dates += [d for d in (doc.get("date"), doc.get("dates")) if isinstance(d, str)]
+        meta["machine"] = doc.get("machine", meta.get("machine"))
     if args.arm or not args.sources:
         args.arm = args.arm or list(ARMS)
         args.workload = args.workload or list(WORKLOADS)
@@ -252,11 +260,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         t0 = time.monotonic()
-        runs += benchmark(args, tree, runs, {**meta, "commands": commands})
-        meta = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "machine": machine(),
-                "last command's wall time": f"{time.monotonic() - t0:.0f} s"}  # fmt: skip
-    paths = write(merge(runs), {**meta, "commands": commands}, args.out, args.name, args.show)
+        runs += benchmark(args, tree, runs, {**meta, "commands": commands, "walls": walls})
+        walls[commands[-1]] = f"{time.monotonic() - t0:.0f} s"
+        dates.append(dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        meta["machine"] = machine()
+    if dates:
+        meta["dates"] = f"{min(dates)} to {max(dates)}" if len(set(dates)) > 1 else dates[0]
+    meta.update(commands=commands, walls=walls)
+    paths = write(merge(runs), meta, args.out, args.name, args.show)
     with open(paths["md"], encoding="utf-8") as f:
         print(f.read())
     return 0

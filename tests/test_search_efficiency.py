@@ -107,13 +107,15 @@ def test_costs_match_the_optuna_studies(real) -> None:
 def test_json_round_trip_merge_and_redraw(real, tmp_path: Path) -> None:
     _, runs = real
     src = tmp_path / "a.json"
-    records.save_runs(str(src), list(runs.values()), {"date": "d", "commands": ["python x"]})
+    meta = {"date": "d", "commands": ["python x"], "walls": {"python x": "5 s"}}
+    records.save_runs(str(src), list(runs.values()), meta)
     _, back = records.load_runs(str(src))
     assert back == list(runs.values())
     assert se.main(["--from", str(src), "--out", str(tmp_path / "redo"), "--name", "r"]) == 0
     md = (tmp_path / "redo" / "r.md").read_text()
     assert "### tiny (val_loss, minimize; a full run is 1438 samples)" in md
-    assert "| TPE + MedianPruner (classic) | 1/1 |" in md and "Command: `python x`" in md
+    assert "| TPE + MedianPruner (classic) | 1/1 |" in md
+    assert "Command (5 s of wall time): `python x`" in md
     assert (tmp_path / "redo" / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "redo" / "r.json").read_text())["runs"][0]["arm"] in runs
 

@@ -41,8 +41,8 @@ from efficiency.records import Run, load_runs, merge, save_runs
 HERE = os.path.dirname(os.path.abspath(__file__))
 STUDIES = os.path.join(HERE, "studies")
 ARMS = ("tpe-median", "tpe-hyperband", "ray-pbt", "fork", "tree")
-# the default budget of each workload, in full runs from scratch: what 5 arms x 5 seeds of all
-# three afford in about 40 minutes on the 2-core machine of benchmarks/RESULTS.md
+# the default budget of each workload, in full runs from scratch, sized for 5 arms x 5 seeds of all
+# three on the 2-core machine of benchmarks/RESULTS.md (its section says what that took)
 WORKLOADS = {"digits": 8, "cnn": 4, "chars": 5}
 TREE_KEYS = ("roots", "rungs", "keep", "children", "probe")
 

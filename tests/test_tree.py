@@ -203,6 +203,11 @@ def test_a_probed_tree_ranks_on_the_probe_and_forks_from_before_it(tmp_path: Pat
         inner = [t for t in trials if trial_attr(t, "generation") < 2 and t.value is not None]
         assert inner and all(t.value == trial_attr(t, "probe_value") for t in inner)
         assert all(trial_attr(t, "rung_value") != t.value for t in inner)
+        for t in inner:  # the probe's 64 samples count as the node's cost, not its record
+            rung = [128, 256][trial_attr(t, "generation")]
+            fork = trial_attr(t, "fork_samples")
+            assert trial_attr(t, "samples_trained") == rung - fork + 64
+            assert max(e["samples"] for e in trial_attr(t, "evaluations")) == rung
         last = [t for t in trials if trial_attr(t, "generation") == 2]
         assert all(trial_attr(t, "probe_value") is None for t in last)
         # the pruner's warm-up counts a node's evaluations from its fork

@@ -22,7 +22,7 @@ from hpsearch.search.records import set_trial_attrs
 from hpsearch.search.restore import PASS_THROUGH, Restorer, why
 from hpsearch.search.scheduler import Scheduler
 from hpsearch.search.summary import outcome_line
-from hpsearch.training import Budget, Schedule, Trainer, fork
+from hpsearch.training import Budget, Progress, Schedule, Trainer, fork
 
 
 class TrialRunner:
@@ -59,7 +59,7 @@ class TrialRunner:
         try:
             state, value, note = self._train(otrial, trainer, hooks)
             if state == "COMPLETE" and job.probe and value is not None:
-                value = self._probe(otrial, job, trainer, value)
+                value = self._probe(otrial, job, hooks, value)
         except Interrupted:
             checkpoint_on_stop(self.ctx, trainer, hooks)
             self.failures.account(otrial, job, hooks)
@@ -182,16 +182,19 @@ class TrialRunner:
             set_trial_attrs(otrial, fail_kind="diverged", fail_reason=str(exc))
             return "FAIL", None, f"diverged: {exc}"
 
-    def _probe(self, otrial: optuna.Trial, job: Job, trainer: Trainer, value: float) -> float:
+    def _probe(self, otrial: optuna.Trial, job: Job, hooks: TrialHooks, value: float) -> float:
         """Rank a tree's node on a cooldown probe: a throwaway branch from its final state whose
         LR decays to the schedule's final value over `job.probe` samples, as its run will at
         the end. Nothing of the branch is saved; the node's children fork from its final
-        checkpoint, taken before the probe. Returns the probe's objective."""
+        checkpoint, taken before the probe. Its training counts in the node's steps and
+        samples (it is compute the search spent); its evaluation is not one of the node's.
+        Returns the probe's objective."""
+        trainer = hooks.trainer
         sched = trainer.schedule
         if sched is None:
             return value
-        start = trainer.progress.samples
-        end = start + job.probe
+        before, history = Progress(**vars(trainer.progress)), list(trainer.history)
+        end = before.samples + job.probe
         warm = min(sched.warmup * (trainer.total_samples or end) / end, 1.0 - job.probe / end)
         trainer.schedule = Schedule("wsd", warm, sched.final, job.probe / end)
         trainer.total_samples = end
@@ -200,6 +203,9 @@ class TrialRunner:
             metrics = trainer.train(Budget(samples=job.probe))
         finally:
             self.restorer.forget()  # its state is the probe's now: rebuild from a checkpoint
+            hooks.steps += trainer.progress.step - before.step
+            hooks.samples += trainer.progress.samples - before.samples
+            trainer.progress, trainer.history = before, history  # the node's own record
         probed = float(metrics[self.ctx.metric])
         set_trial_attrs(otrial, rung_value=value, probe_value=probed)
         return probed

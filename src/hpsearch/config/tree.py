@@ -2,13 +2,15 @@
 
     tree:
       roots: 12                       # generation 0: short runs from scratch, every key sampled
-      rungs: [0.125, 0.25, 0.5, 1.0]  # where generations end, as fractions of the full budget
+      rungs: [0.25, 0.5, 1.0]         # where generations end, as fractions of the full budget
       keep: 0.25                      # the fraction of a generation that survives a rung
-      children: 4                     # forks per survivor; child 0 keeps its parent's values
+      children: 2                     # forks per survivor; child 0 keeps its parent's values
       probe: 0.0                      # a cooldown probe to rank on, as a fraction of the budget
       hparams: {hidden: 256}          # values of the keys search_space does not sample
 
-A study file with neither `tree:` nor `warmup:` is a tree with these defaults.
+A study file with neither `tree:` nor `warmup:` is a tree with these defaults (rungs, keep,
+children and probe are the setting that did best in benchmarks/RESULTS.md's side-by-side
+search; a tree then costs about 0.4-0.5 of a classic search of `roots` full runs).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from hpsearch.config.values import Bounds, Reader, as_number, fmt, is_number, sh
 
 DEFAULTS: dict[str, Any] = {
     "roots": 12,
-    "rungs": [0.125, 0.25, 0.5, 1.0],
+    "rungs": [0.25, 0.5, 1.0],
     "keep": 0.25,
-    "children": 4,
+    "children": 2,
     "probe": 0.0,
 }
 MAX_NODES = 100_000  # a tree this size is a typo (children: 1000), not a search

@@ -28,6 +28,7 @@ import yaml
 
 from hpsearch.search import runner, worker
 from hpsearch.search.scheduler.fork_from_base import ForkFromBase
+from hpsearch.search.scheduler.tree import Tree
 from hpsearch.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,13 +160,14 @@ class TrialsClock:
         self.start = self.compute_at_start = self.optuna_at_start = 0.0
         self.states: list[str] = []
         self._prepare = ForkFromBase.prepare
+        self._prepare_tree = Tree.prepare  # a fork tree has no warm-up: its trials start at once
         self._run_trial = worker.Worker.run_trial
 
     def __enter__(self) -> TrialsClock:
         clock = self
 
         def prepare(scheduler):
-            clock._prepare(scheduler)
+            (clock._prepare_tree if isinstance(scheduler, Tree) else clock._prepare)(scheduler)
             clock.start = time.perf_counter()
             clock.compute_at_start = clock.compute.seconds
             clock.optuna_at_start = clock.optuna_clock.seconds
@@ -176,11 +178,13 @@ class TrialsClock:
             return out
 
         ForkFromBase.prepare = prepare  # type: ignore[method-assign]
+        Tree.prepare = prepare  # type: ignore[method-assign]
         worker.Worker.run_trial = run_trial  # type: ignore[method-assign]
         return self
 
     def __exit__(self, *exc: object) -> None:
         ForkFromBase.prepare = self._prepare  # type: ignore[method-assign]
+        Tree.prepare = self._prepare_tree  # type: ignore[method-assign]
         worker.Worker.run_trial = self._run_trial  # type: ignore[method-assign]
 
 
@@ -190,7 +194,10 @@ def run(study: str, trials: int, storage: str | None = None) -> dict[str, float]
         path = _copy_study(study, workdir)
         from hpsearch.config import load_study_file
 
-        ckpt_dir = load_study_file(path).checkpoints.dir
+        settings = load_study_file(path)
+        ckpt_dir = settings.checkpoints.dir
+        if settings.strategy == "tree":
+            trials = None  # type: ignore[assignment]  # a tree's size follows from its shape
         sampler = DiskSampler(ckpt_dir)
         sampler.start()
         with ComputeClock() as compute, OptunaClock() as opt, TrialsClock(compute, opt) as clock:

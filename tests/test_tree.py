@@ -240,3 +240,26 @@ def test_two_workers_fill_every_slot_once(tmp_path: Path) -> None:
         assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     finally:
         session.close()
+
+
+def test_the_plan_of_a_deep_tree_works_out_each_generation_once() -> None:
+    """Each generation's slots depend on every generation before it; worked out again for every
+    question, a 25-generation tree took minutes per new node (2^g calls)."""
+    tree = TreeSettings(roots=4, rungs=tuple((i + 1) / 25 for i in range(25)), keep=0.25,
+                        children=4, probe=0.0, hparams={})  # fmt: skip
+    trials, parent = [node(i, 0, None, i, float(i)) for i in range(4)], 3
+    for g in range(1, 25):
+        base = len(trials)
+        trials += [node(base + c, g, parent, c, float(base + c)) for c in range(4)]
+        parent = base + 3  # the best of its generation
+
+    class Counted(TreePlan):
+        calls = 0
+
+        def _slots_of(self, g: int) -> Any:
+            Counted.calls += 1
+            return super()._slots_of(g)
+
+    plan = Counted(trials, tree, "maximize", retries=1)
+    assert plan.next().slot is None and plan.protected() == set() and plan.size() == 100
+    assert Counted.calls == 25

@@ -38,6 +38,7 @@ class TreePlan:
         self, trials: Sequence[FrozenTrial], tree: TreeSettings, direction: str, retries: int
     ) -> None:
         self.tree, self.direction = tree, direction
+        self._expected: dict[int, list[Slot] | None] = {}
         self.by_number = {t.number: t for t in trials}
         retried = retried_numbers(trials)
         self.slots: dict[Slot, list[FrozenTrial]] = {}
@@ -57,11 +58,17 @@ class TreePlan:
 
     def expected(self, g: int) -> list[Slot] | None:
         """The slots of generation g, or None while generation g-1 is not settled."""
+        if g not in self._expected:  # each generation's slots depend on all before it: once
+            self._expected[g] = self._slots_of(g)
+        return self._expected[g]
+
+    def _slots_of(self, g: int) -> list[Slot] | None:
         if g == 0:
             return [(0, None, k) for k in range(self.tree.roots)]
         if not self.is_settled(g - 1):
             return None
-        return [(g, s.number, c) for s in self.survivors(g - 1) for c in range(self.tree.children)]
+        survivors = self.survivors(g - 1)
+        return [(g, s.number, c) for s in survivors for c in range(self.tree.children)]
 
     def is_settled(self, g: int) -> bool:
         slots = self.expected(g)

@@ -10,6 +10,7 @@ import pytest
 
 from hpsearch.cli import main
 from hpsearch.config import load_study_file
+from hpsearch.console import BARS_ENV
 from hpsearch.errors import StudyFileError, UsageError
 from hpsearch.search.placement import (
     CUDA_ENV,
@@ -137,4 +138,6 @@ def test_each_worker_process_really_starts_with_its_gpu(tmp_path, monkeypatch, c
     seen = dict(line.split() for line in log.read_text().splitlines())
     assert seen.pop(str(os.getpid())) == "9"  # this process is worker 0
     assert list(seen.values()) == ["4"]  # and a process of its own
-    assert os.environ[CUDA_ENV] == "9"  # set before CUDA could start here (monkeypatch undoes it)
+    # and put back once the run is over: a process that goes on (this test, a notebook) must
+    # not leave later runs on worker 0's GPU or without progress bars
+    assert os.environ[CUDA_ENV] == "4,6,9" and BARS_ENV not in os.environ

@@ -144,25 +144,34 @@ def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
     if must_exist:
         Session.open(args.study, storage=args.storage, classic=args.classic, create=False).close()
     label = ""
+    # this process's environment is put back afterwards: `main()` may be called in a process
+    # that goes on (a test, a notebook) and starts other runs, which would inherit no bars
+    saved = {k: os.environ.get(k) for k in (BARS_ENV, CUDA_ENV)}
     if args.workers > 1:  # one terminal, several workers: prefixed lines, no bars
         os.environ[BARS_ENV] = "0"
         label = f"[worker {os.getpid()}] "
-    plan = _placement(args, settings)
-    extra = [_spawn_worker(args, worker_env(plan, i)) for i in range(1, args.workers)]
-    if plan is not None:  # this process is worker 0; CUDA reads the variable when it starts
-        os.environ[CUDA_ENV] = plan.devices[0]
+    extra: list[subprocess.Popen[bytes]] = []
 
     def wait_for_workers() -> None:
         for proc in extra:
             proc.wait()
 
     try:
+        plan = _placement(args, settings)
+        extra = [_spawn_worker(args, worker_env(plan, i)) for i in range(1, args.workers)]
+        if plan is not None:  # this process is worker 0; CUDA reads the variable when it starts
+            os.environ[CUDA_ENV] = plan.devices[0]
         summary = run_study(
             args.study, trials=args.trials, storage=args.storage, classic=args.classic,
             label=label, after=wait_for_workers,
         )  # fmt: skip
     finally:
         wait_for_workers()  # after a stop too: they got the same signal
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     ckpt_dir = os.path.join(settings.checkpoints.dir, summary.study)
     print(format_summary(summary, ckpt_dir))
     failed = [f"worker {p.pid} exited with {p.returncode}" for p in extra if p.returncode]

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
+from digits import digits_tensors  # examples/digits.py: the same images, read without sklearn
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -56,11 +57,7 @@ class DigitsData(L.LightningDataModule):
         self.n_train = n_train
 
     def setup(self, stage: str) -> None:
-        from sklearn.datasets import load_digits
-
-        data = load_digits()
-        x = torch.tensor(data.data, dtype=torch.float32) / 16.0
-        y = torch.tensor(data.target, dtype=torch.long)
+        x, y = digits_tensors()
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(1234))
         val, train = order[:360], order[360 : 360 + self.n_train]
         self.train, self.val = TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])

@@ -324,3 +324,15 @@ def test_a_stop_between_a_step_and_its_evaluation_evaluates_on_resume(tmp_path):
     resumed.train(Budget(steps=12), eval_every=Every(steps=5))
     assert resumed.history == ref.history
     _states_equal(resumed.state()[0], ref.state()[0])
+
+
+def test_the_example_reads_the_digits_scikit_learn_loads():
+    """examples/digits.py reads scikit-learn's bundled CSV itself (importing sklearn.datasets is
+    1.7 s of every process's start-up): the images and labels are load_digits()'s."""
+    from digits import digits_tensors
+    from sklearn.datasets import load_digits
+
+    x, y = digits_tensors()
+    data = load_digits()
+    assert torch.equal(x, torch.tensor(data.data, dtype=torch.float32) / 16.0)
+    assert torch.equal(y, torch.tensor(data.target, dtype=torch.long))

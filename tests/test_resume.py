@@ -16,6 +16,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from hpsearch.cli import main
 from hpsearch.search.records import PREFIX as ATTR
 from hpsearch.search.session import Session
 from hpsearch.testing import StudyPaths, Watch, kill_at_events, takeovers_after
@@ -86,9 +87,10 @@ def _same(a: dict[int, tuple], b: dict[int, tuple]) -> None:
 
 
 def _reference(tmp_path_factory, study: dict) -> dict[int, tuple]:
+    """The uninterrupted study, run in this process: a fresh one would cost ~4 s of start-up
+    (torch, and torch._dynamo on the first optimizer), and the study is the same in either."""
     path = write_study(tmp_path_factory.mktemp("ref"), name="kc", **study)
-    proc = _run(path)
-    assert proc.returncode == 0, proc.stderr
+    assert main(["run", path]) == 0
     return _results(path)
 
 
@@ -253,7 +255,7 @@ def test_a_crashed_trial_continues_from_its_checkpoint_in_the_same_run(tmp_path)
     doc = {**STUDY, "trials": {**STUDY["trials"], "n": 4}, "pruner": {"name": "NopPruner"},
            "task": f"{task}:Flaky"}  # fmt: skip
     ref_path = write_study(tmp_path / "ref", name="kc", **doc)
-    assert _run(ref_path).returncode == 0
+    assert main(["run", ref_path]) == 0
     reference = _results(ref_path)
 
     flag.write_text(repr(reference[2][1]["lr"]))  # the third trial will crash, once

@@ -65,15 +65,16 @@ def study(tmp_path_factory):
                  if importlib.util.find_spec(name)},
     )  # fmt: skip
     writes: list[str] = []
-    real = optuna.trial.Trial.set_user_attr
+    rdb = optuna.storages.RDBStorage
+    real = rdb._set_trial_attr_without_commit  # every attribute write, batched or not
 
-    def counted(self, key, value):  # the real write, counted
+    def counted(self, session, model_cls, trial_id, key, value):  # the real write, counted
         writes.append(key)
-        return real(self, key, value)
+        return real(self, session, model_cls, trial_id, key, value)
 
     mp = pytest.MonkeyPatch()
     mp.setenv("STOP_FLAG", str(tmp / "stopped"))
-    mp.setattr(optuna.trial.Trial, "set_user_attr", counted)
+    mp.setattr(rdb, "_set_trial_attr_without_commit", counted)
     try:
         assert main(["run", path]) == 130  # stopped by the Ctrl-C mid-trial
         assert main(["run", path]) == 0

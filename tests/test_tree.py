@@ -89,6 +89,19 @@ def test_a_grown_tree_needs_nothing_and_pins_nothing() -> None:
     assert plan.protected() == set()
 
 
+def test_a_generation_with_too_many_pruned_shrinks_the_tree_it_plans() -> None:
+    """Survivors are complete nodes only: a generation with 1 complete node of 4 has 1
+    survivor, so the next one has 2 children, not 4; progress counts against this size."""
+    trials = [node(i, 0, None, i, 0.5 + i / 10) for i in range(4)]  # survivors 3 and 2
+    for i, parent in enumerate([3, 3, 2, 2]):
+        state = TrialState.COMPLETE if i == 0 else TrialState.PRUNED
+        trials.append(node(4 + i, 1, parent, i % 2, 0.9 if i == 0 else None, state))
+    plan = TreePlan(trials, TREE, "maximize", retries=1)
+    assert [t.number for t in plan.survivors(1)] == [4]
+    assert plan.size() == 4 + 4 + 2 < sum(generation_sizes(TREE))
+    assert plan.next().slot == (2, 4, 0)
+
+
 def test_wsd_holds_the_lr_then_decays_over_the_last_fraction() -> None:
     s = Schedule("wsd", warmup=0.1, final=0.0, decay=0.2)
     assert [round(s.factor(p), 6) for p in (0.05, 0.1, 0.5, 0.8, 0.9, 1.0)] == [
@@ -187,6 +200,30 @@ def test_a_tree_study_grows_its_shape_and_its_winner_replays_bit_for_bit(
         _, result = replay(session, best.number, say=lambda _: None)
         assert result.compared > 0 and result.differs == []
         assert result.metrics["val_loss"] == best.value
+    finally:
+        session.close()
+
+
+def test_a_node_enqueued_by_a_worker_that_died_before_asking_is_asked_once(
+    tmp_path: Path,
+) -> None:
+    """A node is enqueued with its place in the tree, then asked for; a worker killed between
+    the two leaves a waiting trial that names its slot: the next ask takes it, so the slot is
+    filled once and no trial is left waiting."""
+    path = _tree_file(tmp_path)
+    session = Session.open(path, create=True)
+    place = {"generation": 0, "parent_trial": None, "child": 0}
+    session.study.enqueue_trial({}, user_attrs={PREFIX + k: v for k, v in place.items()})
+    session.close()
+    run_study(path)
+    session = Session.open(path, create=False)
+    try:
+        trials = session.study.get_trials(deepcopy=False)
+        assert all(t.state.is_finished() for t in trials)
+        slots = [(trial_attr(t, "generation"), trial_attr(t, "parent_trial"),
+                  trial_attr(t, "child")) for t in trials]  # fmt: skip
+        assert len(slots) == len(set(slots)) == 12
+        assert trials[0].params and trial_attr(trials[0], "fork_step") == 0  # it ran as root 0
     finally:
         session.close()
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Sequence
 
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.console import human_time, live_display
 from hpsearch.search.context import RunContext
@@ -18,28 +19,37 @@ LINE_AT_LEAST_S = 60.0  # ... or this long, whichever comes first
 
 
 class StudyProgress:
-    def __init__(self, ctx: RunContext, target: int) -> None:
-        self.ctx, self.target = ctx, target
+    """`size`, if given, tells the study's target from its trials as they are now (a fork tree:
+    a generation whose nodes were pruned has fewer survivors, so fewer children than planned)."""
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        target: int,
+        size: Callable[[Sequence[FrozenTrial]], int] | None = None,
+    ) -> None:
+        self.ctx, self.target, self.size = ctx, target, size
         self.start = time.monotonic()
         self.ran = 0  # trials this worker finished in this run
         self.tty = live_display(sys.stderr)
         self._since_line, self._line_at = 0, self.start
 
-    def counts(self) -> tuple[int, float | None]:
-        """Finished trials of the study (all workers, all runs) and its best value."""
-        study = self.ctx.session.study
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                          TrialState.FAIL))  # fmt: skip
-        done = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    def counts(self) -> tuple[int, float | None, int]:
+        """Finished trials of the study (all workers, all runs), its best value, its target."""
+        trials = self.ctx.session.study.get_trials(deepcopy=False)
+        ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        finished = [t for t in trials if t.state in ended]
+        done = [t.value for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
         pick = max if self.ctx.settings.objective.direction == "maximize" else min
-        return len(trials), (pick(done) if done else None)
+        target = self.size(trials) if self.size is not None else self.target
+        return len(finished), (pick(done) if done else None), target
 
     def summary(self) -> str:
-        finished, best = self.counts()
-        parts = [f"{finished}/{self.target} trials"]
+        finished, best, target = self.counts()
+        parts = [f"{finished}/{target} trials"]
         if best is not None:
             parts.append(f"best {self.ctx.metric} {best:.4g}")
-        left = max(0, self.target - finished)
+        left = max(0, target - finished)
         if self.ran and left:
             per_trial = (time.monotonic() - self.start) / self.ran
             parts.append(f"ETA {human_time(per_trial * left)}")

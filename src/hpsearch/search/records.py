@@ -12,6 +12,8 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial
 
+from hpsearch.search.optuna_bridge import set_user_attrs
+
 PREFIX = "hpsearch."  # of every user attribute hpsearch sets on studies and trials
 
 StudyKey = Literal[
@@ -69,11 +71,12 @@ def trial_attr(trial: FrozenTrial, key: TrialKey, default: Any = None) -> Any:
 
 
 def set_trial_attrs(trial: optuna.Trial, **values: Any) -> None:
-    """Set several `hpsearch.*` attributes of a running trial; the names are checked."""
-    for key, value in values.items():
+    """Set several `hpsearch.*` attributes of a running trial, in one transaction; the names
+    are checked."""
+    for key in values:
         if key not in _TRIAL_KEYS:
             raise KeyError(f"not an hpsearch trial attribute: {key!r}")
-        trial.set_user_attr(PREFIX + key, value)
+    set_user_attrs(trial, {PREFIX + key: value for key, value in values.items()})
 
 
 _TRIAL_KEYS = frozenset(TrialKey.__args__)  # type: ignore[attr-defined]

@@ -69,7 +69,7 @@ class Worker:
         _preflight(ctx)
         set_study_attr(s.study, "mode", scheduler.mode)
         set_study_attr(s.study, "samples_per_epoch", budgets.n)
-        progress = StudyProgress(ctx, target)
+        progress = StudyProgress(ctx, target, size=getattr(scheduler, "size", None))
         trials = TrialRunner(ctx, restorer, scheduler, progress)
         self.presence = ctx.presence = s.lineage.start_attempt(WORKERS)
         started = False

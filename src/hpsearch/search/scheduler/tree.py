@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import FORKABLE, StudySettings, TreeSettings, suggest, trial_hparams
 from hpsearch.lineage import CheckpointRow
@@ -21,8 +21,8 @@ from hpsearch.search import asking
 from hpsearch.search import optuna_bridge as bridge
 from hpsearch.search.context import RunContext
 from hpsearch.search.jobs import WAIT, Job, Wait
-from hpsearch.search.records import Mode, set_trial_attrs, trial_attr
-from hpsearch.search.scheduler.tree_plan import Next, Slot, TreePlan
+from hpsearch.search.records import PREFIX, Mode, trial_attr
+from hpsearch.search.scheduler.tree_plan import Next, Slot, TreePlan, slot_of
 from hpsearch.training import Budget
 
 
@@ -61,6 +61,11 @@ class Tree:
             trials = self.ctx.session.study.get_trials(deepcopy=False)
         return TreePlan(trials, self.tree, s.objective.direction, s.trials.retries)
 
+    def size(self, trials: Sequence[FrozenTrial]) -> int:
+        """The tree's nodes as planned now: the generations not settled yet at full size, those
+        after a generation with fewer survivors (too many pruned) smaller."""
+        return self.plan(trials).size()
+
     def _forkable(self) -> set[str]:
         """The keys a child may change: the registry's (lr, weight decay, dropout, batch size,
         ...) and those the task reads from its hparams at every step (`forkable_hparams`); its
@@ -76,26 +81,41 @@ class Tree:
         return asking.with_ask_lease(self.ctx, self._ask)
 
     def _ask(self) -> Job | Wait | None:
-        nxt = self.plan().next()
+        plan = self.plan()
+        orphan = _orphan(plan)
+        if orphan is not None:  # enqueued by a worker that died before it asked: ask it now
+            slot = slot_of(orphan)
+            assert slot is not None
+            parent = plan.by_number.get(slot[1]) if slot[1] is not None else None
+            return self._ask_slot(Next(slot=slot, parent=parent), enqueued=True)
+        nxt = plan.next()
         if nxt.wait:
             return WAIT
         if nxt.slot is None:
             return None
         return self._ask_slot(nxt)
 
-    def _ask_slot(self, nxt: Next) -> Job:
+    def _ask_slot(self, nxt: Next, *, enqueued: bool = False) -> Job:
+        """Ask for the node of `nxt.slot`. It is enqueued with its place in the tree (and a
+        child's inherited params) in one write, then asked for under the ask lease: a worker
+        that dies between the two leaves a waiting trial that says which slot it fills, which
+        the next ask takes (`_orphan`), never a trial that belongs nowhere."""
         ctx, study = self.ctx, self.ctx.session.study
         slot: Slot = nxt.slot  # type: ignore[assignment]
         g, parent_trial, child = slot
         parent_ckpt = trial_attr(nxt.parent, "final_checkpoint") if nxt.parent else None
-        if nxt.parent is not None:
+        if not enqueued:
+            fixed = (
+                inherited(nxt.parent.params, self._forkable(), keep_all=child == 0)
+                if nxt.parent is not None
+                else {}
+            )
+            place = {"generation": g, "parent_trial": parent_trial, "child": child}
             study.enqueue_trial(
-                inherited(nxt.parent.params, self._forkable(), keep_all=child == 0),
-                skip_if_exists=False,
+                fixed, user_attrs={PREFIX + k: v for k, v in place.items()}, skip_if_exists=False
             )
         ctx.pin([parent_ckpt])
-        trial = asking.ask(ctx)
-        set_trial_attrs(trial, generation=g, parent_trial=parent_trial, child=child)
+        trial = asking.ask(ctx)  # pops the oldest waiting trial: the one just enqueued
         params = suggest(trial, ctx.settings)  # the enqueued ones come back as they were
         token = ctx.lineage.start_attempt(trial.number)
         hp = trial_hparams(ctx.settings, params)
@@ -103,6 +123,15 @@ class Tree:
                   parent=parent_ckpt, generation=g)  # fmt: skip
         self.place(job)
         return job
+
+
+def _orphan(plan: TreePlan) -> FrozenTrial | None:
+    """The oldest waiting trial that holds a place in the tree: one a worker enqueued and died
+    before asking for (asks happen under the ask lease, so no other worker is between the
+    two now)."""
+    waiting = [t for t in plan.by_number.values() if t.state == TrialState.WAITING]
+    placed = [t for t in waiting if slot_of(t) is not None]
+    return min(placed, key=lambda t: t.number) if placed else None
 
 
 def inherited(

@@ -8,10 +8,11 @@ import textwrap
 
 import pytest
 
+import hpsearch
 from hpsearch.cli import main
 from hpsearch.config import load_study_file
 from hpsearch.console import BARS_ENV
-from hpsearch.errors import StudyFileError, UsageError
+from hpsearch.errors import HpsearchError, StudyFileError, UsageError
 from hpsearch.search.placement import (
     CUDA_ENV,
     Placement,
@@ -123,7 +124,10 @@ class Recorder(DigitsMLP):
 """
 
 
-def test_each_worker_process_really_starts_with_its_gpu(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("entry", ["cli", "api"])
+def test_each_worker_process_really_starts_with_its_gpu(entry, tmp_path, monkeypatch, capsys):
+    """`hpsearch run --workers 2 --gpus 2,0`, and `hpsearch.run(..., workers=2, gpus="2,0")`
+    from Python, which runs the same code."""
     (tmp_path / "task.py").write_text(textwrap.dedent(TASK))
     examples = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([examples, os.environ.get("PYTHONPATH", "")]))
@@ -131,7 +135,11 @@ def test_each_worker_process_really_starts_with_its_gpu(tmp_path, monkeypatch, c
     monkeypatch.setenv("GPU_LOG", str(log))
     monkeypatch.setenv(CUDA_ENV, "4,6,9")  # inherited: the run narrows it per worker
     path = write_study(tmp_path, task="task.py:Recorder", device="cuda")
-    assert main(["run", path, "--workers", "2", "--gpus", "2,0"]) == 2  # the task's error
+    if entry == "cli":
+        assert main(["run", path, "--workers", "2", "--gpus", "2,0"]) == 2  # the task's error
+    else:
+        with pytest.raises(HpsearchError, match="recorded; stopping here"):
+            hpsearch.run(config=path, workers=2, gpus="2,0")
     out, err = capsys.readouterr()
     assert "CUDA_VISIBLE_DEVICES per worker: worker 0 on GPU 9, worker 1 on GPU 4" in out
     assert "warning" not in err

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,11 +25,9 @@ import yaml
 
 from hpsearch.config.reader import load_study_file, load_study_mapping
 from hpsearch.config.schema import StudySettings
-from hpsearch.console import BARS_ENV
 from hpsearch.errors import HpsearchError, UsageError
 from hpsearch.report.status import StudyHandle
 from hpsearch.search.records import TrialRecord
-from hpsearch.search.runner import run_study
 from hpsearch.search.session import Session
 from hpsearch.search.summary import Summary, format_summary
 from hpsearch.task import Task
@@ -112,6 +109,7 @@ def run(
     workers: int = 1,
     storage: str | None = None,
     classic: bool = False,
+    gpus: str | None = None,
     base_dir: str | os.PathLike[str] | None = None,
 ) -> Study:
     """Create or continue a study until it has `trials` (default `trials.n`) finished trials.
@@ -120,8 +118,10 @@ def run(
     study file. `task` is a `Task` subclass or "path/to/file.py:Class" (then `config` has no
     `task` key). Relative paths are resolved against `base_dir` (default: the current
     directory). `workers` > 1 starts `hpsearch worker` processes, which import the task by name:
-    a class defined in `__main__` (a notebook) runs with one worker only. Returns the `Study`,
-    with the run's `summary`.
+    a class defined in `__main__` (a notebook) runs with one worker only. With `device: cuda`,
+    each worker gets its own GPU, as with `hpsearch run --workers N`; `gpus` is `--gpus`
+    ("0,2", "0,0,1,1": which devices, in worker order). Returns the `Study`, with the run's
+    `summary`.
     """
     if trials is not None and trials < 1:
         raise UsageError(f"trials must be >= 1, got {trials}")
@@ -129,7 +129,7 @@ def run(
         raise UsageError(f"workers must be >= 1, got {workers}")
     path = _study_file(task, config, os.fspath(base_dir or os.getcwd()), workers)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as `hpsearch run`: it prints its own
-    summary, settings = _run_workers(path, trials, workers, storage, classic)
+    summary, settings = _run_workers(path, trials, workers, storage, classic, gpus)
     print(format_summary(summary, os.path.join(settings.checkpoints.dir, summary.study)))
     study = load(path, storage=storage, classic=classic)
     study.summary = summary
@@ -234,44 +234,19 @@ def _write(settings: StudySettings, doc: dict[str, Any]) -> str:
 
 
 def _run_workers(
-    path: str, trials: int | None, workers: int, storage: str | None, classic: bool
-) -> tuple[Summary, StudySettings]:
-    """`hpsearch run --workers N`: this process is one worker, N-1 more are started."""
-    from hpsearch.cli import _spawn_worker  # the very command line `hpsearch run` starts
+    path: str, trials: int | None, workers: int, storage: str | None, classic: bool,
+    gpus: str | None,
+) -> tuple[Summary, StudySettings]:  # fmt: skip
+    """`hpsearch run --workers N [--gpus ...]`: this process is one worker, N-1 more are
+    started, each on its own GPU when the study runs on CUDA -- the very code the command
+    runs."""
+    from hpsearch.cli import run_with_workers
 
     settings = load_study_file(path)
-    args = argparse.Namespace(study=path, storage=storage, classic=classic, trials=trials)
-    bars = os.environ.get(BARS_ENV)
-    label = ""
-    if workers > 1:  # one terminal, several workers: prefixed lines, no bars
-        os.environ[BARS_ENV] = "0"
-        label = f"[worker {os.getpid()}] "
-    extra: list[subprocess.Popen[bytes]] = []
-    try:
-        extra = [_spawn_worker(args) for _ in range(workers - 1)]
-
-        def wait_for_workers() -> None:
-            for proc in extra:
-                proc.wait()
-
-        try:
-            summary = run_study(
-                path, trials=trials, storage=storage, classic=classic, label=label,
-                after=wait_for_workers,
-            )  # fmt: skip
-        finally:
-            wait_for_workers()
-    finally:
-        if workers > 1:
-            _restore_env(BARS_ENV, bars)
+    args = argparse.Namespace(study=path, storage=storage, classic=classic, trials=trials,
+                              workers=workers, gpus=gpus)  # fmt: skip
+    summary, extra = run_with_workers(args, settings)
     failed = [f"worker {p.pid} exited with {p.returncode}" for p in extra if p.returncode]
     if failed:
         raise HpsearchError("; ".join(failed) + " (see its messages above)")
     return summary, settings
-
-
-def _restore_env(key: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(key, None)
-    else:
-        os.environ[key] = value

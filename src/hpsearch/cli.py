@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from hpsearch.report.views import TrialView
     from hpsearch.search.placement import Placement
     from hpsearch.search.session import Session
+    from hpsearch.search.summary import Summary
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,13 +137,29 @@ def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     # on stdout, with the run's other lines: stderr is for warnings and errors
     print(f"{args.study}: opening the study and loading the task {settings.task} ...", flush=True)
-    from hpsearch.search.placement import CUDA_ENV, worker_env
-    from hpsearch.search.runner import run_study  # imports torch: seconds on a cold start
-    from hpsearch.search.session import Session
+    from hpsearch.search.session import Session  # imports torch: seconds on a cold start
     from hpsearch.search.summary import format_summary
 
     if must_exist:
         Session.open(args.study, storage=args.storage, classic=args.classic, create=False).close()
+    summary, extra = run_with_workers(args, settings)
+    ckpt_dir = os.path.join(settings.checkpoints.dir, summary.study)
+    print(format_summary(summary, ckpt_dir))
+    failed = [f"worker {p.pid} exited with {p.returncode}" for p in extra if p.returncode]
+    if failed:  # its own error message is above; the study itself may be fine
+        raise HpsearchError("; ".join(failed) + " (see its messages above)")
+    return 0
+
+
+def run_with_workers(
+    args: argparse.Namespace, settings: StudySettings
+) -> tuple[Summary, list[subprocess.Popen[bytes]]]:
+    """Run the study in this process as worker 0 and start `args.workers - 1` more `hpsearch
+    worker` processes, each on its GPU when the study runs on CUDA (`_placement`); returns the
+    summary once all have ended, and the started workers (their exit codes)."""
+    from hpsearch.search.placement import CUDA_ENV, worker_env
+    from hpsearch.search.runner import run_study
+
     label = ""
     # this process's environment is put back afterwards: `main()` may be called in a process
     # that goes on (a test, a notebook) and starts other runs, which would inherit no bars
@@ -172,12 +189,7 @@ def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    ckpt_dir = os.path.join(settings.checkpoints.dir, summary.study)
-    print(format_summary(summary, ckpt_dir))
-    failed = [f"worker {p.pid} exited with {p.returncode}" for p in extra if p.returncode]
-    if failed:  # its own error message is above; the study itself may be fine
-        raise HpsearchError("; ".join(failed) + " (see its messages above)")
-    return 0
+    return summary, extra
 
 
 def _placement(args: argparse.Namespace, settings: StudySettings) -> Placement | None:

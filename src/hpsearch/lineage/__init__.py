@@ -25,6 +25,7 @@ from hpsearch.lineage.schema import (
     create_schema,
     database_url,
     engine_kwargs,
+    retry_if_busy,
     schema_lock,
 )
 from hpsearch.lineage.sql import SqlLineage, open_lineage
@@ -51,5 +52,6 @@ __all__ = [
     "database_url",
     "engine_kwargs",
     "open_lineage",
+    "retry_if_busy",
     "schema_lock",
 ]

@@ -210,7 +210,34 @@ def schema_lock(target: str | sa.Engine) -> Iterator[None]:
 
 def _lost_schema_race(exc: BaseException) -> bool:
     """Did another process create a table (or stamp a version) between our check and ours?"""
-    return isinstance(exc, sa.exc.IntegrityError) or "already exists" in str(exc)
+    return (
+        isinstance(exc, sa.exc.IntegrityError) or "already exists" in str(exc) or sqlite_busy(exc)
+    )
+
+
+def sqlite_busy(exc: BaseException) -> bool:
+    """Is this (or what caused it) sqlite's "database is locked"? sqlite answers it at once,
+    without waiting out its busy timeout, where waiting could deadlock: to a connection that
+    read (or switched the file to WAL) while another one wrote -- several workers opening a
+    brand-new study database at one moment. Running the transaction again is the cure."""
+    cur: BaseException | None = exc
+    while cur is not None:
+        if "database is locked" in str(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def retry_if_busy(fn: Callable[[], T], *, tries: int = 50) -> T:
+    """`fn()`, run again (with a growing pause) while sqlite says "database is locked"."""
+    for attempt in itertools.count(1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt >= tries or not sqlite_busy(exc):
+                raise
+        time.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover  (for mypy: count() never ends)
 
 
 def create_schema(target: str | sa.Engine, create: Callable[[], T], *, tries: int = 20) -> T:

@@ -31,6 +31,7 @@ from hpsearch.lineage import (
     database_url,
     engine_kwargs,
     open_lineage,
+    retry_if_busy,
 )
 from hpsearch.search.records import StudyKey, set_study_attr, study_attr
 from hpsearch.task import Task
@@ -152,11 +153,13 @@ def _study(
 ) -> optuna.Study:
     """The Optuna study `name`, created if asked; its direction must be the file's."""
     direction = settings.objective.direction
-    if create:
-        study = optuna.create_study(
-            study_name=name, storage=rdb, direction=direction, load_if_exists=True
+    if create:  # several workers may open a brand-new study database at one moment
+        study = retry_if_busy(
+            lambda: optuna.create_study(
+                study_name=name, storage=rdb, direction=direction, load_if_exists=True
+            )
         )
-        _name_the_objective(study, settings.objective.metric)
+        retry_if_busy(lambda: _name_the_objective(study, settings.objective.metric))
     else:
         try:
             study = optuna.load_study(study_name=name, storage=rdb)

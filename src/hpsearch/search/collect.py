@@ -92,7 +92,7 @@ def collect_garbage(
         rows = lin.checkpoints()
         trials = session.study.get_trials(deepcopy=False)
         doomed = collectable(
-            rows, trial_facts(session, trials), pins=pins_of(session, rows) | lin.pinned(),
+            rows, trial_facts(session, trials), pins=pins_of(session, rows, trials) | lin.pinned(),
             keep_best=s.checkpoints.keep_best, direction=s.objective.direction,
         )  # fmt: skip
         if not dry_run:

@@ -15,6 +15,8 @@ from hpsearch.search.scheduler.base import Scheduler
 from hpsearch.search.scheduler.fork_from_base import base_pins
 
 if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
     from hpsearch.search.context import RunContext
     from hpsearch.search.restore import Restorer
     from hpsearch.search.session import Session
@@ -32,15 +34,21 @@ def make_scheduler(ctx: RunContext, restorer: Restorer) -> Scheduler:
     return ForkFromBase(ctx, restorer)
 
 
-def pins_of(session: Session, rows: Sequence[CheckpointRow]) -> set[str]:
+def pins_of(
+    session: Session,
+    rows: Sequence[CheckpointRow],
+    trials: Sequence[FrozenTrial] | None = None,
+) -> set[str]:
     """The checkpoints a study's scheduler keeps, read from the study alone (for `hpsearch gc`,
-    which runs no worker)."""
+    which runs no worker); `trials`, if given, is the study's trials as just read."""
     from hpsearch.search.scheduler.tree import tree_pins
 
     if session.classic:
         return set()
     if session.settings.strategy == "tree":
-        return tree_pins(session.study.get_trials(deepcopy=False), session.settings)
+        if trials is None:
+            trials = session.study.get_trials(deepcopy=False)
+        return tree_pins(trials, session.settings)
     return base_pins(rows, study_attr(session.study, "base_checkpoint"))
 
 

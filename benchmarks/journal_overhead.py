@@ -92,8 +92,10 @@ def main() -> None:
         with journal_storage():
             rows.append(("journal file + sqlite lineage", study_overhead.run(args.study, 1)))
     print()
-    print("| Optuna's storage | trials | outside training / in Optuna's calls "
-          "| per trial: compute / outside / of which in Optuna's calls | trials ended |")  # fmt: skip
+    print(
+        "| Optuna's storage | trials | outside training / in Optuna's calls "
+        "| per trial: compute / outside / of which in Optuna's calls | trials ended |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for name, r in rows:
         print(

@@ -5,9 +5,11 @@ workers at once. The lineage's own rules and races run in tests/test_lineage_con
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -19,7 +21,14 @@ from optuna.trial import TrialState
 from hpsearch.cli import main
 from hpsearch.config import load_study_file
 from hpsearch.errors import UsageError
-from hpsearch.lineage import WARMUP, WORKERS, SqlLineage, database_url, open_lineage
+from hpsearch.lineage import (
+    WARMUP,
+    WORKERS,
+    SqlLineage,
+    database_url,
+    open_lineage,
+    retry_if_busy,
+)
 from hpsearch.search import session as session_mod
 from hpsearch.search.session import Session
 from studyutil import ROOT, write_study
@@ -192,3 +201,36 @@ def test_four_workers_finish_a_study_on_postgres(tmp_path, postgres_db):
         assert f"study pg4: {n} finished trials" in proc.stdout
     finally:
         s.close()
+
+
+def test_sqlite_refusing_at_once_is_asked_again_and_nothing_else_is():
+    """What `create_study` meets above: sqlite's "database is locked" said at once is tried
+    again; any other error, or a refusal after waiting out the busy timeout, is raised."""
+    calls = []
+
+    def refused_twice() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("commit failed") from sqlite3.OperationalError("database is locked")
+        return "done"
+
+    assert retry_if_busy(refused_twice) == "done" and len(calls) == 3
+
+    def broken() -> None:
+        calls.append(1)
+        raise ValueError("not a lock")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        retry_if_busy(broken)
+    assert len(calls) == 1
+
+    def waited() -> None:
+        calls.append(1)
+        time.sleep(0.06)
+        raise sqlite3.OperationalError("database is locked")
+
+    calls.clear()
+    with pytest.raises(sqlite3.OperationalError):
+        retry_if_busy(waited, at_once_s=0.05)
+    assert len(calls) == 1

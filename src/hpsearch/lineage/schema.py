@@ -228,13 +228,17 @@ def sqlite_busy(exc: BaseException) -> bool:
     return False
 
 
-def retry_if_busy(fn: Callable[[], T], *, tries: int = 50) -> T:
-    """`fn()`, run again (with a growing pause) while sqlite says "database is locked"."""
+def retry_if_busy(fn: Callable[[], T], *, tries: int = 50, at_once_s: float = 5.0) -> T:
+    """`fn()`, run again (with a growing pause) while sqlite refuses it at once with "database
+    is locked". A refusal that came after waiting out the busy timeout (another process holds
+    the file for a minute) is raised as it is: running it again would only wait again."""
     for attempt in itertools.count(1):
+        began = time.monotonic()
         try:
             return fn()
         except Exception as exc:
-            if attempt >= tries or not sqlite_busy(exc):
+            at_once = time.monotonic() - began < at_once_s
+            if attempt >= tries or not at_once or not sqlite_busy(exc):
                 raise
         time.sleep(0.01 * attempt)
     raise AssertionError("unreachable")  # pragma: no cover  (for mypy: count() never ends)

@@ -73,13 +73,7 @@ class DigitsCNN(hpsearch.Task):
             nn.Linear(2 * w, 10),
         )  # fmt: skip
 
-    def optimizer(self, model: nn.Module, hparams: dict[str, Any]) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            model.parameters(),
-            lr=float(hparams["lr"]),
-            weight_decay=float(hparams.get("weight_decay", 0.0)),
-        )
-
-    # the same classification loss and metrics as the MLP's (val_loss, val_accuracy)
+    # the MLP's AdamW, classification loss and metrics (val_loss, val_accuracy)
+    optimizer = DigitsMLP.optimizer
     loss = DigitsMLP.loss
     evaluate = DigitsMLP.evaluate

@@ -194,6 +194,13 @@ class MemoryLineage:
     def finish_attempt(self, token: str, status: AttemptStatus = "done") -> None:
         self._update_running(token, {"status": status, "heartbeat": time.time()})
 
+    def withdraw(self, token: str) -> None:
+        db = self.database
+        with db.lock:
+            row = db.attempts.get(token)
+            if row is not None and row.study == self.study and row.status == "running":
+                del db.attempts[token]
+
     def current_attempt(self, trial: int) -> AttemptRow | None:
         with self.database.lock:
             return self._current_attempt(trial)

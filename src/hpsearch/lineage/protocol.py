@@ -113,6 +113,12 @@ class Coordination(Protocol):
         """End a running attempt as `done` or `dead`; an attempt that is not running is left."""
         ...
 
+    def withdraw(self, token: str) -> None:
+        """Remove a running attempt that ran nothing: a claim made on an old look at the study
+        (its trial finished, or the warm-up's base was set, between the look and the claim).
+        An attempt that is not running is left."""
+        ...
+
     def current_attempt(self, trial: int) -> AttemptRow | None:
         """The newest running attempt of `trial` in this study, or None."""
         ...

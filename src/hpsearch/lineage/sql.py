@@ -230,6 +230,16 @@ class SqlLineage:
                 .values(status=status, heartbeat=time.time())
             )
 
+    def withdraw(self, token: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                attempts.delete().where(
+                    attempts.c.study == self.study,
+                    attempts.c.token == token,
+                    attempts.c.status == "running",
+                )
+            )
+
     def current_attempt(self, trial: int) -> AttemptRow | None:
         with self.engine.connect() as c:
             return self._current_attempt(c, trial)

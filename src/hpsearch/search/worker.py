@@ -156,8 +156,8 @@ class Worker:
         if bridge.frozen(ctx.session.study, bridge.trial_id(t)).state != TrialState.RUNNING:
             # our snapshot was old: its worker finished it meanwhile (a short trial, between
             # our look at its attempt and our claim, which then found no running attempt); the
-            # claim ran nothing: it ends `dead`, so each trial keeps one `done` attempt
-            lin.finish_attempt(token, "dead")
+            # claim ran nothing and is withdrawn, so each trial keeps one `done` attempt
+            lin.withdraw(token)
             return None
         params = t.params
         if set(params) != set(ctx.settings.search_space):

@@ -99,8 +99,14 @@ class ForkFromBase:
                 time.sleep(1.0)  # another worker is warming up
                 continue
             token = lin.take_over(WARMUP, current.token if current else None, resumed_from=None)
-            if token is not None:
-                self._warm_up(token)
+            if token is None:
+                continue
+            if study_attr(self.ctx.session.study, "base_checkpoint"):
+                # set between our look and our claim: the warm-up finished, and the claim that
+                # ran nothing is withdrawn (one warm-up, one `done` attempt)
+                lin.withdraw(token)
+                continue
+            self._warm_up(token)
 
     def _hold(self, base_id: Any) -> str | None:
         """Load, check and restore the base; None when it is usable, else why not."""

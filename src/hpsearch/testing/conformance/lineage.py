@@ -251,6 +251,20 @@ class LineageTestCase:
         assert lin.take_over(3, "no-such-token", resumed_from=None) is None
         assert lin.take_over(3, None, resumed_from=None) is not None  # free again
 
+    def test_withdraw_a_claim_that_ran_nothing(self, lin: Lineage) -> None:
+        done = lin.start_attempt(4)
+        lin.finish_attempt(done)
+        claim = lin.take_over(4, None, resumed_from=None)  # on an old look: it had finished
+        assert claim is not None
+        lin.withdraw(claim)
+        assert [a.token for a in lin.attempts(4)] == [done] and lin.current_attempt(4) is None
+        assert not lin.owns(claim) and not lin.heartbeat(claim)
+        lin.withdraw(done)  # a finished attempt is kept
+        dead = lin.start_attempt(4)
+        lin.finish_attempt(dead, "dead")
+        lin.withdraw(dead)
+        assert [a.status for a in lin.attempts(4)] == ["done", "dead"]
+
     def test_take_over_of_a_free_trial_has_one_winner(self, open_study: OpenStudy) -> None:
         """Two workers released at the same moment, both seeing the warm-up (or a trial) free:
         exactly one gets a token, and only its attempt runs."""

@@ -1,0 +1,83 @@
+"""A worker that claims work on an old look at the study claims nothing.
+
+Two races, each made to happen here by replaying the interleaving (no clocks): another worker
+finishes a trial, or the warm-up, between this worker's look and its claim. The claim that ran
+nothing is withdrawn: each trial and the warm-up keep exactly one `done` attempt, and nothing is
+trained twice. `test_two_workers_share_one_study` once failed on `['done', 'dead']` this way.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import pytest
+from optuna.trial import TrialState
+
+from hpsearch.lineage import WARMUP
+from hpsearch.search.budgets import Budgets
+from hpsearch.search.context import RunContext
+from hpsearch.search.control import StopFlag
+from hpsearch.search.heartbeat import Heartbeat
+from hpsearch.search.records import set_study_attr, study_attr
+from hpsearch.search.restore import Restorer
+from hpsearch.search.saving import Checkpointer
+from hpsearch.search.scheduler.fork_from_base import ForkFromBase
+from hpsearch.search.session import Session
+from hpsearch.search.trial import TrialRunner
+from hpsearch.search.worker import Worker
+from hpsearch.testing.conformance.scheduler import tiny_study
+
+
+@pytest.fixture
+def base_study(tmp_path) -> Iterator[tuple[RunContext, ForkFromBase, TrialRunner]]:
+    session = Session.open(tiny_study(tmp_path))
+    budgets = Budgets.of(session, session.samples_per_epoch())
+    ckpt = Checkpointer(session.store, session.lineage, async_save=False)
+    heartbeat = Heartbeat(session.lineage, session.settings.trials.heartbeat_s)
+    ctx = RunContext(session, ckpt, StopFlag(), budgets, heartbeat)
+    restorer = Restorer(ctx)
+    scheduler = ForkFromBase(ctx, restorer)
+    scheduler.prepare()  # the warm-up, once
+    try:
+        yield ctx, scheduler, TrialRunner(ctx, restorer, scheduler)
+    finally:
+        ckpt.close()
+        heartbeat.close()
+        session.close()
+
+
+def test_a_trial_finished_since_the_look_is_not_taken_over(base_study):
+    ctx, scheduler, runner = base_study
+    job = scheduler.new_job(1)
+    assert job is not None
+    seen = copy.deepcopy(ctx.session.study.get_trials()[0])  # looked at while it ran
+    assert seen.state == TrialState.RUNNING
+    assert runner.run(job).state == "COMPLETE"  # its worker finished it
+    trials = ctx.session.study.get_trials(deepcopy=False)
+    claim = Worker(ctx.session)._takeover(ctx, seen, trials, scheduler.default_parent())
+    assert claim is None
+    assert [a.status for a in ctx.lineage.attempts(job.number)] == ["done"]
+    assert ctx.lineage.current_attempt(job.number) is None
+
+
+def test_a_warmup_finished_since_the_look_is_not_run_again(base_study, monkeypatch):
+    ctx, scheduler, _ = base_study
+    study, lin = ctx.session.study, ctx.lineage
+    base = study_attr(study, "base_checkpoint")
+    assert base and [a.status for a in lin.attempts(WARMUP)] == ["done"]
+    set_study_attr(study, "base_checkpoint", None)  # as this worker's look saw the study
+    look = lin.current_attempt
+
+    def finished_in_between(trial: int):  # the other worker's warm-up lands after the look
+        row = look(trial)
+        set_study_attr(study, "base_checkpoint", base)
+        return row
+
+    monkeypatch.setattr(lin, "current_attempt", finished_in_between)
+    trained = []
+    monkeypatch.setattr(scheduler, "_warm_up", lambda token: trained.append(token))
+    scheduler._wait_or_warm_up()
+    assert trained == []  # nothing trained again
+    assert [a.status for a in lin.attempts(WARMUP)] == ["done"]  # and no claim left behind
+    assert study_attr(study, "base_checkpoint") == base

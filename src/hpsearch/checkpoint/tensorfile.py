@@ -236,7 +236,7 @@ def parse_file(buf: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
     entries = layout(bytes(buf[8:start].numpy()), total - start, name)
     out: dict[str, torch.Tensor] = {}
     storage = buf.untyped_storage()
-    base = buf.storage_offset()
+    base = int(buf.storage_offset())  # int | SymInt in torch 2.14's stubs
     for key, dtype, shape, begin, end in entries:
         if begin == end:
             out[key] = torch.empty(shape, dtype=dtype)

@@ -3,8 +3,11 @@ the shape, GC, a replay bitwise equal to the winner, the probe, and two workers.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +207,23 @@ def test_a_tree_study_grows_its_shape_and_its_winner_replays_bit_for_bit(
         session.close()
 
 
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Fail the body with TimeoutError after `seconds` (of the clock: only a hang gets there, so
+    a loaded machine makes it slower, not wrong), rather than wait on it until CI's own limit."""
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"still running after {seconds} s: a worker waits on nothing")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_a_node_enqueued_by_a_worker_that_died_before_asking_is_asked_once(
     tmp_path: Path,
 ) -> None:
@@ -215,7 +235,8 @@ def test_a_node_enqueued_by_a_worker_that_died_before_asking_is_asked_once(
     place = {"generation": 0, "parent_trial": None, "child": 0}
     session.study.enqueue_trial({}, user_attrs={PREFIX + k: v for k, v in place.items()})
     session.close()
-    run_study(path)
+    with deadline(300):  # the slot left waiting, unadopted, would be waited for forever
+        run_study(path)
     session = Session.open(path, create=False)
     try:
         trials = session.study.get_trials(deepcopy=False)

@@ -96,6 +96,8 @@ def new_job(ctx: RunContext, target: int, *, parent: str | None) -> Job | None:
         sampled = suggest(trial, ctx.settings)  # before the attempt: a registered trial has params
         token = ctx.lineage.start_attempt(trial.number)
         hp = trial_hparams(ctx.settings, sampled)
-        return Job(trial.number, bridge.trial_id(trial), hp, "new", token, parent=parent)
+        return Job(
+            trial.number, bridge.trial_id(trial), hp, "new", token, parent=parent, handle=trial
+        )
 
     return with_ask_lease(ctx, ask_one)

@@ -72,7 +72,7 @@ class FailureHandler:
             ctx.exhausted |= bridge.tell(ctx.session.study, job.number, state=TrialState.FAIL)
         lin.finish_attempt(job.token, "done")
         self.restorer.forget()
-        params = dict(bridge.frozen(ctx.session.study, job.trial_id).params)
+        params = dict(bridge.known(otrial).params)
         out = Outcome(job.number, "FAIL", None, params, 0, time.monotonic() - start, why[:200])
         ctx.say(outcome_line(out, ctx.metric))
         return out

@@ -54,8 +54,7 @@ class TrialHooks(Hooks):
         self.pruned = self.finished = self.lost = False  # how the attempt ended, for the loggers
         self.loggers: Loggers | None = None
         if otrial is not None:
-            ft = bridge.frozen(ctx.session.study, bridge.trial_id(otrial))
-            self.reported = set(ft.intermediate_values)
+            self.reported = set(bridge.known(otrial).intermediate_values)
             self.loggers = open_loggers(ctx.settings.loggers, ctx.session.study_name, trial)
         ctx.lineage.heartbeat(token, start_step=trainer.progress.step)
         ctx.heartbeat.watch(token)

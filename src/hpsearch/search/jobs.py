@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import optuna
 
 JobKind = Literal["new", "takeover", "retry"]
 OutcomeState = Literal["COMPLETE", "PRUNED", "FAIL", "LOST"]
@@ -23,6 +26,9 @@ class Job:
     until: int | None = None  # a tree node: the sample where its segment ends (its rung)
     total: int | None = None  # a tree node: the samples its schedule spans (the full budget)
     probe: int = 0  # samples of the cooldown probe it is ranked on (0: none)
+    # the handle a new trial was asked and sampled through in this process: its copy of the
+    # trial is current, so running it reads nothing back from the storage (None: open one)
+    handle: optuna.Trial | None = field(default=None, repr=False, compare=False)
 
 
 class Wait:

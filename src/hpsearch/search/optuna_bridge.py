@@ -50,6 +50,14 @@ def frozen(study: optuna.Study, tid: int) -> FrozenTrial:
     return study._storage.get_trial(tid)
 
 
+def known(trial: optuna.Trial) -> FrozenTrial:
+    """The trial as this process's handle knows it: what the storage held when the handle was
+    opened, and what was written through it since (params, reports, user attributes; hpsearch
+    writes a running trial only through its one handle). Not a copy: read it, do not change it.
+    Saves `frozen`'s storage read (a few milliseconds each on SQLite, several a trial)."""
+    return trial._cached_frozen_trial
+
+
 def handle(study: optuna.Study, tid: int) -> optuna.Trial:
     """A `Trial` to report to, sample and prune with, for a trial asked earlier (maybe by
     another process, which died)."""

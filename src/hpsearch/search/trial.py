@@ -40,7 +40,7 @@ class TrialRunner:
     def run(self, job: Job) -> Outcome:
         start = time.monotonic()
         self.scheduler.place(job)
-        otrial = bridge.handle(self.ctx.session.study, job.trial_id)
+        otrial = job.handle or bridge.handle(self.ctx.session.study, job.trial_id)
         try:
             trainer, source, fresh = self.start(job)
         except UnusableCheckpoint as exc:
@@ -155,8 +155,7 @@ class TrialRunner:
 
     def _report_history(self, otrial: optuna.Trial, job: Job, trainer: Trainer) -> None:
         """A retry is a new Optuna trial: give it the evaluations its failed attempt reported."""
-        study = self.ctx.session.study
-        done = set(bridge.frozen(study, bridge.trial_id(otrial)).intermediate_values)
+        done = set(bridge.known(otrial).intermediate_values)
         origin, offset = trainer.progress.origin_samples, self._step_offset(job, trainer)
         for h in trainer.history:
             if h["samples"] > origin and h["index"] + offset not in done:
@@ -244,7 +243,7 @@ class TrialRunner:
         else:
             self.ctx.exhausted |= bridge.tell(study, job.number, state=TrialState.FAIL)
         lin.finish_attempt(job.token, "done")
-        params = dict(bridge.frozen(study, job.trial_id).params)
+        params = dict(bridge.known(otrial).params)
         out = Outcome(job.number, state, value, params, steps, time.monotonic() - start, note)
         self.ctx.say(outcome_line(out, self.ctx.metric))
         return out

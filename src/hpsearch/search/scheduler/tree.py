@@ -120,7 +120,7 @@ class Tree:
         token = ctx.lineage.start_attempt(trial.number)
         hp = trial_hparams(ctx.settings, params)
         job = Job(trial.number, bridge.trial_id(trial), hp, "new", token,
-                  parent=parent_ckpt, generation=g)  # fmt: skip
+                  parent=parent_ckpt, generation=g, handle=trial)  # fmt: skip
         self.place(job)
         return job
 

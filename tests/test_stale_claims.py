@@ -1,20 +1,23 @@
 """A worker that claims work on an old look at the study claims nothing.
 
-Two races, each made to happen here by replaying the interleaving (no clocks): another worker
-finishes a trial, or the warm-up, between this worker's look and its claim. The claim that ran
-nothing is withdrawn: each trial and the warm-up keep exactly one `done` attempt, and nothing is
-trained twice. `test_two_workers_share_one_study` once failed on `['done', 'dead']` this way.
+Races made to happen here by replaying the interleaving (no clocks): another worker
+finishes a trial, or the warm-up, between this worker's look and its claim; or it has asked a
+trial and not yet registered it. The claim that ran nothing is withdrawn, or never made: each
+trial and the warm-up keep exactly one `done` attempt, and nothing is trained twice.
+`test_two_workers_share_one_study` once failed on `['done', 'dead']` this way.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Iterator
 
 import pytest
 from optuna.trial import TrialState
 
 from hpsearch.lineage import WARMUP
+from hpsearch.search.asking import ASK_LEASE
 from hpsearch.search.budgets import Budgets
 from hpsearch.search.context import RunContext
 from hpsearch.search.control import StopFlag
@@ -81,3 +84,28 @@ def test_a_warmup_finished_since_the_look_is_not_run_again(base_study, monkeypat
     assert trained == []  # nothing trained again
     assert [a.status for a in lin.attempts(WARMUP)] == ["done"]  # and no claim left behind
     assert study_attr(study, "base_checkpoint") == base
+
+
+def test_a_trial_asked_but_not_yet_registered_is_left_to_its_asker(base_study):
+    """A worker asks, samples and registers a trial under the ask lease. Another worker that
+    sees the trial in between waits for the lease instead of guessing by the trial's age, and
+    then finds it registered: no second attempt, however slow the asker was."""
+    ctx, scheduler, _ = base_study
+    lin, study = ctx.lineage, ctx.session.study
+    assert lin.take_lease(ASK_LEASE, "the-asker", ttl_s=60)
+    asked = study.ask()  # the asker is between its ask and its registration
+    seen = study.get_trials(deepcopy=False)
+    looked: list[object] = []
+    other = threading.Thread(
+        target=lambda: looked.append(
+            Worker(ctx.session)._takeover(ctx, seen[-1], seen, scheduler.default_parent())
+        )
+    )
+    other.start()
+    other.join(0.5)
+    assert other.is_alive()  # waiting for the lease, not claiming the trial
+    token = lin.start_attempt(asked.number)  # the asker registers it, then lets the lease go
+    lin.release_lease(ASK_LEASE, "the-asker")
+    other.join(60)
+    assert looked == [None]
+    assert [a.token for a in lin.attempts(asked.number)] == [token]

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import suggest, trial_hparams, warmup_hparams
 from hpsearch.errors import HpsearchError, TaskError
-from hpsearch.lineage import WORKERS, attempt_is_stale
+from hpsearch.lineage import WORKERS, AttemptRow, attempt_is_stale
 from hpsearch.search import asking
 from hpsearch.search import optuna_bridge as bridge
 from hpsearch.search.budgets import Budgets
@@ -137,11 +137,30 @@ class Worker:
             return None
         lin, grace = ctx.lineage, ctx.settings.trials.grace_s
         current = lin.current_attempt(t.number)
-        if current is None:
-            if not lin.attempts(t.number) and _age(t) < grace and self._others_alive(ctx):
-                return None  # just asked by another worker, not yet registered
-        elif not attempt_is_stale(current, grace_s=grace):
+        if current is None and not lin.attempts(t.number):
+            # asked but never registered. Every asker samples and registers its trial before
+            # it lets go of the ask lease, so under the lease the trial has its attempt by now,
+            # or its asker died in between (decided by who holds the lease, not by a clock)
+            def unregistered() -> Job | None:
+                if lin.attempts(t.number):
+                    return None  # registered while we waited for the lease
+                return self._claim(ctx, t, trials, parent, None)
+
+            return asking.with_ask_lease(ctx, unregistered)
+        if current is not None and not attempt_is_stale(current, grace_s=grace):
             return None
+        return self._claim(ctx, t, trials, parent, current)
+
+    def _claim(
+        self,
+        ctx: RunContext,
+        t: FrozenTrial,
+        trials: Sequence[FrozenTrial],
+        parent: str | None,
+        current: AttemptRow | None,
+    ) -> Job | None:
+        """Take `t` over from its dead attempt `current` (None: it has none running)."""
+        lin = ctx.lineage
         if current is not None:  # its worker died: settle the saves it left half-marked
             pending = lin.checkpoints(trial=t.number, statuses=("pending",))
             settle_pending(ctx.session, [r for r in pending if r.attempt == current.token])
@@ -153,15 +172,16 @@ class Worker:
         )  # fmt: skip
         if token is None:
             return None
-        if bridge.frozen(ctx.session.study, bridge.trial_id(t)).state != TrialState.RUNNING:
+        now = bridge.frozen(ctx.session.study, bridge.trial_id(t))
+        if now.state != TrialState.RUNNING:
             # our snapshot was old: its worker finished it meanwhile (a short trial, between
             # our look at its attempt and our claim, which then found no running attempt); the
             # claim ran nothing and is withdrawn, so each trial keeps one `done` attempt
             lin.withdraw(token)
             return None
-        params = t.params
+        params = now.params
         if set(params) != set(ctx.settings.search_space):
-            params = asking.resample(ctx, t)  # its worker died between ask and sampling
+            params = asking.resample(ctx, now)  # its worker died between ask and sampling
         hp = trial_hparams(ctx.settings, params)
         return Job(t.number, bridge.trial_id(t), hp, "takeover", token,
                    trial_attr(t, "retry_of"), sources, root_parent or parent,
@@ -181,31 +201,25 @@ class Worker:
         attrs |= {PREFIX + k: t.user_attrs[PREFIX + k] for k in TREE_KEYS
                   if PREFIX + k in t.user_attrs}  # fmt: skip
 
-        def ask_retry() -> Any:  # under the ask lease: no other worker pops what we enqueue
-            study.enqueue_trial(dict(t.params), user_attrs=attrs, skip_if_exists=False)
-            return asking.ask(ctx)
-
-        trial = asking.with_ask_lease(ctx, ask_retry)
         grid: dict[str, Any] = {
             k: t.system_attrs[k] for k in ("grid_id", "search_space") if k in t.system_attrs
         }
-        bridge.copy_system_attrs(study, bridge.trial_id(trial), grid)  # the same grid point
-        hp = trial_hparams(ctx.settings, suggest(trial, ctx.settings))  # the enqueued params
-        token = ctx.lineage.start_attempt(
-            trial.number, resumed_from=sources[0] if sources else root_parent
-        )
+
+        def ask_retry() -> tuple[Any, dict[str, Any], str]:
+            # under the ask lease: no other worker pops what we enqueue, and none sees the
+            # retry before it is sampled and registered (see `_takeover`)
+            study.enqueue_trial(dict(t.params), user_attrs=attrs, skip_if_exists=False)
+            trial = asking.ask(ctx)
+            bridge.copy_system_attrs(study, bridge.trial_id(trial), grid)  # the same grid point
+            hp = trial_hparams(ctx.settings, suggest(trial, ctx.settings))  # the enqueued params
+            token = ctx.lineage.start_attempt(
+                trial.number, resumed_from=sources[0] if sources else root_parent
+            )
+            return trial, hp, token
+
+        trial, hp, token = asking.with_ask_lease(ctx, ask_retry)
         return Job(trial.number, bridge.trial_id(trial), hp, "retry", token, t.number,
                    sources, root_parent or parent, trial_attr(t, "generation"))  # fmt: skip
-
-    def _others_alive(self, ctx: RunContext) -> bool:
-        """Is another worker of this study alive (so a trial without an attempt yet may be one
-        it has just asked for)?"""
-        grace = ctx.settings.trials.grace_s
-        return any(
-            a.status == "running" and a.token != self.presence
-            and not attempt_is_stale(a, grace_s=grace)
-            for a in ctx.lineage.attempts(WORKERS)
-        )  # fmt: skip
 
 
 def chain_sources(
@@ -254,9 +268,3 @@ def _preflight(ctx: RunContext) -> None:
             "objective.metric to one of them or return it from evaluate()"
         )
     set_study_attr(s.study, "preflight_ok", True)
-
-
-def _age(t: Any) -> float:
-    if t.datetime_start is None:
-        return 0.0
-    return time.time() - t.datetime_start.timestamp()

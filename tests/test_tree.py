@@ -19,11 +19,20 @@ from optuna.trial import TrialState, create_trial
 
 from hpsearch.config import TreeSettings, generation_sizes, load_study_file
 from hpsearch.errors import StudyFileError
+from hpsearch.search.budgets import Budgets
+from hpsearch.search.context import RunContext
+from hpsearch.search.control import StopFlag
+from hpsearch.search.heartbeat import Heartbeat
+from hpsearch.search.jobs import Job
 from hpsearch.search.records import PREFIX, trial_attr
 from hpsearch.search.replay import recipe, replay, winner
+from hpsearch.search.restore import Restorer
 from hpsearch.search.runner import run_study
-from hpsearch.search.scheduler.tree_plan import TreePlan
+from hpsearch.search.saving import Checkpointer
+from hpsearch.search.scheduler.tree import Tree
+from hpsearch.search.scheduler.tree_plan import TreePlan, slot_of
 from hpsearch.search.session import Session
+from hpsearch.search.trial import TrialRunner
 from hpsearch.testing.conformance.scheduler import tiny_study
 from hpsearch.training import Schedule
 
@@ -321,3 +330,55 @@ def test_the_plan_of_a_deep_tree_works_out_each_generation_once() -> None:
     plan = Counted(trials, tree, "maximize", retries=1)
     assert plan.next().slot is None and plan.protected() == set() and plan.size() == 100
     assert Counted.calls == 25
+
+
+def test_a_trial_enqueued_by_hand_is_a_root(tmp_path: Path) -> None:
+    """Optuna's `enqueue_trial` before the study starts: the trial takes a root's slot with its
+    enqueued values (the rest sampled), and the tree grows as planned around it."""
+    path = _tree_file(tmp_path)
+    session = Session.open(path, create=True)
+    session.study.enqueue_trial({"lr": 0.0123, "hidden": 16})
+    session.close()
+    with deadline(300):
+        run_study(path)
+    session = Session.open(path, create=False)
+    try:
+        trials = session.study.get_trials(deepcopy=False)
+        assert all(t.state.is_finished() for t in trials) and len(trials) == 12
+        first = trials[0]
+        assert (first.params["lr"], first.params["hidden"]) == (0.0123, 16)
+        assert set(first.params) == set(trials[1].params)  # the rest sampled, as for any root
+        assert slot_of(first) == (0, None, 0) and trial_attr(first, "fork_step") == 0
+        slots = [slot_of(t) for t in trials]
+        assert None not in slots and len(set(slots)) == 12
+    finally:
+        session.close()
+
+
+def test_a_trial_enqueued_by_hand_after_the_roots_fails_saying_why(tmp_path: Path, capsys) -> None:
+    path = tiny_study(tmp_path, tree=True)  # 2 roots, then 1 child of the better one
+    session = Session.open(path, create=True)
+    budgets = Budgets.of(session, session.samples_per_epoch())
+    ckpt = Checkpointer(session.store, session.lineage, async_save=False)
+    heartbeat = Heartbeat(session.lineage, session.settings.trials.heartbeat_s)
+    ctx = RunContext(session, ckpt, StopFlag(), budgets, heartbeat)
+    tree = Tree(ctx)
+    runner = TrialRunner(ctx, Restorer(ctx), tree)
+    try:
+        for _ in range(2):
+            job = tree.new_job(3)
+            assert isinstance(job, Job) and job.generation == 0
+            runner.run(job)
+        session.study.enqueue_trial({"lr": 0.05})
+        job = tree.new_job(3)
+        assert isinstance(job, Job) and job.generation == 1  # the tree goes on as planned
+        stray = session.study.get_trials(deepcopy=False)[2]
+        assert stray.state == TrialState.FAIL and slot_of(stray) is None
+        assert trial_attr(stray, "fail_kind") == "unplaced"  # not retried
+        assert "only as roots" in trial_attr(stray, "fail_reason")
+        assert "trial 2: not run: enqueued by hand after" in capsys.readouterr().out
+        assert job.number == 3
+    finally:
+        ckpt.close()
+        heartbeat.close()
+        session.close()

@@ -64,6 +64,19 @@ def handle(study: optuna.Study, tid: int) -> optuna.Trial:
     return optuna.trial.Trial(study, tid)
 
 
+def set_waiting_user_attrs(study: optuna.Study, tid: int, attrs: dict[str, Any]) -> None:
+    """User attributes of a waiting trial (enqueued, not asked yet), which has no `Trial`."""
+    for key, value in attrs.items():
+        study._storage.set_trial_user_attr(tid, key, value)
+
+
+def fail_waiting(study: optuna.Study, tid: int, attrs: dict[str, Any]) -> None:
+    """End a waiting trial as failed without running it, `attrs` saying why: `ask` would pop
+    it otherwise. Optuna lets a waiting trial be finished; `tell` only takes a running one."""
+    set_waiting_user_attrs(study, tid, attrs)
+    study._storage.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
+
+
 def copy_system_attrs(study: optuna.Study, tid: int, attrs: dict[str, Any]) -> None:
     for key, value in attrs.items():
         study._storage.set_trial_system_attr(tid, key, value)

@@ -91,6 +91,27 @@ class Tree:
         nxt = plan.next()
         if nxt.wait:
             return WAIT
+        strays = _hand_enqueued(plan)
+        if strays and nxt.slot is not None and nxt.slot[0] == 0:
+            # a trial enqueued by hand (Optuna's `enqueue_trial`) is a root: it takes the next
+            # root's slot, and the ask pops it, the oldest waiting trial; its enqueued values
+            # are kept and the rest is sampled, as for any root
+            place = {"generation": 0, "parent_trial": None, "child": nxt.slot[2]}
+            bridge.set_waiting_user_attrs(
+                self.ctx.session.study, bridge.trial_id(strays[0]),
+                {PREFIX + k: v for k, v in place.items()},
+            )  # fmt: skip
+            return self._ask_slot(nxt, enqueued=True)
+        for stray in strays:  # the roots are taken: no place left for it
+            reason = (
+                "enqueued by hand after the fork tree's roots were asked: a tree takes "
+                "hand-enqueued trials only as roots (enqueue them before the study starts)"
+            )
+            bridge.fail_waiting(
+                self.ctx.session.study, bridge.trial_id(stray),
+                {PREFIX + "fail_kind": "unplaced", PREFIX + "fail_reason": reason},
+            )  # fmt: skip
+            self.ctx.say(f"trial {stray.number}: not run: {reason}")
         if nxt.slot is None:
             return None
         return self._ask_slot(nxt)
@@ -132,6 +153,14 @@ def _orphan(plan: TreePlan) -> FrozenTrial | None:
     waiting = [t for t in plan.by_number.values() if t.state == TrialState.WAITING]
     placed = [t for t in waiting if slot_of(t) is not None]
     return min(placed, key=lambda t: t.number) if placed else None
+
+
+def _hand_enqueued(plan: TreePlan) -> list[FrozenTrial]:
+    """Waiting trials that hold no place in the tree, oldest first: enqueued through Optuna by
+    hand (hpsearch enqueues a node with its place). Left waiting, Optuna's `ask` would pop one
+    in place of the node just enqueued."""
+    waiting = [t for t in plan.by_number.values() if t.state == TrialState.WAITING]
+    return sorted((t for t in waiting if slot_of(t) is None), key=lambda t: t.number)
 
 
 def inherited(

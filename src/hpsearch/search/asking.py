@@ -36,6 +36,21 @@ def ask(ctx: RunContext) -> optuna.Trial:
     return bridge.handle(study, bridge.trial_id(trial))
 
 
+def ask_waiting(ctx: RunContext, tid: int) -> optuna.Trial | None:
+    """`ask` for the waiting trial `tid` (one this worker enqueued, or a tree's node left
+    enqueued by a dead worker), seeded as `ask` seeds it; None if another process popped it.
+    Knowing the number first, the sampler is reseeded before the trial is opened: one read of
+    the trial, where `ask` reads it twice."""
+    study = ctx.session.study
+    name = ctx.settings.sampler.name
+    if name in bridge.RESEEDED_SAMPLERS:
+        number = bridge.trial_number(study, tid)
+        study.sampler = make_sampler(ctx.settings, mix_seed(ctx.settings.seed, number) % 2**31)
+    elif type(study.sampler).__name__ != name:
+        study.sampler = make_sampler(ctx.settings, ctx.settings.seed)
+    return bridge.ask_waiting(study, tid)
+
+
 def resample(ctx: RunContext, t: FrozenTrial) -> dict[str, Any]:
     """Sample the params of a trial whose worker died after `ask` and before sampling, with the
     sampler seeded as `ask` seeded it for that trial number; enqueued (fixed) params, as a retry

@@ -77,6 +77,43 @@ def fail_waiting(study: optuna.Study, tid: int, attrs: dict[str, Any]) -> None:
     study._storage.set_trial_state_values(tid, optuna.trial.TrialState.FAIL)
 
 
+def enqueue(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, Any]) -> int:
+    """`study.enqueue_trial(params, user_attrs=...)` (one write), returning the waiting trial's
+    id, which Optuna's does not: `ask_waiting` pops that one, not whichever waits longest."""
+    template = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING,
+        system_attrs={"fixed_params": params},
+        user_attrs=user_attrs,
+    )
+    return int(study._storage.create_new_trial(study._study_id, template_trial=template))
+
+
+def trial_number(study: optuna.Study, tid: int) -> int:
+    """A trial's number from its id: one small query on an RDB storage (Optuna's own
+    `get_trial_number_from_id` reads the whole trial there)."""
+    storage: Any = study._storage
+    backend: Any = getattr(storage, "_backend", storage)
+    if not hasattr(backend, "scoped_session"):
+        return int(storage.get_trial_number_from_id(tid))
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(backend.scoped_session) as session:
+        return int(models.TrialModel.find_or_raise_by_id(tid, session).number)
+
+
+def ask_waiting(study: optuna.Study, tid: int) -> optuna.Trial | None:
+    """`study.ask()` for the waiting trial `tid` rather than the oldest waiting one (which may
+    be a trial someone else enqueued); None when another process popped or finished it first."""
+    study._thread_local.cached_all_trials = None  # as `ask` does: sample on fresh trials
+    try:
+        if not study._storage.set_trial_state_values(tid, optuna.trial.TrialState.RUNNING):
+            return None
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return None
+    return optuna.trial.Trial(study, tid)
+
+
 def copy_system_attrs(study: optuna.Study, tid: int, attrs: dict[str, Any]) -> None:
     for key, value in attrs.items():
         study._storage.set_trial_system_attr(tid, key, value)

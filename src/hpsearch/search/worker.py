@@ -189,7 +189,7 @@ class Worker:
 
     def _retry(
         self, ctx: RunContext, t: FrozenTrial, trials: Sequence[FrozenTrial], parent: str | None
-    ) -> Job:
+    ) -> Job | None:
         """Continue a trial that failed on an error as a new trial with the same params (and
         the same place in a fork tree)."""
         study = ctx.session.study
@@ -200,16 +200,16 @@ class Worker:
         attrs: dict[str, Any] = {PREFIX + "retry_of": t.number}
         attrs |= {PREFIX + k: t.user_attrs[PREFIX + k] for k in TREE_KEYS
                   if PREFIX + k in t.user_attrs}  # fmt: skip
-
         grid: dict[str, Any] = {
             k: t.system_attrs[k] for k in ("grid_id", "search_space") if k in t.system_attrs
         }
 
-        def ask_retry() -> tuple[Any, dict[str, Any], str]:
+        def ask_retry() -> tuple[Any, dict[str, Any], str] | None:
             # under the ask lease: no other worker pops what we enqueue, and none sees the
             # retry before it is sampled and registered (see `_takeover`)
-            study.enqueue_trial(dict(t.params), user_attrs=attrs, skip_if_exists=False)
-            trial = asking.ask(ctx)
+            trial = asking.ask_waiting(ctx, bridge.enqueue(study, dict(t.params), attrs))
+            if trial is None:  # popped by a process outside the ask lease: it runs it
+                return None
             bridge.copy_system_attrs(study, bridge.trial_id(trial), grid)  # the same grid point
             hp = trial_hparams(ctx.settings, suggest(trial, ctx.settings))  # the enqueued params
             token = ctx.lineage.start_attempt(
@@ -217,7 +217,10 @@ class Worker:
             )
             return trial, hp, token
 
-        trial, hp, token = asking.with_ask_lease(ctx, ask_retry)
+        asked = asking.with_ask_lease(ctx, ask_retry)
+        if asked is None:
+            return None
+        trial, hp, token = asked
         return Job(trial.number, bridge.trial_id(trial), hp, "retry", token, t.number,
                    sources, root_parent or parent, trial_attr(t, "generation"))  # fmt: skip
 

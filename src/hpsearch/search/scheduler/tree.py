@@ -87,22 +87,22 @@ class Tree:
             slot = slot_of(orphan)
             assert slot is not None
             parent = plan.by_number.get(slot[1]) if slot[1] is not None else None
-            return self._ask_slot(Next(slot=slot, parent=parent), enqueued=True)
+            next_ = Next(slot=slot, parent=parent)
+            return self._ask_slot(next_, enqueued=bridge.trial_id(orphan))
         nxt = plan.next()
         if nxt.wait:
             return WAIT
         strays = _hand_enqueued(plan)
         if strays and nxt.slot is not None and nxt.slot[0] == 0:
             # a trial enqueued by hand (Optuna's `enqueue_trial`) is a root: it takes the next
-            # root's slot, and the ask pops it, the oldest waiting trial; its enqueued values
-            # are kept and the rest is sampled, as for any root
+            # root's slot; its enqueued values are kept and the rest is sampled, as for any root
             place = {"generation": 0, "parent_trial": None, "child": nxt.slot[2]}
+            tid = bridge.trial_id(strays[0])
             bridge.set_waiting_user_attrs(
-                self.ctx.session.study, bridge.trial_id(strays[0]),
-                {PREFIX + k: v for k, v in place.items()},
-            )  # fmt: skip
-            return self._ask_slot(nxt, enqueued=True)
-        for stray in strays:  # the roots are taken: no place left for it
+                self.ctx.session.study, tid, {PREFIX + k: v for k, v in place.items()}
+            )
+            return self._ask_slot(nxt, enqueued=tid)
+        for stray in strays:  # the roots are taken: no place left for it (and none would ask it)
             reason = (
                 "enqueued by hand after the fork tree's roots were asked: a tree takes "
                 "hand-enqueued trials only as roots (enqueue them before the study starts)"
@@ -116,27 +116,28 @@ class Tree:
             return None
         return self._ask_slot(nxt)
 
-    def _ask_slot(self, nxt: Next, *, enqueued: bool = False) -> Job:
+    def _ask_slot(self, nxt: Next, *, enqueued: int | None = None) -> Job | Wait:
         """Ask for the node of `nxt.slot`. It is enqueued with its place in the tree (and a
-        child's inherited params) in one write, then asked for under the ask lease: a worker
-        that dies between the two leaves a waiting trial that says which slot it fills, which
-        the next ask takes (`_orphan`), never a trial that belongs nowhere."""
+        child's inherited params) in one write, then asked for by its id under the ask lease:
+        a worker that dies between the two leaves a waiting trial that says which slot it
+        fills, which the next ask takes (`_orphan`), never a trial that belongs nowhere.
+        `enqueued`: the id of a waiting trial that has the slot already."""
         ctx, study = self.ctx, self.ctx.session.study
         slot: Slot = nxt.slot  # type: ignore[assignment]
         g, parent_trial, child = slot
         parent_ckpt = trial_attr(nxt.parent, "final_checkpoint") if nxt.parent else None
-        if not enqueued:
+        if enqueued is None:
             fixed = (
                 inherited(nxt.parent.params, self._forkable(), keep_all=child == 0)
                 if nxt.parent is not None
                 else {}
             )
             place = {"generation": g, "parent_trial": parent_trial, "child": child}
-            study.enqueue_trial(
-                fixed, user_attrs={PREFIX + k: v for k, v in place.items()}, skip_if_exists=False
-            )
+            enqueued = bridge.enqueue(study, fixed, {PREFIX + k: v for k, v in place.items()})
         ctx.pin([parent_ckpt])
-        trial = asking.ask(ctx)  # pops the oldest waiting trial: the one just enqueued
+        trial = asking.ask_waiting(ctx, enqueued)
+        if trial is None:  # popped by a process outside the ask lease: look again
+            return WAIT
         params = suggest(trial, ctx.settings)  # the enqueued ones come back as they were
         token = ctx.lineage.start_attempt(trial.number)
         hp = trial_hparams(ctx.settings, params)

@@ -403,6 +403,41 @@ def test_a_failing_trial_is_retried_in_the_same_run(one_trial_study, tmp_path, c
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
 
 
+def test_a_retry_left_unasked_by_a_dead_worker_is_asked_as_the_retry(
+    one_trial_study, tmp_path, capsys, trouble, monkeypatch
+):
+    """A worker enqueues a failed trial's retry, then dies before asking for it: the next run
+    asks it as that retry (from the failed attempt's checkpoint), not as a new trial."""
+    from hpsearch.search import asking
+    from hpsearch.search.control import Interrupted
+
+    path = _copy(one_trial_study, tmp_path)
+    flaky = trouble("raise", lr=None, at=4)  # trial 1 fails once, after it checkpointed
+    real = asking.ask_waiting
+
+    def die(ctx: Any, tid: int) -> Any:
+        raise Interrupted("killed between the retry's enqueue and its ask")
+
+    monkeypatch.setattr(asking, "ask_waiting", die)
+    assert main(["run", path, "--trials", "3"]) == 130
+    trials = _trials(path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
+    assert trials[2].user_attrs[ATTR + "retry_of"] == 1
+    monkeypatch.setattr(asking, "ask_waiting", real)
+    flaky.unlink()  # the task is fixed
+    capsys.readouterr()
+    assert main(["run", path, "--trials", "3"]) == 0
+    assert "trial 2: the retry of trial 1, left unasked" in capsys.readouterr().out
+    trials = _trials(path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL] + [
+        TrialState.COMPLETE
+    ] * 2
+    assert trials[2].params == trials[1].params
+    parent = _session(path).lineage.get(trials[2].user_attrs[ATTR + "parent_checkpoint"])
+    assert parent.trial == 1  # continued from the failed attempt's checkpoint, not the base
+    assert [t.user_attrs.get(ATTR + "retry_of") for t in trials] == [None, None, 1, None]
+
+
 def test_max_failures_stops_the_study(one_trial_study, tmp_path, capsys, trouble):
     path = _copy(one_trial_study, tmp_path)
     _trials_section(path, retries=0, max_failures=2)

@@ -8,6 +8,7 @@ with the same params), or a new trial from the scheduler.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -121,6 +122,12 @@ class Worker:
             job = self._takeover(ctx, t, trials, default_parent)
             if job is not None:
                 return job
+        for t in trials:
+            if t.state == TrialState.WAITING and trial_attr(t, "retry_of") is not None:
+                adopt = functools.partial(self._ask_retry, ctx, t, trials, default_parent)
+                job = asking.with_ask_lease(ctx, adopt)
+                if job is not None:
+                    return job
         retried = retried_numbers(trials)
         for t in trials:
             if retryable(t, trials, retried, ctx.settings.trials.retries) and ctx.lineage.claim(
@@ -187,6 +194,27 @@ class Worker:
                    trial_attr(t, "retry_of"), sources, root_parent or parent,
                    trial_attr(t, "generation"))  # fmt: skip
 
+    def _ask_retry(
+        self,
+        ctx: RunContext,
+        waiting: FrozenTrial,
+        trials: Sequence[FrozenTrial],
+        parent: str | None,
+    ) -> Job | None:
+        """A retry that a worker enqueued and died before asking for (we hold the ask lease, so
+        no other worker is between the two now): ask it and continue its failed trial from that
+        trial's checkpoints, as `_retry` would have. Left waiting, a plain `ask` would pop it
+        as a new trial from the base."""
+        failed = next((t for t in trials if t.number == trial_attr(waiting, "retry_of")), None)
+        if failed is None:
+            return None
+        sources, root_parent = chain_sources(ctx, failed, trials)
+        ctx.pin([*sources[:1], root_parent or parent])
+        job = self._start_retry(ctx, bridge.trial_id(waiting), failed, sources, root_parent, parent)
+        if job is not None:
+            ctx.say(f"trial {job.number}: the retry of trial {failed.number}, left unasked")
+        return job
+
     def _retry(
         self, ctx: RunContext, t: FrozenTrial, trials: Sequence[FrozenTrial], parent: str | None
     ) -> Job | None:
@@ -200,29 +228,41 @@ class Worker:
         attrs: dict[str, Any] = {PREFIX + "retry_of": t.number}
         attrs |= {PREFIX + k: t.user_attrs[PREFIX + k] for k in TREE_KEYS
                   if PREFIX + k in t.user_attrs}  # fmt: skip
-        grid: dict[str, Any] = {
-            k: t.system_attrs[k] for k in ("grid_id", "search_space") if k in t.system_attrs
-        }
 
-        def ask_retry() -> tuple[Any, dict[str, Any], str] | None:
+        def ask_retry() -> Job | None:
             # under the ask lease: no other worker pops what we enqueue, and none sees the
             # retry before it is sampled and registered (see `_takeover`)
-            trial = asking.ask_waiting(ctx, bridge.enqueue(study, dict(t.params), attrs))
-            if trial is None:  # popped by a process outside the ask lease: it runs it
-                return None
-            bridge.copy_system_attrs(study, bridge.trial_id(trial), grid)  # the same grid point
-            hp = trial_hparams(ctx.settings, suggest(trial, ctx.settings))  # the enqueued params
-            token = ctx.lineage.start_attempt(
-                trial.number, resumed_from=sources[0] if sources else root_parent
-            )
-            return trial, hp, token
+            tid = bridge.enqueue(study, dict(t.params), attrs)
+            return self._start_retry(ctx, tid, t, sources, root_parent, parent)
 
-        asked = asking.with_ask_lease(ctx, ask_retry)
-        if asked is None:
+        return asking.with_ask_lease(ctx, ask_retry)
+
+    def _start_retry(
+        self,
+        ctx: RunContext,
+        tid: int,
+        failed: FrozenTrial,
+        sources: list[str],
+        root_parent: str | None,
+        parent: str | None,
+    ) -> Job | None:
+        """Ask the waiting retry `tid` of `failed`, sample and register it (under the ask
+        lease); None when a process outside the lease popped it first (it runs it)."""
+        study = ctx.session.study
+        trial = asking.ask_waiting(ctx, tid)
+        if trial is None:
             return None
-        trial, hp, token = asked
-        return Job(trial.number, bridge.trial_id(trial), hp, "retry", token, t.number,
-                   sources, root_parent or parent, trial_attr(t, "generation"))  # fmt: skip
+        grid: dict[str, Any] = {
+            k: failed.system_attrs[k] for k in ("grid_id", "search_space")
+            if k in failed.system_attrs
+        }  # fmt: skip
+        bridge.copy_system_attrs(study, bridge.trial_id(trial), grid)  # the same grid point
+        hp = trial_hparams(ctx.settings, suggest(trial, ctx.settings))  # the enqueued params
+        token = ctx.lineage.start_attempt(
+            trial.number, resumed_from=sources[0] if sources else root_parent
+        )
+        return Job(trial.number, bridge.trial_id(trial), hp, "retry", token, failed.number,
+                   sources, root_parent or parent, trial_attr(failed, "generation"))  # fmt: skip
 
 
 def chain_sources(

@@ -18,36 +18,26 @@ from optuna.trial import TrialState
 
 from hpsearch.lineage import WARMUP
 from hpsearch.search.asking import ASK_LEASE
-from hpsearch.search.budgets import Budgets
 from hpsearch.search.context import RunContext
-from hpsearch.search.control import StopFlag
-from hpsearch.search.heartbeat import Heartbeat
 from hpsearch.search.records import set_study_attr, study_attr
 from hpsearch.search.restore import Restorer
-from hpsearch.search.saving import Checkpointer
 from hpsearch.search.scheduler.fork_from_base import ForkFromBase
 from hpsearch.search.session import Session
 from hpsearch.search.trial import TrialRunner
 from hpsearch.search.worker import Worker
-from hpsearch.testing.conformance.scheduler import tiny_study
+from hpsearch.testing.conformance.scheduler import close_context, run_context, tiny_study
 
 
 @pytest.fixture
 def base_study(tmp_path) -> Iterator[tuple[RunContext, ForkFromBase, TrialRunner]]:
-    session = Session.open(tiny_study(tmp_path))
-    budgets = Budgets.of(session, session.samples_per_epoch())
-    ckpt = Checkpointer(session.store, session.lineage, async_save=False)
-    heartbeat = Heartbeat(session.lineage, session.settings.trials.heartbeat_s)
-    ctx = RunContext(session, ckpt, StopFlag(), budgets, heartbeat)
+    ctx = run_context(Session.open(tiny_study(tmp_path)))
     restorer = Restorer(ctx)
     scheduler = ForkFromBase(ctx, restorer)
-    scheduler.prepare()  # the warm-up, once
     try:
+        scheduler.prepare()  # the warm-up, once
         yield ctx, scheduler, TrialRunner(ctx, restorer, scheduler)
     finally:
-        ckpt.close()
-        heartbeat.close()
-        session.close()
+        close_context(ctx)
 
 
 def test_a_trial_finished_since_the_look_is_not_taken_over(base_study):

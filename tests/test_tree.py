@@ -19,21 +19,16 @@ from optuna.trial import TrialState, create_trial
 
 from hpsearch.config import TreeSettings, generation_sizes, load_study_file
 from hpsearch.errors import StudyFileError
-from hpsearch.search.budgets import Budgets
-from hpsearch.search.context import RunContext
-from hpsearch.search.control import StopFlag
-from hpsearch.search.heartbeat import Heartbeat
 from hpsearch.search.jobs import Job
 from hpsearch.search.records import PREFIX, trial_attr
 from hpsearch.search.replay import recipe, replay, winner
 from hpsearch.search.restore import Restorer
 from hpsearch.search.runner import run_study
-from hpsearch.search.saving import Checkpointer
 from hpsearch.search.scheduler.tree import Tree
 from hpsearch.search.scheduler.tree_plan import TreePlan, slot_of
 from hpsearch.search.session import Session
 from hpsearch.search.trial import TrialRunner
-from hpsearch.testing.conformance.scheduler import tiny_study
+from hpsearch.testing.conformance.scheduler import close_context, run_context, tiny_study
 from hpsearch.training import Schedule
 
 TREE = TreeSettings(roots=4, rungs=(0.25, 0.5, 1.0), keep=0.5, children=2, probe=0.0, hparams={})
@@ -357,11 +352,8 @@ def test_a_trial_enqueued_by_hand_is_a_root(tmp_path: Path) -> None:
 
 def test_a_trial_enqueued_by_hand_after_the_roots_fails_saying_why(tmp_path: Path, capsys) -> None:
     path = tiny_study(tmp_path, tree=True)  # 2 roots, then 1 child of the better one
-    session = Session.open(path, create=True)
-    budgets = Budgets.of(session, session.samples_per_epoch())
-    ckpt = Checkpointer(session.store, session.lineage, async_save=False)
-    heartbeat = Heartbeat(session.lineage, session.settings.trials.heartbeat_s)
-    ctx = RunContext(session, ckpt, StopFlag(), budgets, heartbeat)
+    ctx = run_context(Session.open(path, create=True))
+    session = ctx.session
     tree = Tree(ctx)
     runner = TrialRunner(ctx, Restorer(ctx), tree)
     try:
@@ -379,6 +371,4 @@ def test_a_trial_enqueued_by_hand_after_the_roots_fails_saying_why(tmp_path: Pat
         assert "trial 2: not run: enqueued by hand after" in capsys.readouterr().out
         assert job.number == 3
     finally:
-        ckpt.close()
-        heartbeat.close()
-        session.close()
+        close_context(ctx)

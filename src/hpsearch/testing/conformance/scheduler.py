@@ -97,7 +97,16 @@ def tiny_study(tmp_path: Path, name: str = "conformance", *, tree: bool = False)
     return path
 
 
-def _close(ctx: RunContext) -> None:
+def run_context(session: Session) -> RunContext:
+    """A worker's context around `session` without a worker, to drive a scheduler or a trial
+    by hand (synchronous saves); `close_context` ends it and the session."""
+    budgets = Budgets.of(session, session.samples_per_epoch())
+    ckpt = Checkpointer(session.store, session.lineage, async_save=False)
+    heartbeat = Heartbeat(session.lineage, session.settings.trials.heartbeat_s)
+    return RunContext(session, ckpt, StopFlag(), budgets, heartbeat)
+
+
+def close_context(ctx: RunContext) -> None:
     ctx.checkpointer.close()
     ctx.heartbeat.close()
     ctx.session.close()
@@ -122,14 +131,10 @@ class SchedulerTestCase:
         try:
             yield parts
         finally:
-            _close(parts[0])
+            close_context(parts[0])
 
     def _open(self, path: str) -> tuple[RunContext, Scheduler, TrialRunner]:
-        session = Session.open(path, classic=self.classic)
-        budgets = Budgets.of(session, session.samples_per_epoch())
-        ckpt = Checkpointer(session.store, session.lineage, async_save=False)
-        heartbeat = Heartbeat(session.lineage, session.settings.trials.heartbeat_s)
-        ctx = RunContext(session, ckpt, StopFlag(), budgets, heartbeat)
+        ctx = run_context(Session.open(path, classic=self.classic))
         restorer = Restorer(ctx)
         scheduler = self.make_scheduler(ctx, restorer)
         return ctx, scheduler, TrialRunner(ctx, restorer, scheduler)
@@ -177,7 +182,7 @@ class SchedulerTestCase:
             assert {r.id for r in ctx2.lineage.checkpoints()} == before
             assert scheduler2.default_parent() == parent
         finally:
-            _close(ctx2)
+            close_context(ctx2)
 
     def test_a_restarted_worker_asks_the_same_trials(
         self, tmp_path_factory: pytest.TempPathFactory
@@ -197,12 +202,12 @@ class SchedulerTestCase:
                 assert isinstance(first, Job)
                 runner.run(first)
                 if restart:
-                    _close(ctx)
+                    close_context(ctx)
                     ctx, scheduler, runner = self._open(path)
                     scheduler.prepare()
                 second = scheduler.new_job(3)
                 assert isinstance(second, Job) and second.number == first.number + 1
                 seen.append((first.hparams, second.hparams, second.parent is None))
             finally:
-                _close(ctx)
+                close_context(ctx)
         assert seen[0] == seen[1]

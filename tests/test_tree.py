@@ -20,6 +20,7 @@ from optuna.trial import TrialState, create_trial
 from hpsearch.config import TreeSettings, generation_sizes, load_study_file
 from hpsearch.errors import StudyFileError
 from hpsearch.search.jobs import Job
+from hpsearch.search.progress import StudyProgress
 from hpsearch.search.records import PREFIX, trial_attr
 from hpsearch.search.replay import recipe, replay, winner
 from hpsearch.search.restore import Restorer
@@ -370,5 +371,7 @@ def test_a_trial_enqueued_by_hand_after_the_roots_fails_saying_why(tmp_path: Pat
         assert "only as roots" in trial_attr(stray, "fail_reason")
         assert "trial 2: not run: enqueued by hand after" in capsys.readouterr().out
         assert job.number == 3
+        finished, _, planned = StudyProgress(ctx, 3, size=tree.size).counts()
+        assert (finished, planned) == (2, 3)  # the stray is not counted as one of the tree's
     finally:
         close_context(ctx)

@@ -13,6 +13,8 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.console import human_time, live_display
 from hpsearch.search.context import RunContext
 from hpsearch.search.jobs import Outcome
+from hpsearch.search.records import trial_attr
+from hpsearch.search.retries import retried_numbers, settled
 
 LINE_EVERY = 10  # trials between progress lines off a terminal
 LINE_AT_LEAST_S = 60.0  # ... or this long, whichever comes first
@@ -35,10 +37,16 @@ class StudyProgress:
         self._since_line, self._line_at = 0, self.start
 
     def counts(self) -> tuple[int, float | None, int]:
-        """Finished trials of the study (all workers, all runs), its best value, its target."""
+        """Trials of the study finished for good (all workers, all runs), its best value, its
+        target. As the target counts them: a failed trial continued by a retry counts through
+        its retry, and a trial that never ran (enqueued where a fork tree had no place) not at
+        all, so a study ends on "N/N trials"."""
         trials = self.ctx.session.study.get_trials(deepcopy=False)
-        ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        finished = [t for t in trials if t.state in ended]
+        retried, retries = retried_numbers(trials), self.ctx.settings.trials.retries
+        finished = [
+            t for t in trials
+            if settled(t, trials, retried, retries) and trial_attr(t, "fail_kind") != "unplaced"
+        ]  # fmt: skip
         done = [t.value for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
         pick = max if self.ctx.settings.objective.direction == "maximize" else min
         target = self.size(trials) if self.size is not None else self.target

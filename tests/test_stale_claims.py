@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from optuna.trial import TrialState
@@ -76,7 +77,7 @@ def test_a_warmup_finished_since_the_look_is_not_run_again(base_study, monkeypat
     assert study_attr(study, "base_checkpoint") == base
 
 
-def test_a_trial_asked_but_not_yet_registered_is_left_to_its_asker(base_study):
+def test_a_trial_asked_but_not_yet_registered_is_left_to_its_asker(base_study, monkeypatch):
     """A worker asks, samples and registers a trial under the ask lease. Another worker that
     sees the trial in between waits for the lease instead of guessing by the trial's age, and
     then finds it registered: no second attempt, however slow the asker was."""
@@ -85,6 +86,16 @@ def test_a_trial_asked_but_not_yet_registered_is_left_to_its_asker(base_study):
     assert lin.take_lease(ASK_LEASE, "the-asker", ttl_s=60)
     asked = study.ask()  # the asker is between its ask and its registration
     seen = study.get_trials(deepcopy=False)
+    refused = threading.Event()  # the other worker asked for the lease and was turned away
+    take_lease = lin.take_lease
+
+    def watched(key: str, token: str, **kw: Any) -> bool:
+        taken = take_lease(key, token, **kw)
+        if key == ASK_LEASE and token != "the-asker" and not taken:
+            refused.set()
+        return taken
+
+    monkeypatch.setattr(lin, "take_lease", watched)
     looked: list[object] = []
     other = threading.Thread(
         target=lambda: looked.append(
@@ -92,8 +103,9 @@ def test_a_trial_asked_but_not_yet_registered_is_left_to_its_asker(base_study):
         )
     )
     other.start()
-    other.join(0.5)
-    assert other.is_alive()  # waiting for the lease, not claiming the trial
+    refused.wait(60)  # an event, not a clock: 60 s is only how long a regression hangs here
+    assert refused.is_set() and other.is_alive()  # waiting for the lease, not claiming
+    assert [a.token for a in lin.attempts(asked.number)] == []
     token = lin.start_attempt(asked.number)  # the asker registers it, then lets the lease go
     lin.release_lease(ASK_LEASE, "the-asker")
     other.join(60)

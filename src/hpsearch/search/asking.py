@@ -26,14 +26,28 @@ def ask(ctx: RunContext) -> optuna.Trial:
     keep their plan in the study's storage (grid, QMC) keep one seed instead: reseeding would
     reshuffle the plan they have already half carried out."""
     study = ctx.session.study
-    name = ctx.settings.sampler.name
-    if name not in bridge.RESEEDED_SAMPLERS:
-        if type(study.sampler).__name__ != name:
-            study.sampler = make_sampler(ctx.settings, ctx.settings.seed)
+    if not _reseeded(ctx):
+        _seed_sampler(ctx, None)
         return study.ask()
     trial = study.ask()
-    study.sampler = make_sampler(ctx.settings, mix_seed(ctx.settings.seed, trial.number) % 2**31)
+    _seed_sampler(ctx, trial.number)
     return bridge.handle(study, bridge.trial_id(trial))
+
+
+def _reseeded(ctx: RunContext) -> bool:
+    return ctx.settings.sampler.name in bridge.RESEEDED_SAMPLERS
+
+
+def _seed_sampler(ctx: RunContext, number: int | None) -> None:
+    """The study's sampler for trial `number`: one seeded by (seed, number) for the samplers
+    `ask` reseeds (`number` must then be given), else one sampler with the study's seed, made
+    once."""
+    study, settings = ctx.session.study, ctx.settings
+    if _reseeded(ctx):
+        assert number is not None
+        study.sampler = make_sampler(settings, mix_seed(settings.seed, number) % 2**31)
+    elif type(study.sampler).__name__ != settings.sampler.name:
+        study.sampler = make_sampler(settings, settings.seed)
 
 
 def ask_waiting(ctx: RunContext, tid: int) -> optuna.Trial | None:
@@ -42,12 +56,7 @@ def ask_waiting(ctx: RunContext, tid: int) -> optuna.Trial | None:
     Knowing the number first, the sampler is reseeded before the trial is opened: one read of
     the trial, where `ask` reads it twice."""
     study = ctx.session.study
-    name = ctx.settings.sampler.name
-    if name in bridge.RESEEDED_SAMPLERS:
-        number = bridge.trial_number(study, tid)
-        study.sampler = make_sampler(ctx.settings, mix_seed(ctx.settings.seed, number) % 2**31)
-    elif type(study.sampler).__name__ != name:
-        study.sampler = make_sampler(ctx.settings, ctx.settings.seed)
+    _seed_sampler(ctx, bridge.trial_number(study, tid) if _reseeded(ctx) else None)
     return bridge.ask_waiting(study, tid)
 
 
@@ -56,11 +65,7 @@ def resample(ctx: RunContext, t: FrozenTrial) -> dict[str, Any]:
     sampler seeded as `ask` seeded it for that trial number; enqueued (fixed) params, as a retry
     has, come back unchanged."""
     study = ctx.session.study
-    name = ctx.settings.sampler.name
-    if name in bridge.RESEEDED_SAMPLERS:
-        study.sampler = make_sampler(ctx.settings, mix_seed(ctx.settings.seed, t.number) % 2**31)
-    elif type(study.sampler).__name__ != name:
-        study.sampler = make_sampler(ctx.settings, ctx.settings.seed)
+    _seed_sampler(ctx, t.number)
     params = suggest(bridge.handle(study, bridge.trial_id(t)), ctx.settings)
     ctx.say(f"trial {t.number}: had no params (its worker died while sampling); sampled now")
     return params

@@ -50,6 +50,12 @@ def frozen(study: optuna.Study, tid: int) -> FrozenTrial:
     return study._storage.get_trial(tid)
 
 
+def _rdb(storage: Any) -> Any:
+    """The RDBStorage behind `storage` (Optuna's cache wraps it), or None for another kind."""
+    backend = getattr(storage, "_backend", storage)
+    return backend if hasattr(backend, "scoped_session") else None
+
+
 def known(trial: optuna.Trial) -> FrozenTrial:
     """The trial as this process's handle knows it: what the storage held when the handle was
     opened, and what was written through it since (params, reports, user attributes; hpsearch
@@ -91,10 +97,9 @@ def enqueue(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, A
 def trial_number(study: optuna.Study, tid: int) -> int:
     """A trial's number from its id: one small query on an RDB storage (Optuna's own
     `get_trial_number_from_id` reads the whole trial there)."""
-    storage: Any = study._storage
-    backend: Any = getattr(storage, "_backend", storage)
-    if not hasattr(backend, "scoped_session"):
-        return int(storage.get_trial_number_from_id(tid))
+    backend = _rdb(study._storage)
+    if backend is None:
+        return int(study._storage.get_trial_number_from_id(tid))
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
@@ -146,10 +151,9 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     each one on its own, and a trial sets ten or so, a few milliseconds each on SQLite. The same
     checks and writes as `Trial.set_user_attr`, through the RDB storage's own per-attribute
     method; any other storage takes them one by one."""
-    storage: Any = trial.storage
-    backend: Any = getattr(storage, "_backend", storage)  # the cache wraps the RDBStorage
+    backend = _rdb(trial.storage)
     write = getattr(backend, "_set_trial_attr_without_commit", None)
-    if len(attrs) < 2 or write is None or not hasattr(backend, "scoped_session"):
+    if len(attrs) < 2 or write is None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return
@@ -173,9 +177,8 @@ def set_finished_user_attrs(study: optuna.Study, tid: int, attrs: dict[str, Any]
     from optuna.storages._rdb import models
 
     storage = study._storage
-    backend: Any = getattr(storage, "_backend", storage)  # the cache wraps the RDBStorage
     model = models.TrialUserAttributeModel
-    with sa.orm.Session(backend.engine) as db, db.begin():
+    with sa.orm.Session(_rdb(storage).engine) as db, db.begin():
         for key, value in attrs.items():
             row = db.scalars(
                 sa.select(model).where(model.trial_id == tid, model.key == key)

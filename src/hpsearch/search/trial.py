@@ -40,7 +40,9 @@ class TrialRunner:
     def run(self, job: Job) -> Outcome:
         start = time.monotonic()
         self.scheduler.place(job)
-        otrial = job.handle or bridge.handle(self.ctx.session.study, job.trial_id)
+        otrial = job.handle
+        if otrial is None:
+            otrial = bridge.handle(self.ctx.session.study, job.trial_id)
         try:
             trainer, source, fresh = self.start(job)
         except UnusableCheckpoint as exc:

@@ -124,7 +124,7 @@ class Worker:
                 return job
         for t in trials:
             if t.state == TrialState.WAITING and trial_attr(t, "retry_of") is not None:
-                adopt = functools.partial(self._ask_retry, ctx, t, trials, default_parent)
+                adopt = functools.partial(self._adopt_retry, ctx, t, trials, default_parent)
                 job = asking.with_ask_lease(ctx, adopt)
                 if job is not None:
                     return job
@@ -194,7 +194,7 @@ class Worker:
                    trial_attr(t, "retry_of"), sources, root_parent or parent,
                    trial_attr(t, "generation"))  # fmt: skip
 
-    def _ask_retry(
+    def _adopt_retry(
         self,
         ctx: RunContext,
         waiting: FrozenTrial,

@@ -82,8 +82,9 @@ class Tree:
 
     def _ask(self) -> Job | Wait | None:
         plan = self.plan()
-        orphan = _orphan(plan)
-        if orphan is not None:  # enqueued by a worker that died before it asked: ask it now
+        placed, strays = _waiting(plan)
+        if placed:  # enqueued by a worker that died before it asked: ask it now
+            orphan = placed[0]
             slot = slot_of(orphan)
             assert slot is not None
             parent = plan.by_number.get(slot[1]) if slot[1] is not None else None
@@ -92,7 +93,6 @@ class Tree:
         nxt = plan.next()
         if nxt.wait:
             return WAIT
-        strays = _hand_enqueued(plan)
         if strays and nxt.slot is not None and nxt.slot[0] == 0:
             # a trial enqueued by hand (Optuna's `enqueue_trial`) is a root: it takes the next
             # root's slot; its enqueued values are kept and the rest is sampled, as for any root
@@ -147,21 +147,16 @@ class Tree:
         return job
 
 
-def _orphan(plan: TreePlan) -> FrozenTrial | None:
-    """The oldest waiting trial that holds a place in the tree: one a worker enqueued and died
-    before asking for (asks happen under the ask lease, so no other worker is between the
-    two now)."""
-    waiting = [t for t in plan.by_number.values() if t.state == TrialState.WAITING]
+def _waiting(plan: TreePlan) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
+    """The waiting trials, oldest first: those that hold a place in the tree (enqueued by a
+    worker that died before asking for them; asks happen under the ask lease, so no other worker
+    is between the two now), and those that hold none (enqueued through Optuna by hand)."""
+    waiting = sorted(
+        (t for t in plan.by_number.values() if t.state == TrialState.WAITING),
+        key=lambda t: t.number,
+    )
     placed = [t for t in waiting if slot_of(t) is not None]
-    return min(placed, key=lambda t: t.number) if placed else None
-
-
-def _hand_enqueued(plan: TreePlan) -> list[FrozenTrial]:
-    """Waiting trials that hold no place in the tree, oldest first: enqueued through Optuna by
-    hand (hpsearch enqueues a node with its place). Left waiting, Optuna's `ask` would pop one
-    in place of the node just enqueued."""
-    waiting = [t for t in plan.by_number.values() if t.state == TrialState.WAITING]
-    return sorted((t for t in waiting if slot_of(t) is None), key=lambda t: t.number)
+    return placed, [t for t in waiting if slot_of(t) is None]
 
 
 def inherited(

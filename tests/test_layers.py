@@ -15,7 +15,8 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "hpsearch"
 LAYERS = ["task", "errors", "console", "integrations", "config", "training", "checkpoint",
           "lineage", "search", "report", "cli", "api", "testing", "__init__",
           "__main__"]  # fmt: skip
-RANK = {"task": 0, "errors": 0, "console": 0, **{name: i for i, name in enumerate(LAYERS)}}
+RANK = {"task": 0, "errors": 0, "console": 0, "failpoints": 0,
+        **{name: i for i, name in enumerate(LAYERS)}}  # fmt: skip
 NO_OPTUNA = ("training", "checkpoint", "lineage")  # config builds samplers by name: it may
 PRIVATE_OPTUNA = ("._storage", "._trial_id", "._thread_local", "._stop_flag", "optuna.trial.Trial(")
 

@@ -49,7 +49,7 @@ def test_a_trial_finished_since_the_look_is_not_taken_over(base_study):
     assert seen.state == TrialState.RUNNING
     assert runner.run(job).state == "COMPLETE"  # its worker finished it
     trials = ctx.session.study.get_trials(deepcopy=False)
-    claim = Worker(ctx.session)._takeover(ctx, seen, trials, scheduler.default_parent())
+    claim = Worker(ctx.session)._takeover(ctx, seen, trials, scheduler)
     assert claim is None
     assert [a.status for a in ctx.lineage.attempts(job.number)] == ["done"]
     assert ctx.lineage.current_attempt(job.number) is None
@@ -98,9 +98,7 @@ def test_a_trial_asked_but_not_yet_registered_is_left_to_its_asker(base_study, m
     monkeypatch.setattr(lin, "take_lease", watched)
     looked: list[object] = []
     other = threading.Thread(
-        target=lambda: looked.append(
-            Worker(ctx.session)._takeover(ctx, seen[-1], seen, scheduler.default_parent())
-        )
+        target=lambda: looked.append(Worker(ctx.session)._takeover(ctx, seen[-1], seen, scheduler))
     )
     other.start()
     refused.wait(60)  # an event, not a clock: 60 s is only how long a regression hangs here

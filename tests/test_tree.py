@@ -26,7 +26,7 @@ from hpsearch.search.replay import recipe, replay, winner
 from hpsearch.search.restore import Restorer
 from hpsearch.search.runner import run_study
 from hpsearch.search.scheduler.tree import Tree
-from hpsearch.search.scheduler.tree_plan import TreePlan, slot_of
+from hpsearch.search.scheduler.tree_plan import TreePlan
 from hpsearch.search.session import Session
 from hpsearch.search.trial import TrialRunner
 from hpsearch.testing.conformance.scheduler import close_context, run_context, tiny_study
@@ -51,6 +51,13 @@ def node(
     )  # fmt: skip
     t.number = number
     return t
+
+
+def slot_of(t: optuna.trial.FrozenTrial) -> tuple[Any, Any, Any] | None:
+    """A trial's place in the tree as recorded (None: it holds none)."""
+    if trial_attr(t, "generation") is None:
+        return None
+    return (trial_attr(t, "generation"), trial_attr(t, "parent_trial"), trial_attr(t, "child"))
 
 
 def test_the_plan_fills_the_roots_then_waits_for_the_generation_then_forks_the_best() -> None:
@@ -264,8 +271,17 @@ def test_a_probed_tree_ranks_on_the_probe_and_forks_from_before_it(tmp_path: Pat
     try:
         trials = session.study.get_trials(deepcopy=False)
         inner = [t for t in trials if trial_attr(t, "generation") < 2 and t.value is not None]
-        assert inner and all(t.value == trial_attr(t, "probe_value") for t in inner)
-        assert all(trial_attr(t, "rung_value") != t.value for t in inner)
+        # a node's value is its model's (its final evaluation, which its checkpoint holds); the
+        # probe's objective is recorded beside it and ranks the survivors
+        assert inner and all(trial_attr(t, "probe_value") is not None for t in inner)
+        assert all(t.value == trial_attr(t, "evaluations")[-1]["val_loss"] for t in inner)
+        assert all(trial_attr(t, "probe_value") != t.value for t in inner)
+        for g in (0, 1):
+            nodes = [t for t in inner if trial_attr(t, "generation") == g]
+            ranked = sorted(nodes, key=lambda t: (trial_attr(t, "probe_value"), t.number))
+            kids = {trial_attr(t, "parent_trial") for t in trials
+                    if trial_attr(t, "generation") == g + 1}  # fmt: skip
+            assert kids == {t.number for t in ranked[: len(kids)]}
         for t in inner:  # the probe's 64 samples count as the node's cost, not its record
             rung = [128, 256][trial_attr(t, "generation")]
             fork = trial_attr(t, "fork_samples")

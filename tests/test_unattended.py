@@ -343,7 +343,7 @@ def test_an_edited_warmup_is_refused_with_what_changed(one_trial_study, tmp_path
     err = capsys.readouterr().err
     assert "warmup.hparams.dropout: 0.1 -> 0.3" in err
     assert "warmup.hparams.hidden: 64 -> 96" in err
-    assert "use a new `name`, or revert the change" in err
+    assert "a new `name`" in err and "or revert the change" in err
     assert "Traceback" not in err
     assert [t.state for t in _trials(path)] == [TrialState.COMPLETE]  # nothing left RUNNING
 
@@ -391,7 +391,8 @@ def test_a_failing_trial_is_retried_in_the_same_run(one_trial_study, tmp_path, c
     capsys.readouterr()
     assert main(["run", path, "--trials", "3"]) == 0
     out = capsys.readouterr().out
-    assert "trial 1: failed: RuntimeError: a bug in the task; retrying it" in out
+    assert "trial 1: failed: RuntimeError: a bug in the task (the task's code: " in out
+    assert "retrying it from its newest checkpoint" in out
     trials = _trials(path)
     assert trials[1].state == TrialState.FAIL
     retry = [t for t in trials if t.user_attrs.get(ATTR + "retry_of") == 1]

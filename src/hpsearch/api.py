@@ -240,13 +240,11 @@ def _run_workers(
     """`hpsearch run --workers N [--gpus ...]`: this process is one worker, N-1 more are
     started, each on its own GPU when the study runs on CUDA -- the very code the command
     runs."""
-    from hpsearch.cli import run_with_workers
+    from hpsearch.cli import check_workers, run_with_workers
 
     settings = load_study_file(path)
     args = argparse.Namespace(study=path, storage=storage, classic=classic, trials=trials,
-                              workers=workers, gpus=gpus)  # fmt: skip
+                              workers=workers, gpus=gpus, debug=False)  # fmt: skip
     summary, extra = run_with_workers(args, settings)
-    failed = [f"worker {p.pid} exited with {p.returncode}" for p in extra if p.returncode]
-    if failed:
-        raise HpsearchError("; ".join(failed) + " (see its messages above)")
+    check_workers(extra, summary)
     return summary, settings

@@ -7,11 +7,12 @@ stop on Ctrl-C or SIGTERM (the current state is checkpointed; running again cont
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from hpsearch.console import BARS_ENV
@@ -57,9 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
         c.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
         c.add_argument("--gpus", help="with device: cuda, the GPUs for the workers, e.g. 0,1,3")
+        c.add_argument("--debug", action="store_true",
+                       help="print each failed attempt's traceback as it happens (every one "
+                            "is kept in <run dir>/logs/ anyway)")  # fmt: skip
         common(c)
     c = cmd("worker", "one extra worker for a study in a shared database")
     c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
+    c.add_argument("--debug", action="store_true", help="print failed attempts' tracebacks")
     common(c)
     c = cmd("status", "a table of the study's trials")
     c.add_argument("--wide", action="store_true", help="full params, ids and notes: no shortening")
@@ -145,10 +150,17 @@ def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
     summary, extra = run_with_workers(args, settings)
     ckpt_dir = os.path.join(settings.checkpoints.dir, summary.study)
     print(format_summary(summary, ckpt_dir))
-    failed = [f"worker {p.pid} exited with {p.returncode}" for p in extra if p.returncode]
-    if failed:  # its own error message is above; the study itself may be fine
+    check_workers(extra, summary)
+    return 1 if summary.failed else 0  # 0 only when every trial finished as planned
+
+
+def check_workers(extra: Sequence[subprocess.Popen[bytes]], summary: Summary) -> None:
+    """Raise if a started worker failed for a reason of its own (its message is above it); a
+    worker exits 1 for the study's failed trials too, which the summary already lists."""
+    failed = [f"worker {p.pid} exited with {p.returncode}" for p in extra
+              if p.returncode and not (p.returncode == 1 and summary.failed)]  # fmt: skip
+    if failed:  # the study itself may be fine
         raise HpsearchError("; ".join(failed) + " (see its messages above)")
-    return 0
 
 
 def run_with_workers(
@@ -178,10 +190,11 @@ def run_with_workers(
         extra = [_spawn_worker(args, worker_env(plan, i)) for i in range(1, args.workers)]
         if plan is not None:  # this process is worker 0; CUDA reads the variable when it starts
             os.environ[CUDA_ENV] = plan.devices[0]
-        summary = run_study(
-            args.study, trials=args.trials, storage=args.storage, classic=args.classic,
-            label=label, after=wait_for_workers,
-        )  # fmt: skip
+        with _debug(args.debug):
+            summary = run_study(
+                args.study, trials=args.trials, storage=args.storage, classic=args.classic,
+                label=label, after=wait_for_workers,
+            )  # fmt: skip
     finally:
         wait_for_workers()  # after a stop too: they got the same signal
         for key, value in saved.items():
@@ -216,6 +229,8 @@ def _spawn_worker(
         cmd.append("--no-fork")
     if args.trials is not None:
         cmd += ["--trials", str(args.trials)]
+    if args.debug:
+        cmd.append("--debug")
     return subprocess.Popen(cmd, env=env)
 
 
@@ -226,9 +241,27 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from hpsearch.search.runner import run_study
 
-    run_study(args.study, trials=args.trials, storage=args.storage, classic=args.classic,
-              label=f"[worker {os.getpid()}] ")  # fmt: skip
-    return 0
+    with _debug(args.debug):
+        summary = run_study(args.study, trials=args.trials, storage=args.storage,
+                            classic=args.classic, label=f"[worker {os.getpid()}] ")  # fmt: skip
+    return 1 if summary.failed else 0
+
+
+@contextlib.contextmanager
+def _debug(on: bool) -> Iterator[None]:
+    """`--debug`: failed attempts print their tracebacks (the workers it starts inherit it)."""
+    from hpsearch.search.trail import DEBUG_ENV
+
+    saved = os.environ.get(DEBUG_ENV)
+    if on:
+        os.environ[DEBUG_ENV] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = saved
 
 
 def _open(args: argparse.Namespace) -> Session:
@@ -351,7 +384,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         print("\n".join(format_replay(result, session.settings.objective.metric)))
     finally:
         session.close()
-    return 1 if result.differs else 0
+    return 0 if result.exact else 1
 
 
 def _export_best(session: Session, best: TrialView, out_dir: str) -> None:

@@ -44,7 +44,13 @@ from hpsearch.config.schema import (
     TrialSettings,
     WarmupSettings,
 )
-from hpsearch.config.space import check_budgets, suggest, trial_hparams, warmup_hparams
+from hpsearch.config.space import (
+    check_budgets,
+    invalid_values,
+    suggest,
+    trial_hparams,
+    warmup_hparams,
+)
 from hpsearch.config.tree import generation_sizes, survivors_of
 
 __all__ = [
@@ -74,6 +80,7 @@ __all__ = [
     "check_budgets",
     "dropout_types",
     "generation_sizes",
+    "invalid_values",
     "load_study_file",
     "make_pruner",
     "make_sampler",

@@ -204,6 +204,38 @@ def suggest_space(trial: optuna.Trial, search_space: Mapping[str, Param]) -> dic
     return out
 
 
+def invalid_values(search_space: Mapping[str, Param], values: Mapping[str, Any]) -> list[str]:
+    """What is wrong with values given for search-space keys from outside the sampler (a trial
+    enqueued by hand): one line per value that the key's entry could not have sampled. A
+    value for a key outside the search space is the user's to give (it is only recorded)."""
+    out = []
+    for name, value in values.items():
+        p = search_space.get(name)
+        if p is None:
+            continue
+        if p.kind == "categorical":
+            choices = p.choices or ()
+            if not any(value == c and isinstance(value, bool) == isinstance(c, bool)
+                       for c in choices):  # fmt: skip
+                out.append(f"{name}={value!r} is not among its choices {list(choices)}")
+            continue
+        assert p.low is not None and p.high is not None
+        integral = p.kind == "int"
+        if not is_number(value) or (integral and not isinstance(value, int)):
+            kind = "an integer" if integral else "a number"
+            out.append(f"{name}={value!r} is not {kind}")
+        elif not p.low <= value <= p.high:
+            out.append(f"{name}={value!r} is outside [{fmt(p.low)}, {fmt(p.high)}]")
+        elif p.step is not None and not p.log and not _on_step(value - p.low, p.step):
+            out.append(f"{name}={value!r} is not on its step {fmt(p.step)} from {fmt(p.low)}")
+    return out
+
+
+def _on_step(offset: float, step: float) -> bool:
+    k = offset / step
+    return abs(k - round(k)) <= 1e-9 * max(1.0, abs(k))
+
+
 def warmup_hparams(settings: StudySettings) -> dict[str, Any]:
     """A fresh copy of the warm-up's hyperparameters."""
     return copy.deepcopy(settings.warmup.hparams)

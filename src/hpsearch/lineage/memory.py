@@ -266,6 +266,17 @@ class MemoryLineage:
             if held is not None and held[0] == token:
                 del db.leases[(self.study, key)]
 
+    def release_orphan_leases(self) -> int:
+        db = self.database
+        with db.lock:
+            ended = {t for t, a in db.attempts.items() if a.study == self.study
+                     and a.status != "running"}  # fmt: skip
+            orphans = [k for k, (token, _) in db.leases.items()
+                       if k[0] == self.study and token in ended]  # fmt: skip
+            for k in orphans:
+                del db.leases[k]
+        return len(orphans)
+
     def close_stale_attempts(self, *, grace_s: float, now: float | None = None) -> int:
         db = self.database
         closed = 0

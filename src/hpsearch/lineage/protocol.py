@@ -161,6 +161,13 @@ class Coordination(Protocol):
         """Free lease `key` if `token` holds it (else nothing: another holder keeps it)."""
         ...
 
+    def release_orphan_leases(self) -> int:
+        """Free every lease of this study whose holder is an attempt that has ended (`dead`,
+        after `close_stale_attempts`, or `done`): a worker killed while it held one would hold
+        the others up until it expired. A holder that is no attempt (a `gc` command's own
+        token) keeps its lease. Returns how many were freed."""
+        ...
+
     def close_stale_attempts(self, *, grace_s: float, now: float | None = None) -> int:
         """Mark `dead` every `running` attempt of this study (of any trial, `WORKERS` presence
         rows included) that `attempt_is_stale` at `now`; how many it marked. An attempt that

@@ -322,6 +322,16 @@ class SqlLineage:
                 )
             )
 
+    def release_orphan_leases(self) -> int:
+        ended = sa.select(attempts.c.token).where(
+            attempts.c.study == self.study, attempts.c.status != "running"
+        )
+        with self.engine.begin() as c:
+            done = c.execute(
+                leases.delete().where(leases.c.study == self.study, leases.c.token.in_(ended))
+            )
+        return int(done.rowcount or 0)
+
     def close_stale_attempts(self, *, grace_s: float, now: float | None = None) -> int:
         running = attempts.select().where(
             attempts.c.study == self.study, attempts.c.status == "running"

@@ -33,6 +33,8 @@ def format_replay(r: Replayed, metric: str) -> list[str]:
         f"replayed trial {r.trial} from scratch in {r.seconds:.1f}s: {metric}="
         f"{got:.6g}" + (f" (the study: {r.value:.6g})" if r.value is not None else "")
     ]
+    if r.value_differs:
+        out.append(f"its {metric} DIFFERS from the study's record of trial {r.trial}")
     if not r.compared:
         out.append("its final checkpoint is not kept (see checkpoints.keep_best): nothing to "
                    "compare the weights with")  # fmt: skip

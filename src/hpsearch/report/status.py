@@ -20,6 +20,7 @@ from hpsearch.report.tree import tree_text
 from hpsearch.report.views import StudyView, TrialStateName, TrialView
 from hpsearch.search.records import EVALUATION_KEYS, TrialRecord, trial_attr
 from hpsearch.search.session import Session
+from hpsearch.search.tree_nodes import Slot, TreeNodes, check_nodes
 
 
 def study_view(session: Session) -> StudyView:
@@ -32,13 +33,20 @@ def study_view(session: Session) -> StudyView:
     frozen = session.study.get_trials(deepcopy=False)
     owner = {r.id: r.trial for r in rows}
     tree = session.attr("mode") == "tree"
+    nodes = check_nodes(frozen, session.settings.tree) if tree else TreeNodes()
     origins = _segment_origins(frozen)
     units = {t.number: _unit(t, session, n) for t in frozen}
     if tree and _global_indices(frozen, origins, units):  # reports count from scratch
         origins = dict.fromkeys(origins, 0)
     trials = tuple(
         _trial_view(
-            t, session, by_trial.get(t.number, []), n, (origins[t.number], units[t.number]), owner
+            t,
+            session,
+            by_trial.get(t.number, []),
+            n,
+            (origins[t.number], units[t.number]),
+            owner,
+            nodes.slots.get(t.number),
         )
         for t in frozen
     )
@@ -58,6 +66,7 @@ def study_view(session: Session) -> StudyView:
         trials=trials,
         disk_bytes=disk,
         tree=tree,
+        damaged=dict(nodes.damaged),
     )
 
 
@@ -84,10 +93,12 @@ def _trial_view(
     n: int,
     placing: tuple[int, int],
     owner: dict[str, int],
+    slot: Slot | None = None,
 ) -> TrialView:
     """One trial from its Optuna record and its checkpoints (`mine`); `n` samples per epoch,
     `placing` where its evaluation indices count from and the samples between two (both in
-    samples), `owner` the trial of every checkpoint id."""
+    samples), `owner` the trial of every checkpoint id, `slot` its checked place in a fork
+    tree (None: not a valid node)."""
     rec = TrialRecord.of(t)
     live = [r for r in mine if r.status == "committed"]
     fork_samples = rec.fork_samples
@@ -126,19 +137,13 @@ def _trial_view(
         duration_s=duration,
         fail_reason=rec.fail_reason,
         # a tree records its parent (a retry's too: its node's); else whose checkpoint it is
-        parent_trial=_int(rec.parent_trial)
-        if rec.parent_trial is not None
-        else _parent_trial(rec.parent_checkpoint, owner),
-        generation=_int(rec.generation),
-        child=_int(trial_attr(t, "child")),
+        parent_trial=slot[1] if slot is not None else _parent_trial(rec.parent_checkpoint, owner),
+        generation=slot[0] if slot is not None else None,
+        child=slot[2] if slot is not None else None,
         final_checkpoint_deleted=deleted,
         metrics=_last_metrics(rec.evaluations),
         evaluations=rec.evaluations,
     )
-
-
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 
 def _last_metrics(evaluations: tuple[dict[str, Any], ...]) -> dict[str, float]:
@@ -226,8 +231,8 @@ def format_tree(session: Session, *, show_all: bool = False) -> str:
     trials = {t.number: (t.state.name, t.value) for t in frozen}
     nodes = None
     if session.attr("mode") == "tree":
-        records = [TrialRecord.of(t) for t in frozen]
-        nodes = {r.number: (r.generation, r.parent_trial) for r in records}
+        checked = check_nodes(frozen, session.settings.tree).slots
+        nodes = {number: (slot[0], slot[1]) for number, slot in checked.items()}
     return tree_text(
         session.study_name, session.lineage.checkpoints(), trials, show_all=show_all, nodes=nodes
     )

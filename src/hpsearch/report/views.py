@@ -73,19 +73,18 @@ class StudyView:
     trials: tuple[TrialView, ...] = field(default_factory=tuple)
     disk_bytes: int = 0
     tree: bool = False  # a fork tree (mode "tree"): every trial is a node with a generation
+    # a tree's nodes whose recorded place is invalid (-> why): shown without a place, no winner
+    damaged: dict[int, str] = field(default_factory=dict)
 
     def best(self) -> TrialView | None:
-        """The best COMPLETE trial by value, or None; in a fork tree, of the deepest generation
-        that has a COMPLETE trial (the winner: a shallower node was measured earlier in
-        training, so its value does not compete with a finished lineage's)."""
-        done = [(t.value, t) for t in self.trials if t.state == "COMPLETE" and t.value is not None]
-        if self.tree and done:
-            deepest = max(t.generation or 0 for _, t in done)
-            done = [(v, t) for v, t in done if (t.generation or 0) == deepest]
-        if not done:
-            return None
-        pick = max if self.direction == "maximize" else min
-        return pick(done, key=lambda pair: pair[0])[1]  # of equal values, the first trial
+        """The study's winner (`hpsearch.search.winner`: the COMPLETE trial with the best
+        value, of equal values the lowest number; a tree's damaged nodes left out), or None."""
+        from hpsearch.search.winner import pick
+
+        done = [(t.number, t.value) for t in self.trials
+                if t.state == "COMPLETE" and t.number not in self.damaged]  # fmt: skip
+        number = pick(done, self.direction)
+        return next((t for t in self.trials if t.number == number), None)
 
     def lineage(self, number: int) -> tuple[int, ...]:
         """The trial numbers from the root of `number`'s lineage down to it, by `parent_trial`

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.config import make_sampler, suggest, trial_hparams
+from hpsearch.config import invalid_values, make_sampler, suggest, trial_hparams
 from hpsearch.search import optuna_bridge as bridge
 from hpsearch.search.context import RunContext
 from hpsearch.search.jobs import Job
+from hpsearch.search.records import PREFIX
 from hpsearch.search.retries import retried_numbers, retryable, settled
 from hpsearch.training.data import mix_seed
 
@@ -71,11 +72,33 @@ def resample(ctx: RunContext, t: FrozenTrial) -> dict[str, Any]:
     return params
 
 
+def valid_waiting(ctx: RunContext, waiting: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Of trials enqueued by hand (Optuna's `enqueue_trial`), those whose values the search
+    space can hold; each other one ends FAIL (`fail_kind` invalid, the reason said) without
+    running, before any sampler or task sees its values."""
+    ok = []
+    for t in waiting:
+        wrong = invalid_values(ctx.settings.search_space, t.system_attrs.get("fixed_params") or {})
+        if not wrong:
+            ok.append(t)
+            continue
+        reason = "enqueued with values its search space cannot hold: " + "; ".join(wrong)
+        attrs = {PREFIX + "fail_kind": "invalid", PREFIX + "fail_reason": reason}
+        bridge.fail_waiting(ctx.session.study, bridge.trial_id(t), attrs)
+        ctx.say(f"trial {t.number}: not run: {reason}")
+    return ok
+
+
 def wanted(ctx: RunContext, target: int) -> bool:
-    """Does the study need another new trial to reach `target` finished ones?"""
+    """Does the study need another new trial to reach `target` finished ones? Hand-enqueued
+    trials that `ask` would pop next are checked first (`valid_waiting`)."""
     if ctx.exhausted:
         return False
     trials = ctx.session.study.get_trials(deepcopy=False)
+    enqueued = [t for t in trials if t.state == TrialState.WAITING
+                and not any(k.startswith(PREFIX) for k in t.user_attrs)]  # fmt: skip
+    if len(valid_waiting(ctx, enqueued)) < len(enqueued):
+        trials = ctx.session.study.get_trials(deepcopy=False)
     retried, retries = retried_numbers(trials), ctx.settings.trials.retries
     done = sum(1 for t in trials if settled(t, trials, retried, retries))
     active = sum(1 for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING))
@@ -96,9 +119,14 @@ def with_ask_lease(ctx: RunContext, fn: Callable[[], _T]) -> _T:
     it, and a trial enqueued with fixed params (a retry, a tree's child) would be popped by
     whichever worker asks next."""
     lin = ctx.lineage
+    spins = 0
     while not lin.take_lease(ASK_LEASE, ctx.presence, ttl_s=ASK_LEASE_S):
         ctx.check_stop()
         time.sleep(0.02)  # another worker is asking: a few milliseconds
+        spins += 1
+        if spins % 50 == 0:  # held a second: its holder may have died asking; if so, free it
+            lin.close_stale_attempts(grace_s=ctx.settings.trials.grace_s)
+            lin.release_orphan_leases()
     try:
         return fn()
     finally:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hpsearch.config import check_budgets
-from hpsearch.training import Budget, Every
+from hpsearch.training import Budget, Every, Progress
 
 if TYPE_CHECKING:
     from hpsearch.search.session import Session
@@ -72,3 +72,11 @@ def _given(steps: int | None) -> int:
     if steps is None:
         raise ValueError("a budget needs epochs or steps")
     return steps
+
+
+def until(end: int, p: Progress) -> Budget:
+    """The budget that trains a segment to the absolute sample `end` (it stops at the first step
+    at or past it), from the segment's origin. A tree's node trains to its rung this way, and its
+    replay must too: a segment given as a length would add its parent's overshoot past the rung
+    (a rung falls between two batches) to its own."""
+    return Budget(samples=max(0, end - p.origin_samples))

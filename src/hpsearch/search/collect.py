@@ -19,6 +19,7 @@ from hpsearch.search.records import PREFIX, trial_attr
 from hpsearch.search.retries import retried_numbers, retryable
 from hpsearch.search.scheduler import pins_of
 from hpsearch.search.session import Session
+from hpsearch.search.winner import winner
 
 GC_LEASE = "gc"
 # short, and renewed before every deletion: a worker killed while collecting holds up the next
@@ -33,6 +34,7 @@ def recover(session: Session, token: str) -> None:
     lin, store = session.lineage, session.store
     grace = session.settings.trials.grace_s
     lin.close_stale_attempts(grace_s=grace)
+    lin.release_orphan_leases()  # leases a dead worker held (asking, collecting)
     alive = {
         a.token
         for a in lin.attempts()
@@ -91,8 +93,11 @@ def collect_garbage(
     try:
         rows = lin.checkpoints()
         trials = session.study.get_trials(deepcopy=False)
+        won = winner(session, trials)  # kept whatever keep_best says: every surface names it
+        kept = {trial_attr(won, "final_checkpoint")} if won is not None else set()
         doomed = collectable(
-            rows, trial_facts(session, trials), pins=pins_of(session, rows, trials) | lin.pinned(),
+            rows, trial_facts(session, trials),
+            pins=pins_of(session, rows, trials) | lin.pinned() | {k for k in kept if k},
             keep_best=s.checkpoints.keep_best, direction=s.objective.direction,
         )  # fmt: skip
         if not dry_run:

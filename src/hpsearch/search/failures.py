@@ -5,14 +5,16 @@ accounting of a trial's own training over its attempts."""
 from __future__ import annotations
 
 import errno
+import os
 import time
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
-from hpsearch.errors import CheckpointWriteError
+from hpsearch.errors import CheckpointWriteError, ForkError
 from hpsearch.search import optuna_bridge as bridge
+from hpsearch.search import trail
 from hpsearch.search.context import RunContext
 from hpsearch.search.control import TrialCrashed
 from hpsearch.search.hooks import TrialHooks
@@ -31,17 +33,30 @@ class FailureHandler:
     def failed(self, otrial: optuna.Trial, job: Job, start: float, exc: Exception) -> Outcome:
         """A trial raised: record it as FAIL, let the loop retry it now (up to trials.retries),
         and stop the run once trials.max_failures trials have failed for good."""
-        ctx, lin, trials = self.ctx, self.ctx.lineage, self.ctx.settings.trials
         oom = out_of_memory(exc)
-        reason = f"{type(exc).__name__}: {exc}"
+        # out of memory: the same params need the same memory, so a retry fails the same way
+        return self._fail(otrial, job, start, exc, "oom" if oom else "error")
+
+    def start_failed(self, otrial: optuna.Trial, job: Job, start: float, exc: Exception) -> Outcome:
+        """The trial could not start: the task's model(), optimizer() or apply_hparams raised
+        (or ran out of memory) on this trial's values, or a fork could not apply them. The same
+        values fail the same way, so it is not retried; the study goes on."""
+        kind = "oom" if out_of_memory(exc) else "fork" if isinstance(exc, ForkError) else "start"
+        return self._fail(otrial, job, start, exc, kind)
+
+    def _fail(
+        self, otrial: optuna.Trial, job: Job, start: float, exc: Exception, kind: str
+    ) -> Outcome:
+        ctx, lin, trials = self.ctx, self.ctx.lineage, self.ctx.settings.trials
+        reason = trail.describe(exc)
         if not lin.owns(job.token):  # another worker has it now: its outcome, not ours
             ctx.say(f"trial {job.number}: {reason[:500]}; taken over by another worker")
             return Outcome(job.number, "LOST", None, job.hparams, 0, time.monotonic() - start)
-        # out of memory: the same params need the same memory, so a retry fails the same way
-        set_trial_attrs(otrial, fail_kind="oom" if oom else "error", fail_reason=reason[:2000])
+        log = trail.keep(self.log_dir, job.number, job.token, kind, exc)
+        set_trial_attrs(otrial, fail_kind=kind, fail_reason=reason[:2000], fail_log=log)
         ctx.exhausted |= bridge.tell(ctx.session.study, job.number, state=TrialState.FAIL)
         lin.finish_attempt(job.token, "done")
-        if oom and torch.cuda.is_available():
+        if kind == "oom" and torch.cuda.is_available():
             torch.cuda.empty_cache()
         all_trials = ctx.session.study.get_trials(deepcopy=False)
         mine = next(t for t in all_trials if t.number == job.number)
@@ -49,8 +64,11 @@ class FailureHandler:
             what = "retrying it from its newest checkpoint"
         else:
             self.count += 1
-            what = "out of memory: not retried" if oom else "no retries left"
-        ctx.say(f"trial {job.number}: failed: {reason[:500]}; {what}")
+            what = {"oom": "out of memory: not retried", "error": "no retries left"}.get(
+                kind, "not retried: the same values fail the same way"
+            )
+        where = f" (traceback: {log})" if log else ""
+        ctx.say(f"trial {job.number}: failed: {reason[:500]}; {what}{where}")
         if self.count >= trials.max_failures:
             raise TrialCrashed(
                 f"{self.count} trials failed for good in this run (trials.max_failures="
@@ -64,10 +82,25 @@ class FailureHandler:
         ctx.say(outcome_line(out, ctx.metric))
         return out
 
-    def unstarted(self, otrial: optuna.Trial, job: Job, start: float, why: str) -> Outcome:
+    @property
+    def log_dir(self) -> str:
+        """Where each trial's failed attempts keep their tracebacks (`trail.keep`)."""
+        s = self.ctx.session
+        return os.path.join(s.settings.run_dir, "logs", s.study_name)
+
+    def unstarted(
+        self,
+        otrial: optuna.Trial,
+        job: Job,
+        start: float,
+        why: str,
+        fallbacks: list[dict[str, str]] | None = None,
+    ) -> Outcome:
         """No checkpoint the trial could start from is usable: it fails, the study goes on."""
         ctx, lin = self.ctx, self.ctx.lineage
-        set_trial_attrs(otrial, fail_kind="checkpoint", fail_reason=why[:2000])
+        set_trial_attrs(
+            otrial, fail_kind="checkpoint", fail_reason=why[:2000], fallbacks=fallbacks or []
+        )
         if lin.owns(job.token):
             ctx.exhausted |= bridge.tell(ctx.session.study, job.number, state=TrialState.FAIL)
         lin.finish_attempt(job.token, "done")

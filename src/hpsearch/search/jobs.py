@@ -26,6 +26,9 @@ class Job:
     until: int | None = None  # a tree node: the sample where its segment ends (its rung)
     total: int | None = None  # a tree node: the samples its schedule spans (the full budget)
     probe: int = 0  # samples of the cooldown probe it is ranked on (0: none)
+    # why its parent cannot be had (a tree node whose parent's final is gone): without a usable
+    # checkpoint of its own it fails saying so, never starting elsewhere
+    no_parent: str = ""
     # the handle a new trial was asked and sampled through in this process: its copy of the
     # trial is current, so running it reads nothing back from the storage (None: open one)
     handle: optuna.Trial | None = field(default=None, repr=False, compare=False)

@@ -42,14 +42,19 @@ TrialKey = Literal[
     "steps_trained",  # the trial's own training, summed over its attempts
     "samples_trained",
     "pruned_at",  # epoch
-    "fail_kind",
+    "fail_kind",  # error | oom | start | fork | checkpoint | diverged | invalid | unplaced
     "fail_reason",
+    "fail_log",  # the per-trial log that keeps every failed attempt's traceback
+    # checkpoints the trial could not start from (damaged, missing, unfit): [{checkpoint, why}]
+    "fallbacks",
+    "threads",  # torch's intra-op threads its training ran with (a replay uses as many)
     # the fork tree (strategy `tree`): every node is an ordinary Optuna trial
     "generation",  # 0 for a root (trained from scratch), g for a child forked at rung g-1's end
     "parent_trial",  # the trial whose final checkpoint this one forked from (None: a root)
     "child",  # its slot among its parent's children (0: continues with the parent's params)
-    "rung_value",  # the objective at the node's own end, before any cooldown probe
-    "probe_value",  # the objective after the cooldown probe the node was ranked on
+    # the objective after the cooldown probe the node is ranked on for survival (its value
+    # stays the evaluation of its own model, which its final checkpoint holds)
+    "probe_value",
 ]
 
 Mode = Literal["tree", "fork", "classic"]

@@ -17,19 +17,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from hpsearch.config import trial_hparams, warmup_hparams
 from hpsearch.errors import HpsearchError, UsageError
-from hpsearch.search.budgets import Budgets, segment_end
+from hpsearch.search.budgets import Budgets, segment_end, until
 from hpsearch.search.records import study_attr, trial_attr
 from hpsearch.search.session import Session
-from hpsearch.training import Budget, Schedule, Trainer, fork
+from hpsearch.search.tree_nodes import check_nodes
+from hpsearch.search.winner import winner
+
+__all__ = ["Replayed", "Segment", "recipe", "replay", "winner"]
+from hpsearch.training import Budget, Progress, Schedule, Trainer, fork
 
 
 @dataclass(frozen=True)
 class Segment:
-    """One stretch of the recipe: train with `hparams` from `start` to `end` samples."""
+    """One stretch of the recipe: train with `hparams` from `start` to the absolute sample `end`
+    (the first step at or past it), as the study trained it; a budget in steps is counted from
+    where the segment starts."""
 
     trial: int | None  # None: the shared warm-up
     hparams: dict[str, Any]
@@ -37,6 +43,13 @@ class Segment:
     end: int | None  # None: a budget in steps (fork-from-base with `steps` budgets)
     budget: Budget
     total: int  # the samples the segment's LR schedule spans
+    # torch's intra-op threads the study trained it with: on the CPU, a matrix product splits
+    # its sums by thread, so another count gives other bits (None: not recorded)
+    threads: int | None = None
+
+    def budget_from(self, p: Progress) -> Budget:
+        """What the segment trains from `p`, the trainer at its start."""
+        return until(self.end, p) if self.end is not None else self.budget
 
 
 @dataclass(frozen=True)
@@ -48,20 +61,17 @@ class Replayed:
     compared: int  # tensors compared with the final checkpoint (0: it was not kept)
     differs: list[str]  # the tensors that differ (empty: bitwise identical)
     seconds: float
+    metric: str = ""  # the objective's name
 
+    @property
+    def value_differs(self) -> bool:
+        """The replayed objective is not the value the study recorded for the trial."""
+        return self.value is not None and self.metrics.get(self.metric) != self.value
 
-def winner(session: Session) -> FrozenTrial | None:
-    """The study's best trial; in a fork tree, the best complete node of the deepest generation
-    (an earlier node's value may be a cooldown probe's, not a model's)."""
-    trials = [t for t in session.study.get_trials(deepcopy=False)
-              if t.state == TrialState.COMPLETE and t.value is not None]  # fmt: skip
-    if not trials:
-        return None
-    if session.settings.strategy == "tree" and not session.classic:
-        deepest = max(int(trial_attr(t, "generation", 0)) for t in trials)
-        trials = [t for t in trials if int(trial_attr(t, "generation", 0)) == deepest]
-    sign = -1.0 if session.settings.objective.direction == "maximize" else 1.0
-    return min(trials, key=lambda t: (sign * float(t.value or 0.0), t.number))
+    @property
+    def exact(self) -> bool:
+        """Whatever the replay could compare with the study's record is the same, bit for bit."""
+        return not self.differs and not self.value_differs
 
 
 def recipe(session: Session, number: int) -> list[Segment]:
@@ -75,16 +85,17 @@ def recipe(session: Session, number: int) -> list[Segment]:
     if session.classic:
         hp = trial_hparams(s, t.params)
         budget = b.classic_budget()
-        return [Segment(number, hp, 0, budget.samples, budget, segment_end(budget, 0, hp))]
+        return [Segment(number, hp, 0, budget.samples, budget, segment_end(budget, 0, hp),
+                        _threads(t))]  # fmt: skip
     if s.strategy == "base":
         warm = warmup_hparams(s)
         start = int(study_attr(study, "warmup_samples") or b.warmup_samples)
         hp = trial_hparams(s, t.params)
         total = b.warmup_samples + b.trial_samples
         return [
-            Segment(None, warm, 0, start, b.warmup, total),
+            Segment(None, warm, 0, start, b.warmup, total, _threads(t)),
             Segment(number, hp, start, b.trial.samples and start + b.trial.samples, b.trial,
-                    segment_end(b.trial, start, hp)),
+                    segment_end(b.trial, start, hp), _threads(t)),
         ]  # fmt: skip
     return _tree_recipe(session, by_number, t, b)
 
@@ -92,21 +103,30 @@ def recipe(session: Session, number: int) -> list[Segment]:
 def _tree_recipe(
     session: Session, by_number: dict[int, FrozenTrial], t: FrozenTrial, b: Budgets
 ) -> list[Segment]:
-    assert session.settings.tree is not None
+    """A node's ancestors from its root down to it, each trained to its own rung with its own
+    values; a node whose place in the tree (or an ancestor's) is damaged has no recipe."""
+    tree = session.settings.tree
+    assert tree is not None
+    nodes = check_nodes(list(by_number.values()), tree)
+    if t.number not in nodes.slots:
+        why = nodes.damaged.get(t.number, "it holds no place in the tree")
+        raise HpsearchError(f"trial {t.number} has no recipe: {why}")
     full = b.trial_samples
-    rungs = [round(f * full) for f in session.settings.tree.rungs]
-    chain = [t]
-    while (parent := trial_attr(chain[-1], "parent_trial")) is not None:
-        if parent not in by_number:
-            raise HpsearchError(f"trial {chain[-1].number}'s parent trial {parent} is missing")
-        chain.append(by_number[parent])
+    rungs = [round(f * full) for f in tree.rungs]
     out, start = [], 0
-    for node in reversed(chain):
-        end = rungs[int(trial_attr(node, "generation", 0))]
+    for number in reversed(nodes.lineage(t.number)):
+        node = by_number[number]
+        end = rungs[nodes.slots[number][0]]
         hp = trial_hparams(session.settings, node.params)
-        out.append(Segment(node.number, hp, start, end, Budget(samples=end - start), full))
+        out.append(Segment(number, hp, start, end, Budget(samples=end - start), full,
+                           _threads(node)))  # fmt: skip
         start = end
     return out
+
+
+def _threads(t: FrozenTrial) -> int | None:
+    n = trial_attr(t, "threads")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def replay(
@@ -124,19 +144,28 @@ def replay(
         training=s.training,
     )  # fmt: skip
     metrics: dict[str, float] = {}
-    for i, seg in enumerate(segments):
-        if i:
-            fork(trainer, seg.hparams)
-            trainer.begin_segment()
-            trainer.total_samples = seg.total
-        who = "the warm-up" if seg.trial is None else f"trial {seg.trial}"
-        say(f"replaying {who}: samples {seg.start}-{seg.end if seg.end is not None else '?'}")
-        metrics = trainer.train(seg.budget, eval_every=b.eval_every, checkpoint_every=None)
+    threads = torch.get_num_threads()
+    try:
+        for i, seg in enumerate(segments):
+            if i:
+                fork(trainer, seg.hparams)
+                trainer.begin_segment()
+                trainer.total_samples = seg.total
+            who = "the warm-up" if seg.trial is None else f"trial {seg.trial}"
+            end = seg.end if seg.end is not None else "?"
+            if seg.threads is not None and seg.threads != torch.get_num_threads():
+                say(f"using {seg.threads} CPU threads, as the study did (not {threads})")
+                torch.set_num_threads(seg.threads)
+            say(f"replaying {who}: samples {seg.start}-{end}")
+            budget = seg.budget_from(trainer.progress)
+            metrics = trainer.train(budget, eval_every=b.eval_every, checkpoint_every=None)
+    finally:
+        torch.set_num_threads(threads)
     t = next((x for x in session.study.get_trials(deepcopy=False) if x.number == number), None)
     value = t.value if t is not None else None
     compared, differs = _compare(session, trainer, t)
     return trainer, Replayed(number, segments, metrics, value, compared, differs,
-                             time.monotonic() - began)  # fmt: skip
+                             time.monotonic() - began, s.objective.metric)  # fmt: skip
 
 
 def _compare(session: Session, trainer: Trainer, t: FrozenTrial | None) -> tuple[int, list[str]]:

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from hpsearch.checkpoint import LoadedCheckpoint
-from hpsearch.errors import CheckpointCorrupt, CheckpointMismatch
+from hpsearch.checkpoint.format import check_id
+from hpsearch.errors import CheckpointCorrupt, CheckpointError, CheckpointMismatch
 from hpsearch.search.context import RunContext
 from hpsearch.search.control import Interrupted
 from hpsearch.training import Schedule, Trainer
@@ -24,6 +25,11 @@ from hpsearch.training.loop import STATE_VERSION
 
 # what a failed restore may not swallow: the user's stop, and the interpreter's
 PASS_THROUGH = (KeyboardInterrupt, SystemExit, Interrupted)
+# what makes a checkpoint unusable, so that its trial falls back to the one before: the store's
+# errors (missing, torn, corrupt, forged, a newer format, unreadable) and `check_fits`' (it does
+# not fit the task). Anything else raised while restoring is the task's error or a bug, and is
+# reported as that: never turned into a fallback that hides it
+UNUSABLE = (CheckpointError,)
 
 
 class Restorer:
@@ -37,6 +43,10 @@ class Restorer:
 
     def load(self, ckpt_id: str) -> LoadedCheckpoint:
         """Read a checkpoint (hashes checked by the store) and check that it fits the task."""
+        try:
+            check_id(ckpt_id)
+        except ValueError as exc:  # a damaged record names it: nothing to read
+            raise CheckpointCorrupt(str(exc)) from None
         loaded = self.ctx.session.store.load(ckpt_id)
         self.check_fits(loaded)
         return loaded
@@ -112,9 +122,8 @@ class Restorer:
             raise CheckpointMismatch(
                 f"training state version {version!r}; this hpsearch reads up to {STATE_VERSION}"
             )
+        check_state(state)
         hp = state["hparams"]
-        if not isinstance(hp, dict):
-            raise CheckpointMismatch(f"hparams are a {type(hp).__name__}, not a mapping")
         weights = training_state.expand_aliases(loaded.tensors["model"], state.get("model_aliases"))
         if self.trainer is not None:
             # compare with the live trainer: calling the task's model() and optimizer() again
@@ -195,3 +204,33 @@ def check_groups(meta: Any, optimizer: torch.optim.Optimizer) -> None:
                     f"optimizer param group {i}: {key} is a {_kind(saved[key])}, the task's "
                     f"optimizer uses a {_kind(value)}"
                 )
+
+
+# what a restore reads of a checkpoint's state.json, and the JSON type each must have: a state
+# that lacks one or holds another type is unfit (checked here, so that what fails later is the
+# task's error or a bug, not the checkpoint's)
+_STATE_SHAPE: dict[str, type | tuple[type, ...]] = {
+    "hparams": dict, "optimizer": dict, "progress": dict, "rng": dict, "seed": int,
+    "metrics": list,
+}  # fmt: skip
+_PROGRESS = ("step", "samples", "origin_step", "origin_samples")
+
+
+def check_state(state: Mapping[str, Any]) -> None:
+    """The parts of a training state a restore reads have the shape it reads them in."""
+    for key, kind in _STATE_SHAPE.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointCorrupt(f"state.json: {key} is {type(value).__name__}, not a {kind}")
+    progress = state["progress"]
+    if set(progress) != set(_PROGRESS) or not all(
+        isinstance(progress[k], int) and progress[k] >= 0 for k in _PROGRESS
+    ):
+        raise CheckpointCorrupt(f"state.json: progress {str(progress)[:200]} is not {_PROGRESS}")
+    if not isinstance(state["optimizer"].get("param_groups"), list):
+        raise CheckpointCorrupt("state.json: the optimizer state has no param_groups list")
+    if not {"python", "numpy", "torch"} <= set(state["rng"]):
+        raise CheckpointCorrupt("state.json: the RNG state lacks python, numpy or torch")
+    schedule = state.get("schedule")
+    if schedule is not None and not isinstance(schedule, dict):
+        raise CheckpointCorrupt("state.json: schedule is not a mapping")

@@ -216,10 +216,21 @@ def _join(root: str, name: str) -> str:
 # -- what the base checkpoint depends on ----------------------------------------------------------
 
 
+FINGERPRINT_VERSION = 2  # 2: the strategy, the tree, the search space, the objective
+_VERSION = "_version"
+# the settings a version-1 fingerprint held: a study it recorded is compared on these only
+_FIRST_KEYS = ("task", "seed", "warmup.", "trials.epochs", "trials.steps", "schedule",
+               "training.", "data.")  # fmt: skip
+
+
 def fingerprint(settings: StudySettings) -> dict[str, Any]:
-    """The study-file settings the base checkpoint (and every trial's schedule) was made with, as
-    flat `key: value` pairs. Changing one under an existing study would mix trials of two
-    different experiments, so `check_fingerprint` refuses it."""
+    """The study-file settings that say what the study's trials are, as flat `key: value`
+    pairs: what the base checkpoint and every trial's schedule were made with, the tree's shape
+    and rungs, the budgets, the search space and the objective. Changing one under an existing
+    study would mix trials of two different experiments (a tree that is no longer any one
+    tree), so `check_fingerprint` refuses it.
+    What only steers the search from here on (the sampler, the pruner, `trials.n`, retries,
+    evaluation interval, checkpoints, loggers) is not in it."""
     task = settings.task
     file, sep, cls = task.rpartition(":")
     if sep and (os.sep in file or file.endswith(".py")):
@@ -237,6 +248,17 @@ def fingerprint(settings: StudySettings) -> dict[str, Any]:
     }
     for key, value in sorted(w.hparams.items()):
         out[f"warmup.hparams.{key}"] = value
+    out["strategy"] = settings.strategy
+    out["objective.metric"] = settings.objective.metric
+    if settings.tree is not None:
+        tree = dataclasses.asdict(settings.tree)
+        for key, value in sorted(tree.pop("hparams").items()):
+            out[f"tree.hparams.{key}"] = value
+        out |= {f"tree.{key}": value for key, value in tree.items()}
+    for key, param in settings.search_space.items():
+        entry = {k: v for k, v in dataclasses.asdict(param).items() if v is not None}
+        entry.pop("name")
+        out[f"search_space.{key}"] = entry
     plain = dataclasses.asdict(TrainingSettings())
     for key, value in dataclasses.asdict(settings.training).items():
         if value != plain[key]:  # only what a study sets: a study made before them is unchanged
@@ -244,6 +266,7 @@ def fingerprint(settings: StudySettings) -> dict[str, Any]:
     for key, value in sorted(dataclasses.asdict(settings.data).items()):
         if key != "num_workers":  # the data order does not depend on it (by design)
             out[f"data.{key}"] = value
+    out[_VERSION] = FINGERPRINT_VERSION
     return json.loads(json.dumps(out))  # as the database gives it back
 
 
@@ -255,21 +278,25 @@ def check_fingerprint(session: Session) -> None:
     if not isinstance(old, dict):
         session.set_attr("fingerprint", now)
         return
+    compared = set(old) | set(now)
+    if old.get(_VERSION) != FINGERPRINT_VERSION:
+        # made by an hpsearch that recorded fewer settings: compare those, adopt the others
+        compared = {k for k in compared if k.startswith(_FIRST_KEYS)}
     changed = [
         f"  {key}: {_show(old.get(key, '(unset)'))} -> {_show(now.get(key, '(unset)'))}"
-        for key in sorted(set(old) | set(now))
+        for key in sorted(compared - {_VERSION})
         if old.get(key, "(unset)") != now.get(key, "(unset)")
     ]
-    if changed and not _anything_made(session):  # nothing depends on the old settings yet
-        session.set_attr("fingerprint", now)
-        return
-    if changed:
+    if changed and _anything_made(session):
         raise UsageError(
             f"{session.settings.path}: the study {session.study_name!r} in "
-            f"{session.storage_url} was created with other settings, which its base checkpoint "
-            "and its trials depend on:\n" + "\n".join(changed) + "\nuse a new `name`, or "
-            "revert the change"
+            f"{session.storage_url} was created with other settings, which its checkpoints "
+            "and its trials depend on:\n" + "\n".join(changed) + "\nthe study would no "
+            "longer be one experiment: give the file a new `name` to start a new study beside "
+            "this one (the database and checkpoint root can stay), or revert the change"
         )
+    if old != now:  # nothing depends on what changed yet, or the study's record is upgraded
+        session.set_attr("fingerprint", now)
 
 
 def _anything_made(session: Session) -> bool:

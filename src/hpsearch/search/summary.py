@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.console import human_bytes, human_time
+from hpsearch.search.budgets import Budgets
 from hpsearch.search.records import trial_attr
+from hpsearch.search.retries import retried_numbers, settled
 from hpsearch.search.session import Session
+from hpsearch.search.winner import winner
 
 if TYPE_CHECKING:
     from hpsearch.search.jobs import Outcome
@@ -32,6 +35,11 @@ class Summary:
     study_seconds: float  # every run of the study together
     ran: int  # trials that finished during this run (by any worker)
     target: int
+    samples_run: int = 0  # every sample the study trained, once: warm-up, trials, probes
+    full_run: int = 0  # the samples of one full run from scratch (the budget's unit)
+    # trials that failed for good (not continued by a retry), but for divergence, which is a
+    # search outcome: "#n kind: reason" each; a run that leaves any exits 1
+    failed: list[str] = field(default_factory=list)
 
 
 def summarize(
@@ -42,11 +50,7 @@ def summarize(
     states: dict[str, int] = {}
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    best = None
-    if done:
-        pick = max if session.settings.objective.direction == "maximize" else min
-        best = pick(done, key=lambda t: float(t.value or 0.0))  # `done` has values
+    best = winner(session)
     warm = int(session.attr("warmup_steps", 0) or 0)
     own = sum(int(trial_attr(t, "steps_trained", 0)) for t in trials)
     counted = [t for t in trials if trial_attr(t, "retry_of") is None]
@@ -58,13 +62,38 @@ def summarize(
     # the tree's rows hold every size: no read of the store (one GET per checkpoint on S3)
     disk = sum(r.nbytes for r in session.lineage.checkpoints(statuses=("committed",)))
     finished = sum(states.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
+    samples = sum(int(trial_attr(t, "samples_trained", 0) or 0) for t in trials)
+    if not session.classic:
+        samples += int(session.attr("warmup_samples", 0) or 0)
+    n = int(session.attr("samples_per_epoch", 0) or 0)
+    full = Budgets.of(session, n).classic_budget().samples or 0 if n else 0
     return Summary(
         session.study_name, finished, states,
         best.number if best else None, best.value if best else None,
         dict(best.params) if best else {},
         trial_attr(best, "final_checkpoint") if best else None,
         steps_run, scratch, disk, seconds, max(study_seconds, seconds), ran, target,
+        samples, full, failed_for_good(session, trials),
     )  # fmt: skip
+
+
+def failed_for_good(session: Session, trials: list[FrozenTrial]) -> list[str]:
+    """The trials that failed and that no retry continues, as "#n kind: reason (log)" lines;
+    a diverged trial is the search's outcome (its values do not train), not a failure."""
+    retried, retries = retried_numbers(trials), session.settings.trials.retries
+    out = []
+    for t in trials:
+        kind = trial_attr(t, "fail_kind") or "error"
+        if (
+            t.state != TrialState.FAIL
+            or kind == "diverged"
+            or not settled(t, trials, retried, retries)
+        ):
+            continue
+        reason = " ".join(str(trial_attr(t, "fail_reason") or "no reason recorded").split())
+        log = trial_attr(t, "fail_log")
+        out.append(f"#{t.number} {kind}: {reason[:160]}" + (f" (traceback: {log})" if log else ""))
+    return out
 
 
 def format_summary(s: Summary, session_dir: str) -> str:
@@ -84,6 +113,11 @@ def format_summary(s: Summary, session_dir: str) -> str:
         lines.append(f"best: trial {s.best_number}, value {s.best_value:.6g}, {params}")
         if s.best_checkpoint:
             lines.append(f"best checkpoint: {session_dir}/{s.best_checkpoint}")
+    if s.full_run:
+        lines.append(
+            f"trained: {s.samples_run} samples, {s.samples_run / s.full_run:.2f} full runs "
+            f"(a full run: {s.full_run} samples from scratch)"
+        )
     ratio = s.scratch_steps / s.steps_run if s.steps_run else float("nan")
     if s.scratch_steps != s.steps_run:
         lines.append(
@@ -93,6 +127,11 @@ def format_summary(s: Summary, session_dir: str) -> str:
     else:
         lines.append(f"training steps: {s.steps_run}")
     lines.append(f"disk in use: {human_bytes(s.disk_bytes)}")
+    if s.failed:
+        lines.append(f"{len(s.failed)} trial(s) failed for good:")
+        lines += [f"  {line}" for line in s.failed[:20]]
+        if len(s.failed) > 20:
+            lines.append(f"  ... and {len(s.failed) - 20} more (`hpsearch status` lists them)")
     return "\n".join(lines)
 
 

@@ -7,11 +7,13 @@ import contextlib
 import time
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
+from hpsearch import failpoints
 from hpsearch.errors import TrainingDiverged
 from hpsearch.search import optuna_bridge as bridge
-from hpsearch.search.budgets import segment_end
+from hpsearch.search.budgets import segment_end, until
 from hpsearch.search.context import RunContext
 from hpsearch.search.control import Interrupted, LostTrial, StudyStopped, UnusableCheckpoint
 from hpsearch.search.failures import FailureHandler, disk_full
@@ -19,7 +21,7 @@ from hpsearch.search.hooks import TrialHooks, checkpoint_on_stop, progress_bar
 from hpsearch.search.jobs import Job, Outcome, OutcomeState
 from hpsearch.search.progress import StudyProgress
 from hpsearch.search.records import set_trial_attrs
-from hpsearch.search.restore import PASS_THROUGH, Restorer, why
+from hpsearch.search.restore import PASS_THROUGH, UNUSABLE, Restorer, why
 from hpsearch.search.scheduler import Scheduler
 from hpsearch.search.summary import outcome_line
 from hpsearch.training import Budget, Progress, Schedule, Trainer, fork
@@ -43,10 +45,17 @@ class TrialRunner:
         otrial = job.handle
         if otrial is None:
             otrial = bridge.handle(self.ctx.session.study, job.trial_id)
+        self.fallbacks: list[dict[str, str]] = []
         try:
             trainer, source, fresh = self.start(job)
         except UnusableCheckpoint as exc:
-            return self.failures.unstarted(otrial, job, start, f"{exc}")
+            return self.failures.unstarted(otrial, job, start, f"{exc}", self.fallbacks)
+        except PASS_THROUGH:
+            raise
+        except Exception as exc:  # the task's model(), optimizer(), apply_hparams, OOM, a bug
+            self.restorer.forget()  # a half-built or half-forked trainer is no state to reuse
+            return self.failures.start_failed(otrial, job, start, exc)
+        failpoints.passed("trial.starting")
         self._record_start(otrial, job, trainer, source, fresh)
         self.ctx.unpin_all()  # the tree keeps what the trial started from now
         budget = self._budget(job, trainer)
@@ -61,7 +70,7 @@ class TrialRunner:
         try:
             state, value, note = self._train(otrial, trainer, hooks)
             if state == "COMPLETE" and job.probe and value is not None:
-                value = self._probe(otrial, job, hooks, value)
+                self._probe(otrial, job, hooks)
         except Interrupted:
             checkpoint_on_stop(self.ctx, trainer, hooks)
             self.failures.account(otrial, job, hooks)
@@ -89,7 +98,14 @@ class TrialRunner:
             if trainer is not None:
                 return trainer, ckpt_id, False
         parent = job.parent
+        if job.no_parent:
+            raise UnusableCheckpoint(job.no_parent)
         if parent is None:
+            if job.generation:  # a tree's child starts at its parent, never from scratch
+                raise UnusableCheckpoint(
+                    f"a generation-{job.generation} node of the fork tree, and its parent's "
+                    "final checkpoint is not known"
+                )
             return self._scratch(job), None, True
         trainer = self._try(job, parent)
         if trainer is None:
@@ -120,15 +136,17 @@ class TrialRunner:
         """The job's own training from its segment's start: to its rung for a tree's node."""
         if job.until is None:
             return self.scheduler.budget
-        return Budget(samples=max(0, job.until - trainer.progress.origin_samples))
+        return until(job.until, trainer.progress)
 
     def _try(self, job: Job, ckpt_id: str) -> Trainer | None:
+        """The trainer holding checkpoint `ckpt_id`, or None when that checkpoint is damaged,
+        missing or does not fit the task: a fallback, said and recorded on the trial. Anything
+        else that fails on the way (the task's code, a bug) is raised as what it is."""
         try:
             return self.restorer.from_checkpoint(ckpt_id)
-        except PASS_THROUGH:
-            raise
-        except Exception as exc:  # any failure to restore: that source is unusable
+        except UNUSABLE as exc:
             self.restorer.forget()  # a copy that failed half-way leaves it half-loaded
+            self.fallbacks.append({"checkpoint": str(ckpt_id)[:100], "why": why(exc)})
             self.ctx.say(
                 f"warning: trial {job.number}: checkpoint {str(ckpt_id)[:100]} cannot be "
                 f"used ({why(exc)}); trying the next source"
@@ -143,11 +161,13 @@ class TrialRunner:
         self, otrial: optuna.Trial, job: Job, trainer: Trainer, source: str | None, fresh: bool
     ) -> None:
         p = trainer.progress
+        said: dict[str, object] = {"threads": torch.get_num_threads()}  # replay uses as many
+        if self.fallbacks:
+            said["fallbacks"] = self.fallbacks
         if fresh or job.kind == "retry":
             # a retry that continues its failed attempt's checkpoint starts its record there
-            set_trial_attrs(
-                otrial, parent_checkpoint=source, fork_step=p.step, fork_samples=p.samples
-            )
+            said |= {"parent_checkpoint": source, "fork_step": p.step, "fork_samples": p.samples}
+        set_trial_attrs(otrial, **said)
         if job.kind == "retry" and not fresh:
             self._report_history(otrial, job, trainer)
         if job.kind != "new":
@@ -183,17 +203,18 @@ class TrialRunner:
             set_trial_attrs(otrial, fail_kind="diverged", fail_reason=str(exc))
             return "FAIL", None, f"diverged: {exc}"
 
-    def _probe(self, otrial: optuna.Trial, job: Job, hooks: TrialHooks, value: float) -> float:
+    def _probe(self, otrial: optuna.Trial, job: Job, hooks: TrialHooks) -> None:
         """Rank a tree's node on a cooldown probe: a throwaway branch from its final state whose
         LR decays to the schedule's final value over `job.probe` samples, as its run will at
         the end. Nothing of the branch is saved; the node's children fork from its final
         checkpoint, taken before the probe. Its training counts in the node's steps and
-        samples (it is compute the search spent); its evaluation is not one of the node's.
-        Returns the probe's objective."""
+        samples (it is compute the search spent); its evaluation is not one of the node's: the
+        node's value stays its model's (what its final checkpoint holds), and the probe's
+        objective is recorded as `probe_value`, which the tree ranks survivors on."""
         trainer = hooks.trainer
         sched = trainer.schedule
         if sched is None:
-            return value
+            return
         before, history = Progress(**vars(trainer.progress)), list(trainer.history)
         end = before.samples + job.probe
         warm = min(sched.warmup * (trainer.total_samples or end) / end, 1.0 - job.probe / end)
@@ -207,9 +228,7 @@ class TrialRunner:
             hooks.steps += trainer.progress.step - before.step
             hooks.samples += trainer.progress.samples - before.samples
             trainer.progress, trainer.history = before, history  # the node's own record
-        probed = float(metrics[self.ctx.metric])
-        set_trial_attrs(otrial, rung_value=value, probe_value=probed)
-        return probed
+        set_trial_attrs(otrial, probe_value=float(metrics[self.ctx.metric]))
 
     def _crashed(
         self, otrial: optuna.Trial, job: Job, hooks: TrialHooks, start: float, exc: Exception

@@ -28,7 +28,7 @@ from hpsearch.search.collect import (
     settle_pending,
 )
 from hpsearch.search.context import RunContext
-from hpsearch.search.control import StopFlag
+from hpsearch.search.control import StopFlag, UnusableCheckpoint
 from hpsearch.search.heartbeat import Heartbeat
 from hpsearch.search.jobs import Job, Outcome, Wait
 from hpsearch.search.progress import StudyProgress
@@ -36,7 +36,7 @@ from hpsearch.search.records import PREFIX, set_study_attr, study_attr, trial_at
 from hpsearch.search.restore import Restorer
 from hpsearch.search.retries import retried_numbers, retryable
 from hpsearch.search.saving import Checkpointer
-from hpsearch.search.scheduler import make_scheduler
+from hpsearch.search.scheduler import Scheduler, make_scheduler
 from hpsearch.search.session import Session, check_fingerprint
 from hpsearch.search.trial import TrialRunner
 from hpsearch.training import Trainer
@@ -80,9 +80,9 @@ class Worker:
             scheduler.prepare()
             started = True
             while True:
-                job: Job | Wait | None = self.next_job(
-                    ctx, target, scheduler.default_parent()
-                ) or scheduler.new_job(target)
+                job: Job | Wait | None = self.next_job(ctx, target, scheduler) or (
+                    scheduler.new_job(target)
+                )
                 if job is None:
                     break
                 if isinstance(job, Wait):
@@ -114,17 +114,17 @@ class Worker:
 
     # -- continuing what crashes left -------------------------------------------------------
 
-    def next_job(self, ctx: RunContext, target: int, default_parent: str | None) -> Job | None:
+    def next_job(self, ctx: RunContext, target: int, scheduler: Scheduler) -> Job | None:
         """A trial to take over or retry, if any (new trials come from the scheduler)."""
         ctx.check_stop()
         trials = ctx.session.study.get_trials(deepcopy=False)
         for t in trials:
-            job = self._takeover(ctx, t, trials, default_parent)
+            job = self._takeover(ctx, t, trials, scheduler)
             if job is not None:
                 return job
         for t in trials:
             if t.state == TrialState.WAITING and trial_attr(t, "retry_of") is not None:
-                adopt = functools.partial(self._adopt_retry, ctx, t, trials, default_parent)
+                adopt = functools.partial(self._adopt_retry, ctx, t, trials, scheduler)
                 job = asking.with_ask_lease(ctx, adopt)
                 if job is not None:
                     return job
@@ -133,11 +133,11 @@ class Worker:
             if retryable(t, trials, retried, ctx.settings.trials.retries) and ctx.lineage.claim(
                 f"retry:{t.number}"
             ):
-                return self._retry(ctx, t, trials, default_parent)
+                return self._retry(ctx, t, trials, scheduler)
         return None
 
     def _takeover(
-        self, ctx: RunContext, t: FrozenTrial, trials: Sequence[FrozenTrial], parent: str | None
+        self, ctx: RunContext, t: FrozenTrial, trials: Sequence[FrozenTrial], scheduler: Scheduler
     ) -> Job | None:
         """Continue a running trial whose worker died, in place, from its newest checkpoint."""
         if t.state != TrialState.RUNNING:
@@ -151,19 +151,19 @@ class Worker:
             def unregistered() -> Job | None:
                 if lin.attempts(t.number):
                     return None  # registered while we waited for the lease
-                return self._claim(ctx, t, trials, parent, None)
+                return self._claim(ctx, t, trials, scheduler, None)
 
             return asking.with_ask_lease(ctx, unregistered)
         if current is not None and not attempt_is_stale(current, grace_s=grace):
             return None
-        return self._claim(ctx, t, trials, parent, current)
+        return self._claim(ctx, t, trials, scheduler, current)
 
     def _claim(
         self,
         ctx: RunContext,
         t: FrozenTrial,
         trials: Sequence[FrozenTrial],
-        parent: str | None,
+        scheduler: Scheduler,
         current: AttemptRow | None,
     ) -> Job | None:
         """Take `t` over from its dead attempt `current` (None: it has none running)."""
@@ -171,11 +171,11 @@ class Worker:
         if current is not None:  # its worker died: settle the saves it left half-marked
             pending = lin.checkpoints(trial=t.number, statuses=("pending",))
             settle_pending(ctx.session, [r for r in pending if r.attempt == current.token])
-        sources, root_parent = chain_sources(ctx, t, trials)
-        ctx.pin([*sources[:1], root_parent or parent])
+        sources, parent, no_parent = chain_start(ctx, t, trials, scheduler)
+        ctx.pin([*sources[:1], parent])
         token = lin.take_over(
             t.number, current.token if current else None,
-            resumed_from=sources[0] if sources else root_parent,
+            resumed_from=sources[0] if sources else parent,
         )  # fmt: skip
         if token is None:
             return None
@@ -191,15 +191,15 @@ class Worker:
             params = asking.resample(ctx, now)  # its worker died between ask and sampling
         hp = trial_hparams(ctx.settings, params)
         return Job(t.number, bridge.trial_id(t), hp, "takeover", token,
-                   trial_attr(t, "retry_of"), sources, root_parent or parent,
-                   trial_attr(t, "generation"))  # fmt: skip
+                   trial_attr(t, "retry_of"), sources, parent, generation_of(t),
+                   no_parent=no_parent)  # fmt: skip
 
     def _adopt_retry(
         self,
         ctx: RunContext,
         waiting: FrozenTrial,
         trials: Sequence[FrozenTrial],
-        parent: str | None,
+        scheduler: Scheduler,
     ) -> Job | None:
         """A retry that a worker enqueued and died before asking for (we hold the ask lease, so
         no other worker is between the two now): ask it and continue its failed trial from that
@@ -208,23 +208,23 @@ class Worker:
         failed = next((t for t in trials if t.number == trial_attr(waiting, "retry_of")), None)
         if failed is None:
             return None
-        sources, root_parent = chain_sources(ctx, failed, trials)
-        ctx.pin([*sources[:1], root_parent or parent])
-        job = self._start_retry(ctx, bridge.trial_id(waiting), failed, sources, root_parent, parent)
+        start = chain_start(ctx, failed, trials, scheduler)
+        ctx.pin([*start[0][:1], start[1]])
+        job = self._start_retry(ctx, bridge.trial_id(waiting), failed, start)
         if job is not None:
             ctx.say(f"trial {job.number}: the retry of trial {failed.number}, left unasked")
         return job
 
     def _retry(
-        self, ctx: RunContext, t: FrozenTrial, trials: Sequence[FrozenTrial], parent: str | None
+        self, ctx: RunContext, t: FrozenTrial, trials: Sequence[FrozenTrial], scheduler: Scheduler
     ) -> Job | None:
         """Continue a trial that failed on an error as a new trial with the same params (and
         the same place in a fork tree)."""
         study = ctx.session.study
-        sources, root_parent = chain_sources(ctx, t, trials)
+        start = chain_start(ctx, t, trials, scheduler)
         # the failed trial's checkpoints lose its protection once the retry exists: pin them
         # until the retry records where it starts
-        ctx.pin([*sources[:1], root_parent or parent])
+        ctx.pin([*start[0][:1], start[1]])
         attrs: dict[str, Any] = {PREFIX + "retry_of": t.number}
         attrs |= {PREFIX + k: t.user_attrs[PREFIX + k] for k in TREE_KEYS
                   if PREFIX + k in t.user_attrs}  # fmt: skip
@@ -233,7 +233,7 @@ class Worker:
             # under the ask lease: no other worker pops what we enqueue, and none sees the
             # retry before it is sampled and registered (see `_takeover`)
             tid = bridge.enqueue(study, dict(t.params), attrs)
-            return self._start_retry(ctx, tid, t, sources, root_parent, parent)
+            return self._start_retry(ctx, tid, t, start)
 
         return asking.with_ask_lease(ctx, ask_retry)
 
@@ -242,9 +242,7 @@ class Worker:
         ctx: RunContext,
         tid: int,
         failed: FrozenTrial,
-        sources: list[str],
-        root_parent: str | None,
-        parent: str | None,
+        start: tuple[list[str], str | None, str],
     ) -> Job | None:
         """Ask the waiting retry `tid` of `failed`, sample and register it (under the ask
         lease); None when a process outside the lease popped it first (it runs it)."""
@@ -258,18 +256,42 @@ class Worker:
         }  # fmt: skip
         bridge.copy_system_attrs(study, bridge.trial_id(trial), grid)  # the same grid point
         hp = trial_hparams(ctx.settings, suggest(trial, ctx.settings))  # the enqueued params
+        sources, parent, no_parent = start
         token = ctx.lineage.start_attempt(
-            trial.number, resumed_from=sources[0] if sources else root_parent
+            trial.number, resumed_from=sources[0] if sources else parent
         )
         return Job(trial.number, bridge.trial_id(trial), hp, "retry", token, failed.number,
-                   sources, root_parent or parent, trial_attr(failed, "generation"))  # fmt: skip
+                   sources, parent, generation_of(failed), no_parent=no_parent)  # fmt: skip
+
+
+def chain_start(
+    ctx: RunContext, t: FrozenTrial, trials: Sequence[FrozenTrial], scheduler: Scheduler
+) -> tuple[list[str], str | None, str]:
+    """Where a trial continued by a takeover or a retry starts: the committed checkpoints of `t`
+    and of the failed attempts it continues, newest first; the chain's parent (where its first
+    segment started: as recorded, or, if it was cut off before recording it, as the scheduler
+    places it, a tree's node at its parent's final checkpoint); and, when that parent cannot
+    be had, why (the trial then fails saying so, unless a checkpoint of its own is usable)."""
+    sources, recorded = chain_sources(ctx, t, trials)
+    if recorded is not None:
+        return sources, recorded, ""
+    try:
+        return sources, scheduler.parent_of(t, trials), ""
+    except UnusableCheckpoint as exc:
+        return sources, None, str(exc)
+
+
+def generation_of(t: FrozenTrial) -> int | None:
+    """A tree node's generation as recorded, if it is one (`place` reads it)."""
+    g = trial_attr(t, "generation")
+    return g if isinstance(g, int) and not isinstance(g, bool) else None
 
 
 def chain_sources(
     ctx: RunContext, t: FrozenTrial, trials: Sequence[FrozenTrial]
 ) -> tuple[list[str], str | None]:
     """The committed checkpoints of `t` and of the failed attempts it continues (one chain of the
-    same params), newest first, and the chain's own parent: where its first segment started."""
+    same params), newest first, and the chain's own parent as it recorded it."""
     by_number = {x.number: x for x in trials}
     chain, cur = [t], t
     while trial_attr(cur, "retry_of") in by_number:

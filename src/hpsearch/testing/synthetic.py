@@ -256,7 +256,7 @@ def _tree_node(
         checkpoint_bytes=250_000,
         parent_trial=None if parent is None else parent.number,
         generation=gen,
-        child=None if parent is None else slot,
+        child=slot,  # a root's too: (0, None, k) is the k-th root's slot
     )
 
 

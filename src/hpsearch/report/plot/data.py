@@ -129,9 +129,10 @@ def _range_state(view: StudyView, b: Branch) -> str:
     """The state a branch counts as for the colour range: in a fork tree only the deepest
     generation's COMPLETE nodes finished their budget; the rest were measured earlier in
     training, like pruned trials, and are ranked below them."""
-    best = view.best()
-    if view.tree and b.state == "COMPLETE" and best is not None and b.generation != best.generation:
-        return "PRUNED"
+    if view.tree and b.state == "COMPLETE":
+        done = [t.generation for t in view.trials if t.state == "COMPLETE" and t.generation]
+        if b.generation != max(done, default=0):
+            return "PRUNED"
     return b.state
 
 

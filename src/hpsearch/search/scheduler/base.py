@@ -10,12 +10,15 @@ trains, and which checkpoints must outlive GC because new trials may still fork 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hpsearch.lineage import CheckpointRow
 from hpsearch.search.jobs import Job, Wait
 from hpsearch.search.records import Mode
 from hpsearch.training import Budget
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
 
 
 class Scheduler(Protocol):
@@ -42,8 +45,12 @@ class Scheduler(Protocol):
         per trial; the worker's takeovers and retries come through here too."""
         ...
 
-    def default_parent(self) -> str | None:
-        """Where a trial that recorded no parent (cut off before) starts; None: from scratch."""
+    def parent_of(self, t: FrozenTrial, trials: Sequence[FrozenTrial]) -> str | None:
+        """Where trial `t`'s first segment starts when it recorded no parent (it was cut off
+        before its start was recorded: a takeover or a retry continues it); None: from
+        scratch. It follows from the strategy alone (the base; a tree node's parent's final
+        checkpoint), never from which process asks. Raises UnusableCheckpoint when that
+        parent is gone: the trial fails saying why rather than start elsewhere."""
         ...
 
     def pins(self, rows: Sequence[CheckpointRow]) -> set[str]:

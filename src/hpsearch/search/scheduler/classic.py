@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from optuna.trial import FrozenTrial
+
 from hpsearch.lineage import CheckpointRow
 from hpsearch.search import asking
 from hpsearch.search.context import RunContext
@@ -32,8 +34,8 @@ class Classic:
     def place(self, job: Job) -> None:
         pass  # every trial trains the study's one budget
 
-    def default_parent(self) -> str | None:
-        return None
+    def parent_of(self, t: FrozenTrial, trials: Sequence[FrozenTrial]) -> str | None:
+        return None  # every trial starts from scratch
 
     def pins(self, rows: Sequence[CheckpointRow]) -> set[str]:
         return set()  # no trial starts from another's checkpoint

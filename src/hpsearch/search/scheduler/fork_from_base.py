@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from optuna.trial import FrozenTrial
+
 from hpsearch.checkpoint.format import check_id
 from hpsearch.config import warmup_hparams
 from hpsearch.errors import CheckpointError
@@ -19,7 +21,7 @@ from hpsearch.search.control import Interrupted, LostTrial
 from hpsearch.search.hooks import TrialHooks, checkpoint_on_stop, progress_bar
 from hpsearch.search.jobs import Job
 from hpsearch.search.records import Mode, set_study_attr, study_attr
-from hpsearch.search.restore import PASS_THROUGH, Restorer, why
+from hpsearch.search.restore import UNUSABLE, Restorer, why
 from hpsearch.training import Budget, Trainer
 
 
@@ -51,8 +53,8 @@ class ForkFromBase:
     def place(self, job: Job) -> None:
         pass  # every trial trains the study's one budget
 
-    def default_parent(self) -> str | None:
-        return self.base_id
+    def parent_of(self, t: FrozenTrial, trials: Sequence[FrozenTrial]) -> str | None:
+        return self.base_id  # every trial forks from the base
 
     def new_job(self, target: int) -> Job | None:
         return asking.new_job(self.ctx, target, parent=self.base_id)
@@ -111,11 +113,8 @@ class ForkFromBase:
     def _hold(self, base_id: Any) -> str | None:
         """Load, check and restore the base; None when it is usable, else why not."""
         try:
-            check_id(base_id)
             self.restorer.hold(base_id)
-        except PASS_THROUGH:
-            raise
-        except Exception as exc:
+        except UNUSABLE as exc:  # damaged, missing or unfit; the task's errors are raised
             self.base_id = None
             return why(exc)
         self.base_id = base_id
@@ -163,9 +162,7 @@ class ForkFromBase:
         for row in reversed(rows):
             try:
                 trainer = self.restorer.from_checkpoint(row.id)
-            except PASS_THROUGH:
-                raise
-            except Exception as exc:
+            except UNUSABLE as exc:
                 self.restorer.forget()
                 self.ctx.say(f"warning: skipping checkpoint {row.id}: {why(exc)}")
                 continue

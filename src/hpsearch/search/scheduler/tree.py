@@ -15,14 +15,16 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch import failpoints
 from hpsearch.config import FORKABLE, StudySettings, TreeSettings, suggest, trial_hparams
 from hpsearch.lineage import CheckpointRow
 from hpsearch.search import asking
 from hpsearch.search import optuna_bridge as bridge
 from hpsearch.search.context import RunContext
+from hpsearch.search.control import UnusableCheckpoint
 from hpsearch.search.jobs import WAIT, Job, Wait
 from hpsearch.search.records import PREFIX, Mode, trial_attr
-from hpsearch.search.scheduler.tree_plan import Next, Slot, TreePlan, slot_of
+from hpsearch.search.scheduler.tree_plan import Next, Slot, TreePlan
 from hpsearch.training import Budget
 
 
@@ -37,6 +39,7 @@ class Tree:
         self.tree: TreeSettings = tree
         self.full = ctx.budgets.trial_samples
         self.rungs = [round(f * self.full) for f in tree.rungs]
+        self._said: set[int] = set()  # damaged nodes already reported
 
     @property
     def budget(self) -> Budget:
@@ -45,8 +48,30 @@ class Tree:
     def prepare(self) -> None:
         pass  # the roots are the first trials
 
-    def default_parent(self) -> str | None:
-        return None  # a node that recorded no parent is a root: from scratch
+    def parent_of(self, t: FrozenTrial, trials: Sequence[FrozenTrial]) -> str | None:
+        """A node's parent follows from its place in the tree: a root starts from scratch, a
+        child at its parent's final checkpoint (pinned by the caller), whichever worker asks
+        and however its first attempt was cut off."""
+        plan = self.plan(trials)
+        slot = plan.nodes.slots.get(t.number)
+        if slot is None:
+            why = plan.damaged.get(t.number, "it holds no place in the tree")
+            raise UnusableCheckpoint(f"trial {t.number} cannot start: {why}")
+        if slot[1] is None:
+            return None
+        parent = plan.by_number[slot[1]]
+        final = trial_attr(parent, "final_checkpoint")
+        if parent.state != TrialState.COMPLETE or not isinstance(final, str) or not final:
+            raise UnusableCheckpoint(
+                f"trial {t.number} forks from trial {parent.number}, which has no final "
+                f"checkpoint ({parent.state.name})"
+            )
+        if trial_attr(parent, "final_checkpoint_deleted"):
+            raise UnusableCheckpoint(
+                f"trial {t.number} forks from trial {parent.number}'s final checkpoint "
+                f"{final}, which garbage collection deleted"
+            )
+        return final
 
     def place(self, job: Job) -> None:
         """Where a node's segment ends, and what its schedule spans and its probe costs."""
@@ -59,7 +84,15 @@ class Tree:
         s = self.ctx.settings
         if trials is None:
             trials = self.ctx.session.study.get_trials(deepcopy=False)
-        return TreePlan(trials, self.tree, s.objective.direction, s.trials.retries)
+        plan = TreePlan(trials, self.tree, s.objective.direction, s.trials.retries)
+        for number, why in plan.damaged.items():  # said once a run: it is data, not news
+            if number not in self._said:
+                self._said.add(number)
+                self.ctx.say(
+                    f"warning: trial {number}: its place in the fork tree is damaged ({why}); "
+                    "it is left out of the tree and of the winner"
+                )
+        return plan
 
     def size(self, trials: Sequence[FrozenTrial]) -> int:
         """The tree's nodes as planned now: the generations not settled yet at full size, those
@@ -85,14 +118,14 @@ class Tree:
         placed, strays = _waiting(plan)
         if placed:  # enqueued by a worker that died before it asked: ask it now
             orphan = placed[0]
-            slot = slot_of(orphan)
-            assert slot is not None
+            slot = plan.nodes.slots[orphan.number]
             parent = plan.by_number.get(slot[1]) if slot[1] is not None else None
             next_ = Next(slot=slot, parent=parent)
             return self._ask_slot(next_, enqueued=bridge.trial_id(orphan))
         nxt = plan.next()
         if nxt.wait:
             return WAIT
+        strays = asking.valid_waiting(self.ctx, strays)
         if strays and nxt.slot is not None and nxt.slot[0] == 0:
             # a trial enqueued by hand (Optuna's `enqueue_trial`) is a root: it takes the next
             # root's slot; its enqueued values are kept and the rest is sampled, as for any root
@@ -134,11 +167,14 @@ class Tree:
             )
             place = {"generation": g, "parent_trial": parent_trial, "child": child}
             enqueued = bridge.enqueue(study, fixed, {PREFIX + k: v for k, v in place.items()})
+            failpoints.passed("node.enqueued")
         ctx.pin([parent_ckpt])
         trial = asking.ask_waiting(ctx, enqueued)
         if trial is None:  # popped by a process outside the ask lease: look again
             return WAIT
+        failpoints.passed("node.asked")
         params = suggest(trial, ctx.settings)  # the enqueued ones come back as they were
+        failpoints.passed("node.sampled")
         token = ctx.lineage.start_attempt(trial.number)
         hp = trial_hparams(ctx.settings, params)
         job = Job(trial.number, bridge.trial_id(trial), hp, "new", token,
@@ -150,13 +186,15 @@ class Tree:
 def _waiting(plan: TreePlan) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
     """The waiting trials, oldest first: those that hold a place in the tree (enqueued by a
     worker that died before asking for them; asks happen under the ask lease, so no other worker
-    is between the two now), and those that hold none (enqueued through Optuna by hand)."""
+    is between the two now), and those that hold none (enqueued through Optuna by hand). A
+    waiting trial whose place is damaged is neither: it stays, reported."""
     waiting = sorted(
         (t for t in plan.by_number.values() if t.state == TrialState.WAITING),
         key=lambda t: t.number,
     )
-    placed = [t for t in waiting if slot_of(t) is not None]
-    return placed, [t for t in waiting if slot_of(t) is None]
+    placed = [t for t in waiting if t.number in plan.nodes.slots]
+    strays = [t for t in waiting if t.number not in plan.nodes.slots]
+    return placed, [t for t in strays if t.number not in plan.damaged]
 
 
 def inherited(

@@ -19,8 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.config import TreeSettings, survivors_of
 from hpsearch.search.records import trial_attr
 from hpsearch.search.retries import retried_numbers, settled
-
-Slot = tuple[int, int | None, int]  # (generation, parent trial, child index)
+from hpsearch.search.tree_nodes import Slot, check_nodes
 
 
 @dataclass(frozen=True)
@@ -40,12 +39,13 @@ class TreePlan:
         self.tree, self.direction = tree, direction
         self._expected: dict[int, list[Slot] | None] = {}
         self.by_number = {t.number: t for t in trials}
+        # every node's place, checked: a damaged one is left out of the plan (`damaged` says why)
+        self.nodes = check_nodes(trials, tree)
+        self.damaged = self.nodes.damaged
         retried = retried_numbers(trials)
         self.slots: dict[Slot, list[FrozenTrial]] = {}
-        for t in trials:
-            slot = slot_of(t)
-            if slot is not None:
-                self.slots.setdefault(slot, []).append(t)
+        for number, slot in self.nodes.slots.items():
+            self.slots.setdefault(slot, []).append(self.by_number[number])
         # a slot is settled through its newest trial: a failed node counts through its retry
         self.settled = {
             slot: settled(max(ts, key=lambda t: t.number), trials, retried, retries)
@@ -87,7 +87,7 @@ class TreePlan:
         done = [t for t in (self.result(s) for s in slots) if t is not None]
         done = [t for t in done if t.value is not None and trial_attr(t, "final_checkpoint")]
         sign = -1.0 if self.direction == "maximize" else 1.0
-        done.sort(key=lambda t: (sign * float(t.value or 0.0), t.number))
+        done.sort(key=lambda t: (sign * rank_value(t), t.number))
         return done[: survivors_of(self.tree, len(slots))]
 
     def next(self) -> Next:
@@ -129,8 +129,8 @@ class TreePlan:
         return known
 
 
-def slot_of(t: FrozenTrial) -> Slot | None:
-    g = trial_attr(t, "generation")
-    if g is None:
-        return None
-    return (int(g), trial_attr(t, "parent_trial"), int(trial_attr(t, "child", 0)))
+def rank_value(t: FrozenTrial) -> float:
+    """What a complete node is ranked on for survival: its cooldown probe's objective where it
+    was probed, else its value (the evaluation of the model in its final checkpoint)."""
+    probed = trial_attr(t, "probe_value")
+    return float(probed if isinstance(probed, (int, float)) else (t.value or 0.0))

@@ -380,6 +380,21 @@ class LineageTestCase:
         two.unpin("ck-3", "tok-c")
         assert one.pinned() == set()
 
+    def test_a_lease_held_by_an_ended_attempt_is_freed(self, open_study: OpenStudy) -> None:
+        """A worker killed while holding a lease: once its attempt is closed as dead, the
+        lease is freed at once (not at its expiry); a live holder's and a non-attempt token's
+        (the `gc` command's) are kept."""
+        one, two = open_study("s"), open_study("s")
+        dead, live = one.start_attempt(WORKERS), two.start_attempt(WORKERS)
+        assert one.take_lease("ask", dead, ttl_s=3600) and two.take_lease("gc", live, ttl_s=3600)
+        assert two.take_lease("other", "gc-command-token", ttl_s=3600)
+        assert two.release_orphan_leases() == 0  # every holder is running (or no attempt)
+        one.finish_attempt(dead, "dead")
+        assert two.release_orphan_leases() == 1
+        assert two.take_lease("ask", live, ttl_s=60)  # free now, long before its expiry
+        assert not one.take_lease("gc", "x", ttl_s=60)
+        assert not one.take_lease("other", "x", ttl_s=60)
+
     def test_a_lease_has_one_holder_until_it_expires(self, open_study: OpenStudy) -> None:
         one, two = open_study("study"), open_study("study")
         assert one.take_lease("gc", "a", ttl_s=10, now=100)

@@ -171,16 +171,21 @@ class SchedulerTestCase:
         assert scheduler.pins(rows) <= committed
 
     def test_prepare_again_trains_nothing(self, worker: Any, study_path: str) -> None:
-        """A second worker (or a resumed run) prepares from what the first one made."""
+        """A second worker (or a resumed run) prepares from what the first one made, and
+        places a trial the first one asked (cut off before it recorded its start) where the
+        first one placed it: a takeover starts where the trial would have."""
         ctx, scheduler, _ = worker
         scheduler.prepare()
         before = {r.id for r in ctx.lineage.checkpoints()}
-        parent = scheduler.default_parent()
+        job = scheduler.new_job(10)
+        assert isinstance(job, Job)
+        trials = ctx.session.study.get_trials(deepcopy=False)
+        asked = next(t for t in trials if t.number == job.number)
         ctx2, scheduler2, _ = self._open(study_path)
         try:
             scheduler2.prepare()
             assert {r.id for r in ctx2.lineage.checkpoints()} == before
-            assert scheduler2.default_parent() == parent
+            assert scheduler2.parent_of(asked, trials) == job.parent
         finally:
             close_context(ctx2)
 

@@ -1,0 +1,120 @@
+"""The fork tree under kills at every point of a node's start: a taken-over, retried or cut-off
+child forks from its parent's final checkpoint, never from scratch in its parent's name, and the
+killed study ends as the uninterrupted one (one worker, SQLite); with four workers each killed at
+another point (PostgreSQL), every node still starts at its parent and the winner replays.
+
+`benchmarks/fault_campaign.py --points` runs every point on both databases with 1 and 4 workers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from hpsearch.cli import main
+from hpsearch.failpoints import POINTS
+from hpsearch.search.records import trial_attr
+from hpsearch.search.replay import replay, winner
+from hpsearch.search.session import Session
+from hpsearch.testing.points import kill_at_point, tree_start_problems
+from studyutil import write_study
+
+# 12 nodes: 4 roots, 2 survivors of each generation forked twice
+TREE = {
+    "warmup": None,
+    "tree": {"roots": 4, "rungs": [0.25, 0.5, 1.0], "keep": 0.5, "children": 2,
+             "hparams": {"weight_decay": 1e-4, "hidden": 64}},
+    "trials": {"epochs": 1, "eval_every": 0.25},
+    "schedule": {"name": "wsd", "decay": 0.25},
+    "checkpoints": {"every": 0.125, "keep_best": 100},
+}  # fmt: skip
+
+
+def _hpsearch(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hpsearch", *args]
+
+
+def _results(path: str, storage: str | None = None) -> dict[int, tuple]:
+    s = Session.open(path, storage=storage, create=False)
+    try:
+        out = {}
+        for t in s.study.get_trials():
+            final = trial_attr(t, "final_checkpoint")
+            weights = (
+                s.store.load(final).tensors["model"] if t.state == TrialState.COMPLETE else None
+            )
+            slot = tuple(trial_attr(t, k) for k in ("generation", "parent_trial", "child"))
+            out[t.number] = (t.state, t.params, t.value, slot, weights)
+        assert tree_start_problems(s.study.get_trials()) == []
+        return out
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple]:
+    path = write_study(tmp_path_factory.mktemp("ref"), name="tf", **TREE)
+    assert main(["run", path]) == 0
+    return _results(path)
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_node_killed_at_any_point_of_its_start_forks_from_its_parent(
+    tmp_path: Path, reference: dict[int, tuple], point: str
+) -> None:
+    path = write_study(tmp_path, name="tf", **TREE)
+    # the 6th pass is the second node of generation 1: a child with values of its own
+    kill_at_point(_hpsearch("run", path), point, 6, log=str(tmp_path / "killed.log"))
+    s = Session.open(path, create=False)
+    cut = max(s.study.get_trials(), key=lambda t: t.number)  # the node the kill cut off
+    s.close()
+    assert trial_attr(cut, "generation") == 1 and cut.state != TrialState.COMPLETE
+    done = subprocess.run(_hpsearch("run", path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "from step 0" not in done.stdout  # no child started over in its parent's name
+    got = _results(path)
+    assert sorted(got) == sorted(reference)
+    for n, (state, params, value, slot, weights) in reference.items():
+        assert got[n][:4] == (state, params, value, slot), f"trial {n} differs"
+        if weights is not None:
+            assert all(torch.equal(weights[k], got[n][4][k]) for k in weights), f"trial {n}"
+
+
+def test_four_workers_each_killed_at_another_point_on_postgres(
+    tmp_path: Path, postgres_db: str
+) -> None:
+    path = write_study(tmp_path, name="tf", **TREE)
+    Session.open(path, storage=postgres_db).close()  # the study, before the workers open it
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    workers = [
+        subprocess.Popen(
+            _hpsearch("worker", path, "--storage", postgres_db),
+            env={**env, "HPSEARCH_FAILPOINTS": f"{point}=2"},  # its second node: generation 1
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for point in POINTS
+    ]
+    codes = [w.wait(timeout=300) for w in workers]
+    assert codes.count(-9) >= 2, codes  # a worker may find nothing left to start
+    done = subprocess.run(_hpsearch("run", path, "--workers", "4", "--storage", postgres_db),
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = _results(path, postgres_db)
+    slots = [slot for state, _, _, slot, _ in got.values()]
+    assert len(got) == len(set(slots)) == 12
+    assert all(state in (TrialState.COMPLETE, TrialState.PRUNED) for state, *_ in got.values())
+    s = Session.open(path, storage=postgres_db, create=False)
+    try:
+        won = winner(s)
+        assert won is not None
+        _, result = replay(s, won.number, say=lambda _: None)
+        assert result.exact and result.compared > 0
+    finally:
+        s.close()

@@ -267,7 +267,22 @@ def _debug(on: bool) -> Iterator[None]:
 def _open(args: argparse.Namespace) -> Session:
     from hpsearch.search.session import Session
 
-    return Session.open(args.study, storage=args.storage, classic=args.classic, create=False)
+    session = Session.open(args.study, storage=args.storage, classic=args.classic, create=False)
+    _say_damaged(session)
+    return session
+
+
+def _say_damaged(session: Session) -> None:
+    """Say (on stderr, once a command) which nodes of a fork tree record a place that is not
+    valid: every view leaves them out of the tree and of the winner rather than fail on them."""
+    if session.classic or session.attr("mode") != "tree":
+        return
+    from hpsearch.search.tree_nodes import check_nodes
+
+    damaged = check_nodes(session.study.get_trials(deepcopy=False), session.settings.tree).damaged
+    for number, why in sorted(damaged.items()):
+        print(f"hpsearch: warning: trial {number}: its place in the fork tree is damaged "
+              f"({why}); left out of the tree and of the winner", file=sys.stderr)  # fmt: skip
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from hpsearch.config import invalid_values, make_sampler, suggest, trial_hparams
 from hpsearch.search import optuna_bridge as bridge
 from hpsearch.search.context import RunContext
 from hpsearch.search.jobs import Job
-from hpsearch.search.records import PREFIX
+from hpsearch.search.records import NEVER_RAN, PREFIX, trial_attr
 from hpsearch.search.retries import retried_numbers, retryable, settled
 from hpsearch.training.data import mix_seed
 
@@ -100,7 +100,8 @@ def wanted(ctx: RunContext, target: int) -> bool:
     if len(valid_waiting(ctx, enqueued)) < len(enqueued):
         trials = ctx.session.study.get_trials(deepcopy=False)
     retried, retries = retried_numbers(trials), ctx.settings.trials.retries
-    done = sum(1 for t in trials if settled(t, trials, retried, retries))
+    done = sum(1 for t in trials if settled(t, trials, retried, retries)
+               and trial_attr(t, "fail_kind") not in NEVER_RAN)  # fmt: skip
     active = sum(1 for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING))
     active += sum(1 for t in trials if retryable(t, trials, retried, retries))
     return done + active < target

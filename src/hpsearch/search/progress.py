@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpsearch.console import human_time, live_display
 from hpsearch.search.context import RunContext
 from hpsearch.search.jobs import Outcome
-from hpsearch.search.records import trial_attr
+from hpsearch.search.records import NEVER_RAN, trial_attr
 from hpsearch.search.retries import retried_numbers, settled
 
 LINE_EVERY = 10  # trials between progress lines off a terminal
@@ -45,7 +45,8 @@ class StudyProgress:
         retried, retries = retried_numbers(trials), self.ctx.settings.trials.retries
         finished = [
             t for t in trials
-            if settled(t, trials, retried, retries) and trial_attr(t, "fail_kind") != "unplaced"
+            if settled(t, trials, retried, retries)
+            and trial_attr(t, "fail_kind") not in NEVER_RAN
         ]  # fmt: skip
         done = [t.value for t in finished if t.state == TrialState.COMPLETE and t.value is not None]
         pick = max if self.ctx.settings.objective.direction == "maximize" else min

@@ -59,6 +59,11 @@ TrialKey = Literal[
 
 Mode = Literal["tree", "fork", "classic"]
 
+# the `fail_kind`s of trials that ended FAIL without running: enqueued by hand with values the
+# search space cannot hold, or where a fork tree had no place for them. They count towards no
+# target (a study of n trials still trains n).
+NEVER_RAN = ("invalid", "unplaced")
+
 # the keys of an `evaluations` record beside the metrics evaluate() returned
 EVALUATION_KEYS = ("step", "samples", "index")
 

@@ -17,14 +17,11 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import TreeSettings
-from hpsearch.search.records import PREFIX
+from hpsearch.search.records import NEVER_RAN, PREFIX
 
 Slot = tuple[int, int | None, int]  # (generation, parent trial, child index)
 
 _KEYS = ("generation", "parent_trial", "child")
-# trials a tree study holds without a place in it: hand-enqueued ones it could not place
-# (they end FAIL without running) and those still waiting to be placed
-_UNPLACED_KINDS = ("unplaced", "invalid")
 
 
 @dataclass(frozen=True)
@@ -60,9 +57,7 @@ def _placeless_is_damage(t: FrozenTrial) -> bool:
     that could not be (FAIL with its reason), is not damage; anything that ran is."""
     if t.state == TrialState.WAITING:
         return False
-    return not (
-        t.state == TrialState.FAIL and t.user_attrs.get(PREFIX + "fail_kind") in _UNPLACED_KINDS
-    )
+    return not (t.state == TrialState.FAIL and t.user_attrs.get(PREFIX + "fail_kind") in NEVER_RAN)
 
 
 def check_nodes(trials: Sequence[FrozenTrial], tree: TreeSettings | None) -> TreeNodes:

@@ -42,6 +42,7 @@ from hpsearch.config.schema import (
     TrainingSettings,
     TreeSettings,
     TrialSettings,
+    WandbSettings,
     WarmupSettings,
 )
 from hpsearch.config.space import check_budgets, suggest, trial_hparams, warmup_hparams
@@ -70,6 +71,7 @@ __all__ = [
     "TrainingSettings",
     "TreeSettings",
     "TrialSettings",
+    "WandbSettings",
     "WarmupSettings",
     "check_budgets",
     "dropout_types",

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning.pytorch as L
 import torch
+import torchmetrics
 from digits import digits_tensors  # examples/digits.py: the same images, read without sklearn
 from torch import nn
 from torch.nn import functional as F
@@ -19,7 +20,8 @@ from hpsearch.integrations.lightning import LightningTask
 
 
 class DigitsModule(L.LightningModule):
-    """64 -> hidden -> 10 with dropout; AdamW with a per-epoch StepLR, as Lightning steps it."""
+    """64 -> hidden -> 10 with dropout; AdamW with a per-epoch StepLR, as Lightning steps it;
+    accuracy as torchmetrics metrics, reset by Lightning (and hpsearch) at each epoch's end."""
 
     def __init__(self, lr: float = 1e-2, hidden: int = 64, dropout: float = 0.1) -> None:
         super().__init__()
@@ -27,21 +29,27 @@ class DigitsModule(L.LightningModule):
         self.net = nn.Sequential(
             nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 10)
         )
+        self.train_accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=10)
+        self.val_accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # type: ignore[no-any-return]
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = F.cross_entropy(self(x), y)
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.train_accuracy(logits, y)
         self.log("train_loss", loss)
+        self.log("train_accuracy", self.train_accuracy, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
         self.log("val_loss", F.cross_entropy(logits, y))
-        self.log("val_accuracy", (logits.argmax(dim=1) == y).float().mean())
+        self.val_accuracy(logits, y)
+        self.log("val_accuracy", self.val_accuracy)
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)

@@ -1,11 +1,17 @@
 """LightningTask: a LightningModule and its DataModule, unchanged, through hpsearch's loop: every
-form of configure_optimizers, validation metrics reduced as Lightning's own Trainer reduces them,
-and a study that runs with `hpsearch run` and passes `hpsearch check-resume`."""
+form of configure_optimizers, validation metrics (torchmetrics objects too) reduced as Lightning's
+own Trainer reduces them, a study of a module holding torchmetrics metrics that runs with
+`hpsearch run` and passes `hpsearch check-resume`, and the Lightning zoo (tests/zoo_lightning.py):
+metrics, non-persistent buffers, EMA weights and the training hooks, each resumed in a fresh
+process and forked bit for bit."""
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import subprocess
+import sys
 import textwrap
 import warnings
 
@@ -14,15 +20,20 @@ import pytest
 L = pytest.importorskip("lightning.pytorch")  # the `lightning` extra; imported once, it is slow
 
 import torch  # noqa: E402
+import torchmetrics  # noqa: E402
 from lightning_digits import DigitsData, DigitsModule  # noqa: E402  (examples/, see conftest)
 from torch.utils.data import DataLoader  # noqa: E402
 
 import hpsearch  # noqa: E402
+import zoo_lightning as zl  # noqa: E402
+from hpsearch.checkpoint import open_store  # noqa: E402
 from hpsearch.cli import main  # noqa: E402
 from hpsearch.errors import TaskError  # noqa: E402
 from hpsearch.integrations.lightning import LightningScheduler, LightningTask  # noqa: E402
 from hpsearch.search.records import TrialRecord  # noqa: E402
+from hpsearch.search.selfcheck import first_difference  # noqa: E402
 from hpsearch.search.session import Session  # noqa: E402
+from hpsearch.training import fork  # noqa: E402
 from studyutil import ROOT, write_study  # noqa: E402
 
 
@@ -87,20 +98,32 @@ def test_what_one_optimizer_cannot_express_is_refused() -> None:
 
 
 class _Logs(L.LightningModule):
-    """Logs by every reduction Lightning has, and a value whose batch size is given."""
+    """Logs by every reduction Lightning has, a value whose batch size is given, and torchmetrics
+    metric objects (one alone, a MetricCollection with log_dict)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.w = torch.nn.Linear(64, 10)
+        self.acc = torchmetrics.Accuracy(task="multiclass", num_classes=10)
+        self.more = torchmetrics.MetricCollection(
+            {"f1": torchmetrics.F1Score(task="multiclass", num_classes=10, average="macro"),
+             "mean_x": torchmetrics.MeanMetric()}
+        )  # fmt: skip
 
     def validation_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
         x, y = batch
-        per = torch.nn.functional.cross_entropy(self.w(x), y, reduction="none")
+        logits = self.w(x)
+        per = torch.nn.functional.cross_entropy(logits, y, reduction="none")
         self.log("val_loss", per.mean())  # weighted by the inferred batch size
         self.log("loss_max", per.max(), reduce_fx="max")
         self.log("loss_sum", per.sum(), reduce_fx=torch.sum)
         self.log_dict({"first": x[0, 10], "small": x[:3, 20].mean()}, batch_size=3)
         self.log("both", per.mean(), on_step=True, on_epoch=True)
+        self.acc(logits, y)
+        self.log("acc", self.acc)
+        self.more["f1"].update(logits, y)
+        self.more["mean_x"].update(x[:, 30])
+        self.log_dict(self.more)
 
     def on_validation_epoch_end(self) -> None:
         self.log("at_end", torch.tensor(7.0))
@@ -112,6 +135,7 @@ def test_validation_metrics_are_reduced_as_lightnings_trainer_reduces_them() -> 
     loader = DataLoader(dm.val, batch_size=128)  # 128, 128, 104: the weights matter
     model = _Logs()
     ours = LightningTask.evaluate(SmallTask(), model, loader)
+    assert model.acc.update_count == 0  # computed, then reset, as Lightning does
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's advice on workers and logging
         trainer = L.Trainer(
@@ -120,7 +144,8 @@ def test_validation_metrics_are_reduced_as_lightnings_trainer_reduces_them() -> 
         )  # fmt: skip
         (theirs,) = trainer.validate(model, dataloaders=loader, verbose=False)
     assert set(ours) == set(theirs) == {
-        "val_loss", "loss_max", "loss_sum", "first", "small", "both_epoch", "at_end",
+        "val_loss", "loss_max", "loss_sum", "first", "small", "both_epoch", "at_end", "acc",
+        "f1", "mean_x",
     }  # fmt: skip
     for key, value in theirs.items():
         assert ours[key] == pytest.approx(value, rel=1e-6), key
@@ -181,3 +206,88 @@ def test_a_lightning_study_runs_and_steps_its_scheduler_per_epoch(study) -> None
 def test_a_lightning_study_resumes_exactly(study, capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["check-resume", study, "--steps", "3"]) == 0  # crosses an epoch after the save
     assert capsys.readouterr().out.startswith("exact:")
+
+
+# -- the Lightning zoo (tests/zoo_lightning.py): each pattern resumes and forks bit for bit ------
+
+
+@pytest.fixture(scope="module")
+def lightning_zoo(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """Every entry's uninterrupted run and fork here, its resumed run and fork in one fresh
+    process."""
+    tmp = tmp_path_factory.mktemp("lightning-zoo")
+    store = open_store(str(tmp / "ckpt"))
+    runs: dict[str, dict] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, (_, k) in zl.ENTRIES.items():
+            trainer = zl.create(name)
+            zl.train(trainer, k)
+            ckpt = store.save(*trainer.state()).id
+            losses = zl.train(trainer, 2 * k)
+            expected = trainer.state()  # now: its RNG state goes on with the fork's run
+            forked = zl.create(name)
+            zl.train(forked, k)
+            fork(forked, zl.FORK)
+            fork_losses = zl.train(forked, 2 * k)
+            runs[name] = {"ckpt": ckpt, "expected": expected, "losses": losses,
+                          "fork_expected": forked.state(), "fork_losses": fork_losses}  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    jobs, out = tmp / "jobs.json", tmp / "out.json"
+    jobs.write_text(json.dumps({n: r["ckpt"] for n, r in runs.items()}))
+    child = [sys.executable, os.path.join(ROOT, "tests", "zoo_lightning.py"), store.url,
+             str(jobs), str(out)]  # fmt: skip
+    proc = subprocess.run(child, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    for name, got in json.loads(out.read_text()).items():
+        runs[name]["child"] = got
+    return store, runs
+
+
+@pytest.mark.parametrize("name", ["torchmetrics-mid-epoch", "torchmetrics-at-epoch-end",
+                                  "nonpersistent-buffers", "ema-averaged-model",
+                                  "ema-own-optimizer-step-and-hooks"])  # fmt: skip
+def test_a_lightning_pattern_resumes_and_forks_exactly(name, lightning_zoo) -> None:  # type: ignore[no-untyped-def]
+    store, runs = lightning_zoo
+    run = runs[name]
+    got = run["child"]
+    assert "error" not in got, f"in the fresh process: {got['error']}\n{got['traceback']}"
+    resumed = store.load(got["resume"])
+    diff = first_difference(run["expected"], (resumed.tensors, resumed.state))
+    assert diff is None, f"the resumed run differs from the uninterrupted one first at {diff}"
+    assert got["losses"] == run["losses"]
+    forked = store.load(got["fork"])
+    diff = first_difference(run["fork_expected"], (forked.tensors, forked.state))
+    assert diff is None, f"the fork of the restored state differs first at {diff}"
+    assert got["fork_losses"] == run["fork_losses"]
+
+
+def test_the_zoo_runs_lightnings_hooks_and_resets(lightning_zoo) -> None:  # type: ignore[no-untyped-def]
+    """What the bitwise checks rest on: the hooks ran, in Lightning's counts, and the metrics
+    hold state worth restoring."""
+    _, runs = lightning_zoo
+    # 12 steps of 8 on 24 samples: epochs start at steps 0, 3, 6, 9 and the first three end
+    # before the next one's first batch; one zero_grad, pre-step and batch end per step
+    tensors, state = runs["ema-own-optimizer-step-and-hooks"]["expected"]
+    assert tensors["model"]["calls"].tolist() == [4, 3, 12, 12, 12]
+    ema, weight = tensors["model"]["ema_0_weight"], tensors["model"]["net.0.weight"]
+    assert not torch.equal(ema, weight)
+    tensors, _ = runs["ema-averaged-model"]["expected"]  # averaged after each of the 14 steps
+    assert int(tensors["model"]["ema.n_averaged"]) == 14
+    # Lightning resets a metric logged in training_step at each epoch's end: at step 14 the
+    # accuracy has seen the 2 batches of its epoch (at 12, the 3 of an epoch not yet ended)
+    for name, seen in (("torchmetrics-mid-epoch", 2), ("torchmetrics-at-epoch-end", 3)):
+        tensors, state = runs[name]["expected"]
+        metrics = state["task_state"]["metrics"]
+        assert metrics["train_acc"]["updates"] == seen, name
+        assert metrics["loss_mean"]["updates"] == 2 * ENTRY_K[name]  # never reset
+        assert metrics["val_metrics.val_acc"]["updates"] == 0  # reset after each evaluation
+        history = state["metrics"]
+        assert {"val_acc", "val_f1", "train_acc_so_far", "train_auroc_so_far"} <= set(history[-1])
+    _, state = runs["nonpersistent-buffers"]["expected"]
+    assert state["task_state"]["buffers"]["seen"]["__tensor__"]
+
+
+ENTRY_K = {"torchmetrics-mid-epoch": 7, "torchmetrics-at-epoch-end": 6}

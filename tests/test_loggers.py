@@ -1,17 +1,39 @@
 """The loggers against the real libraries: written to a temporary directory and read back with the
-library's own reader (TensorBoard's EventAccumulator, MLflow's MlflowClient on a file store), a
-fork-tree trial's lineage included; and the `loggers:` section of the study file. A whole study
-with both loggers on is in test_metrics.py."""
+library's own reader (TensorBoard's EventAccumulator, MLflow's MlflowClient on a file store, W&B's
+`wandb leet inspect` on an offline run), a fork-tree trial's lineage included; the `loggers:`
+section of the study file; and loggers that fail or hang (an unreachable MLflow server, an
+unwritable TensorBoard directory, W&B without an API key) switched off for the run with one
+warning while the study goes on. A whole study with TensorBoard and MLflow on is in
+test_metrics.py."""
 
 from __future__ import annotations
 
+import functools
+import glob
 import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import threading
 
 import pytest
 
-from hpsearch.config import load_study_file
+from hpsearch.cli import main
+from hpsearch.config import LoggerSettings, WandbSettings, load_study_file
 from hpsearch.errors import StudyFileError
-from hpsearch.search.loggers import Loggers, MlflowLogger, TensorBoardLogger, TrialEnd, _batches
+from hpsearch.search.loggers import (
+    Loggers,
+    MlflowLogger,
+    RunLoggers,
+    TensorBoardLogger,
+    TrialEnd,
+    WandbLogger,
+    guard,
+    open_loggers,
+)
+from hpsearch.search.loggers.to_mlflow import batches as mlflow_batches
+from hpsearch.search.session import Session
 from studyutil import write_study
 
 EVALS = (
@@ -80,46 +102,201 @@ def test_mlflow_one_run_per_trial_with_params_metrics_lineage_tags_and_status(tm
 
 
 def test_mlflow_batches_stay_within_its_limits():
-    batches = _batches(list(range(2500)), list(range(150)), list(range(5)))
+    batches = mlflow_batches(list(range(2500)), list(range(150)), list(range(5)))
     assert all(len(b["params"]) <= 100 and len(b["tags"]) <= 100 for b in batches)
     assert all(len(b["metrics"]) + len(b["params"]) + len(b["tags"]) <= 1000 for b in batches)
     assert sum(len(b["metrics"]) for b in batches) == 2500 and len(batches) == 3
     assert [len(b["params"]) for b in batches] == [100, 50, 0]
-    assert _batches([], [], []) == [{"metrics": [], "params": [], "tags": []}]
+    assert mlflow_batches([], [], []) == [{"metrics": [], "params": [], "tags": []}]
 
 
-def test_a_failing_logger_warns_once_and_the_others_go_on(tmp_path, capsys):
-    class Broken:
-        def evaluation(self, step, metrics):
-            raise OSError("disk full")
+class _Broken:
+    name = "the broken logger"
 
-        def end(self, info):
-            raise AssertionError("never called once broken")
+    def __init__(self) -> None:
+        self.calls = 0
 
-        def close(self):
-            pass
+    def evaluation(self, step, metrics):
+        self.calls += 1
+        raise OSError("disk full")
 
-    class Kept:
-        def __init__(self):
-            self.steps = []
+    def end(self, info):
+        raise AssertionError("never called once broken")
 
-        def evaluation(self, step, metrics):
-            self.steps.append(step)
+    def close(self):
+        pass
 
-        def end(self, info):
-            self.steps.append("end")
 
-        def close(self):
-            pass
+class _Kept:
+    def __init__(self):
+        self.steps = []
 
-    kept = Kept()
-    loggers = Loggers([Broken(), kept])
-    loggers.evaluation(1, {"m": 1.0})
-    loggers.evaluation(2, {"m": 1.0})
-    loggers.end(end(0))
-    assert kept.steps == [1, 2, "end"]
+    def evaluation(self, step, metrics):
+        self.steps.append(step)
+
+    def end(self, info):
+        self.steps.append("end")
+
+    def close(self):
+        pass
+
+
+def test_a_failing_logger_is_off_for_the_rest_of_the_run_with_one_warning(capsys):
+    run, broken, kept = RunLoggers(), _Broken(), _Kept()
+    for trial in range(3):  # three trials of one run
+        loggers = Loggers([broken, kept], run)
+        loggers.evaluation(1, {"m": 1.0})
+        loggers.evaluation(2, {"m": 1.0})
+        loggers.end(end(trial))
+    assert kept.steps == [1, 2, "end"] * 3  # the others go on
+    assert broken.calls == 1 and run.calls["the broken logger"] == 1  # no retry per trial
     err = capsys.readouterr().err
-    assert err.count("warning: Broken failed and is off for this trial: OSError: disk full") == 1
+    assert err.count("warning: the broken logger failed and is off for the rest of this run: "
+                     "OSError: disk full") == 1  # fmt: skip
+    assert err.count("warning:") == 1
+
+
+def test_a_logger_that_does_not_answer_is_abandoned_and_switched_off(monkeypatch, capsys):
+    release = threading.Event()
+
+    class Hung(_Kept):
+        name = "the hung logger"
+
+        def evaluation(self, step, metrics):
+            release.wait()  # a call that never returns (a server that accepts and says nothing)
+
+    monkeypatch.setattr(guard, "CALL_TIMEOUT_S", 0.2)
+    run, hung, kept = RunLoggers(), Hung(), _Kept()
+    try:
+        for trial in range(2):
+            loggers = Loggers([hung, kept], run)
+            loggers.evaluation(5, {"m": 1.0})
+            loggers.end(end(trial))
+    finally:
+        release.set()
+    assert kept.steps == [5, "end", 5, "end"] and run.calls["the hung logger"] == 1
+    err = capsys.readouterr().err
+    assert "warning: the hung logger failed and is off for the rest of this run: " \
+        "LoggerTimeout: no answer in 0.2 s" in err  # fmt: skip
+    assert err.count("warning:") == 1
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _counted(calls, name, method):  # type: ignore[no-untyped-def]
+    """The real method, counting its calls (a spy, not a stand-in)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args):  # type: ignore[no-untyped-def]
+        calls[name] = calls.get(name, 0) + 1
+        return method(self, *args)
+
+    return wrapper
+
+
+def test_unreachable_loggers_never_stall_a_study(tmp_path, monkeypatch, capsys):
+    """MLflow at a closed loopback port, TensorBoard into a path under a file, W&B online with no
+    API key (its server a closed loopback port too): the 6-trial study finishes, each logger is
+    tried once, fails once, and says so once; nothing leaves the machine."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("wandb")
+    pytest.importorskip("tensorboard")
+    port = _closed_port()
+    _wandb_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a key
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    calls: dict[str, int] = {}
+    for cls, method in ((MlflowLogger, "end"), (WandbLogger, "end"),
+                        (TensorBoardLogger, "evaluation")):  # fmt: skip
+        monkeypatch.setattr(cls, method, _counted(calls, cls.__name__, getattr(cls, method)))
+    (tmp_path / "a-file").write_text("")
+    path = write_study(
+        tmp_path, trials={"n": 6, "epochs": 1, "eval_every": 0.5},
+        loggers={"mlflow": f"http://127.0.0.1:{port}", "tensorboard": "a-file/tb",
+                 "wandb": {"project": "p", "mode": "online"}},
+    )  # fmt: skip
+    assert main(["run", path]) == 0
+    s = Session.open(path, create=False)
+    states = [t.state.name for t in s.study.get_trials()]
+    s.close()
+    assert len(states) == 6 and set(states) <= {"COMPLETE", "PRUNED"}
+    assert calls == {"MlflowLogger": 1, "WandbLogger": 1, "TensorBoardLogger": 1}
+    err = capsys.readouterr().err
+    for name in (f"the MLflow logger (http://127.0.0.1:{port})",
+                 f"the TensorBoard logger ({tmp_path / 'a-file' / 'tb'})",
+                 "the W&B logger (project p)"):  # fmt: skip
+        assert err.count(f"warning: {name} failed and is off for the rest of this run: ") == 1
+    assert err.count("failed and is off") == 3
+
+
+def _wandb_env(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """W&B kept on this machine and in the test's directory, and quiet."""
+    for name, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                        "WANDB_DIR": str(tmp_path / "wandb-dir"),
+                        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+                        "WANDB_CACHE_DIR": str(tmp_path / "wandb-cache"),
+                        "WANDB_DATA_DIR": str(tmp_path / "wandb-data"),
+                        "WANDB_DISABLE_CODE": "true"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+
+
+def _wandb_records(path: str) -> list[dict]:
+    """The records of an offline run's .wandb file, read by W&B's own reader."""
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", path],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_wandb_one_offline_run_per_trial_with_config_history_lineage_tags_and_exit_code(
+    tmp_path, monkeypatch
+):
+    pytest.importorskip("wandb")
+    _wandb_env(monkeypatch, tmp_path)
+    settings = LoggerSettings(wandb=WandbSettings("proj", mode="offline", dir=str(tmp_path)))
+    for number, state in ((3, "COMPLETE"), (5, "FAIL")):
+        loggers = open_loggers(settings, "s", number)
+        assert loggers is not None
+        loggers.evaluation(10, {"val_accuracy": 0.5})  # nothing yet: written at the end
+        loggers.end(end(number, state))
+    files = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(files) == 2
+    runs = {}
+    for f in files:
+        records = _wandb_records(f)
+        by_type: dict[str, list] = {}
+        for r in records:
+            by_type.setdefault(r["type"], []).append(r[r["type"]])
+        (run,) = by_type["run"]
+        runs[run["display_name"]] = (run, by_type)
+    assert sorted(runs) == ["trial-00003", "trial-00005"]
+    run, records = runs["trial-00003"]
+    assert run["project"] == "proj" and run["run_group"] == "s"
+    config = run["config"]["update"]
+    assert {k: config[k] for k in HPARAMS} == HPARAMS
+    assert config["hpsearch.parent_trial"] == 4 and config["hpsearch.generation"] == 2
+    assert config["hpsearch.parent_checkpoint"] == "ck-4-final"
+    assert config["hpsearch.fork_step"] == 5
+    assert config["hpsearch.study"] == "s" and config["hpsearch.trial"] == 3
+    assert sorted(run["tags"]) == sorted(
+        ["hpsearch.parent_trial=4", "hpsearch.parent_checkpoint=ck-4-final",
+         "hpsearch.fork_step=5", "hpsearch.generation=2", "hpsearch.state=COMPLETE"]
+    )  # fmt: skip
+    history = [(h["step"]["num"], h["item"]["val_accuracy"], h["item"]["val_loss"])
+               for h in records["history"]]  # fmt: skip
+    assert history == [(10, 0.5, 1.25), (20, 0.75, 0.5)]
+    summary = {k: v for s in records["summary"] for k, v in s["update"].items()}
+    assert summary["hpsearch.state"] == "COMPLETE"
+    assert records["exit"] == [{}] or records["exit"][0].get("exit_code", 0) == 0
+    run, records = runs["trial-00005"]
+    assert "hpsearch.state=FAIL" in run["tags"] and records["exit"][0]["exit_code"] == 1
 
 
 def test_the_loggers_section_of_the_study_file(tmp_path, monkeypatch):
@@ -134,13 +311,25 @@ def test_the_loggers_section_of_the_study_file(tmp_path, monkeypatch):
     uri = "http://mlflow.example:5000"
     assert load_study_file(write_study(tmp_path, loggers={"mlflow": uri})).loggers.mlflow == uri
     off = load_study_file(write_study(tmp_path)).loggers
-    assert off.tensorboard is None and off.mlflow is None
+    assert off.tensorboard is None and off.mlflow is None and off.wandb is None
+    wb = load_study_file(write_study(tmp_path, loggers={"wandb": {"project": "p"}})).loggers
+    assert wb.wandb == WandbSettings("p", dir=str(tmp_path / "runs" / "tiny"))
+    given = {"project": "p", "entity": "team", "mode": "offline", "dir": "wb"}
+    wb = load_study_file(write_study(tmp_path, loggers={"wandb": given})).loggers
+    assert wb.wandb == WandbSettings("p", "team", "offline", str(tmp_path / "wb"))
     cases = {
         "loggers.tensorbord: unknown key; did you mean 'tensorboard'?": {"tensorbord": "tb"},
         "loggers.tensorboard: must be a non-empty string, got 3": {"tensorboard": 3},
         "loggers.tensorboard: must be a local directory (or true), got 's3://b/tb'": {
             "tensorboard": "s3://b/tb"
         },
+        "loggers.wandb.project: required key is missing; add it, e.g. `project: my-project`": {
+            "wandb": {"entity": "team"}
+        },
+        "loggers.wandb.mode: must be one of online, offline, disabled, got 'offlin'": {
+            "wandb": {"project": "p", "mode": "offlin"}
+        },
+        "loggers.wandb.projct: unknown key; did you mean 'project'?": {"wandb": {"projct": "p"}},
     }
     for message, section in cases.items():
         with pytest.raises(StudyFileError) as err:

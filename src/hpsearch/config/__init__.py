@@ -42,6 +42,7 @@ from hpsearch.config.schema import (
     TrainingSettings,
     TreeSettings,
     TrialSettings,
+    WandbSettings,
     WarmupSettings,
 )
 from hpsearch.config.space import (
@@ -76,6 +77,7 @@ __all__ = [
     "TrainingSettings",
     "TreeSettings",
     "TrialSettings",
+    "WandbSettings",
     "WarmupSettings",
     "check_budgets",
     "dropout_types",

@@ -17,6 +17,7 @@ __all__ = [
     "PRECISIONS",
     "SCHEDULE_NAMES",
     "STRATEGIES",
+    "WANDB_MODES",
     "CheckpointSettings",
     "ComponentSettings",
     "Compression",
@@ -34,6 +35,7 @@ __all__ = [
     "TrainingSettings",
     "TreeSettings",
     "TrialSettings",
+    "WandbSettings",
     "WarmupSettings",
 ]
 
@@ -170,12 +172,27 @@ class TrainingSettings:
     precision: Precision = "fp32"  # autocast dtype of the forward pass; fp16 adds a GradScaler
 
 
+WandbMode = Literal["online", "offline", "disabled"]
+WANDB_MODES: tuple[WandbMode, ...] = ("online", "offline", "disabled")
+
+
+@dataclass(frozen=True)
+class WandbSettings:
+    """`loggers.wandb`: one Weights & Biases run per trial, in `project`, grouped by study."""
+
+    project: str
+    entity: str | None = None  # the W&B team or user; None: the API key's default entity
+    mode: WandbMode | None = None  # None: W&B's own (WANDB_MODE, else online)
+    dir: str = ""  # an absolute directory W&B writes its files under (in <dir>/wandb)
+
+
 @dataclass(frozen=True)
 class LoggerSettings:
     """Where every trial's evaluations and hyperparameters are logged besides Optuna; None: off."""
 
     tensorboard: str | None = None  # an absolute directory: one run per trial below it
     mlflow: str | None = None  # an MLflow tracking URI; the experiment is the study's name
+    wandb: WandbSettings | None = None
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,13 @@ from typing import Any
 from hpsearch.config.schema import (
     DIRECTIONS,
     SCHEDULE_NAMES,
+    WANDB_MODES,
     DataSettings,
     LoggerSettings,
     Objective,
     ScheduleSettings,
     TrialSettings,
+    WandbSettings,
     WarmupSettings,
 )
 from hpsearch.config.values import (
@@ -258,10 +260,11 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 def read_loggers(r: Reader, value: Any, base_dir: str, run_dir: str) -> LoggerSettings:
-    """`loggers: {tensorboard: DIR, mlflow: TRACKING_URI}`, each optional; relative paths are
-    resolved against the study file's directory, as every path in the file is."""
-    section = r.mapping(value, "loggers", ("tensorboard", "mlflow"), optional=True)
-    tensorboard = mlflow = None
+    """`loggers: {tensorboard: DIR, mlflow: TRACKING_URI, wandb: {project: ...}}`, each
+    optional; relative paths are resolved against the study file's directory, as every path in
+    the file is."""
+    section = r.mapping(value, "loggers", ("tensorboard", "mlflow", "wandb"), optional=True)
+    tensorboard = mlflow = wandb = None
     tb = section.get("tensorboard")
     if tb is not None and tb is not False:
         key = "loggers.tensorboard"
@@ -276,7 +279,28 @@ def read_loggers(r: Reader, value: Any, base_dir: str, run_dir: str) -> LoggerSe
     if section.get("mlflow") is not None:
         mlflow = _tracking_uri(r, section["mlflow"], base_dir)
         _needs(r, "loggers.mlflow", "mlflow")
-    return LoggerSettings(tensorboard=tensorboard, mlflow=mlflow)
+    if section.get("wandb") is not None:
+        wandb = _wandb(r, section["wandb"], base_dir, run_dir)
+        _needs(r, "loggers.wandb", "wandb")
+    return LoggerSettings(tensorboard=tensorboard, mlflow=mlflow, wandb=wandb)
+
+
+def _wandb(r: Reader, value: Any, base_dir: str, run_dir: str) -> WandbSettings:
+    """`wandb: {project: NAME, entity: TEAM, mode: online | offline | disabled, dir: DIR}`;
+    W&B's files go under `dir` (default: the study's run directory), not the working one."""
+    key = "loggers.wandb"
+    section = r.mapping(
+        value, key, ("project", "entity", "mode", "dir"), {"project": "project: my-project"}
+    )
+    entity = section.get("entity")
+    mode = section.get("mode")
+    where = section.get("dir")
+    return WandbSettings(
+        project=r.string(section["project"], f"{key}.project"),
+        entity=None if entity is None else r.string(entity, f"{key}.entity"),
+        mode=None if mode is None else r.choice(mode, f"{key}.mode", WANDB_MODES),
+        dir=run_dir if where is None else _local(base_dir, r.string(where, f"{key}.dir")),
+    )
 
 
 def _tracking_uri(r: Reader, value: Any, base_dir: str) -> str:

@@ -20,22 +20,41 @@ def restored_model(
     state: Mapping[str, Any],
     dev: torch.device,
 ) -> torch.nn.Module:
-    """The task's model built on the meta device, taking the loaded tensors as they are."""
+    """The task's model built on the meta device, taking the loaded tensors as they are. A model
+    that holds tensors its state dict does not (non-persistent buffers, torchmetrics states,
+    tensors kept as attributes) is built for real instead: those get the values its own
+    construction gives them, which a meta build cannot (the task's state restores what of
+    them a run changes)."""
     with torch.device("meta"):
         model = task.model(hp)
     model_tensors = st.expand_aliases(tensors["model"], state.get("model_aliases"))
-    if dev.type == "cpu":
-        st.load_model_state(model, model_tensors, assign=True)
-    else:
-        st.load_model_state(
-            model, {k: v.to(dev, non_blocking=True) for k, v in model_tensors.items()},
-            assign=True,
-        )  # fmt: skip
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
-        # non-persistent buffers are not saved: build normally, then copy the weights in
+    if dev.type != "cpu":
+        model_tensors = {k: v.to(dev, non_blocking=True) for k, v in model_tensors.items()}
+    st.load_model_state(model, model_tensors, assign=True)
+    if holds_meta(model):
         model = task.model(hp).to(dev)
-        st.load_model_state(model, model_tensors)
+        st.load_model_state(model, model_tensors, assign=True)
     return model.to(dev)
+
+
+def holds_meta(model: torch.nn.Module) -> bool:
+    """Whether a tensor of `model` is still on the meta device: a parameter or buffer, or a
+    tensor in a module's attributes (directly, or in a dict, list or tuple there)."""
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        return True
+    return any(_meta_in(v, 2) for m in model.modules() for v in vars(m).values())
+
+
+def _meta_in(value: Any, depth: int) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.is_meta
+    if depth == 0:
+        return False
+    if isinstance(value, dict):
+        return any(_meta_in(v, depth - 1) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_meta_in(v, depth - 1) for v in value)
+    return False
 
 
 def is_plateau(scheduler: Any) -> bool:

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import sqlite3
-import subprocess
 import sys
-import time
 
 import yaml
 
@@ -16,6 +11,7 @@ from hpsearch.lineage import WARMUP, CheckpointRow
 from hpsearch.lineage.gc import TrialFacts, collectable
 from hpsearch.search.scheduler.fork_from_base import base_pins
 from hpsearch.search.session import Session
+from hpsearch.testing.points import kill_at_point
 from studyutil import write_study
 
 
@@ -87,37 +83,16 @@ def test_kill_in_the_middle_of_gc_leaves_nothing_half_deleted(tmp_path):
     doc["checkpoints"]["keep_best"] = 1
     with open(path, "w") as f:
         yaml.safe_dump(doc, f)
-    db = os.path.join(tmp_path, "runs", "gck", "study.db")
 
-    killed_mid_delete = False
-    for _ in range(20):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hpsearch", "gc", path],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        end = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < end:
-            con = sqlite3.connect(db, timeout=5)
-            deleting = con.execute(
-                "select count(*) from hpsearch_checkpoints where status='deleting'"
-            ).fetchone()[0]
-            con.close()
-            if deleting:
-                proc.send_signal(signal.SIGKILL)
-                killed_mid_delete = True
-                break
-            time.sleep(0.0005)
-        proc.wait()
+    # killed exactly while a deletion is under way: its row marked, its files whole (the
+    # second checkpoint), or its files gone and its row not yet `deleted` (the first)
+    for point, n in (("gc.marked", 2), ("gc.files_deleted", 1)):
+        kill_at_point([sys.executable, "-m", "hpsearch", "gc", path], point, n)
         s = Session.open(path, create=False)
-        # whatever the kill interrupted: every listed checkpoint loads whole
-        for info in s.store.list():
+        assert [r for r in s.lineage.checkpoints() if r.status == "deleting"]
+        for info in s.store.list():  # whatever the kill interrupted: every listed one loads
             s.store.verify(info.id)
-        remaining = len(s.store.list())
         s.close()
-        if killed_mid_delete or remaining == 2:
-            break
-    assert killed_mid_delete, "no kill landed while a deletion was marked"
     # a rerun finishes the job
     assert main(["gc", path]) == 0
     s = Session.open(path, create=False)

@@ -10,7 +10,9 @@ dictionary lookup.
 The points (the fork tree's node start, in order): `node.enqueued` (the node's trial is enqueued
 with its place in the tree), `node.asked` (asked: RUNNING, no params yet), `node.sampled` (its
 params sampled, no attempt registered), `trial.starting` (the attempt registered and its start
-restored and forked, not yet recorded on the trial).
+restored and forked, not yet recorded on the trial). Garbage collection: `gc.marked` (a
+checkpoint's row says `deleting`, its files are whole) and `gc.files_deleted` (its files are
+gone, its row still says `deleting`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import os
 import signal
 
 ENV = "HPSEARCH_FAILPOINTS"
-POINTS = ("node.enqueued", "node.asked", "node.sampled", "trial.starting")
+POINTS = (
+    "node.enqueued",
+    "node.asked",
+    "node.sampled",
+    "trial.starting",
+    "gc.marked",
+    "gc.files_deleted",
+)
 
 _passes: dict[str, int] = {}
 _parsed: tuple[str, dict[str, int]] = ("", {})

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from hpsearch import failpoints
 from hpsearch.lineage.model import LIVE, WARMUP, CheckpointRow
 from hpsearch.lineage.protocol import Lineage
 
@@ -143,7 +144,9 @@ def apply_gc(
         if row.status == "committed" and d.id in lineage.pinned():
             lineage.set_status(d.id, "committed")
             continue
+        failpoints.passed("gc.marked")
         delete_files(d.id)
+        failpoints.passed("gc.files_deleted")
         lineage.set_status(d.id, "deleted")
         freed += d.nbytes
     return freed

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 
 from optuna.trial import FrozenTrial
 
+from hpsearch.errors import HpsearchError
 from hpsearch.lineage import CheckpointRow, attempt_is_stale
 from hpsearch.lineage.gc import Deletion, TrialFacts, apply_gc, collectable
 from hpsearch.search import optuna_bridge as bridge
@@ -42,12 +43,13 @@ def recover(session: Session, token: str) -> None:
     }
     settle_pending(session, [r for r in lin.checkpoints(statuses=("pending",))
                              if r.attempt not in alive])  # fmt: skip
-    if not lin.take_lease(GC_LEASE, token, ttl_s=grace):
+    if not lin.take_lease(GC_LEASE, token, ttl_s=GC_LEASE_S):
         return  # another worker is collecting: it finishes interrupted deletions too
     try:
         doomed = [Deletion.of(r, "deletion interrupted earlier")
                   for r in lin.checkpoints(statuses=("deleting",))]  # fmt: skip
-        apply_gc(doomed, lin, store.delete)
+        # renewed as a collection renews it: a kill here holds the others up GC_LEASE_S at most
+        apply_gc(doomed, lin, store.delete, renew=_renewer(session, token))
         mark_deleted_finals(session, doomed)
         if not alive - {token}:  # no other worker may be writing: torn temporary files can go
             store.clean_leftovers()
@@ -89,6 +91,12 @@ def collect_garbage(
     (about to fork from it) is reachable."""
     lin, s = session.lineage, session.settings
     if not dry_run and not _lease(session, token, wait=wait):
+        if wait:
+            raise HpsearchError(
+                f"another collector held the study's GC lease for over {GC_LEASE_S + 5:.0f} s "
+                "(a worker's, or an `hpsearch gc` still running): nothing was deleted; run "
+                "`hpsearch gc` again once it is done"
+            )
         return []
     try:
         rows = lin.checkpoints()

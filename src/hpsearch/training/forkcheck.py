@@ -161,6 +161,11 @@ class _Check:
                 f"{show(b)}: no Dropout module's p, no MultiheadAttention's or RNN's dropout, "
                 "no number of a module, config or the task)",
             )
+        public = holdings({self.name: fresh.task}, private=False)
+        if not self.calls_apply(key) and not differences(
+            holdings({self.name: ref.task}, private=False), public
+        ):
+            return  # the task holds nothing of the key, and the fork's model is model(hp)
         forked = self.fork_route(key, other, hp)
         got = holdings({"model": forked.model, self.name: forked.task}, private=False)
         missed = differences(got, holdings({"model": fresh.model, self.name: fresh.task},
@@ -176,16 +181,21 @@ class _Check:
                 f"hparams[{key!r}] in training_step",
             )
 
+    def calls_apply(self, key: str) -> bool:
+        """Whether a fork that changes `key` calls `Task.apply_hparams` (see training.fork)."""
+        from hpsearch.config.taskload import overrides
+
+        read_per_step = set(getattr(self.task_cls, "forkable_hparams", ()))
+        if key not in FORK_KEYS and key not in read_per_step:
+            return True
+        return key == DROPOUT_KEY and overrides(self.task_cls, "apply_hparams")
+
     def fork_route(self, key: str, other: Any, hp: dict[str, Any]) -> _Built:
         """The task as a fork leaves it: built with the start's value, its model built again
         with the other one, then `apply_hparams` for what hpsearch does not set itself."""
-        from hpsearch.config.taskload import overrides
-
         forked = self.build(self.start)
         model = self.build(hp, into=forked.task).model
-        read_per_step = set(getattr(self.task_cls, "forkable_hparams", ()))
-        applies = key not in FORK_KEYS and key not in read_per_step
-        if applies or (key == DROPOUT_KEY and overrides(self.task_cls, "apply_hparams")):
+        if self.calls_apply(key):
             try:
                 apply_task_hparams(forked.task, model, forked.optimizer, {key: other})
             except ForkError as exc:

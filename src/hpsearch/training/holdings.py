@@ -12,8 +12,9 @@ of it.
 Every module's attributes are read (its type, numbers, strings, and the plain objects it holds,
 such as a config, two levels deep), except the bookkeeping every `torch.nn.Module` has; of the
 task and the objects it holds, only the public attributes (a private one is the task's own
-bookkeeping: a cache keyed by object ids differs between any two builds). Tensors are state, not
-holdings: a fork keeps them.
+bookkeeping: a cache keyed by object ids differs between any two builds). Tensors, optimizers,
+schedulers and data are state, not holdings: a fork keeps the tensors and sets the optimizer's
+keys itself, and the data depend on no hyperparameter.
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ import torch
 __all__ = ["differences", "holdings"]
 
 _MODULE_OWN = frozenset(vars(torch.nn.Module()))  # _parameters, _buffers, hooks, training, ...
+# state, not settings: the fork keeps the tensors, sets the optimizer's and the scheduler's keys
+# itself, and the data do not depend on hyperparameters
+_NOT_HOLDINGS = (
+    torch.Tensor,
+    type,
+    torch.optim.Optimizer,
+    torch.optim.lr_scheduler.LRScheduler,
+    torch.optim.lr_scheduler.ReduceLROnPlateau,
+    torch.utils.data.Dataset,
+    torch.utils.data.DataLoader,
+    torch.Generator,
+)
 _DEPTH = 2  # plain objects (a config, a config's sub-config) read below a module or the task
 _MOST = 64  # items of a list or dict read: a long sequence is data, not a setting
 
@@ -54,19 +67,19 @@ def holdings(roots: Mapping[str, Any], *, private: bool = True) -> dict[str, Any
             out[path] = v
         elif isinstance(v, torch.nn.Module):
             module(path, v)
-        elif isinstance(v, (torch.Tensor, type)) or callable(v) or id(v) in seen:
+        elif isinstance(v, _NOT_HOLDINGS) or callable(v) or id(v) in seen:
             return
         elif isinstance(v, (list, tuple)):
             for i, x in enumerate(v[:_MOST]):
                 value(f"{path}[{i}]", x, depth)
         elif isinstance(v, Mapping):
-            for k, x in list(v.items())[:_MOST]:
+            for k, x in _items(v):
                 if isinstance(k, str) and not k.startswith("_"):
                     value(f"{path}[{k!r}]", x, depth)
         elif depth > 0 and hasattr(v, "__dict__"):
             seen.add(id(v))
-            for k, x in vars(v).items():
-                if not k.startswith("_"):
+            for k, x in _items(vars(v)):
+                if isinstance(k, str) and not k.startswith("_"):
                     value(f"{path}.{k}", x, depth - 1)
 
     for name, root in roots.items():
@@ -78,6 +91,15 @@ def holdings(roots: Mapping[str, Any], *, private: bool = True) -> dict[str, Any
                 if not k.startswith("_"):
                     value(f"{name}.{k}", v, _DEPTH)
     return out
+
+
+def _items(mapping: Any) -> list[tuple[Any, Any]]:
+    """The first items of a mapping; none of one that cannot be read (a lazy or odd mapping
+    holds no setting this check can compare)."""
+    try:
+        return list(mapping.items())[:_MOST]
+    except Exception:
+        return []
 
 
 def differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:

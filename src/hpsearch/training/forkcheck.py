@@ -34,7 +34,7 @@ from hpsearch.errors import ForkError, HpsearchError, StudyFileError, TaskError
 from hpsearch.task import Task
 from hpsearch.training.fork import apply_task_hparams
 from hpsearch.training.holdings import differences, holdings
-from hpsearch.training.state import check_model_keys, rng_state, set_rng_state
+from hpsearch.training.state import rng_state, set_rng_state
 
 
 def check_forkable(settings: StudySettings, task_cls: type[Task]) -> None:
@@ -137,17 +137,21 @@ class _Check:
         a, b = self.start.get(key), other
         hp = {**self.start, key: other}
         fresh = self.build(hp)
-        try:
-            check_model_keys(fresh.model, ref.model.state_dict())
-        except HpsearchError as exc:
+        changed = _weights_changed(ref.model, fresh.model)
+        if changed:
+            fix = (
+                "remove it from search_space, or grow a fork tree instead (its roots sample such "
+                "a key and their children keep it)"
+                if self.settings.strategy == "base"
+                else "build the model so that its weights do not depend on it, or remove it "
+                "from search_space"
+            )
             raise self.fail(
                 key,
                 f"{show(key)} cannot be forked: {self.name}.model builds other weights for "
-                f"{key}={show(b)} than for {show(a)} ({clip(str(exc))}), and a fork keeps the "
-                f"parent's weights; remove {key} from search_space, or sample it in the tree's "
-                "roots only (a tree forks only lr, weight_decay, momentum, betas, eps, dropout, "
-                "batch_size and Task.forkable_hparams)",
-            ) from None
+                f"{key}={show(b)} than for {show(a)} ({changed}), and a fork keeps the parent's "
+                f"weights; {fix}",
+            )
         want = holdings({"model": fresh.model, self.name: fresh.task})
         if key == DROPOUT_KEY and not differences(
             holdings({"model": ref.model, self.name: ref.task}), want
@@ -203,6 +207,18 @@ class _Check:
             except TaskError as exc:
                 raise TaskError(f"{self.settings.path}: task: {exc}") from exc
         return _Built(forked.task, model, forked.optimizer)
+
+
+def _weights_changed(a: torch.nn.Module, b: torch.nn.Module) -> str:
+    """What differs between two models' weights (names, shapes, dtypes), shown; '' if none."""
+    sa, sb = a.state_dict(), b.state_dict()
+    out = [f"{k} only for one" for k in sorted(set(sa) ^ set(sb))]
+    for k in sorted(set(sa) & set(sb)):
+        x, y = sa[k], sb[k]
+        if x.shape != y.shape or x.dtype != y.dtype:
+            out.append(f"{k} {tuple(x.shape)} {x.dtype} vs {tuple(y.shape)} {y.dtype}")
+    shown = ", ".join(out[:3]) + (f" and {len(out) - 3} more" if len(out) > 3 else "")
+    return shown.replace("torch.", "")
 
 
 def _other_value(param: Param, value: Any) -> Any:

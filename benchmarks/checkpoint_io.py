@@ -10,7 +10,7 @@ the compared operations alternated so they share the machine's noise, medians ov
 
 1. durable save: `LocalStore.save(*Trainer.state())` (hashing, fsyncs, rename included) vs one raw
    write + fsync of the same tensor bytes into one file. Ratio: raw time / save time (>= 0.8).
-2. fork from a base the worker already holds: `Trainer.load` + `reapply_model_hparams` + `fork`
+2. fork from a base the worker already holds: `rebuild_model` + `Trainer.load` + `fork`
    + the first optimizer step, minus a steady-state step, vs `copy_` of the state into memory
    already touched. Ratio <= 2. The raw (fork + first step) figure is shown next to it.
 3. first fork in a fresh process from a committed checkpoint on a cold page cache:
@@ -54,7 +54,7 @@ from torch.utils.data import TensorDataset
 import hpsearch
 from hpsearch.checkpoint import AsyncSaver, LocalStore
 from hpsearch.training import Hooks, Trainer, fork
-from hpsearch.training.fork import reapply_model_hparams
+from hpsearch.training.fork import rebuild_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "RESULTS.md")
@@ -134,7 +134,7 @@ Notes:
   waited for a scheduler slice whenever another process ran: a 12 MB `copy_` took 24 ms
   instead of 0.35 ms, a 25M step 381 ms instead of 118 ms (measured alternately). hpsearch's
   own I/O threads (fsync pool, hashing) are not affected by this setting.
-- **Fork from memory** is `Trainer.load` + `reapply_model_hparams` + `fork` on an existing
+- **Fork from memory** is `rebuild_model` + `Trainer.load` + `fork` on an existing
   trainer that ran another trial, then its first `Trainer.step`; the net figure subtracts the
   median of the step before the fork and the two after it. The base is a `LoadedCheckpoint`
   held in memory; `Trainer.load` copies it into the trainer's own tensors (the base is never
@@ -337,9 +337,8 @@ def bench_fork(base: Any, worker: Trainer, reps: int) -> dict[str, Any]:
         changes = {"lr": 10 ** (-3.5 + 0.1 * r), "dropout": 0.05 + 0.05 * (r % 4)}
 
         def do_fork(changes: dict[str, float] = changes) -> None:
-            old = dict(worker.hparams)
+            rebuild_model(worker, base.state["hparams"])  # as Restorer._copy_into does
             worker.load(base.tensors, base.state)
-            reapply_model_hparams(worker, old, base.state["hparams"])
             fork(worker, changes)
 
         for which in ("fork", "memcpy") if r % 2 == 0 else ("memcpy", "fork"):
@@ -598,7 +597,7 @@ def rows_for(res: dict[str, Any]) -> list[dict[str, Any]]:
     )  # fmt: skip
     fork_only = med(fk["fork"])
     rows.append(
-        dict(key=None, what="fork from memory, no step (load + reapply + fork)", t=fork_only,
+        dict(key=None, what="fork from memory, no step (rebuild + load + fork)", t=fork_only,
              base="memcpy of the state", bt=memcpy_f, ratio=fork_only / memcpy_f, nb=n, rb=n)
     )  # fmt: skip
     cnet = med(cd["net"])

@@ -142,3 +142,77 @@ class PlateauDigits(DigitsMLP):
 
     def scheduler(self, optimizer: Any, hparams: dict[str, Any], total_steps: int) -> Any:
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "max", factor=0.5, patience=0)
+
+
+class CharTree(TiedCharLM):
+    """The tied char-level transformer (nn.TransformerEncoderLayer: nn.Dropout modules and a
+    nn.MultiheadAttention whose dropout is a float) on exactly 256 training windows, so that a
+    tree's rungs at quarters of an epoch fall on batch boundaries for batch sizes up to 64."""
+
+    def datasets(self) -> tuple[Dataset, Dataset]:
+        train, val = super().datasets()
+        x, y = train.tensors
+        return TensorDataset(x[:256], y[:256]), val
+
+
+class SmoothedDigits(DigitsMLP):
+    """The digits MLP whose loss smooths its labels by `label_smoothing`, a key no fork changes:
+    the criterion is built in `model()` and kept on the task (as users write it), and
+    `apply_hparams` handles a key of its own (`gain`, not searched) and nothing else."""
+
+    def model(self, hparams: dict[str, Any]) -> nn.Module:
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=float(hparams["label_smoothing"]))
+        return super().model(hparams)
+
+    def apply_hparams(self, model: nn.Module, optimizer: Any, hparams: dict[str, Any]) -> None:
+        for key in hparams:
+            if key != "gain":
+                raise KeyError(key)
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        x, y = batch
+        return self.criterion(model(x), y)
+
+
+class AttentionDigits(DigitsMLP):
+    """The digits as 8 tokens of 8 pixels through one `nn.MultiheadAttention`: the model's only
+    dropout is the attention's float (no `nn.Dropout` module)."""
+
+    def model(self, hparams: dict[str, Any]) -> nn.Module:
+        return _Attend(float(hparams.get("dropout", 0.1)))
+
+
+class _Attend(nn.Module):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, dropout=p, batch_first=True)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.reshape(-1, 8, 8)
+        out, _ = self.attn(s, s, s)
+        return self.head(out.flatten(1))
+
+
+class DropoutOnTask(DigitsMLP):
+    """A dropout kept on the task, set in `optimizer()` (not in `model()`) and read by its loss:
+    nothing a fork does reaches it, so searching it is refused at load."""
+
+    def optimizer(self, model: nn.Module, hparams: dict[str, Any]) -> torch.optim.Optimizer:
+        self.p = float(hparams["dropout"])
+        return super().optimizer(model, hparams)
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(model(F.dropout(x, self.p, model.training)), y)
+
+
+class DropoutOnTaskApplied(DropoutOnTask):
+    """The same, with `apply_hparams` setting it: what a task does for a dropout kept where
+    `Task.model` does not build it."""
+
+    def apply_hparams(self, model: nn.Module, optimizer: Any, hparams: dict[str, Any]) -> None:
+        for key, value in hparams.items():
+            if key != "dropout":
+                raise KeyError(key)
+            self.p = float(value)

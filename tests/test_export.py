@@ -33,6 +33,7 @@ COLUMNS = [
     "number",
     "state",
     "value",
+    "last_value",
     "params_batch_size",
     "params_dropout",
     "params_lr",
@@ -52,6 +53,8 @@ COLUMNS = [
     "final_checkpoint_deleted",
     "checkpoint_bytes",
     "duration_s",
+    "start_unix_s",
+    "end_unix_s",
     "fork_progress",
     "end_progress",
     "fail_reason",
@@ -80,6 +83,8 @@ def make_view(*, with_pruned: bool = True) -> StudyView:
             final_checkpoint="runs/ckpt/t0/step-000800",
             checkpoint_bytes=123_456_789,
             duration_s=12.5,
+            start_unix_s=1_790_000_000.125,
+            end_unix_s=1_790_000_012.625,
             metrics={"val_accuracy": 0.1 + 0.2, "val_loss": 1.25},
             evaluations=(
                 {
@@ -134,6 +139,7 @@ def make_view(*, with_pruned: bool = True) -> StudyView:
             "RUNNING",
             None,
             {"lr": 1e-2, "dropout": 0.5},
+            start_unix_s=1_790_000_020.5,
             fork_progress=6.0,
             end_progress=7.0,
             steps_trained=100,
@@ -196,6 +202,11 @@ def test_values() -> None:
     df = trials_dataframe(make_view()).set_index("number")
     assert df.loc[2, "retry_of"] == 1 and df["retry_of"].isna().sum() == 5
     assert df.loc[2, "value"] == 0.93 and math.isnan(df.loc[1, "value"])
+    # a pruned trial has no value (a plain best over the column would count it), only its last
+    assert math.isnan(df.loc[5, "value"]) and df.loc[5, "last_value"] == 0.71
+    assert df.loc[2, "last_value"] == 0.93 and math.isnan(df.loc[1, "last_value"])
+    assert df.loc[0, "end_unix_s"] - df.loc[0, "start_unix_s"] == df.loc[0, "duration_s"]
+    assert df.loc[3, "start_unix_s"] == 1_790_000_020.5 and math.isnan(df.loc[3, "end_unix_s"])
     assert df.loc[5, "pruned_at"] == 6.5 and math.isnan(df.loc[0, "pruned_at"])
     assert df.loc[0, "params_lr"] == 1.2345678901234567e-4
     assert df.loc[3, "params_batch_size"] is pd.NA and df.loc[3, "params_dropout"] == 0.5
@@ -510,3 +521,21 @@ def test_a_retrys_reports_are_placed_from_its_first_attempts_fork() -> None:
         frozen(4, TrialState.COMPLETE, fork_samples=700, retry_of=99),  # its attempt is gone
     ]
     assert _segment_origins(trials) == {0: 600, 1: 600, 2: 600, 3: 600, 4: 700}
+
+
+def test_a_studys_export_says_when_each_trial_ran(tmp_path: Path) -> None:
+    """Start and end times, from which an anytime curve over several workers is drawn; one
+    worker runs its trials one after the other."""
+    from hpsearch.cli import main
+    from hpsearch.testing.conformance.scheduler import tiny_study
+
+    path = tiny_study(tmp_path, tree=True)
+    assert main(["run", path]) == 0
+    out = tmp_path / "trials.csv"
+    assert main(["export", path, "-o", str(out)]) == 0
+    df = read_export(out).sort_values("start_unix_s")
+    assert len(df) == 3 and df["end_unix_s"].notna().all()
+    assert (df["end_unix_s"] >= df["start_unix_s"]).all()
+    assert (df["end_unix_s"].iloc[:-1].to_numpy() <= df["start_unix_s"].iloc[1:].to_numpy()).all()
+    took = zip(df["end_unix_s"] - df["start_unix_s"], df["duration_s"], strict=True)
+    assert all(math.isclose(a, b, abs_tol=1e-6) for a, b in took)

@@ -631,10 +631,21 @@ def test_bad_sampler_arguments_are_named(study_dir: Path) -> None:
 
 
 class PlainTask(Task):
-    pass
+    """The check builds the model and optimizer (on the meta device) for every key a fork
+    changes: the smallest task it can build."""
+
+    def model(self, hparams: dict[str, Any]) -> Any:
+        import torch
+
+        return torch.nn.Linear(2, 2)
+
+    def optimizer(self, model: Any, hparams: dict[str, Any]) -> Any:
+        import torch
+
+        return torch.optim.SGD(model.parameters(), lr=float(hparams["lr"]))
 
 
-class CustomTask(Task):
+class CustomTask(PlainTask):
     def apply_hparams(self, model: Any, optimizer: Any, hparams: dict[str, Any]) -> None:
         pass
 

@@ -210,9 +210,9 @@ def test_in_place_load_equals_fresh_restore():
     b = Trainer.create(task, {**HP, "dropout": 0.5}, seed=9)
     b.train(Budget(steps=3))
     b.load(tensors, state)
-    from hpsearch.training.fork import reapply_model_hparams
+    from hpsearch.training.fork import rebuild_model
 
-    reapply_model_hparams(b, {**HP, "dropout": 0.5}, state["hparams"])
+    rebuild_model(b, state["hparams"])  # what the model keeps outside its tensors: dropout's p
     b.train(Budget(steps=30))
     _states_equal(a.state()[0], b.state()[0])
     assert torch.equal(tensors["model"]["0.weight"], rec.saved[0][0]["model"]["0.weight"])

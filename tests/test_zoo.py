@@ -1,9 +1,12 @@
-"""The conformance zoo (tests/zoo.py): every entry resumes and forks bit for bit.
+"""The conformance zoo (tests/zoo.py): every entry resumes and forks bit for bit, and every
+model family forks in every registry key as a model built with the child's values.
 
 For each entry: train K steps, checkpoint, train K more (uninterrupted); in one fresh process,
-restore and train K more (resumed); fork (lr and batch_size changed) from the uninterrupted state
-in memory and from the checkpoint restored in the fresh process; compare weights, optimizer
-state, scheduler, RNG, data position, metrics and per-step losses bitwise.
+restore and train K more (resumed); fork (lr, batch_size and dropout changed) from the
+uninterrupted state in memory and from the checkpoint restored in the fresh process; compare
+weights, optimizer state, scheduler, RNG, data position, metrics and per-step losses bitwise.
+The fork matrix (`zoo.MATRIX_CASES`) forks each family at step 0 and compares it with a run built
+with the child's values.
 """
 
 from __future__ import annotations
@@ -85,3 +88,26 @@ def test_entry_resumes_and_forks_exactly(name: str, zoo_runs: dict[str, dict]) -
     diff = first_difference(run["fork_expected"], (forked.tensors, forked.state))
     assert diff is None, f"the fork of the restored state differs first at {diff}"
     assert got["fork_losses"] == run["fork_losses"]
+
+
+@pytest.mark.parametrize(
+    ("family", "keys"), zoo.MATRIX_CASES, ids=[f"{f}-{'+'.join(k)}" for f, k in zoo.MATRIX_CASES]
+)
+def test_a_fork_trains_as_a_model_built_with_the_childs_values(
+    family: str, keys: tuple[str, ...]
+) -> None:
+    """A fork reaches everything that holds its keys: a dropout float of an attention or an
+    RNN, as well as the Dropout modules, the optimizer's settings and the batch size."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(zoo.THREADS)
+    try:
+        (forked, forked_losses), (built, built_losses) = zoo.forked_and_built(family, keys)
+    except Exception as exc:
+        if family == "compiled":
+            pytest.skip(f"torch.compile does not run on this machine: {str(exc)[:300]}")
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    diff = first_difference(built.state(), forked.state())
+    assert diff is None, f"the fork differs from the model built with its values first at {diff}"
+    assert forked_losses == built_losses

@@ -5,8 +5,10 @@ An entry is a `Spec`: a model family (`MODELS`), an optimizer (`OPTIMIZERS`), an
 scheduler (`SCHEDULERS`) and a data pipeline (`DATA`), plus the number of DataLoader workers.
 `tests/test_zoo.py` trains each entry K steps, checkpoints, trains K more (the uninterrupted run),
 restores the checkpoint in a fresh process (`tests/zoo_child.py`) and continues there, then forks
-(lr and batch_size changed) from the restored and from the uninterrupted state, and compares
-everything bitwise. To add an entry, add one line to `ZOO` (and a builder if the family is new).
+(lr, batch_size and dropout changed) from the restored and from the uninterrupted state, and
+compares everything bitwise. To add an entry, add one line to `ZOO` (and a builder if the family
+is new). The fork matrix (`MATRIX`) forks every model family in every registry key and compares
+each fork with a model built with the child's values.
 The loop's escape hatches (clipping, accumulation, precision, `Task.training_step`, a task's own
 state) have their entries in `tests/zoo_hatches.py`.
 """
@@ -26,13 +28,14 @@ from torch.utils.data import Dataset, TensorDataset
 
 import hpsearch
 from hpsearch.config import TrainingSettings
-from hpsearch.training import Budget, Every, Hooks, Trainer, state
+from hpsearch.training import Budget, Every, Hooks, Trainer, fork, state
 
 THREADS = 1  # tiny ops: more threads only spin, and on a loaded machine they crawl
 K = 6  # steps before the checkpoint, and after it
 N = 48  # training samples
-HP: dict[str, Any] = {"lr": 1e-2, "batch_size": 8, "dropout": 0.1}
-FORK = {"lr": 3e-3, "batch_size": 5}
+HP: dict[str, Any] = {"lr": 1e-2, "batch_size": 8, "dropout": 0.1, "weight_decay": 1e-4,
+                      "momentum": 0.9, "betas": [0.9, 0.999], "eps": 1e-8}  # fmt: skip
+FORK = {"lr": 3e-3, "batch_size": 5, "dropout": 0.3}
 PLAIN = TrainingSettings()
 VOCAB, SEQ, DIM, CLASSES = 16, 6, 8, 4
 
@@ -305,12 +308,33 @@ MODELS: dict[str, Callable[[float], nn.Module]] = {
 # optimizers and schedulers
 
 
-def _opt(cls: Any, **kw: Any) -> Callable[[nn.Module, float], torch.optim.Optimizer]:
-    return lambda model, lr: cls([p for p in model.parameters() if p.requires_grad], lr=lr, **kw)
+Build = Callable[[nn.Module, dict[str, Any]], torch.optim.Optimizer]
+
+
+def _trained(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _opt(cls: Any, **kw: Any) -> Build:
+    return lambda model, hp: cls(_trained(model), lr=float(hp["lr"]), **kw)
 
 
 OPT = torch.optim
-OPTIMIZERS: dict[str, Callable[[nn.Module, float], torch.optim.Optimizer]] = {
+OPTIMIZERS: dict[str, Build] = {
+    # every setting a fork may change from the hparams: the fork matrix's optimizers
+    "sgd_from_hparams": lambda model, hp: OPT.SGD(
+        _trained(model),
+        lr=float(hp["lr"]),
+        momentum=float(hp["momentum"]),
+        weight_decay=float(hp["weight_decay"]),
+    ),
+    "adamw_from_hparams": lambda model, hp: OPT.AdamW(
+        _trained(model),
+        lr=float(hp["lr"]),
+        betas=tuple(hp["betas"]),
+        eps=float(hp["eps"]),
+        weight_decay=float(hp["weight_decay"]),
+    ),
     "sgd_nesterov": _opt(OPT.SGD, momentum=0.9, nesterov=True, weight_decay=1e-4),
     "adam": _opt(OPT.Adam),
     "adamw_foreach": _opt(OPT.AdamW, foreach=True, weight_decay=1e-2),
@@ -420,7 +444,7 @@ class ZooTask(hpsearch.Task):
         return MODELS[self.spec.model](float(hparams["dropout"]))
 
     def optimizer(self, model: nn.Module, hparams: dict[str, Any]) -> torch.optim.Optimizer:
-        return OPTIMIZERS[self.spec.optimizer](model, float(hparams["lr"]))
+        return OPTIMIZERS[self.spec.optimizer](model, hparams)
 
     def scheduler(self, optimizer: Any, hparams: dict[str, Any], total_steps: int) -> Any:
         return SCHEDULERS[self.spec.scheduler](optimizer) if self.spec.scheduler else None
@@ -486,6 +510,49 @@ def train(trainer: Trainer, until_step: int) -> list[float]:
     losses = Losses()
     trainer.train(Budget(steps=until_step), hooks=losses, eval_every=Every(steps=3))
     return losses.values
+
+
+# ---------------------------------------------------------------------------------------------
+# the fork matrix: every model family forked in every registry key, each fork compared with a
+# model built with the child's values. A fork at step 0 is the same computation as a run built
+# with the child's values from the start: the same seed, the same initial weights (no key here
+# changes them), the same data order.
+
+MATRIX: dict[str, tuple[str, Any]] = {  # key: (the optimizer that holds it, the child's value)
+    "lr": ("sgd_from_hparams", 3e-3),
+    "dropout": ("sgd_from_hparams", 0.3),
+    "batch_size": ("sgd_from_hparams", 5),
+    "weight_decay": ("sgd_from_hparams", 3e-2),
+    "momentum": ("sgd_from_hparams", 0.5),
+    "betas": ("adamw_from_hparams", [0.8, 0.99]),
+    "eps": ("adamw_from_hparams", 1e-3),
+}
+
+
+Run = tuple[Trainer, list[float]]  # a trainer and its per-step losses
+
+
+# a compiled model compiles again after each fork (seconds): its one case forks every key the
+# SGD optimizer holds at once
+MATRIX_CASES: list[tuple[str, tuple[str, ...]]] = [
+    *((family, (key,)) for family in MODELS if family != "compiled" for key in MATRIX),
+    ("compiled", tuple(k for k, (opt, _) in MATRIX.items() if opt == "sgd_from_hparams")),
+]
+
+
+def forked_and_built(family: str, keys: tuple[str, ...]) -> tuple[Run, Run]:
+    """Model `family` with the matrix's optimizer for `keys`: one trainer built with the zoo's
+    hparams and forked to the child's values of `keys` at step 0, one built with the child's
+    values; both trained K steps."""
+    changes = {key: MATRIX[key][1] for key in keys}
+    task = ZooTask(Spec(model=family, optimizer=MATRIX[keys[0]][0]))
+    runs = []
+    for hp, fork_to in ((HP, changes), ({**HP, **changes}, {})):
+        trainer = Trainer.create(task, hp, seed=7, total_samples=4 * N, objective="val_loss")
+        if fork_to:
+            assert fork(trainer, fork_to) == fork_to
+        runs.append((trainer, train(trainer, K)))
+    return runs[0], runs[1]
 
 
 def ties_kept(name: str, trainer: Trainer) -> bool:

@@ -17,12 +17,10 @@ friends read study files without paying for it.
 from hpsearch.config.components import make_pruner, make_sampler
 from hpsearch.config.forkable import (
     DROPOUT_KEY,
-    DROPOUT_MODULES,
     FORK_KEYS,
     FORKABLE,
     GROUP_KEYS,
     ForkKind,
-    dropout_types,
 )
 from hpsearch.config.reader import load_study_file
 from hpsearch.config.schema import (
@@ -56,7 +54,6 @@ from hpsearch.config.tree import generation_sizes, survivors_of
 
 __all__ = [
     "DROPOUT_KEY",
-    "DROPOUT_MODULES",
     "FORKABLE",
     "FORK_KEYS",
     "GROUP_KEYS",
@@ -80,7 +77,6 @@ __all__ = [
     "WandbSettings",
     "WarmupSettings",
     "check_budgets",
-    "dropout_types",
     "generation_sizes",
     "invalid_values",
     "load_study_file",

@@ -1,39 +1,39 @@
 """Forkable keys: the one registry of the hyperparameters a fork applies to a restored training
-state without the task's help (SPEC section 5), and the check that a study's search space holds
-only keys its task can fork.
+state without the task's help (SPEC section 5).
 
-The registry says what each key is; `hpsearch.training.fork` applies it by that kind:
+The registry says where each key lives; `hpsearch.training.fork` applies it there:
 
-- `lr`: every param group's `lr`, moved by the factor new/old;
-- a param-group key (`weight_decay`, `momentum`, `betas`, `eps`): the groups that hold the old
-  value;
-- the dropout key: `p` of every module in `DROPOUT_MODULES`;
+- `lr`: the optimizer: every param group's `lr`, moved by the factor new/old;
+- a param-group key (`weight_decay`, `momentum`, `betas`, `eps`): the optimizer: the groups that
+  hold the old value;
+- the dropout key: the model. Every fork builds the model again with the child's hparams
+  (`Task.model` on the meta device) and moves the parent's weights and buffers into it, so every
+  place `Task.model` puts the dropout is the child's -- `p` of the `torch.nn.Dropout*` modules,
+  the float `dropout` of `torch.nn.MultiheadAttention` (attention weights) and of
+  `torch.nn.RNN`/`LSTM`/`GRU` (between stacked layers), the `torch.nn.Transformer*Layer`s' own
+  (their Dropout modules and their attention's float), a float a module of the task's keeps for
+  `F.dropout`/`F.scaled_dot_product_attention(dropout_p=...)`, a Hugging Face model's config and
+  its attention modules' `attention_dropout` floats. What `Task.model` does not build (a value the
+  task keeps elsewhere) is the task's to set, in `Task.apply_hparams`;
 - `batch_size`: the data stream's batch size, from the same sample position.
 
-To make another param-group key forkable, add it here as "param_group"; both the fork and
-`hpsearch.training.forkcheck.check_forkable` follow. This module imports no torch: only
-`dropout_types` does, when called.
+`hpsearch.training.forkcheck.check_forkable` checks at load that a fork reaches everything that
+holds each searched key. To make another param-group key forkable, add it here as
+"param_group"; the fork and the check follow. This module imports no torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    # The base torch gives every dropout class: it types `p` as a float, as nn.Module cannot.
-    from torch.nn.modules.dropout import _DropoutNd
-
+from typing import Literal
 
 __all__ = [
     "DROPOUT_KEY",
-    "DROPOUT_MODULES",
     "FORKABLE",
     "FORK_KEYS",
     "GROUP_KEYS",
     "ForkKind",
-    "dropout_types",
 ]
 
 ForkKind = Literal["lr", "param_group", "dropout", "batch_size"]
@@ -58,20 +58,3 @@ GROUP_KEYS: tuple[str, ...] = tuple(k for k, kind in FORK_KEYS.items() if kind =
 """The forkable keys that live in the optimizer's param groups."""
 
 DROPOUT_KEY = next(k for k, kind in FORK_KEYS.items() if kind == "dropout")
-
-DROPOUT_MODULES = (
-    "Dropout",
-    "Dropout1d",
-    "Dropout2d",
-    "Dropout3d",
-    "AlphaDropout",
-    "FeatureAlphaDropout",
-)
-"""The `torch.nn` classes whose `p` the dropout key sets (names: this module needs no torch)."""
-
-
-def dropout_types() -> tuple[type[_DropoutNd], ...]:
-    """The `DROPOUT_MODULES` classes; imports torch."""
-    import torch
-
-    return tuple(getattr(torch.nn, name) for name in DROPOUT_MODULES)

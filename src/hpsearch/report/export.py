@@ -34,7 +34,12 @@ EXPORT_SUFFIXES = (".csv", ".parquet", ".json")
 # Every column but the params_<name> ones (which come right after "value"), with its dtype.
 # Nullable dtypes wherever a value can be missing, so a missing fork step stays <NA> rather than
 # turning the whole column into floats.
-COLUMNS_BEFORE_PARAMS: dict[str, str] = {"number": "int64", "state": "string", "value": "float64"}
+COLUMNS_BEFORE_PARAMS: dict[str, str] = {
+    "number": "int64",
+    "state": "string",
+    "value": "float64",  # a COMPLETE trial's result only: empty for any other state
+    "last_value": "float64",  # the objective at its last evaluation (a pruned trial's is here)
+}
 COLUMNS_AFTER_PARAMS: dict[str, str] = {  # after the params_ and then the metric_ columns
     "generation": "Int64",  # the fork tree's (empty in a study without one)
     "parent_trial": "Int64",
@@ -48,6 +53,8 @@ COLUMNS_AFTER_PARAMS: dict[str, str] = {  # after the params_ and then the metri
     "final_checkpoint_deleted": "string",  # what GC deleted (final_checkpoint is then empty)
     "checkpoint_bytes": "int64",
     "duration_s": "float64",
+    "start_unix_s": "float64",  # when it started, in seconds since the Unix epoch
+    "end_unix_s": "float64",  # when it ended (empty while it runs)
     "fork_progress": "float64",
     "end_progress": "float64",
     "fail_reason": "string",
@@ -75,19 +82,23 @@ class MissingDependency(HpsearchError, ImportError):
 def trials_dataframe(view: StudyView) -> pd.DataFrame:
     """One row per trial (by trial number), columns in the SPEC's order.
 
-    Columns: number, state, value, params_<name> for every parameter any trial has (sorted by
-    name; missing where a trial lacks it), metric_<name> for every metric any trial's
-    evaluations have (sorted; the value at its last evaluation), generation, parent_trial (the
-    fork tree's), parent_checkpoint, fork_step, steps_trained, samples_trained, pruned_at,
-    retry_of, final_checkpoint, final_checkpoint_deleted, checkpoint_bytes, duration_s,
-    fork_progress, end_progress, fail_reason.
+    Columns: number, state, value (a COMPLETE trial's result; empty for a pruned, failed or
+    running trial, so that the best of the column is the best finished trial), last_value (the
+    objective at the trial's last evaluation, whatever its state: where a pruned trial's value
+    is), params_<name> for every parameter any trial has (sorted by name; missing where a trial
+    lacks it), metric_<name> for every metric any trial's evaluations have (sorted; the value at
+    its last evaluation), generation, parent_trial (the fork tree's), parent_checkpoint,
+    fork_step, steps_trained, samples_trained, pruned_at, retry_of, final_checkpoint,
+    final_checkpoint_deleted, checkpoint_bytes, duration_s, start_unix_s and end_unix_s (when it
+    started and ended, in seconds since the Unix epoch: the trials of several workers overlap,
+    so an anytime curve is drawn from these), fork_progress, end_progress, fail_reason.
     """
     trials = sorted(view.trials, key=lambda t: t.number)
     names = sorted({name for t in trials for name in t.params})
     metrics = sorted({name for t in trials for name in t.metrics})
     columns: dict[str, Any] = {}
     for name, dtype in COLUMNS_BEFORE_PARAMS.items():
-        columns[name] = pd.array([getattr(t, name) for t in trials], dtype=dtype)
+        columns[name] = pd.array([_missing_to_none(_cell(t, name)) for t in trials], dtype=dtype)
     for name in names:
         columns[PARAM_PREFIX + name] = _param_column([t.params.get(name) for t in trials])
     for name in metrics:
@@ -122,6 +133,10 @@ def evaluations_dataframe(view: StudyView) -> pd.DataFrame:
 def _cell(t: TrialView, name: str) -> Any:
     if name == "parent_trial" and t.generation is None:
         return None  # outside a fork tree the export's parent_trial is empty (see retry_of)
+    if name == "value":  # the view gives a pruned trial its last value; the export does not
+        return t.value if t.state == "COMPLETE" else None
+    if name == "last_value":
+        return t.intermediate[-1][1] if t.intermediate else t.value
     return getattr(t, name)
 
 

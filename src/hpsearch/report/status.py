@@ -108,10 +108,11 @@ def _trial_view(
         attempts = session.lineage.attempts(t.number)
         steps = sum(a.steps for a in attempts)
         samples = sum(a.samples for a in attempts)
-    duration = None
+    duration = started = ended = None
     if t.datetime_start is not None:
-        stop = t.datetime_complete.timestamp() if t.datetime_complete else time.time()
-        duration = stop - t.datetime_start.timestamp()
+        started = t.datetime_start.timestamp()
+        ended = t.datetime_complete.timestamp() if t.datetime_complete else None
+        duration = (ended if ended is not None else time.time()) - started
     final = rec.final_checkpoint
     kept = final if any(r.id == final for r in live) else None
     # GC marks the trial (final_checkpoint_deleted); a study older than the mark says it too
@@ -135,6 +136,8 @@ def _trial_view(
         final_checkpoint=kept,
         checkpoint_bytes=sum(r.nbytes for r in live),
         duration_s=duration,
+        start_unix_s=started,
+        end_unix_s=ended,
         fail_reason=rec.fail_reason,
         # a tree records its parent (a retry's too: its node's); else whose checkpoint it is
         parent_trial=slot[1] if slot is not None else _parent_trial(rec.parent_checkpoint, owner),

@@ -44,6 +44,10 @@ class TrialView:
     final_checkpoint: str | None = None
     checkpoint_bytes: int = 0
     duration_s: float | None = None
+    # when it started and ended (None while it runs), in seconds since the Unix epoch: trials
+    # of several workers overlap, so the study's progress over time needs both
+    start_unix_s: float | None = None
+    end_unix_s: float | None = None
     fail_reason: str | None = None
     parent_trial: int | None = None  # whose checkpoint it started from (None: warm-up, none)
     # the fork tree (a study of mode "tree"): a retry has the generation, parent and slot of

@@ -20,7 +20,7 @@ from hpsearch.search.context import RunContext
 from hpsearch.search.control import Interrupted
 from hpsearch.training import Schedule, Trainer
 from hpsearch.training import state as training_state
-from hpsearch.training.fork import reapply_model_hparams
+from hpsearch.training.fork import rebuild_model
 from hpsearch.training.loop import STATE_VERSION
 
 # what a failed restore may not swallow: the user's stop, and the interpreter's
@@ -97,9 +97,12 @@ class Restorer:
         self.trainer = None
 
     def _copy_into(self, trainer: Trainer, loaded: LoadedCheckpoint) -> Trainer:
-        old = dict(trainer.hparams)
+        # The model the trainer holds was built for an earlier node: what it keeps outside its
+        # tensors (dropouts, an attention's float, a loss built in Task.model) is that node's.
+        # Build it again for the checkpoint's hparams first, as a fresh restore would, then copy
+        # the state in (the task's own state last, over whatever Task.model reset).
+        rebuild_model(trainer, loaded.state["hparams"])
         trainer.load(loaded.tensors, loaded.state)
-        reapply_model_hparams(trainer, old, loaded.state["hparams"])
         return trainer
 
     def _restore(self, tensors: Any, state: Mapping[str, Any]) -> Trainer:

@@ -70,17 +70,19 @@ def _study(tmp: str, family: str, device: str, quick: bool) -> str:
             "keep": 0.5,
             "children": 2,
             "hparams": fixed,
-        },  # fmt: skip
-        "trials": {"epochs": epochs * (0.5 if quick else 1.0), "eval_every": 0.25},
-        "schedule": {"name": "wsd", "warmup": 0.05, "decay": 0.25},
+        },
+        "trials": {"epochs": epochs * (0.5 if quick else 1.0), "eval_every": epochs / 4},
+        # a LightningModule's configure_optimizers returns its own scheduler
+        "schedule": None if family.startswith("lightning") else {"name": "wsd", "decay": 0.25},
         "search_space": {
             "lr": {"float": [1e-3, 1e-2], "log": True},
             "dropout": {"float": [0.0, 0.2]},
             **space,
-        },  # fmt: skip
+        },
         "sampler": {"name": "TPESampler", "n_startup_trials": 3},
         "pruner": {"name": "NopPruner"},
     }
+    doc = {k: v for k, v in doc.items() if v is not None}
     path = os.path.join(tmp, f"{family}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)
@@ -146,9 +148,13 @@ def exactness(device: str, quick: bool, log: Any) -> list[dict[str, Any]]:
 def _short(row: dict[str, Any]) -> dict[str, Any]:
     reps = row.get("replays")
     exact = sum(r["exact"] for r in reps) if isinstance(reps, list) else None
-    return {"family": row["family"], "deterministic": row["deterministic"],
-            "check_resume": row["check_resume"]["rc"], "run": row["run"]["rc"],
-            "replays_exact": f"{exact}/{len(reps)}" if isinstance(reps, list) else reps}  # fmt: skip
+    return {
+        "family": row["family"],
+        "deterministic": row["deterministic"],
+        "check_resume": row["check_resume"]["rc"],
+        "run": row["run"]["rc"],
+        "replays_exact": f"{exact}/{len(reps)}" if isinstance(reps, list) else reps,
+    }
 
 
 def checkpoint_speed(device: str, repeats: int = 5) -> dict[str, Any]:
@@ -189,10 +195,9 @@ def checkpoint_speed(device: str, repeats: int = 5) -> dict[str, Any]:
     out["d2h_pageable_s"] = timed(lambda: [t.cpu() for t in flat])
     if dev.type == "cuda":
         pinned = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in flat]
-        out["d2h_pinned_s"] = timed(lambda: [p.copy_(t, non_blocking=True)
-                                             for p, t in zip(pinned, flat, strict=True)])  # fmt: skip
-        out["h2d_pinned_s"] = timed(lambda: [t.copy_(p, non_blocking=True)
-                                             for p, t in zip(pinned, flat, strict=True)])  # fmt: skip
+        pairs = list(zip(pinned, flat, strict=True))
+        out["d2h_pinned_s"] = timed(lambda: [p.copy_(t, non_blocking=True) for p, t in pairs])
+        out["h2d_pinned_s"] = timed(lambda: [t.copy_(p, non_blocking=True) for p, t in pairs])
     host = [t.cpu() for t in flat]
     out["h2d_pageable_s"] = timed(lambda: [h.to(dev) for h in host])
     root = tempfile.mkdtemp(prefix="gpu-store-")
@@ -224,16 +229,20 @@ def checkpoint_speed(device: str, repeats: int = 5) -> dict[str, Any]:
 
 
 def markdown(info: dict[str, Any], rows: list[dict[str, Any]], speed: dict[str, Any]) -> str:
-    lines = [f"GPU check: {info['device_name']}, torch {info['torch']}, {info['date']}", "",
-             "| family | deterministic settings | check-resume | tree run | finals replayed bit for bit |",
-             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        f"GPU check: {info['device_name']}, torch {info['torch']}, {info['date']}",
+        "",
+        "| family | deterministic settings | check-resume | tree run | finals replayed exactly |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         s = _short(r)
         cr = "exact" if s["check_resume"] == 0 else f"exit {s['check_resume']}"
         lines.append(f"| {s['family']} | {'on' if s['deterministic'] else 'off'} | {cr} | "
                      f"exit {s['run']} | {s['replays_exact']} |")  # fmt: skip
-    lines += ["", f"checkpoint of {speed['bytes'] / 1e6:.0f} MB in {speed['tensors']} tensors on "
-              f"{speed['device']} (median of 5):", "", "| operation | s | GB/s |", "| --- | --- | --- |"]  # fmt: skip
+    size = f"{speed['bytes'] / 1e6:.0f} MB in {speed['tensors']} tensors on {speed['device']}"
+    lines += ["", f"checkpoint of {size} (median of 5):", "", "| operation | s | GB/s |"]
+    lines.append("| --- | --- | --- |")
     for k, v in speed.items():
         if k.endswith("_s"):
             lines.append(f"| {k[:-2]} | {v:.4f} | {speed['GB/s'][k[:-2]]} |")

@@ -114,35 +114,73 @@ def _sh(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, 
         return 124, f"timed out after {timeout} s: {e}", time.monotonic() - began
 
 
-def exactness(device: str, quick: bool, log: Any) -> list[dict[str, Any]]:
-    rows = []
-    for deterministic in (True, False):
-        for family in FAMILIES:
-            tmp = tempfile.mkdtemp(prefix=f"gpu-{family}-")
-            site = os.path.join(tmp, "site")
-            os.makedirs(site)
-            with open(os.path.join(site, "sitecustomize.py"), "w") as f:
-                f.write(SITECUSTOMIZE)
-            env = {**os.environ, "PYTHONUNBUFFERED": "1",
-                   "PYTHONPATH": os.pathsep.join([site, os.path.join(ROOT, "src"),
-                                                  os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-            if deterministic:
-                env |= {"HPSEARCH_CHECK_DETERMINISTIC": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
-            path = _study(tmp, family, device, quick)
-            hp = [sys.executable, "-m", "hpsearch"]
-            row: dict[str, Any] = {"family": family, "deterministic": deterministic}
-            rc, out, secs = _sh([*hp, "check-resume", path, "--steps", "8"], env, 300)
-            row["check_resume"] = {"rc": rc, "seconds": round(secs, 1), "tail": out[-600:]}
-            rc, out, secs = _sh([*hp, "run", path], env, 600)
-            row["run"] = {"rc": rc, "seconds": round(secs, 1), "tail": out[-600:]}
-            if rc == 0:
-                rc, out, secs = _sh([sys.executable, "-c", REPLAY_ALL, path], env, 600)
-                got = [json.loads(x[7:]) for x in out.splitlines() if x.startswith("RESULT ")]
-                row["replays"] = got[0] if got else {"rc": rc, "tail": out[-800:]}
-                row["replay_seconds"] = round(secs, 1)
-            rows.append(row)
-            print(json.dumps(_short(row)), file=log, flush=True)
-    return rows
+def _env(tmp: str, deterministic: bool) -> dict[str, str]:
+    """This process's environment, with PyTorch's deterministic settings on or off in every
+    process it starts (a sitecustomize module on PYTHONPATH)."""
+    site = os.path.join(tmp, "site")
+    os.makedirs(site, exist_ok=True)
+    with open(os.path.join(site, "sitecustomize.py"), "w") as f:
+        f.write(SITECUSTOMIZE)
+    paths = [site, os.path.join(ROOT, "src"), EXAMPLES,
+             os.environ.get("PYTHONPATH", "")]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(paths)}
+    if deterministic:
+        env |= {"HPSEARCH_CHECK_DETERMINISTIC": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    return env
+
+
+def one_family(family: str, deterministic: bool, device: str, quick: bool) -> dict[str, Any]:
+    tmp = tempfile.mkdtemp(prefix=f"gpu-{family}-")
+    env = _env(tmp, deterministic)
+    path = _study(tmp, family, device, quick)
+    hp = [sys.executable, "-m", "hpsearch"]
+    row: dict[str, Any] = {"family": family, "deterministic": deterministic}
+    rc, out, secs = _sh([*hp, "check-resume", path, "--steps", "8"], env, 300)
+    row["check_resume"] = {"rc": rc, "seconds": round(secs, 1), "tail": out[-600:]}
+    rc, out, secs = _sh([*hp, "run", path], env, 400)
+    row["run"] = {"rc": rc, "seconds": round(secs, 1), "tail": out[-600:]}
+    if rc == 0:
+        rc, out, secs = _sh([sys.executable, "-c", REPLAY_ALL, path], env, 400)
+        got = [json.loads(x[7:]) for x in out.splitlines() if x.startswith("RESULT ")]
+        row["replays"] = got[0] if got else {"rc": rc, "tail": out[-800:]}
+        row["replay_seconds"] = round(secs, 1)
+    return row
+
+
+def zoo(device: str, deterministic: bool) -> dict[str, Any]:
+    """The conformance zoo (tests/test_zoo.py: every entry resumed in a fresh process and
+    forked, every family forked in every key) with its models on `device`."""
+    tmp = tempfile.mkdtemp(prefix="gpu-zoo-")
+    env = _env(tmp, deterministic) | {"HPSEARCH_ZOO_DEVICE": device}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", "-rf",
+           os.path.join(ROOT, "tests", "test_zoo.py")]  # fmt: skip
+    rc, out, secs = _sh(cmd, env, 500)
+    failed = [line[7:].split(" - ")[0] for line in out.splitlines() if line.startswith("FAILED ")]
+    summary = next((x for x in reversed(out.splitlines()) if " in " in x and "=" in x), "")
+    return {"deterministic": deterministic, "rc": rc, "seconds": round(secs, 1),
+            "summary": summary.strip("= "), "failed": failed, "tail": out[-1500:]}  # fmt: skip
+
+
+def exactness(
+    device: str, quick: bool, log: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every (family, deterministic settings) pair and the zoo, run side by side: the machine
+    has cores and the GPU memory for all of them at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(f, d) for d in (True, False) for f in FAMILIES]
+    with ThreadPoolExecutor(len(jobs) + 2) as pool:
+        zoos = [pool.submit(zoo, device, d) for d in (True, False)]
+        futures = [pool.submit(one_family, f, d, device, quick) for f, d in jobs]
+        rows = []
+        for future in futures:
+            rows.append(future.result())
+            print(json.dumps(_short(rows[-1])), file=log, flush=True)
+        zoo_rows = [z.result() for z in zoos]
+        for z in zoo_rows:
+            print(json.dumps({k: z[k] for k in ("deterministic", "rc", "summary", "failed")}),
+                  file=log, flush=True)  # fmt: skip
+    return rows, zoo_rows
 
 
 def _short(row: dict[str, Any]) -> dict[str, Any]:
@@ -228,7 +266,10 @@ def checkpoint_speed(device: str, repeats: int = 5) -> dict[str, Any]:
     return out
 
 
-def markdown(info: dict[str, Any], rows: list[dict[str, Any]], speed: dict[str, Any]) -> str:
+def markdown(
+    info: dict[str, Any], rows: list[dict[str, Any]], speed: dict[str, Any],
+    zoo_rows: list[dict[str, Any]],
+) -> str:  # fmt: skip
     lines = [
         f"GPU check: {info['device_name']}, torch {info['torch']}, {info['date']}",
         "",
@@ -240,6 +281,12 @@ def markdown(info: dict[str, Any], rows: list[dict[str, Any]], speed: dict[str, 
         cr = "exact" if s["check_resume"] == 0 else f"exit {s['check_resume']}"
         lines.append(f"| {s['family']} | {'on' if s['deterministic'] else 'off'} | {cr} | "
                      f"exit {s['run']} | {s['replays_exact']} |")  # fmt: skip
+    for z in zoo_rows:
+        det = "on" if z["deterministic"] else "off"
+        failed = ", ".join(z["failed"][:8]) or "none"
+        lines.append(
+            f"| the zoo (tests/test_zoo.py) | {det} | {z['summary']} | | failed: {failed} |"
+        )
     size = f"{speed['bytes'] / 1e6:.0f} MB in {speed['tensors']} tensors on {speed['device']}"
     lines += ["", f"checkpoint of {size} (median of 5):", "", "| operation | s | GB/s |"]
     lines.append("| --- | --- | --- |")
@@ -269,10 +316,11 @@ def main() -> None:
         print(json.dumps(info), file=log, flush=True)
         speed = checkpoint_speed(args.device)
         print(json.dumps(speed), file=log, flush=True)
-        rows = exactness(args.device, args.quick, log)
+        rows, zoo_rows = exactness(args.device, args.quick, log)
     with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
-        json.dump({"info": info, "exactness": rows, "checkpoint": speed}, f, indent=1)
-    text = markdown(info, rows, speed)
+        json.dump({"info": info, "exactness": rows, "zoo": zoo_rows, "checkpoint": speed}, f,
+                  indent=1)  # fmt: skip
+    text = markdown(info, rows, speed, zoo_rows)
     with open(os.path.join(args.out, "gpu_check.md"), "w") as f:
         f.write(text)
     print(textwrap.indent(text, ""))

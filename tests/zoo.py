@@ -15,6 +15,7 @@ state) have their entries in `tests/zoo_hatches.py`.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -492,17 +493,22 @@ def fork_changes(name: str) -> dict[str, Any]:
     return FORKS.get(name, FORK)
 
 
+# the zoo runs on the CPU in CI; benchmarks/gpu_check.py runs it on a GPU with this set to cuda
+DEVICE = os.environ.get("HPSEARCH_ZOO_DEVICE", "cpu")
+
+
 def create(name: str) -> Trainer:
     spec = ZOO[name]
     return Trainer.create(
         _task(spec), hparams(name), seed=7, total_samples=4 * N, num_workers=spec.workers,
-        objective="val_loss", training=spec.training,
+        objective="val_loss", training=spec.training, device=DEVICE,
     )  # fmt: skip
 
 
 def restore(name: str, loaded: Any) -> Trainer:
     spec = ZOO[name]
-    return Trainer.restore(_task(spec), loaded.tensors, loaded.state, num_workers=spec.workers)
+    return Trainer.restore(_task(spec), loaded.tensors, loaded.state, num_workers=spec.workers,
+                           device=DEVICE)  # fmt: skip
 
 
 def train(trainer: Trainer, until_step: int) -> list[float]:
@@ -548,7 +554,8 @@ def forked_and_built(family: str, keys: tuple[str, ...]) -> tuple[Run, Run]:
     task = ZooTask(Spec(model=family, optimizer=MATRIX[keys[0]][0]))
     runs = []
     for hp, fork_to in ((HP, changes), ({**HP, **changes}, {})):
-        trainer = Trainer.create(task, hp, seed=7, total_samples=4 * N, objective="val_loss")
+        trainer = Trainer.create(task, hp, seed=7, total_samples=4 * N, objective="val_loss",
+                                 device=DEVICE)  # fmt: skip
         if fork_to:
             assert fork(trainer, fork_to) == fork_to
         runs.append((trainer, train(trainer, K)))

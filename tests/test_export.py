@@ -34,6 +34,7 @@ COLUMNS = [
     "state",
     "value",
     "last_value",
+    "winner",
     "params_batch_size",
     "params_dropout",
     "params_lr",

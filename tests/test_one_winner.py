@@ -80,6 +80,10 @@ def test_every_surface_names_the_same_winner(
         assert study.best().number == number
         study.best_model()  # the winner's checkpoint, loaded
     assert main(["export", path, "-o", str(tmp_path / "t.csv")]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert table.loc[table["winner"], "number"].tolist() == [number]
 
 
 def test_the_rule_is_the_best_value_ties_to_the_lowest_number() -> None:

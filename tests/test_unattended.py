@@ -453,7 +453,8 @@ def test_max_failures_stops_the_study(one_trial_study, tmp_path, capsys, trouble
 def test_out_of_memory_fails_that_trial_only(one_trial_study, tmp_path, trouble):
     path = _copy(one_trial_study, tmp_path)
     trouble("oom", lr=None, at=2)  # the run's first trial only
-    assert main(["run", path, "--trials", "3"]) == 0
+    # the study goes on; the run says (exit 1) that a trial failed for good
+    assert main(["run", path, "--trials", "3"]) == 1
     trials = _trials(path)
     assert len(trials) == 3  # not retried: the same params need the same memory
     assert trials[1].state == TrialState.FAIL

@@ -39,6 +39,7 @@ COLUMNS_BEFORE_PARAMS: dict[str, str] = {
     "state": "string",
     "value": "float64",  # a COMPLETE trial's result only: empty for any other state
     "last_value": "float64",  # the objective at its last evaluation (a pruned trial's is here)
+    "winner": "boolean",  # the study's winner (`hpsearch.search.winner`): true on one row
 }
 COLUMNS_AFTER_PARAMS: dict[str, str] = {  # after the params_ and then the metric_ columns
     "generation": "Int64",  # the fork tree's (empty in a study without one)
@@ -85,7 +86,8 @@ def trials_dataframe(view: StudyView) -> pd.DataFrame:
     Columns: number, state, value (a COMPLETE trial's result; empty for a pruned, failed or
     running trial, so that the best of the column is the best finished trial), last_value (the
     objective at the trial's last evaluation, whatever its state: where a pruned trial's value
-    is), params_<name> for every parameter any trial has (sorted by name; missing where a trial
+    is), winner (true on the study's winner's row: every surface names that one),
+    params_<name> for every parameter any trial has (sorted by name; missing where a trial
     lacks it), metric_<name> for every metric any trial's evaluations have (sorted; the value at
     its last evaluation), generation, parent_trial (the fork tree's), parent_checkpoint,
     fork_step, steps_trained, samples_trained, pruned_at, retry_of, final_checkpoint,
@@ -96,8 +98,13 @@ def trials_dataframe(view: StudyView) -> pd.DataFrame:
     trials = sorted(view.trials, key=lambda t: t.number)
     names = sorted({name for t in trials for name in t.params})
     metrics = sorted({name for t in trials for name in t.metrics})
+    best = view.best()
     columns: dict[str, Any] = {}
     for name, dtype in COLUMNS_BEFORE_PARAMS.items():
+        if name == "winner":
+            winners = [best is not None and t.number == best.number for t in trials]
+            columns[name] = pd.array(winners, dtype=dtype)
+            continue
         columns[name] = pd.array([_missing_to_none(_cell(t, name)) for t in trials], dtype=dtype)
     for name in names:
         columns[PARAM_PREFIX + name] = _param_column([t.params.get(name) for t in trials])

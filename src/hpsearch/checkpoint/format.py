@@ -16,23 +16,37 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from hpsearch.checkpoint.tensorfile import (
-    DTYPES,
-    FilePlan,
-    check_tensor,
-    header_length,
-    is_nat,
-    layout,
-    parse_file,
-    plan_file,
-    read_file,
-    strict_pairs,
-)
+from hpsearch.checkpoint.strictjson import is_nat, strict_pairs
 from hpsearch.errors import CheckpointCorrupt, CheckpointFormatError
+
+if TYPE_CHECKING:
+    import torch
+
+    from hpsearch.checkpoint.tensorfile import (
+        DTYPES,
+        FilePlan,
+        header_length,
+        layout,
+        parse_file,
+        plan_file,
+        read_file,
+    )
+
+# the safetensors layout (tensorfile.py) imports torch: re-exported on first use, so reading a
+# manifest (the store's root check, `status`) needs no torch
+_TENSORFILE = ("DTYPES", "FilePlan", "header_length", "layout", "parse_file", "plan_file",
+               "read_file")  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TENSORFILE:
+        from hpsearch.checkpoint import tensorfile
+
+        return getattr(tensorfile, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [  # the safetensors layout is part of the format: importable from here too
     "COMPRESSIONS",
@@ -102,6 +116,8 @@ def check_tensors(tensors: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
 
     Raises TypeError/ValueError naming the group and key and saying what would fit.
     """
+    from hpsearch.checkpoint.tensorfile import check_tensor
+
     if not isinstance(tensors, Mapping):
         raise TypeError(f"tensors must map group name -> {{name: tensor}}, got {type(tensors)}")
     for group, named in tensors.items():

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpsearch.checkpoint.strictjson import is_nat, strict_pairs
 from hpsearch.errors import CheckpointCorrupt
 
 # safetensors dtype names for the torch dtypes its torch binding supports. The list order is the
@@ -136,13 +137,6 @@ def plan_file(
 
 # ---------------------------------------------------------------------------------------------
 # Reading safetensors
-
-
-def strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate key in JSON object")
-    return out
 
 
 _Entry = tuple[str, torch.dtype, list[int], int, int]  # name, dtype, shape, begin, end
@@ -328,7 +322,3 @@ def read_file(
             read(t.reshape(-1).view(torch.uint8).numpy().data)
         out[key] = t
     return out
-
-
-def is_nat(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0

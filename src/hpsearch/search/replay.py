@@ -14,9 +14,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import trial_hparams, warmup_hparams
@@ -24,7 +23,12 @@ from hpsearch.errors import HpsearchError, UsageError
 from hpsearch.search.budgets import Budgets, segment_end
 from hpsearch.search.records import study_attr, trial_attr
 from hpsearch.search.session import Session
-from hpsearch.training import Budget, Schedule, Trainer, fork
+from hpsearch.training import Budget
+
+if TYPE_CHECKING:  # the loop imports torch: `best` prints a recipe without it
+    import torch
+
+    from hpsearch.training import Trainer
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,10 @@ def recipe(session: Session, number: int) -> list[Segment]:
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in by_number:
         raise UsageError(f"study {session.study_name} has no trial {number}")
-    b = Budgets.of(session, session.samples_per_epoch())
+    # the epoch the study trained with, as its runs recorded it: reading a recipe (`best`)
+    # then needs neither the task nor torch
+    n = int(session.attr("samples_per_epoch", 0) or 0) or session.samples_per_epoch()
+    b = Budgets.of(session, n)
     t = by_number[number]
     if session.classic:
         hp = trial_hparams(s, t.params)
@@ -113,6 +120,8 @@ def replay(
     session: Session, number: int, *, say: Callable[[str], None] = print
 ) -> tuple[Trainer, Replayed]:
     """Train trial `number`'s recipe from scratch in this process; compare with its checkpoint."""
+    from hpsearch.training import Schedule, Trainer, fork
+
     s, began = session.settings, time.monotonic()
     segments = recipe(session, number)
     b = Budgets.of(session, session.samples_per_epoch())
@@ -157,5 +166,7 @@ def _compare(session: Session, trainer: Trainer, t: FrozenTrial | None) -> tuple
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    import torch
+
     a = a.detach().cpu()
     return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))

@@ -32,8 +32,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from hpsearch.checkpoint import hashing
 from hpsearch.checkpoint.format import (
     COMPRESSIONS,
@@ -66,7 +64,6 @@ from hpsearch.checkpoint.store.backend import (
 )
 from hpsearch.checkpoint.store.protocol import ForeignStoreRoot, LoadedCheckpoint
 from hpsearch.checkpoint.store.writing import write_files
-from hpsearch.checkpoint.tensorfile import plan_file
 from hpsearch.errors import (
     CheckpointCorrupt,
     CheckpointError,
@@ -75,7 +72,9 @@ from hpsearch.errors import (
     CheckpointNotFound,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch only once tensors are saved or loaded: `status` opens a store too
+    import torch
+
     from hpsearch.checkpoint.store.cache import ReadCache
 
 log = logging.getLogger(__name__)
@@ -183,6 +182,8 @@ class StoreCore:
         save that the backend publishes atomically with the manifest. `ckpt_id` defaults to
         `new_id()`; an id that exists already is refused (ids are never reused).
         """
+        from hpsearch.checkpoint.tensorfile import plan_file
+
         check_tensors(tensors)
         state_bytes = encode_state(state)
         meta = dict(meta or {})

@@ -5,12 +5,13 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hpsearch.checkpoint.format import CheckpointInfo
 from hpsearch.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

@@ -9,15 +9,15 @@ import contextlib
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
-
-import torch
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hpsearch.checkpoint import hashing
 from hpsearch.checkpoint.format import CheckpointInfo
 from hpsearch.checkpoint.store.backend import MAX_MANIFEST, BlobBackend
-from hpsearch.checkpoint.tensorfile import parse_file, read_file
 from hpsearch.errors import CheckpointCorrupt, CheckpointError, CheckpointNotFound
+
+if TYPE_CHECKING:  # tensors only where data files are read: a manifest read needs no torch
+    import torch
 
 # read(f, size, algo, where) -> (what was read, hex digest, whether exactly `size` bytes)
 Reader = Callable[[BinaryIO, int, str, str], tuple[Any, str, bool]]
@@ -72,6 +72,8 @@ def read_verified(
 
 def parse(info: CheckpointInfo, where: str, buf: torch.Tensor) -> dict[str, torch.Tensor]:
     """The tensors of one verified file held in `buf` (decompressed first if it is zstd)."""
+    from hpsearch.checkpoint.tensorfile import parse_file
+
     try:
         if info.compression == "zstd":
             return _decompress_safetensors(buf, where)
@@ -88,6 +90,8 @@ def _decompress_safetensors(stored: torch.Tensor, where: str) -> dict[str, torch
     frame that declares another size, or holds more or less than the header says, is corrupt.
     So a small file that would decompress to gigabytes costs only what its header declares.
     """
+    from hpsearch.checkpoint.tensorfile import read_file
+
     try:
         with hashing.zstd_frame(stored) as (declared, r):
             tensors = read_file(r.readinto, declared if declared >= 0 else None, where)
@@ -104,6 +108,8 @@ def read_tensors(
     """Read a `size`-byte safetensors file into one allocation per tensor, hashing while
     reading (in a second thread, in order): (tensors, hex digest, exact). The caller must not
     use the tensors unless `exact` and the digest matches."""
+    from hpsearch.checkpoint.tensorfile import read_file
+
     with contextlib.suppress(AttributeError, OSError, ValueError):
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
     hasher = hashing.new_hasher(algo)

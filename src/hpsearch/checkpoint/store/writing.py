@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hpsearch.checkpoint import hashing
 from hpsearch.checkpoint.format import MANIFEST, STATE
 from hpsearch.checkpoint.store.backend import StagedSave, writing
-from hpsearch.checkpoint.tensorfile import FilePlan
+
+if TYPE_CHECKING:
+    from hpsearch.checkpoint.tensorfile import FilePlan
 
 
 def write_files(

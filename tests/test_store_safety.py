@@ -182,6 +182,48 @@ def test_old_root_of_only_hpsearch_checkpoints_is_adopted(tmp_path: Any, kind: s
         assert old.fs.isfile(f"{old.root}/{MARKER}")
 
 
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_folders_named_like_ids_are_no_evidence_of_an_hpsearch_root(
+    tmp_path: Any, kind: str
+) -> None:
+    """Issue 20: an unmarked root holding only `ck-deadbeef-00000000/notes.txt` was adopted and
+    the folder deleted as a torn save; a manifest-looking text made any id-named folder ours."""
+    fake_manifest = json.dumps({"format": "hpsearch-checkpoint", "files": {}}).encode()
+    files = {"ck-deadbeef-00000000/notes.txt": b"precious", ".del-ck-1-00000000/x": b"precious",
+             "warmup-base/manifest.json": fake_manifest}  # fmt: skip
+    if kind == "local":
+        url = str(tmp_path / "ids")
+        for name, data in files.items():
+            os.makedirs(os.path.dirname(os.path.join(url, name)), exist_ok=True)
+            with open(os.path.join(url, name), "wb") as f:
+                f.write(data)
+
+        def read(name: str) -> bytes:
+            with open(os.path.join(url, name), "rb") as f:
+                return f.read()
+    else:
+        fs = fsspec.filesystem("memory")
+        url = f"memory://hpsearch-ids-{uuid.uuid4().hex}"
+        for name, data in files.items():
+            fs.pipe_file(f"{url}/{name}", data)
+
+        def read(name: str) -> bytes:
+            return bytes(fs.cat_file(f"{url}/{name}"))
+
+    with pytest.raises(ForeignStoreRoot, match=r"did not write \(warmup-base\)"):
+        open_store(url)  # the fake manifest does not check out: that folder is not ours
+    del files["warmup-base/manifest.json"]
+    if kind == "local":
+        os.unlink(os.path.join(url, "warmup-base", "manifest.json"))
+        os.rmdir(os.path.join(url, "warmup-base"))
+    else:
+        fs.rm(f"{url}/warmup-base", recursive=True)
+    with pytest.raises(ForeignStoreRoot, match="no committed hpsearch checkpoint") as e:
+        open_store(url)
+    assert MARKER in str(e.value) and "ck-deadbeef-00000000" in str(e.value)
+    assert all(read(name) == data for name, data in files.items())
+
+
 def test_adopting_by_hand_keeps_the_users_files(tmp_path: Any) -> None:
     root = str(tmp_path / "mixed")
     f = precious(root)

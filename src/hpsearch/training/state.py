@@ -240,8 +240,8 @@ def copy_optimizer_state(
         for key, value in saved.items():
             if key == "params":
                 continue
-            if (name := tensor_name(value)) is not None:
-                group[key] = tensors[name].clone()
+            if (ref := tensor_name(value)) is not None:
+                group[key] = tensors[ref].clone()
             elif isinstance(group.get(key), tuple) and isinstance(value, list):
                 group[key] = tuple(value)
             else:

@@ -26,7 +26,12 @@ from hpsearch.checkpoint import FsspecStore, LocalStore, hashing, open_store
 from hpsearch.checkpoint.format import CheckpointInfo, encode_manifest
 from hpsearch.checkpoint.store import MARKER, ForeignStoreRoot
 from hpsearch.cli import main
-from hpsearch.errors import CheckpointCorrupt, CheckpointFormatError, UsageError
+from hpsearch.errors import (
+    CheckpointCorrupt,
+    CheckpointFormatError,
+    CheckpointWriteError,
+    UsageError,
+)
 from hpsearch.search.session import Session
 from studyutil import write_study
 
@@ -272,14 +277,14 @@ def rle_frame(prefix: bytes, zeros: int, *, declare: bool) -> bytes:
 
 def forge(store: LocalStore, ckpt_id: str, name: str, data: bytes) -> None:
     """Replace one file of a committed checkpoint and rewrite its manifest to match, as anyone
-    who can write the directory can (the manifest's hash has no key)."""
+    who can write the directory can (the manifest's hash has no key), keeping its codec."""
     info = store.info(ckpt_id)
     with open(os.path.join(str(store.root), ckpt_id, name), "wb") as f:
         f.write(data)
     files = dict(info.files)
     files[name] = (len(data), hashing.HASHERS[info.hash](data))
     forged = CheckpointInfo(
-        id=info.id, meta=info.meta, files=files, created=info.created, compression="zstd"
+        id=info.id, meta=info.meta, files=files, created=info.created, compression=info.compression
     )
     with open(os.path.join(str(store.root), ckpt_id, "manifest.json"), "wb") as f:
         f.write(encode_manifest(forged, hashing.HASHERS[info.hash]))
@@ -320,6 +325,51 @@ def test_zstd_bomb_is_refused_within_a_memory_bound(tmp_path: Any) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 200 << 20, peak  # the old code allocated 4 GiB here
+
+
+def test_a_zstd_file_declaring_more_than_its_size_may_hold_is_refused(tmp_path: Any) -> None:
+    """Issue 20: a well-formed 33 kB file whose header declares a 1 GiB tensor (and whose frame
+    holds exactly that) passed every check, so `verify` and `load` allocated and filled 1 GiB;
+    the issue's 98 kB file declared 3 GiB (3.4 GB, 29 s)."""
+    pytest.importorskip("zstandard")
+    store = LocalStore(str(tmp_path / "ck"), compression="zstd")
+    gib = 1 << 30
+    header = safetensors_header({"w": {"dtype": "U8", "shape": [gib], "data_offsets": [0, gib]}})
+    forged = store.save(tensors(), {}).id
+    forge(store, forged, "model.safetensors.zst", rle_frame(header, gib, declare=True))
+    for declare in (True, False):  # a frame that does not say its size: the header is bounded
+        if not declare:
+            forge(store, forged, "model.safetensors.zst", rle_frame(header, gib, declare=False))
+        tracemalloc.start()
+        try:
+            for check in (store.verify, store.load):
+                with pytest.raises(CheckpointCorrupt, match="may hold"):
+                    check(forged)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 << 20, peak
+
+
+def test_a_zstd_save_a_reader_would_refuse_is_refused_by_name(tmp_path: Any) -> None:
+    """hpsearch never writes what its reader takes for a forgery: 68 MiB of one repeated value
+    compresses several thousand times."""
+    pytest.importorskip("zstandard")
+    store = LocalStore(str(tmp_path / "ck"), compression="zstd")
+    kept = store.save(tensors(), {})
+    with pytest.raises(CheckpointWriteError, match=r"checkpoints\.compression: none") as e:
+        store.save({"model": {"w": torch.zeros(17 << 20)}}, {})
+    assert "model.safetensors.zst compresses 71303" in str(e.value)
+    assert [i.id for i in store.list()] == [kept.id] and store.leftovers() == []
+
+
+def test_a_state_nested_past_the_parser_is_a_corrupt_checkpoint(tmp_path: Any) -> None:
+    store = LocalStore(str(tmp_path / "ck"))
+    forged = store.save(tensors(), {}).id
+    forge(store, forged, "state.json", b"[" * 100_000 + b"]" * 100_000)
+    for check in (store.verify, store.load):
+        with pytest.raises(CheckpointCorrupt, match=r"state\.json: not valid JSON"):
+            check(forged)
 
 
 def test_a_store_refuses_a_codec_the_study_did_not_configure(tmp_path: Any) -> None:
@@ -363,11 +413,13 @@ def test_memory_error_while_reading_is_a_corrupt_checkpoint(tmp_path: Any) -> No
     pytest.importorskip("zstandard")
     store = LocalStore(str(tmp_path / "ck"), compression="zstd")
     small = store.save(tensors(), {})
-    # a well-formed zstd checkpoint of 1 GiB of zeros (a 33 kB file), and a plain 192 MB one
-    gib = 1 << 30
-    header = safetensors_header({"w": {"dtype": "U8", "shape": [gib], "data_offsets": [0, gib]}})
+    # a well-formed zstd checkpoint of 256 MiB (9 MiB of noise then zeros: within the 32x a
+    # zstd file may expand), and a plain 192 MB one
+    n, noise = 256 << 20, os.urandom(9 << 20)
+    header = safetensors_header({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}})
     big_zstd = store.save(tensors(), {})
-    forge(store, big_zstd.id, "model.safetensors.zst", rle_frame(header, gib, declare=True))
+    frame = rle_frame(header + noise, n - len(noise), declare=True)
+    forge(store, big_zstd.id, "model.safetensors.zst", frame)
     big_plain = LocalStore(store.root).save({"model": {"w": torch.zeros(48 << 20)}}, {})
     proc = subprocess.run(
         [sys.executable, "-c", OOM_CHILD, store.root, small.id, big_zstd.id, big_plain.id],

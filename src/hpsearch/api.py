@@ -25,7 +25,7 @@ import yaml
 
 from hpsearch.config.reader import load_study_file, load_study_mapping
 from hpsearch.config.schema import StudySettings
-from hpsearch.errors import HpsearchError, UsageError
+from hpsearch.errors import HpsearchError, StudyFileError, UsageError
 from hpsearch.report.status import StudyHandle
 from hpsearch.search.records import TrialRecord
 from hpsearch.search.session import Session
@@ -169,6 +169,7 @@ def _study_file(task: Any, config: Any, base_dir: str, workers: int) -> str:
             "config must be a mapping (what a study file holds: name, objective, warmup, "
             f"trials, search_space, ...) or the path of a study file, got {type(config).__name__}"
         )
+    _check_tree(config)
     doc = dict(config)
     if task is not None:
         if "task" in doc:
@@ -176,6 +177,35 @@ def _study_file(task: Any, config: Any, base_dir: str, workers: int) -> str:
         doc["task"] = _task_spec(task, workers)
     settings = load_study_mapping(doc, base_dir=base_dir)
     return _write(settings, doc)
+
+
+_MAX_DEPTH = 100  # a study file is a few levels deep; its YAML reader refuses far less
+
+
+def _check_tree(config: Mapping[str, Any]) -> None:
+    """Refuse (StudyFileError naming the key path) a mapping that holds itself, or is nested
+    past any study's depth: it would only end in a RecursionError. A value used twice is fine;
+    it is written out twice."""
+
+    def walk(value: Any, path: list[str], inside: dict[int, str]) -> None:
+        if not isinstance(value, Mapping | list | tuple):
+            return
+        key = ".".join(path)
+        if id(value) in inside:
+            outer = inside[id(value)]
+            raise StudyFileError(
+                "config", key, f"refers back to {outer or 'the whole config'}, which holds it: a "
+                "study is a tree of plain values (mappings, lists, numbers, strings); give a copy"
+            )  # fmt: skip
+        if len(path) > _MAX_DEPTH:
+            raise StudyFileError("config", key[:200], f"nested more than {_MAX_DEPTH} levels deep")
+        inside[id(value)] = key
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for k, v in items:
+            walk(v, [*path, str(k)], inside)
+        del inside[id(value)]
+
+    walk(config, [], {})
 
 
 def _task_spec(task: Any, workers: int) -> str:

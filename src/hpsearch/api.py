@@ -7,7 +7,9 @@
 `run` checks `config` exactly as a study file is checked (the same messages, with ``config``
 where a file name would be), writes it as ``<run dir>/study.yaml`` with its places made absolute,
 and runs that file as `hpsearch run` would: so every command (`hpsearch status
-runs/digits/study.yaml`, `check-resume`, `resume`) and `hpsearch.load` work on it afterwards.
+runs/digits/study.yaml`, `check-resume`, `resume`, `replay`) and `hpsearch.load` work on it
+afterwards. A task class from the user's own files (not an installed package) is written as its
+file, relative to the study file, so the `hpsearch` command imports it with no PYTHONPATH set.
 """
 
 from __future__ import annotations
@@ -252,7 +254,8 @@ def _task_spec(task: Any, workers: int) -> str:
             )
         return f"__main__:{cls.__name__}"
     file = getattr(module, "__file__", None)
-    if file and (cls.__module__.startswith(_FILE_MODULE) or not _installed(cls.__module__, file)):
+    user_file = file and file.endswith(".py") and not _installed(cls.__module__, file)
+    if file and (cls.__module__.startswith(_FILE_MODULE) or user_file):
         # imported from the user's own files (a notebook's folder, a directory put on
         # sys.path by hand): a command run elsewhere, or by the `hpsearch` script whose
         # sys.path holds neither, finds it by its path only (written relative to the study file)

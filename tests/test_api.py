@@ -101,6 +101,31 @@ def test_a_mapping_gets_the_study_files_messages(tmp_path, change, key):
     assert not (tmp_path / "runs").exists()  # nothing was created
 
 
+def test_a_config_that_holds_itself_is_refused_by_key(tmp_path) -> None:
+    """Issue 20: a self-referential config gave a bare RecursionError."""
+    config = {**_config(), "task": DIGITS, "data": {}}
+    config["data"]["again"] = config["data"]
+    with pytest.raises(hpsearch.StudyFileError) as e:
+        hpsearch.run(config=config, base_dir=tmp_path)
+    assert e.value.key == "data.again" and "refers back to data" in str(e.value)
+    config["data"] = {"listed": [1, config]}
+    with pytest.raises(hpsearch.StudyFileError, match=r"data\.listed\.1: refers back to the whole"):
+        hpsearch.run(config=config, base_dir=tmp_path)
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(500):
+        inner["x"] = {}
+        inner = inner["x"]
+    with pytest.raises(hpsearch.StudyFileError, match="nested more than 100 levels"):
+        hpsearch.run(config={**_config(), "task": DIGITS, "data": deep}, base_dir=tmp_path)
+    shared = {"float": [1e-3, 3e-2], "log": True}  # one value used twice is no cycle
+    twice = {**_config(search_space={"lr": shared, "weight_decay": shared}), "task": DIGITS}
+    twice["trials"] = {"n": 0, "epochs": 1}
+    with pytest.raises(hpsearch.StudyFileError, match=r"trials\.n"):  # read on: the next mistake
+        hpsearch.run(config=twice, base_dir=tmp_path)
+    assert not (tmp_path / "runs").exists()
+
+
 def _plain(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _plain(x) for k, x in v.items()}

@@ -118,6 +118,47 @@ def test_best_export(study, tmp_path, capsys):
     s.close()
 
 
+def test_best_export_to_a_file_or_an_unwritable_place_is_refused(study, tmp_path, capsys):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert main(["best", study, "--export", str(a_file)]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    assert a_file.read_text() == "mine"
+    below_a_file = a_file / "best"  # cannot be made (works as root too, unlike a 0o500 dir)
+    assert main(["best", study, "--export", str(below_a_file)]) == 2
+    assert f"--export {below_a_file}: cannot write" in capsys.readouterr().err
+    assert main(["best", study, "--force"]) == 2
+    assert "--force goes with --export" in capsys.readouterr().err
+
+
+def test_best_export_replaces_only_its_own_files(study, tmp_path, capsys):
+    out = tmp_path / "best"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"the user's own model")
+    assert main(["best", study, "--export", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors exists and was not written by" in err and "--force" in err
+    assert (out / "model.safetensors").read_bytes() == b"the user's own model"
+    assert not (out / "params.json").exists()  # nothing written: refused before the load
+    assert main(["best", study, "--export", str(out), "--force"]) == 0
+    assert load_file(str(out / "model.safetensors"))  # replaced by the export
+    assert main(["best", study, "--export", str(out)]) == 0  # an export's own files: replaced
+    assert sorted(os.listdir(out)) == ["model.safetensors", "params.json"]  # no temp left
+
+
+def test_best_export_never_writes_through_a_link(study, tmp_path, capsys):
+    out, target = tmp_path / "best", tmp_path / "elsewhere.json"
+    out.mkdir()
+    target.write_text("not to be touched")
+    (out / "params.json").symlink_to(target)
+    assert main(["best", study, "--export", str(out)]) == 2
+    assert "params.json is a symbolic link" in capsys.readouterr().err
+    assert main(["best", study, "--export", str(out), "--force"]) == 0
+    assert target.read_text() == "not to be touched"
+    assert not (out / "params.json").is_symlink()
+    assert json.loads((out / "params.json").read_text())["written_by"] == "hpsearch best --export"
+
+
 def test_gc_dry_run_changes_nothing(study, capsys):
     s = Session.open(study, create=False)
     before = {i.id for i in s.store.list()}

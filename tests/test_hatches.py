@@ -326,6 +326,79 @@ def test_task_state_errors_are_named(tiny: Any, stateless: Any) -> None:
         t.state()
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (torch.eye(3).to_sparse(), "task state ema: a torch.sparse_coo tensor cannot be saved; "
+                                   "call .to_dense()"),
+        ([torch.zeros(2), torch.empty(3, device="meta")], "task state ema.1: a meta tensor holds "
+                                                           "no data to save"),
+    ],
+)  # fmt: skip
+def test_task_state_no_checkpoint_can_hold_is_refused_by_name(
+    tiny: Any, bad: Any, message: str
+) -> None:
+    t = Trainer.create(tiny(), HP, seed=5)
+    t.task.ema = bad
+    with pytest.raises(TaskError) as info:
+        t.state()
+    assert message in str(info.value)
+
+
+def test_task_state_nested_too_deep_is_refused_not_a_recursion_error(tiny: Any) -> None:
+    t = Trainer.create(tiny(), HP, seed=5)
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(5000):
+        inner.append([])
+        inner = inner[0]
+    t.task.ema = deep
+    with pytest.raises(TaskError, match="nested more than 100 levels deep"):
+        t.state()
+    t.task.ema = {"config": deep}  # in a JSON leaf too
+    with pytest.raises(TaskError, match="nested more than 100 levels deep"):
+        t.state()
+
+
+def test_a_users_value_shaped_like_a_marker_is_read_back_as_it_was(tiny: Any) -> None:
+    t = Trainer.create(tiny(), HP, seed=7)
+    t.train(Budget(steps=1))
+    mine = [{"__tensor__": "ema.0"}, {"__escaped__": {"a": 1}},
+            {"__items__": [[1, 2]], "__type__": "counter"}]  # fmt: skip
+    t.task.ema = [*t.task.ema, *mine]
+    tensors, state = t.state()
+    state = json.loads(json.dumps(state))  # as the checkpoint holds it
+    child = Trainer.restore(tiny(), tensors, state)
+    assert child.task.ema[4:] == mine
+    assert [type(e) for e in child.task.ema[:4]] == [torch.Tensor] * 4
+
+
+def test_json_helpers_keep_a_users_marker_shaped_dict() -> None:
+    from collections import Counter
+
+    from hpsearch.training.state import (
+        from_json,
+        load_optimizer_state,
+        optimizer_state,
+        to_json,
+    )
+
+    value = {"a": {"__tensor__": "x"}, "b": {"__items__": [[1, 2]], "__type__": "counter"},
+             "c": Counter({3: 1}), "d": {"__escaped__": 4}}  # fmt: skip
+    back = from_json(json.loads(json.dumps(to_json(value, "scheduler state"))))
+    assert back == value and type(back["b"]) is dict and type(back["c"]) is Counter
+
+    def sgd(note: Any) -> torch.optim.Optimizer:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+        opt.param_groups[0]["note"] = note  # a param group may carry a user's own keys
+        return opt
+
+    tensors, meta = optimizer_state(sgd({"__tensor__": "group.0.lr"}))
+    fresh = sgd(None)
+    load_optimizer_state(fresh, tensors, json.loads(json.dumps(meta)))
+    assert fresh.param_groups[0]["note"] == {"__tensor__": "group.0.lr"}
+
+
 def test_a_plain_run_saves_what_it_always_did(stateless: Any) -> None:
     tensors, state = Trainer.create(stateless(), HP, seed=6).state()
     assert set(tensors) == {"model", "optimizer"} and state["version"] == 1

@@ -26,7 +26,12 @@ from hpsearch.checkpoint import FsspecStore, LocalStore, hashing, open_store
 from hpsearch.checkpoint.format import CheckpointInfo, encode_manifest
 from hpsearch.checkpoint.store import MARKER, ForeignStoreRoot
 from hpsearch.cli import main
-from hpsearch.errors import CheckpointCorrupt, CheckpointFormatError, UsageError
+from hpsearch.errors import (
+    CheckpointCorrupt,
+    CheckpointFormatError,
+    CheckpointWriteError,
+    UsageError,
+)
 from hpsearch.search.session import Session
 from studyutil import write_study
 
@@ -182,6 +187,48 @@ def test_old_root_of_only_hpsearch_checkpoints_is_adopted(tmp_path: Any, kind: s
         assert old.fs.isfile(f"{old.root}/{MARKER}")
 
 
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_folders_named_like_ids_are_no_evidence_of_an_hpsearch_root(
+    tmp_path: Any, kind: str
+) -> None:
+    """Issue 20: an unmarked root holding only `ck-deadbeef-00000000/notes.txt` was adopted and
+    the folder deleted as a torn save; a manifest-looking text made any id-named folder ours."""
+    fake_manifest = json.dumps({"format": "hpsearch-checkpoint", "files": {}}).encode()
+    files = {"ck-deadbeef-00000000/notes.txt": b"precious", ".del-ck-1-00000000/x": b"precious",
+             "warmup-base/manifest.json": fake_manifest}  # fmt: skip
+    if kind == "local":
+        url = str(tmp_path / "ids")
+        for name, data in files.items():
+            os.makedirs(os.path.dirname(os.path.join(url, name)), exist_ok=True)
+            with open(os.path.join(url, name), "wb") as f:
+                f.write(data)
+
+        def read(name: str) -> bytes:
+            with open(os.path.join(url, name), "rb") as f:
+                return f.read()
+    else:
+        fs = fsspec.filesystem("memory")
+        url = f"memory://hpsearch-ids-{uuid.uuid4().hex}"
+        for name, data in files.items():
+            fs.pipe_file(f"{url}/{name}", data)
+
+        def read(name: str) -> bytes:
+            return bytes(fs.cat_file(f"{url}/{name}"))
+
+    with pytest.raises(ForeignStoreRoot, match=r"did not write \(warmup-base\)"):
+        open_store(url)  # the fake manifest does not check out: that folder is not ours
+    del files["warmup-base/manifest.json"]
+    if kind == "local":
+        os.unlink(os.path.join(url, "warmup-base", "manifest.json"))
+        os.rmdir(os.path.join(url, "warmup-base"))
+    else:
+        fs.rm(f"{url}/warmup-base", recursive=True)
+    with pytest.raises(ForeignStoreRoot, match="no committed hpsearch checkpoint") as e:
+        open_store(url)
+    assert MARKER in str(e.value) and "ck-deadbeef-00000000" in str(e.value)
+    assert all(read(name) == data for name, data in files.items())
+
+
 def test_adopting_by_hand_keeps_the_users_files(tmp_path: Any) -> None:
     root = str(tmp_path / "mixed")
     f = precious(root)
@@ -230,14 +277,14 @@ def rle_frame(prefix: bytes, zeros: int, *, declare: bool) -> bytes:
 
 def forge(store: LocalStore, ckpt_id: str, name: str, data: bytes) -> None:
     """Replace one file of a committed checkpoint and rewrite its manifest to match, as anyone
-    who can write the directory can (the manifest's hash has no key)."""
+    who can write the directory can (the manifest's hash has no key), keeping its codec."""
     info = store.info(ckpt_id)
     with open(os.path.join(str(store.root), ckpt_id, name), "wb") as f:
         f.write(data)
     files = dict(info.files)
     files[name] = (len(data), hashing.HASHERS[info.hash](data))
     forged = CheckpointInfo(
-        id=info.id, meta=info.meta, files=files, created=info.created, compression="zstd"
+        id=info.id, meta=info.meta, files=files, created=info.created, compression=info.compression
     )
     with open(os.path.join(str(store.root), ckpt_id, "manifest.json"), "wb") as f:
         f.write(encode_manifest(forged, hashing.HASHERS[info.hash]))
@@ -278,6 +325,51 @@ def test_zstd_bomb_is_refused_within_a_memory_bound(tmp_path: Any) -> None:
     finally:
         tracemalloc.stop()
     assert peak < 200 << 20, peak  # the old code allocated 4 GiB here
+
+
+def test_a_zstd_file_declaring_more_than_its_size_may_hold_is_refused(tmp_path: Any) -> None:
+    """Issue 20: a well-formed 33 kB file whose header declares a 1 GiB tensor (and whose frame
+    holds exactly that) passed every check, so `verify` and `load` allocated and filled 1 GiB;
+    the issue's 98 kB file declared 3 GiB (3.4 GB, 29 s)."""
+    pytest.importorskip("zstandard")
+    store = LocalStore(str(tmp_path / "ck"), compression="zstd")
+    gib = 1 << 30
+    header = safetensors_header({"w": {"dtype": "U8", "shape": [gib], "data_offsets": [0, gib]}})
+    forged = store.save(tensors(), {}).id
+    forge(store, forged, "model.safetensors.zst", rle_frame(header, gib, declare=True))
+    for declare in (True, False):  # a frame that does not say its size: the header is bounded
+        if not declare:
+            forge(store, forged, "model.safetensors.zst", rle_frame(header, gib, declare=False))
+        tracemalloc.start()
+        try:
+            for check in (store.verify, store.load):
+                with pytest.raises(CheckpointCorrupt, match="may hold"):
+                    check(forged)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 << 20, peak
+
+
+def test_a_zstd_save_a_reader_would_refuse_is_refused_by_name(tmp_path: Any) -> None:
+    """hpsearch never writes what its reader takes for a forgery: 68 MiB of one repeated value
+    compresses several thousand times."""
+    pytest.importorskip("zstandard")
+    store = LocalStore(str(tmp_path / "ck"), compression="zstd")
+    kept = store.save(tensors(), {})
+    with pytest.raises(CheckpointWriteError, match=r"checkpoints\.compression: none") as e:
+        store.save({"model": {"w": torch.zeros(17 << 20)}}, {})
+    assert "model.safetensors.zst compresses 71303" in str(e.value)
+    assert [i.id for i in store.list()] == [kept.id] and store.leftovers() == []
+
+
+def test_a_state_nested_past_the_parser_is_a_corrupt_checkpoint(tmp_path: Any) -> None:
+    store = LocalStore(str(tmp_path / "ck"))
+    forged = store.save(tensors(), {}).id
+    forge(store, forged, "state.json", b"[" * 100_000 + b"]" * 100_000)
+    for check in (store.verify, store.load):
+        with pytest.raises(CheckpointCorrupt, match=r"state\.json: not valid JSON"):
+            check(forged)
 
 
 def test_a_store_refuses_a_codec_the_study_did_not_configure(tmp_path: Any) -> None:
@@ -321,11 +413,13 @@ def test_memory_error_while_reading_is_a_corrupt_checkpoint(tmp_path: Any) -> No
     pytest.importorskip("zstandard")
     store = LocalStore(str(tmp_path / "ck"), compression="zstd")
     small = store.save(tensors(), {})
-    # a well-formed zstd checkpoint of 1 GiB of zeros (a 33 kB file), and a plain 192 MB one
-    gib = 1 << 30
-    header = safetensors_header({"w": {"dtype": "U8", "shape": [gib], "data_offsets": [0, gib]}})
+    # a well-formed zstd checkpoint of 256 MiB (9 MiB of noise then zeros: within the 32x a
+    # zstd file may expand), and a plain 192 MB one
+    n, noise = 256 << 20, os.urandom(9 << 20)
+    header = safetensors_header({"w": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}})
     big_zstd = store.save(tensors(), {})
-    forge(store, big_zstd.id, "model.safetensors.zst", rle_frame(header, gib, declare=True))
+    frame = rle_frame(header + noise, n - len(noise), declare=True)
+    forge(store, big_zstd.id, "model.safetensors.zst", frame)
     big_plain = LocalStore(store.root).save({"model": {"w": torch.zeros(48 << 20)}}, {})
     proc = subprocess.run(
         [sys.executable, "-c", OOM_CHILD, store.root, small.id, big_zstd.id, big_plain.id],

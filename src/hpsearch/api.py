@@ -7,14 +7,19 @@
 `run` checks `config` exactly as a study file is checked (the same messages, with ``config``
 where a file name would be), writes it as ``<run dir>/study.yaml`` with its places made absolute,
 and runs that file as `hpsearch run` would: so every command (`hpsearch status
-runs/digits/study.yaml`, `check-resume`, `resume`) and `hpsearch.load` work on it afterwards.
+runs/digits/study.yaml`, `check-resume`, `resume`, `replay`) and `hpsearch.load` work on it
+afterwards. A task class from the user's own files (not an installed package) is written as its
+file, relative to the study file, so the `hpsearch` command imports it with no PYTHONPATH set.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import site
 import sys
+import sysconfig
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +30,7 @@ import yaml
 
 from hpsearch.config.reader import load_study_file, load_study_mapping
 from hpsearch.config.schema import StudySettings
-from hpsearch.errors import HpsearchError, UsageError
+from hpsearch.errors import HpsearchError, StudyFileError, UsageError
 from hpsearch.report.status import StudyHandle
 from hpsearch.search.records import TrialRecord
 from hpsearch.search.session import Session
@@ -169,13 +174,59 @@ def _study_file(task: Any, config: Any, base_dir: str, workers: int) -> str:
             "config must be a mapping (what a study file holds: name, objective, warmup, "
             f"trials, search_space, ...) or the path of a study file, got {type(config).__name__}"
         )
+    _check_tree(config)
     doc = dict(config)
     if task is not None:
         if "task" in doc:
             raise UsageError("the task is given twice: as task= and as config['task']; keep one")
         doc["task"] = _task_spec(task, workers)
     settings = load_study_mapping(doc, base_dir=base_dir)
+    if isinstance(task, type) and (before := _named_before(settings, task)) is not None:
+        settings = dataclasses.replace(settings, task=before)
     return _write(settings, doc)
+
+
+def _named_before(settings: StudySettings, cls: type) -> str | None:
+    """The module spec an existing study of this run directory names `cls` by (an hpsearch
+    before task files were written by path did so): kept, since the study's fingerprint holds
+    it and a new spelling would be refused as another task."""
+    path = os.path.join(settings.run_dir, STUDY_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            before = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None
+    spec = f"{cls.__module__}:{cls.__name__}"
+    return spec if isinstance(before, dict) and before.get("task") == spec else None
+
+
+_MAX_DEPTH = 100  # a study file is a few levels deep; its YAML reader refuses far less
+
+
+def _check_tree(config: Mapping[str, Any]) -> None:
+    """Refuse (StudyFileError naming the key path) a mapping that holds itself, or is nested
+    past any study's depth: it would only end in a RecursionError. A value used twice is fine;
+    it is written out twice."""
+
+    def walk(value: Any, path: list[str], inside: dict[int, str]) -> None:
+        if not isinstance(value, Mapping | list | tuple):
+            return
+        key = ".".join(path)
+        if id(value) in inside:
+            outer = inside[id(value)]
+            raise StudyFileError(
+                "config", key, f"refers back to {outer or 'the whole config'}, which holds it: a "
+                "study is a tree of plain values (mappings, lists, numbers, strings); give a copy"
+            )  # fmt: skip
+        if len(path) > _MAX_DEPTH:
+            raise StudyFileError("config", key[:200], f"nested more than {_MAX_DEPTH} levels deep")
+        inside[id(value)] = key
+        items = value.items() if isinstance(value, Mapping) else enumerate(value)
+        for k, v in items:
+            walk(v, [*path, str(k)], inside)
+        del inside[id(value)]
+
+    walk(config, [], {})
 
 
 def _task_spec(task: Any, workers: int) -> str:
@@ -203,9 +254,24 @@ def _task_spec(task: Any, workers: int) -> str:
             )
         return f"__main__:{cls.__name__}"
     file = getattr(module, "__file__", None)
-    if cls.__module__.startswith(_FILE_MODULE) and file:
-        return f"{file}:{cls.__name__}"
+    user_file = file and file.endswith(".py") and not _installed(cls.__module__, file)
+    if file and (cls.__module__.startswith(_FILE_MODULE) or user_file):
+        # imported from the user's own files (a notebook's folder, a directory put on
+        # sys.path by hand): a command run elsewhere, or by the `hpsearch` script whose
+        # sys.path holds neither, finds it by its path only (written relative to the study file)
+        return f"{os.path.abspath(file)}:{cls.__name__}"
     return f"{cls.__module__}:{cls.__name__}"
+
+
+def _installed(module: str, file: str) -> bool:
+    """Whether every Python process imports `module` as this one did: it lies in the standard
+    library or an installed package, or is hpsearch's own."""
+    if module.partition(".")[0] == "hpsearch":
+        return True
+    places = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    places |= {*site.getsitepackages(), site.getusersitepackages()}
+    real = os.path.realpath(file)
+    return any(real.startswith(os.path.realpath(p) + os.sep) for p in places)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -216,9 +282,14 @@ class _Dumper(yaml.SafeDumper):
 
 
 def _write(settings: StudySettings, doc: dict[str, Any]) -> str:
-    """Write the checked study as `<run dir>/study.yaml`, with the task, storage and checkpoint
-    places as the check resolved them (absolute), so the file means the same from there."""
-    doc = {**doc, "task": settings.task, "storage": settings.storage}
+    """Write the checked study as `<run dir>/study.yaml`, with the storage and checkpoint places
+    as the check resolved them (absolute), so the file means the same from there, and a task
+    file relative to it (the project moves with its runs)."""
+    task = settings.task
+    file, _, cls = task.rpartition(":")
+    if file.endswith(".py") and os.path.isabs(file):
+        task = f"{os.path.relpath(file, settings.run_dir)}:{cls}"
+    doc = {**doc, "task": task, "storage": settings.storage}
     ck = settings.checkpoints
     places = {"dir": ck.dir, **({"cache_dir": ck.cache_dir} if ck.cache_dir else {})}
     doc["checkpoints"] = {**(doc.get("checkpoints") or {}), **places}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from hpsearch.errors import HpsearchError, UsageError
 
 if TYPE_CHECKING:
     from hpsearch.config import StudySettings
-    from hpsearch.report.views import TrialView
     from hpsearch.search.placement import Placement
     from hpsearch.search.session import Session
     from hpsearch.search.summary import Summary
@@ -83,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     common(c)
     c = cmd("best", "the best trial's params and checkpoint")
     c.add_argument("--export", metavar="DIR", help="write model.safetensors and params.json")
+    c.add_argument("--force", action="store_true",
+                   help="with --export: replace files there an export did not write")  # fmt: skip
     common(c)
     c = cmd("replay", "retrain the best trial's recipe from scratch in one run")
     c.add_argument("--trial", type=int, help="another trial than the best")
@@ -346,15 +346,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_best(args: argparse.Namespace) -> int:
+    from hpsearch.report.best import check_export_dir, export_best
     from hpsearch.report.recipe import format_recipe
     from hpsearch.report.status import study_view
-    from hpsearch.search.replay import recipe, winner
+    from hpsearch.search.replay import recipe
 
+    if args.force and not args.export:
+        raise UsageError("--force goes with --export DIR (it lets the export replace files there)")
+    if args.export:  # before anything is read: a bad target is a mistake in the command
+        check_export_dir(args.export, force=args.force)
     session = _open(args)
     try:
         view = study_view(session)
-        won = winner(session)
-        best = next((t for t in view.trials if won and t.number == won.number), None)
+        best = view.best()  # the study's winner (`hpsearch.search.winner`)
         if best is None:
             raise HpsearchError(f"study {session.study_name} has no completed trial yet")
         print(f"best trial: {best.number}  {view.metric}={best.value:.6g}")
@@ -363,7 +367,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
         segments = recipe(session, best.number)
         if len(segments) > 1:
             print("recipe (hpsearch replay retrains it from scratch):")
-            print("\n".join(format_recipe(segments, session.samples_per_epoch())))
+            print("\n".join(format_recipe(segments, view.samples_per_epoch)))
         if best.final_checkpoint_deleted is not None:
             print(f"checkpoint: {best.final_checkpoint_deleted} was deleted by garbage "
                   "collection (see checkpoints.keep_best)")  # fmt: skip
@@ -372,9 +376,7 @@ def _cmd_best(args: argparse.Namespace) -> int:
         else:
             print(f"checkpoint: {session.store.url}/{best.final_checkpoint}")
         if args.export:
-            if best.final_checkpoint is None:
-                raise HpsearchError("the best trial's checkpoint is not kept: nothing to export")
-            _export_best(session, best, args.export)
+            export_best(session, best, args.export)
             print(f"wrote {args.export}/model.safetensors and {args.export}/params.json")
     finally:
         session.close()
@@ -400,39 +402,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     finally:
         session.close()
     return 0 if result.exact else 1
-
-
-def _export_best(session: Session, best: TrialView, out_dir: str) -> None:
-    from safetensors.torch import save_file
-
-    assert best.final_checkpoint is not None  # the caller checked
-    loaded = session.store.load(best.final_checkpoint, groups=("model",))
-    os.makedirs(out_dir, exist_ok=True)
-    from hpsearch.training.state import expand_aliases
-
-    # every state-dict name, tied weights as copies, so `model.load_state_dict(load_file(...))`
-    # works as it is (safetensors refuses two names over one storage)
-    named = expand_aliases(loaded.tensors["model"], loaded.state.get("model_aliases"))
-    tensors = {k: v.clone() if k in (loaded.state.get("model_aliases") or {}) else v.contiguous()
-               for k, v in named.items()}  # fmt: skip
-    weights = os.path.join(out_dir, "model.safetensors")
-    save_file(tensors, weights)
-    # safetensors writes through a private temporary file (mode 0600): give the export the mode
-    # any file the user writes gets
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(weights, 0o666 & ~umask)
-    params = {
-        "trial": best.number,
-        "value": best.value,
-        "metric": session.settings.objective.metric,
-        "params": best.params,
-        "hparams": loaded.state.get("hparams"),
-        "checkpoint": best.final_checkpoint,
-        "study": session.study_name,
-    }
-    with open(os.path.join(out_dir, "params.json"), "w") as f:
-        json.dump(params, f, indent=2)
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:

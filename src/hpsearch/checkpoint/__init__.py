@@ -12,19 +12,43 @@ tensors (one safetensors file each), a JSON state dict and a manifest that commi
 
 from __future__ import annotations
 
-from hpsearch.checkpoint.async_save import AsyncSaver
-from hpsearch.checkpoint.format import FORMAT_VERSION, CheckpointInfo
-from hpsearch.checkpoint.store import (
-    MARKER,
-    CheckpointStore,
-    ForeignStoreRoot,
-    FsspecStore,
-    LoadedCheckpoint,
-    LocalStore,
-    MemoryStore,
-    ReadCache,
-    open_store,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hpsearch.checkpoint.async_save import AsyncSaver
+    from hpsearch.checkpoint.format import FORMAT_VERSION, CheckpointInfo
+    from hpsearch.checkpoint.store import (
+        MARKER,
+        CheckpointStore,
+        ForeignStoreRoot,
+        FsspecStore,
+        LoadedCheckpoint,
+        LocalStore,
+        MemoryStore,
+        ReadCache,
+        open_store,
+    )
+
+# Each name is imported on first use: the read-only commands (status, tree, export) open a
+# store without ever touching a tensor, and torch alone costs them seconds to import.
+_WHERE = {
+    "AsyncSaver": "async_save",
+    "FORMAT_VERSION": "format",
+    "CheckpointInfo": "format",
+    **dict.fromkeys(
+        ("MARKER", "CheckpointStore", "ForeignStoreRoot", "FsspecStore", "LoadedCheckpoint",
+         "LocalStore", "MemoryStore", "ReadCache", "open_store"),
+        "store",
+    ),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FORMAT_VERSION",

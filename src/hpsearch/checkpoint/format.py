@@ -16,23 +16,37 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from hpsearch.checkpoint.tensorfile import (
-    DTYPES,
-    FilePlan,
-    check_tensor,
-    header_length,
-    is_nat,
-    layout,
-    parse_file,
-    plan_file,
-    read_file,
-    strict_pairs,
-)
+from hpsearch.checkpoint.strictjson import is_nat, strict_pairs
 from hpsearch.errors import CheckpointCorrupt, CheckpointFormatError
+
+if TYPE_CHECKING:
+    import torch
+
+    from hpsearch.checkpoint.tensorfile import (
+        DTYPES,
+        FilePlan,
+        header_length,
+        layout,
+        parse_file,
+        plan_file,
+        read_file,
+    )
+
+# the safetensors layout (tensorfile.py) imports torch: re-exported on first use, so reading a
+# manifest (the store's root check, `status`) needs no torch
+_TENSORFILE = ("DTYPES", "FilePlan", "header_length", "layout", "parse_file", "plan_file",
+               "read_file")  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TENSORFILE:
+        from hpsearch.checkpoint import tensorfile
+
+        return getattr(tensorfile, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [  # the safetensors layout is part of the format: importable from here too
     "COMPRESSIONS",
@@ -57,6 +71,7 @@ __all__ = [  # the safetensors layout is part of the format: importable from her
     "parse_file",
     "plan_file",
     "read_file",
+    "zstd_limit",
 ]
 
 FORMAT = "hpsearch-checkpoint"
@@ -64,6 +79,19 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 STATE = "state.json"
 COMPRESSIONS = ("none", "zstd")
+# A zstd file decompresses to at most ZSTD_RATIO times its stored size (or ZSTD_FLOOR bytes, if
+# that is more). fp32 training state compresses about 1.1x; only a file of nearly nothing but
+# one repeated byte goes further, and that is what a forged one looks like: a 98 kB file can
+# declare 3 GiB. hpsearch never writes such a file (the save is refused, naming the fix), so a
+# reader refuses any that declares more, before allocating a byte of it.
+ZSTD_RATIO = 32
+ZSTD_FLOOR = 64 << 20
+
+
+def zstd_limit(stored: int) -> int:
+    """The most bytes a zstd file of `stored` bytes may decompress to."""
+    return max(ZSTD_FLOOR, ZSTD_RATIO * stored)
+
 
 # Ids are joined into paths, so they must be one plain path component: no '/', no '.', no
 # leading '-' or '_'. The same rule guards every entry point (save, load, delete, ...).
@@ -102,6 +130,8 @@ def check_tensors(tensors: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
 
     Raises TypeError/ValueError naming the group and key and saying what would fit.
     """
+    from hpsearch.checkpoint.tensorfile import check_tensor
+
     if not isinstance(tensors, Mapping):
         raise TypeError(f"tensors must map group name -> {{name: tensor}}, got {type(tensors)}")
     for group, named in tensors.items():
@@ -126,14 +156,14 @@ def encode_state(state: Mapping[str, Any]) -> bytes:
         raise TypeError(f"state must be a JSON-able dict, got {type(state).__name__}")
     try:
         return json.dumps(dict(state), allow_nan=True, indent=None).encode("ascii")
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"state is not JSON-serializable: {e}") from e
+    except (TypeError, ValueError, RecursionError) as e:
+        raise TypeError(f"state is not JSON-serializable: {e or type(e).__name__}") from e
 
 
 def decode_state(raw: bytes, name: str = STATE) -> dict[str, Any]:
     try:
         state = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # a forged file nests deep
         raise CheckpointCorrupt(f"{name}: not valid JSON ({e})") from None
     if not isinstance(state, dict):
         raise CheckpointCorrupt(f"{name}: expected a JSON object, got {type(state).__name__}")
@@ -204,7 +234,7 @@ def decode_manifest(
 
     try:
         body = json.loads(raw, object_pairs_hook=strict_pairs)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise bad(f"not valid JSON ({e})") from None
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise bad(f"'format' is not {FORMAT!r}")

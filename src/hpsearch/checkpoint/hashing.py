@@ -20,13 +20,14 @@ import io
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import blake3
-import numpy as np
-import torch
 
 from hpsearch.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 HASH = "blake3"
 # Big enough that a syscall and a hand-off to the hash thread cost nothing per byte, small
@@ -163,6 +164,9 @@ def empty_bytes(n: int) -> torch.Tensor:
     filling fresh memory is then ~4x faster (measured: 200 MB read from cache in 16 ms instead of
     73 ms), which is most of a warm load's cost.
     """
+    import numpy as np  # with torch, only where tensors are made: reading a manifest needs none
+    import torch
+
     return torch.from_numpy(np.empty(n, dtype=np.uint8))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hpsearch.checkpoint.strictjson import is_nat, strict_pairs
 from hpsearch.errors import CheckpointCorrupt
 
 # safetensors dtype names for the torch dtypes its torch binding supports. The list order is the
@@ -138,13 +139,6 @@ def plan_file(
 # Reading safetensors
 
 
-def strict_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate key in JSON object")
-    return out
-
-
 _Entry = tuple[str, torch.dtype, list[int], int, int]  # name, dtype, shape, begin, end
 
 
@@ -176,7 +170,7 @@ def layout(raw_header: bytes, data_len: int | None, name: str) -> list[_Entry]:
     """
     try:
         header = json.loads(raw_header, object_pairs_hook=strict_pairs)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise _bad(name, f"header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
         raise _bad(name, "header is not a JSON object")
@@ -290,6 +284,8 @@ def read_file(
     total: int | None,
     name: str,
     seen: Callable[[memoryview], None] | None = None,
+    *,
+    limit: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Read a `total`-byte safetensors file from a stream, each tensor into its own allocation.
 
@@ -299,8 +295,9 @@ def read_file(
     at odd offsets of one buffer would not train bit for bit like the run that saved them. Peak
     memory is the tensors' bytes. Nothing is allocated beyond what the header declares and the
     header must describe exactly `total` bytes (`total` None: a decompressing stream, whose
-    end the caller checks). The caller must not use the tensors before it has checked the
-    bytes' hash.
+    end the caller checks). `limit` bounds the file's size as the header declares it, checked
+    before the header and the tensors are allocated. The caller must not use the tensors before
+    it has checked the bytes' hash.
     """
 
     def read(view: memoryview) -> None:
@@ -318,17 +315,19 @@ def read_file(
     prefix = bytearray(8)
     read(memoryview(prefix))
     hlen = header_length(bytes(prefix), total, name)
+    if limit is not None and 8 + hlen > limit:
+        raise _bad(name, f"header length {hlen} exceeds the {limit} bytes this file may hold")
     raw_header = bytearray(hlen)
     read(memoryview(raw_header))
     out: dict[str, torch.Tensor] = {}
     data_len = None if total is None else total - 8 - hlen
-    for key, dtype, shape, begin, end in layout(bytes(raw_header), data_len, name):
+    entries = layout(bytes(raw_header), data_len, name)
+    declared = 8 + hlen + (entries[-1][4] if entries else 0)
+    if limit is not None and declared > limit:
+        raise _bad(name, f"its header declares {declared} bytes, more than the {limit} it may hold")
+    for key, dtype, shape, begin, end in entries:
         t = _empty(shape, dtype, end - begin)
         if end > begin:
             read(t.reshape(-1).view(torch.uint8).numpy().data)
         out[key] = t
     return out
-
-
-def is_nat(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0

@@ -35,7 +35,9 @@ def load_task(spec: str, *, study_path: str | os.PathLike[str] | None = None) ->
     "path/to/file.py:Class". A relative file path is resolved against the directory of
     `study_path`, or the current directory without one. A file is imported under a module name
     derived from its absolute path, with its directory on sys.path while it is imported, so it can
-    import the modules next to it.
+    import the modules next to it; a file inside a package (its directory has an __init__.py) is
+    imported by its dotted name, with the directory above its top package on sys.path, so its
+    relative imports work.
     """
     module_name, sep, cls_name = spec.rpartition(":")
     if not sep or not module_name or not cls_name.isidentifier():
@@ -86,7 +88,33 @@ def _module_name(file: str) -> str:
     return f"_hpsearch_task_{stem}_{digest}"
 
 
+def _package_of(file: str) -> tuple[str, str] | None:
+    """(the directory that holds its top package, its dotted name) for a file inside a package
+    (its directory has an __init__.py), else None."""
+    directory, stem = os.path.split(os.path.splitext(file)[0])
+    parts = [] if stem == "__init__" else [stem]
+    inside = False
+    while os.path.isfile(os.path.join(directory, "__init__.py")):
+        directory, package = os.path.split(directory)
+        if not package.isidentifier():
+            return None
+        parts.insert(0, package)
+        inside = True
+    return (directory, ".".join(parts)) if inside and all(p.isidentifier() for p in parts) else None
+
+
 def _import_file(spec: str, file: str) -> ModuleType:
+    package = _package_of(file)
+    if package is not None:  # by its package name: its relative imports need the package
+        root, dotted = package
+        added = root not in sys.path
+        if added:
+            sys.path.insert(0, root)
+        try:
+            return _import_module(spec, dotted)
+        finally:
+            if added:
+                _remove_path(root)
     name = _module_name(file)
     module_spec = importlib.util.spec_from_file_location(name, file)
     if module_spec is None or module_spec.loader is None:
@@ -155,6 +183,13 @@ def _remove_path(directory: str) -> None:
 
 def _check_class(spec: str, module: ModuleType, cls_name: str, where: str) -> type[Task]:
     obj = getattr(module, cls_name, None)
+    if obj is None and module.__name__ == "__main__":
+        raise TaskError(
+            f"task {spec!r}: the class was defined in __main__ (a notebook, or a script run "
+            "directly), which no other process can import; move it into a .py file and name "
+            f"that instead (task: 'path/to/file.py:{cls_name}', or hpsearch.run(task=...) with "
+            "the class imported from it)"
+        )
     if obj is None:
         classes = [n for n, v in vars(module).items() if isinstance(v, type) and n[:1] != "_"]
         tasks = [

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hpsearch.search.replay import Replayed, Segment
+if TYPE_CHECKING:
+    from hpsearch.search.replay import Replayed, Segment
 
 
 def format_recipe(segments: Sequence[Segment], samples_per_epoch: int) -> list[str]:

@@ -14,9 +14,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from optuna.trial import FrozenTrial
 
 from hpsearch.config import trial_hparams, warmup_hparams
@@ -26,9 +25,14 @@ from hpsearch.search.records import study_attr, trial_attr
 from hpsearch.search.session import Session
 from hpsearch.search.tree_nodes import check_nodes
 from hpsearch.search.winner import winner
+from hpsearch.training import Budget, Progress
+
+if TYPE_CHECKING:  # the loop imports torch: `best` prints a recipe without it
+    import torch
+
+    from hpsearch.training import Trainer
 
 __all__ = ["Replayed", "Segment", "recipe", "replay", "winner"]
-from hpsearch.training import Budget, Progress, Schedule, Trainer, fork
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,10 @@ def recipe(session: Session, number: int) -> list[Segment]:
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in by_number:
         raise UsageError(f"study {session.study_name} has no trial {number}")
-    b = Budgets.of(session, session.samples_per_epoch())
+    # the epoch the study trained with, as its runs recorded it: reading a recipe (`best`)
+    # then needs neither the task nor torch
+    n = int(session.attr("samples_per_epoch", 0) or 0) or session.samples_per_epoch()
+    b = Budgets.of(session, n)
     t = by_number[number]
     if session.classic:
         hp = trial_hparams(s, t.params)
@@ -133,6 +140,10 @@ def replay(
     session: Session, number: int, *, say: Callable[[str], None] = print
 ) -> tuple[Trainer, Replayed]:
     """Train trial `number`'s recipe from scratch in this process; compare with its checkpoint."""
+    import torch
+
+    from hpsearch.training import Schedule, Trainer, fork
+
     s, began = session.settings, time.monotonic()
     segments = recipe(session, number)
     b = Budgets.of(session, session.samples_per_epoch())
@@ -186,5 +197,7 @@ def _compare(session: Session, trainer: Trainer, t: FrozenTrial | None) -> tuple
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    import torch
+
     a = a.detach().cpu()
     return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))

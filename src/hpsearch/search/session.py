@@ -9,7 +9,7 @@ import os
 import warnings
 from collections.abc import Sized
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import sqlalchemy as sa
@@ -22,7 +22,6 @@ from hpsearch.config import (
     load_study_file,
     make_pruner,
 )
-from hpsearch.config.taskload import load_task
 from hpsearch.errors import StudyFileError, TaskError, UsageError
 from hpsearch.lineage import (
     Lineage,
@@ -34,8 +33,9 @@ from hpsearch.lineage import (
     retry_if_busy,
 )
 from hpsearch.search.records import StudyKey, set_study_attr, study_attr
-from hpsearch.task import Task
-from hpsearch.training.forkcheck import check_forkable
+
+if TYPE_CHECKING:  # the task and its checks import torch: the commands that only read never do
+    from hpsearch.task import Task
 
 
 @dataclass
@@ -89,6 +89,9 @@ class Session:
 
     def task(self) -> Task:
         if self._task is None:
+            from hpsearch.config.taskload import load_task
+            from hpsearch.training.forkcheck import check_forkable
+
             cls = load_task(self.settings.task, study_path=self.settings.path)
             check_forkable(self.settings, cls)
             self._task = cls()
@@ -190,6 +193,9 @@ def _name_the_objective(study: optuna.Study, metric: str) -> None:
 def _checked_task(settings: StudySettings) -> tuple[Task, tuple[Any, Any]]:
     """The task, built and checked against the study file (forkable keys, budgets in samples)
     before anything is created: a study-file error found here leaves no database behind."""
+    from hpsearch.config.taskload import load_task
+    from hpsearch.training.forkcheck import check_forkable
+
     cls = load_task(settings.task, study_path=settings.path)
     check_forkable(settings, cls)
     task = cls()

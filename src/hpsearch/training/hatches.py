@@ -144,27 +144,39 @@ def has_task_state(task: Any) -> bool:
 def flatten(value: Any, what: str = "task state") -> tuple[dict[str, torch.Tensor], Any]:
     """A nested dict/list of tensors and JSON values as (tensors by dotted path, JSON with each
     tensor's place marked `{"__tensor__": path}`). Keys may hold dots (parameter names do):
-    the JSON keeps the structure, and only two tensors of one path are refused."""
-    from hpsearch.training.state import to_json
+    the JSON keeps the structure, and only two tensors of one path are refused. A dict of the
+    user's shaped like a marker is saved wrapped (`state.plain_dict`), never confused with one.
+    A tensor that cannot be saved (sparse, meta, nested) and nesting deeper than
+    `state.MAX_DEPTH` are refused as the task's mistake, naming the path."""
+    from hpsearch.training.state import MAX_DEPTH, plain_dict, tensor_ref, to_json
 
     tensors: dict[str, torch.Tensor] = {}
 
-    def walk(v: Any, path: str) -> Any:
+    def walk(v: Any, path: str, depth: int) -> Any:
+        where = path or "the top"
         if isinstance(v, torch.Tensor):
+            _check_saveable(v, f"{what} {where}")
             if path in tensors:  # {"a.b": x, "a": {"b": y}}: both would be saved as "a.b"
                 raise TaskError(f"{what}: two tensors would be saved under the name {path!r}")
             tensors[path] = v.detach()
-            return {"__tensor__": path}
+            return tensor_ref(path)
+        if depth >= MAX_DEPTH and isinstance(v, (Mapping, list, tuple)):
+            raise TaskError(
+                f"{what}: nested more than {MAX_DEPTH} levels deep (at {where[:120]}); "
+                "Task.state_dict must return tensors and JSON values a few levels deep"
+            )
         if isinstance(v, Mapping):
             for k in v:
                 if not isinstance(k, str) or not k:
                     raise TaskError(
-                        f"{what}: key {k!r} at {path or 'the top'}: keys must be non-empty "
-                        "strings (they name the saved tensors)"
+                        f"{what}: key {k!r} at {where}: keys must be non-empty strings (they "
+                        "name the saved tensors)"
                     )
-            return {k: walk(x, f"{path}.{k}" if path else k) for k, x in v.items()}
+            return plain_dict(
+                {k: walk(x, f"{path}.{k}" if path else k, depth + 1) for k, x in v.items()}
+            )
         if isinstance(v, (list, tuple)):
-            return [walk(x, f"{path}.{i}" if path else str(i)) for i, x in enumerate(v)]
+            return [walk(x, f"{path}.{i}" if path else str(i), depth + 1) for i, x in enumerate(v)]
         try:
             return to_json(v, f"{what} {path}")
         except TypeError as exc:
@@ -172,25 +184,37 @@ def flatten(value: Any, what: str = "task state") -> tuple[dict[str, torch.Tenso
 
     if not isinstance(value, Mapping):
         raise TaskError(f"{what}: Task.state_dict() must return a dict, got {type(value).__name__}")
-    return tensors, walk(value, "")
+    return tensors, walk(value, "", 0)
+
+
+def _check_saveable(t: torch.Tensor, where: str) -> None:
+    """Refuse a tensor no checkpoint can hold (safetensors keeps dense, real memory only)."""
+    if t.is_nested:
+        raise TaskError(f"{where}: a nested tensor cannot be saved; save its components")
+    if t.layout != torch.strided:
+        raise TaskError(f"{where}: a {t.layout} tensor cannot be saved; call .to_dense()")
+    if t.device.type == "meta":
+        raise TaskError(f"{where}: a meta tensor holds no data to save; materialize it")
 
 
 def unflatten(
     tensors: Mapping[str, torch.Tensor], saved: Any, device: torch.device | None = None
 ) -> Any:
     """Undo `flatten`: the tensors put back in their places (moved to `device` if given)."""
+    from hpsearch.training.state import tensor_name, unwrapped
 
     def walk(v: Any) -> Any:
         if isinstance(v, dict):
-            if set(v) == {"__tensor__"}:
-                if v["__tensor__"] not in tensors:
+            if (name := tensor_name(v)) is not None:
+                if name not in tensors:
                     raise CheckpointMismatch(
-                        f"the task state names the tensor {v['__tensor__']!r}, which the "
-                        "checkpoint does not hold"
+                        f"the task state names the tensor {name!r}, which the checkpoint does "
+                        "not hold"
                     )
-                t = tensors[v["__tensor__"]]
+                t = tensors[name]
                 return t.to(device) if device is not None else t
-            return {k: walk(x) for k, x in v.items()}
+            inner = unwrapped(v)
+            return {k: walk(x) for k, x in (v if inner is None else inner).items()}
         if isinstance(v, list):
             return [walk(x) for x in v]
         return v

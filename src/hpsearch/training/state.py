@@ -156,7 +156,7 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
         for key, value in group.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"group.{i}.{key}"] = value
-                g[key] = {"__tensor__": f"group.{i}.{key}"}
+                g[key] = tensor_ref(f"group.{i}.{key}")
             else:
                 g[key] = to_json(value, f"optimizer param group {key}")
         groups.append(g)
@@ -191,12 +191,12 @@ def load_optimizer_state(
             )
         g: dict[str, Any] = {}
         for key, value in saved.items():
-            if isinstance(value, dict) and "__tensor__" in value:
-                g[key] = tensors[value["__tensor__"]]
+            if (name := tensor_name(value)) is not None:
+                g[key] = tensors[name]
             elif isinstance(now.get(key), tuple) and isinstance(value, list):
                 g[key] = tuple(value)  # JSON has no tuples; betas must stay one
             else:
-                g[key] = value
+                g[key] = from_json(value)
         groups.append(g)
     state: dict[int, dict[str, Any]] = {}
     for name, t in tensors.items():
@@ -204,7 +204,7 @@ def load_optimizer_state(
             _, pid, key = name.split(".", 2)
             state.setdefault(int(pid), {})[key] = t
     for pid, entry in meta.get("scalars", {}).items():
-        state.setdefault(int(pid), {}).update(entry)
+        state.setdefault(int(pid), {}).update({k: from_json(v) for k, v in entry.items()})
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
@@ -240,14 +240,14 @@ def copy_optimizer_state(
         for key, value in saved.items():
             if key == "params":
                 continue
-            if isinstance(value, dict) and "__tensor__" in value:
-                group[key] = tensors[value["__tensor__"]].clone()
+            if (ref := tensor_name(value)) is not None:
+                group[key] = tensors[ref].clone()
             elif isinstance(group.get(key), tuple) and isinstance(value, list):
                 group[key] = tuple(value)
             else:
-                group[key] = value
+                group[key] = from_json(value)
     for pid, entry in meta.get("scalars", {}).items():
-        optimizer.state[params[int(pid)]].update(entry)
+        optimizer.state[params[int(pid)]].update({k: from_json(v) for k, v in entry.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,24 +294,65 @@ def seed_everything(seed: int) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # JSON
+#
+# Saved JSON marks what plain JSON cannot say with dicts of reserved keys: a tensor's place
+# `{"__tensor__": name}`, a dict with keys that are not strings `{"__items__": ..., "__type__":
+# ...}`. A user's dict of exactly such keys (a task's state may hold anything) is saved wrapped
+# as `{"__escaped__": dict}`, so no value of the user's is ever read back as a marker; a
+# checkpoint written before the wrapper holds none and reads as it did.
+
+TENSOR = "__tensor__"
+_ESCAPED = "__escaped__"
+_RESERVED = ({TENSOR}, {"__items__", "__type__"}, {_ESCAPED})
+MAX_DEPTH = 100  # nested containers in saved JSON: far more than any state needs
 
 
-def to_json(value: Any, what: str) -> Any:
+def tensor_ref(name: str) -> dict[str, str]:
+    """The JSON that stands for the saved tensor `name`."""
+    return {TENSOR: name}
+
+
+def tensor_name(value: Any) -> str | None:
+    """The tensor name if `value` is a `tensor_ref`, else None."""
+    if isinstance(value, dict) and set(value) == {TENSOR} and isinstance(value[TENSOR], str):
+        return value[TENSOR]
+    return None
+
+
+def plain_dict(value: dict[str, Any]) -> dict[str, Any]:
+    """A user's (already converted) dict as saved: wrapped if its keys are a marker's."""
+    return {_ESCAPED: value} if set(value) in _RESERVED else value
+
+
+def unwrapped(value: Any) -> dict[str, Any] | None:
+    """The user's dict inside a `plain_dict` wrapper, or None if `value` is no wrapper."""
+    if isinstance(value, dict) and set(value) == {_ESCAPED} and isinstance(value[_ESCAPED], dict):
+        return value[_ESCAPED]
+    return None
+
+
+def to_json(value: Any, what: str, _depth: int = 0) -> Any:
     """Convert tuples and NumPy scalars; refuse what JSON cannot hold, naming it."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if _depth >= MAX_DEPTH and isinstance(value, (tuple, list, dict)):
+        raise TypeError(
+            f"{what}: nested more than {MAX_DEPTH} levels deep; hpsearch saves state a few "
+            "levels deep (flatten it)"
+        )
     if isinstance(value, (tuple, list)):
-        return [to_json(v, what) for v in value]
+        return [to_json(v, what, _depth + 1) for v in value]
     if isinstance(value, Counter) or (
         isinstance(value, dict) and not all(isinstance(k, str) for k in value)
     ):
         # JSON keys are strings: MultiStepLR's milestones (a Counter of ints) would come back as
         # {"2": 1} and never match an int step again. Keep the pairs and the type.
         kind = "counter" if isinstance(value, Counter) else "dict"
-        items = [[to_json(k, what), to_json(v, what)] for k, v in value.items()]
+        items = [[to_json(k, what, _depth + 1), to_json(v, what, _depth + 1)]
+                 for k, v in value.items()]  # fmt: skip
         return {"__items__": items, "__type__": kind}
     if isinstance(value, dict):
-        return {k: to_json(v, what) for k, v in value.items()}
+        return plain_dict({k: to_json(v, what, _depth + 1) for k, v in value.items()})
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -323,10 +364,14 @@ def to_json(value: Any, what: str) -> Any:
 
 
 def from_json(value: Any) -> Any:
-    """Undo `to_json`'s tagging of dicts whose keys are not strings (a Counter stays one)."""
+    """Undo `to_json`'s tagging of dicts whose keys are not strings (a Counter stays one) and
+    its wrapping of a user's dict shaped like a marker."""
     if isinstance(value, list):
         return [from_json(v) for v in value]
     if isinstance(value, dict):
+        inner = unwrapped(value)
+        if inner is not None:
+            return {k: from_json(v) for k, v in inner.items()}
         if set(value) == {"__items__", "__type__"}:
             pairs = [(_key(from_json(k)), from_json(v)) for k, v in value["__items__"]]
             return Counter(dict(pairs)) if value["__type__"] == "counter" else dict(pairs)

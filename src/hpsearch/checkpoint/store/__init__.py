@@ -1,8 +1,9 @@
 """Checkpoint stores: where checkpoints are committed, listed, loaded, verified and deleted.
 
     protocol.py  CheckpointStore (what every store promises), LoadedCheckpoint, ForeignStoreRoot
-    core.py      StoreCore: the format's rules (ids, manifest, hashes, codec, leftovers, the
-                 root's marker) over any blob backend
+    core.py      StoreCore: the format's rules (ids, manifest, hashes, codec, leftovers) over
+                 any blob backend
+    root.py      whose root is this: the marker, and when an unmarked root is adopted
     backend.py   BlobBackend and StagedSave: what a place that keeps files must do
     local.py     LocalStore: a directory, fsynced, committed by an atomic rename
     fsspec.py    FsspecStore: any fsspec URL (s3:// through s3fs), the manifest uploaded last

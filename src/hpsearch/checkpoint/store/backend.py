@@ -86,10 +86,6 @@ class BlobBackend(Protocol):
         """(a binary stream, its size in bytes); FileNotFoundError if there is no such file."""
         ...
 
-    def head(self, entry: str, name: str, n: int) -> bytes:
-        """The first `n` bytes of a file (b"" for what is not a plain file of ours)."""
-        ...
-
     def is_file(self, entry: str, name: str) -> bool:
         """Whether the file exists."""
         ...

@@ -10,10 +10,9 @@ guards the root and finds leftovers; the backend (backend.py) only keeps files. 
 names are checked against fixed patterns before they reach a backend, so nothing is ever
 written or deleted outside the store's root.
 
-The root is marked as hpsearch's by a small file, `.hpsearch-store`, written when the store first
-writes there. A non-empty root without the mark is refused (ForeignStoreRoot), unless everything
-in it is an hpsearch checkpoint (a root of an hpsearch from before the mark: adopted and marked).
-Even in a marked root only names hpsearch itself generates are ever deleted as leftovers.
+The root is marked as hpsearch's by a small file, `.hpsearch-store`; an unmarked root that holds
+anything is refused unless it is provably an older hpsearch's (root.py). Even in a marked root
+only names hpsearch itself generates are ever deleted as leftovers.
 
 A store decompresses only the codec it was opened with (a 'none' store refuses zstd
 checkpoints).
@@ -32,12 +31,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from hpsearch.checkpoint import hashing
 from hpsearch.checkpoint.format import (
     COMPRESSIONS,
-    FORMAT,
     ID_RE,
     MANIFEST,
     STATE,
@@ -55,8 +51,6 @@ from hpsearch.checkpoint.procs import pid_alive
 from hpsearch.checkpoint.store import reading
 from hpsearch.checkpoint.store.backend import (
     DEL_RE,
-    MARKER,
-    MARKER_TEXT,
     NEW_ID_RE,
     PROCESS_SAVES,
     TMP_RE,
@@ -64,9 +58,9 @@ from hpsearch.checkpoint.store.backend import (
     InflightSaves,
     writing,
 )
-from hpsearch.checkpoint.store.protocol import ForeignStoreRoot, LoadedCheckpoint
+from hpsearch.checkpoint.store.protocol import LoadedCheckpoint
+from hpsearch.checkpoint.store.root import check_root
 from hpsearch.checkpoint.store.writing import write_files
-from hpsearch.checkpoint.tensorfile import plan_file
 from hpsearch.errors import (
     CheckpointCorrupt,
     CheckpointError,
@@ -75,7 +69,9 @@ from hpsearch.errors import (
     CheckpointNotFound,
 )
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch only once tensors are saved or loaded: `status` opens a store too
+    import torch
+
     from hpsearch.checkpoint.store.cache import ReadCache
 
 log = logging.getLogger(__name__)
@@ -122,46 +118,11 @@ class StoreCore:
     # -- whose root is this? ----------------------------------------------------------------
 
     def _check_root(self, *, claim: bool, saving: bool = False) -> None:
-        """Refuse a root that holds what hpsearch did not write; with `claim`, mark it ours.
-
-        Called when the store is opened (claim=False: nothing is written by a read-only
-        command) and before the first save, delete or cleanup (claim=True); only a save
-        (`saving`) creates a root that does not exist yet.
-        """
-        if self._marked:
-            return
-        entries = self.backend.entries()
-        if entries is None:
-            if saving:  # the first save creates the root, and marks it before anything else
-                self.backend.write_marker(MARKER_TEXT)
-                self._marked = True
-            return
-        if any(name == MARKER for name, _ in entries):
-            self._marked = True
-            return
-        foreign = sorted(name for name, is_dir in entries if not self._ours(name, is_dir))
-        if foreign:
-            raise ForeignStoreRoot(_foreign_message(self.url, foreign))
-        if claim:
-            self.backend.write_marker(MARKER_TEXT)  # empty, or an older hpsearch's root: adopt
-            self._marked = True
-            if entries:
-                log.info("adopted %s (%d hpsearch entries) and marked it", self.url, len(entries))
-
-    def _ours(self, name: str, is_dir: bool) -> bool:
-        """Whether a root entry is one hpsearch writes (used to adopt an unmarked root)."""
-        if TMP_RE.fullmatch(name) or DEL_RE.fullmatch(name):
-            return True
-        if not is_dir or not ID_RE.fullmatch(name):
-            return False
-        if NEW_ID_RE.fullmatch(name):
-            return True
-        # An id given to save(ckpt_id=...): ours if it holds one of our manifests.
-        try:
-            head = self.backend.head(name, MANIFEST, 4096)
-        except OSError:
-            return False
-        return b'"format": "' + FORMAT.encode() + b'"' in head
+        """Refuse a root that holds what hpsearch did not write; with `claim`, mark it ours
+        (`root.check_root`). Called when the store is opened (claim=False: nothing is written
+        by a read-only command) and before the first save, delete or cleanup (claim=True)."""
+        if not self._marked:
+            self._marked = check_root(self.backend, claim=claim, saving=saving)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -183,6 +144,8 @@ class StoreCore:
         save that the backend publishes atomically with the manifest. `ckpt_id` defaults to
         `new_id()`; an id that exists already is refused (ids are never reused).
         """
+        from hpsearch.checkpoint.tensorfile import plan_file
+
         check_tensors(tensors)
         state_bytes = encode_state(state)
         meta = dict(meta or {})
@@ -379,16 +342,3 @@ class StoreCore:
                 self.backend.remove(name)
                 freed += size
         return freed
-
-
-def _foreign_message(url: str, foreign: Sequence[str]) -> str:
-    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-    return (
-        f"{url}: this directory holds files hpsearch did not write ({shown}). hpsearch removes "
-        "torn saves from its checkpoint directory, so it does not use one that holds anything "
-        "else. Point checkpoints.dir at an empty or new directory (checkpoints go to "
-        "<checkpoints.dir>/<study name>), or move those entries away. A directory of an older "
-        "hpsearch that holds only its checkpoints is adopted automatically; to adopt this one "
-        f"as it is, create the file {MARKER} in it (hpsearch then deletes only names it "
-        "generates there)."
-    )

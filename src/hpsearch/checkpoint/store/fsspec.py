@@ -116,9 +116,6 @@ class FsspecBackend:
             size = getattr(f, "size", None)  # an object store's file knows it from its HEAD
             yield f, int(size if isinstance(size, int) else self.fs.size(path))
 
-    def head(self, entry: str, name: str, n: int) -> bytes:
-        return bytes(self.fs.cat_file(self.path(entry, name), start=0, end=n))
-
     def is_file(self, entry: str, name: str) -> bool:
         path = self.path(entry, name)
         self._forget(path)

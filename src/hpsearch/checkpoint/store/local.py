@@ -73,13 +73,6 @@ class LocalBackend:
         with open(self.where(entry, name), "rb", buffering=0) as f:
             yield cast(BinaryIO, f), os.fstat(f.fileno()).st_size
 
-    def head(self, entry: str, name: str, n: int) -> bytes:
-        path = self.where(entry, name)
-        if os.path.islink(path):
-            return b""
-        with open(path, "rb") as f:
-            return f.read(n)
-
     def is_file(self, entry: str, name: str) -> bool:
         return os.path.isfile(self.where(entry, name))
 

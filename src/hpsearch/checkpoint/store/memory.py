@@ -67,9 +67,6 @@ class MemoryBackend:
         data = self._file(entry, name)
         yield io.BytesIO(data), len(data)
 
-    def head(self, entry: str, name: str, n: int) -> bytes:
-        return self._file(entry, name)[:n]
-
     def is_file(self, entry: str, name: str) -> bool:
         with self.blobs.lock:
             return name in self.blobs.dirs.get(entry, {})

@@ -5,12 +5,13 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hpsearch.checkpoint.format import CheckpointInfo
 from hpsearch.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -39,9 +40,9 @@ class CheckpointStore(Protocol):
     - `list`, `info`, `exists` and `load` see committed checkpoints only.
     - `delete` uncommits first, so a crash mid-delete never leaves something loadable.
     - ids are checked wherever they become paths; nothing outside the root is touched.
-    - the root is ours only if empty, marked (`.hpsearch-store`) or all hpsearch checkpoints;
-      otherwise the store raises ForeignStoreRoot when opened. Cleanups remove only names
-      hpsearch generates.
+    - the root is ours only if empty, marked (`.hpsearch-store`) or all hpsearch's (named as
+      hpsearch names its entries, with one committed checkpoint at least); otherwise the store
+      raises ForeignStoreRoot when opened. Cleanups remove only names hpsearch generates.
     - `load` and `verify` decompress only the codec the store was opened with (or none), and
       never allocate more than the file's safetensors header declares.
     """

@@ -1,6 +1,7 @@
 """Verified reads: every byte is hashed and checked against the manifest before it is used.
 
-Reading a compressed file never allocates more than its safetensors header declares.
+Reading a compressed file never allocates more than its safetensors header declares, nor more
+than a file of its size may hold (`format.zstd_limit`).
 """
 
 from __future__ import annotations
@@ -9,15 +10,15 @@ import contextlib
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
-
-import torch
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hpsearch.checkpoint import hashing
-from hpsearch.checkpoint.format import CheckpointInfo
+from hpsearch.checkpoint.format import ZSTD_FLOOR, ZSTD_RATIO, CheckpointInfo, zstd_limit
 from hpsearch.checkpoint.store.backend import MAX_MANIFEST, BlobBackend
-from hpsearch.checkpoint.tensorfile import parse_file, read_file
 from hpsearch.errors import CheckpointCorrupt, CheckpointError, CheckpointNotFound
+
+if TYPE_CHECKING:  # tensors only where data files are read: a manifest read needs no torch
+    import torch
 
 # read(f, size, algo, where) -> (what was read, hex digest, whether exactly `size` bytes)
 Reader = Callable[[BinaryIO, int, str, str], tuple[Any, str, bool]]
@@ -72,6 +73,8 @@ def read_verified(
 
 def parse(info: CheckpointInfo, where: str, buf: torch.Tensor) -> dict[str, torch.Tensor]:
     """The tensors of one verified file held in `buf` (decompressed first if it is zstd)."""
+    from hpsearch.checkpoint.tensorfile import parse_file
+
     try:
         if info.compression == "zstd":
             return _decompress_safetensors(buf, where)
@@ -86,11 +89,22 @@ def _decompress_safetensors(stored: torch.Tensor, where: str) -> dict[str, torch
 
     The header (length, then JSON) is decompressed first and bounds everything after it; a
     frame that declares another size, or holds more or less than the header says, is corrupt.
-    So a small file that would decompress to gigabytes costs only what its header declares.
+    Neither may declare more than a file of this size can hold (`format.zstd_limit`): a small
+    file that would decompress to gigabytes is refused before anything is allocated.
     """
+    from hpsearch.checkpoint.tensorfile import read_file
+
+    limit = zstd_limit(stored.numel())
     try:
         with hashing.zstd_frame(stored) as (declared, r):
-            tensors = read_file(r.readinto, declared if declared >= 0 else None, where)
+            if declared > limit:
+                raise ValueError(
+                    f"the zstd frame declares {declared} bytes, more than a file of "
+                    f"{stored.numel()} bytes may hold ({limit}: {ZSTD_RATIO}x its size, at "
+                    f"least {ZSTD_FLOOR >> 20} MiB); hpsearch never writes one: forged or damaged"
+                )
+            size = declared if declared >= 0 else None
+            tensors = read_file(r.readinto, size, where, limit=limit)
             if r.read(1):
                 raise ValueError("the zstd frame holds more than its safetensors header declares")
     except ValueError as e:
@@ -104,6 +118,8 @@ def read_tensors(
     """Read a `size`-byte safetensors file into one allocation per tensor, hashing while
     reading (in a second thread, in order): (tensors, hex digest, exact). The caller must not
     use the tensors unless `exact` and the digest matches."""
+    from hpsearch.checkpoint.tensorfile import read_file
+
     with contextlib.suppress(AttributeError, OSError, ValueError):
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
     hasher = hashing.new_hasher(algo)

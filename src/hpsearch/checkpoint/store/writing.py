@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from hpsearch.checkpoint import hashing
-from hpsearch.checkpoint.format import MANIFEST, STATE
+from hpsearch.checkpoint.format import MANIFEST, STATE, ZSTD_FLOOR, ZSTD_RATIO, zstd_limit
 from hpsearch.checkpoint.store.backend import StagedSave, writing
-from hpsearch.checkpoint.tensorfile import FilePlan
+from hpsearch.errors import CheckpointWriteError
+
+if TYPE_CHECKING:
+    from hpsearch.checkpoint.tensorfile import FilePlan
 
 
 def write_files(
@@ -50,6 +53,8 @@ def write_files(
                         files[name] = (plan.size, hashing.hash_views(views))
                     else:
                         files[name] = _write_hashing(f, plan, state_bytes, compression)
+                        if plan is not None and compression == "zstd":
+                            _check_readable(ckpt_id, name, plan.size, files[name][0])
                         done = pool.submit(sync_close, f)
                 except BaseException:
                     f.close()
@@ -75,6 +80,18 @@ def _write_hashing(
         else:
             _stream(w, plan)
         return w.finish()
+
+
+def _check_readable(ckpt_id: str, name: str, raw: int, stored: int) -> None:
+    """Refuse to commit a zstd file that a reader would take for a forged one."""
+    if raw > zstd_limit(stored):
+        raise CheckpointWriteError(
+            f"saving checkpoint {ckpt_id}: {name} compresses {raw} bytes to {stored} "
+            f"({raw / max(stored, 1):.0f}x), more than hpsearch reads back from a zstd file "
+            f"({ZSTD_RATIO}x beyond {ZSTD_FLOOR >> 20} MiB: a file that small declaring that much "
+            "is what a forged one looks like); this state is almost all one repeated value: set "
+            "checkpoints.compression: none for this study"
+        )
 
 
 def _stream(out: Any, plan: FilePlan) -> None:

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 from hpsearch.lineage import CheckpointRow
 from hpsearch.search.records import study_attr
 from hpsearch.search.scheduler.base import Scheduler
-from hpsearch.search.scheduler.fork_from_base import base_pins
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -41,7 +40,7 @@ def pins_of(
 ) -> set[str]:
     """The checkpoints a study's scheduler keeps, read from the study alone (for `hpsearch gc`,
     which runs no worker); `trials`, if given, is the study's trials as just read."""
-    from hpsearch.search.scheduler.tree import tree_pins
+    from hpsearch.search.scheduler.pins import base_pins, tree_pins
 
     if session.classic:
         return set()

@@ -13,8 +13,7 @@ from optuna.trial import FrozenTrial
 from hpsearch.checkpoint.format import check_id
 from hpsearch.config import warmup_hparams
 from hpsearch.errors import CheckpointError
-from hpsearch.lineage import LIVE, WARMUP, CheckpointRow, attempt_is_stale
-from hpsearch.lineage.gc import newest_committed
+from hpsearch.lineage import WARMUP, CheckpointRow, attempt_is_stale
 from hpsearch.search import asking
 from hpsearch.search.context import RunContext
 from hpsearch.search.control import Interrupted, LostTrial
@@ -22,21 +21,8 @@ from hpsearch.search.hooks import TrialHooks, checkpoint_on_stop, progress_bar
 from hpsearch.search.jobs import Job
 from hpsearch.search.records import Mode, set_study_attr, study_attr
 from hpsearch.search.restore import UNUSABLE, Restorer, why
+from hpsearch.search.scheduler.pins import base_pins
 from hpsearch.training import Budget, Trainer
-
-
-def base_pins(rows: Sequence[CheckpointRow], base: Any) -> set[str]:
-    """The base (every new trial forks from it); while no base is adopted, the warm-up's newest
-    checkpoint (the warm-up continues from it). A base the study's attribute does not name as a
-    committed base row of the tree (damaged, or the warm-up is not done) leaves every base row
-    pinned: none is provably an orphan, and deleting the real one would end the study."""
-    rows = [r for r in rows if r.status in (*LIVE, "deleting")]
-    pins = {base} if isinstance(base, str) and base else set()
-    if not any(r.id == base and r.trial == WARMUP and r.kind == "base" for r in rows):
-        pins |= {r.id for r in rows if r.trial == WARMUP and r.kind == "base"}
-    if not base:
-        pins |= newest_committed([r for r in rows if r.trial == WARMUP])
-    return pins
 
 
 class ForkFromBase:

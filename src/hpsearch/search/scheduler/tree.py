@@ -16,7 +16,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch import failpoints
-from hpsearch.config import FORKABLE, StudySettings, TreeSettings, suggest, trial_hparams
+from hpsearch.config import FORKABLE, TreeSettings, suggest, trial_hparams
 from hpsearch.lineage import CheckpointRow
 from hpsearch.search import asking
 from hpsearch.search import optuna_bridge as bridge
@@ -24,6 +24,7 @@ from hpsearch.search.context import RunContext
 from hpsearch.search.control import UnusableCheckpoint
 from hpsearch.search.jobs import WAIT, Job, Wait
 from hpsearch.search.records import PREFIX, Mode, trial_attr
+from hpsearch.search.scheduler.pins import tree_pins
 from hpsearch.search.scheduler.tree_plan import Next, Slot, TreePlan
 from hpsearch.training import Budget
 
@@ -205,14 +206,6 @@ def inherited(
     if keep_all:
         return dict(params)
     return {k: v for k, v in params.items() if k not in forkable}
-
-
-def tree_pins(trials: Sequence[FrozenTrial], settings: StudySettings) -> set[str]:
-    """The checkpoints a tree study keeps for forks to come, read from its trials alone."""
-    if settings.tree is None:
-        return set()
-    plan = TreePlan(trials, settings.tree, settings.objective.direction, settings.trials.retries)
-    return plan.protected()
 
 
 __all__ = ["Tree", "inherited", "tree_pins"]

@@ -105,8 +105,12 @@ print("RESULT " + json.dumps(out))
 """
 
 
+DEADLINE = [float("inf")]  # time.monotonic() by which every command must be done (--deadline-s)
+
+
 def _sh(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, float]:
     began = time.monotonic()
+    timeout = max(1.0, min(timeout, DEADLINE[0] - began))
     try:
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         return p.returncode, p.stdout + p.stderr, time.monotonic() - began
@@ -302,7 +306,14 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true", help="smaller trees (to try the script)")
     p.add_argument("--families", nargs="*", default=list(FAMILIES))
+    p.add_argument(
+        "--deadline-s",
+        type=float,
+        default=float("inf"),
+        help="stop every command this many seconds after the start (a lease's end)",
+    )
     args = p.parse_args()
+    DEADLINE[0] = time.monotonic() + args.deadline_s
     for name in list(FAMILIES):
         if name not in args.families:
             del FAMILIES[name]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -160,7 +161,8 @@ def zoo(device: str, deterministic: bool) -> dict[str, Any]:
            os.path.join(ROOT, "tests", "test_zoo.py")]  # fmt: skip
     rc, out, secs = _sh(cmd, env, 500)
     failed = [line[7:].split(" - ")[0] for line in out.splitlines() if line.startswith("FAILED ")]
-    summary = next((x for x in reversed(out.splitlines()) if " in " in x and "=" in x), "")
+    summary = next((x for x in reversed(out.splitlines())
+                    if re.search(r"\d+ (passed|failed|error)", x)), "")  # fmt: skip
     return {"deterministic": deterministic, "rc": rc, "seconds": round(secs, 1),
             "summary": summary.strip("= "), "failed": failed, "tail": out[-1500:]}  # fmt: skip
 

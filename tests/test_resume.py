@@ -262,7 +262,8 @@ def test_a_crashed_trial_continues_from_its_checkpoint_in_the_same_run(tmp_path)
     path = write_study(tmp_path, name="kc", **doc)
     run = _run(path)  # the same run continues it (trials.retries) and goes on
     assert run.returncode == 0, run.stderr
-    assert "trial 2: failed: RuntimeError: a bug in the task; retrying it" in run.stdout
+    assert "trial 2: failed: RuntimeError: a bug in the task (the task's code: " in run.stdout
+    assert "retrying it from its newest checkpoint" in run.stdout
     assert "retry of trial 2" in run.stdout
     s = Session.open(path, create=False)
     trials = s.study.get_trials()

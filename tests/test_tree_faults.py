@@ -18,7 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch.cli import main
-from hpsearch.failpoints import POINTS
+from hpsearch.failpoints import NODE_START
 from hpsearch.search.records import trial_attr
 from hpsearch.search.replay import replay, winner
 from hpsearch.search.session import Session
@@ -64,7 +64,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple]:
     return _results(path)
 
 
-@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("point", NODE_START)
 def test_a_node_killed_at_any_point_of_its_start_forks_from_its_parent(
     tmp_path: Path, reference: dict[int, tuple], point: str
 ) -> None:
@@ -99,7 +99,7 @@ def test_four_workers_each_killed_at_another_point_on_postgres(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for point in POINTS
+        for point in NODE_START
     ]
     codes = [w.wait(timeout=300) for w in workers]
     assert codes.count(-9) >= 2, codes  # a worker may find nothing left to start

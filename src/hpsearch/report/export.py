@@ -271,6 +271,8 @@ def _from_csv(text: str, dtype: str | None) -> Any:
         return None
     if dtype == "string":
         return text
+    if dtype == "boolean":
+        return text == "True"
     if dtype is not None:
         return float(text) if dtype == "float64" else int(text)
     if text in ("True", "False"):

@@ -31,7 +31,6 @@ Errors: ForkError for a key or value a fork cannot apply; TaskError when the tas
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +38,7 @@ import torch
 
 from hpsearch.config import DROPOUT_KEY, FORK_KEYS, FORKABLE
 from hpsearch.errors import CheckpointMismatch, ForkError, HpsearchError, TaskError
+from hpsearch.training.build import holds_meta
 from hpsearch.training.hatches import check_batch_size, has_task_state
 from hpsearch.training.state import check_model_keys, load_model_state, rng_state, set_rng_state
 
@@ -164,7 +164,8 @@ def rebuild_model(trainer: Trainer, hparams: Mapping[str, Any]) -> None:
     dropout's `p`, an attention's float, a loss module, a config) is then what the task builds
     for `hparams`, as in a fresh restore of a checkpoint with those hparams -- never what an
     earlier node left in a reused model. The model is built on the meta device (no memory for
-    weights; for real only if it has non-persistent buffers, which the task makes); the global
+    weights; for real only if it holds tensors its state dict does not: non-persistent buffers,
+    torchmetrics states, tensors kept as attributes, which the task makes); the global
     RNGs and the task's own state (`Task.state_dict`) are left as they were.
 
     Raises CheckpointMismatch if the model built has other weights (names, shapes, dtypes), and
@@ -178,7 +179,7 @@ def rebuild_model(trainer: Trainer, hparams: Mapping[str, Any]) -> None:
         model = _build(task, hparams, trainer.device, meta=True)
         check_model_keys(model, tensors)
         load_model_state(model, tensors, assign=True)
-        if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        if holds_meta(model):  # a tensor its state dict does not hold (a metric's state)
             model = _build(task, hparams, trainer.device, meta=False)
             load_model_state(model, tensors, assign=True)
     finally:

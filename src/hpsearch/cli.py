@@ -55,11 +55,19 @@ def _parser() -> argparse.ArgumentParser:
     ):
         c = cmd(name, help)
         c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
+        c.add_argument(
+            "--budget", type=float,
+            help="full runs from scratch to spend (replaces trials.budget; sizes a fork tree)",
+        )  # fmt: skip
         c.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
         c.add_argument("--gpus", help="with device: cuda, the GPUs for the workers, e.g. 0,1,3")
         common(c)
     c = cmd("worker", "one extra worker for a study in a shared database")
     c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
+    c.add_argument(
+        "--budget", type=float,
+        help="full runs from scratch to spend (replaces trials.budget; sizes a fork tree)",
+    )  # fmt: skip
     common(c)
     c = cmd("status", "a table of the study's trials")
     c.add_argument("--wide", action="store_true", help="full params, ids and notes: no shortening")
@@ -130,7 +138,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
     from hpsearch.config import load_study_file  # no torch: the first line comes at once
 
-    settings = load_study_file(args.study)
+    settings = load_study_file(args.study, budget=args.budget)
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")
     if args.workers < 1:
@@ -180,7 +188,7 @@ def run_with_workers(
             os.environ[CUDA_ENV] = plan.devices[0]
         summary = run_study(
             args.study, trials=args.trials, storage=args.storage, classic=args.classic,
-            label=label, after=wait_for_workers,
+            label=label, after=wait_for_workers, budget=args.budget,
         )  # fmt: skip
     finally:
         wait_for_workers()  # after a stop too: they got the same signal
@@ -216,6 +224,8 @@ def _spawn_worker(
         cmd.append("--no-fork")
     if args.trials is not None:
         cmd += ["--trials", str(args.trials)]
+    if args.budget is not None:
+        cmd += ["--budget", repr(args.budget)]
     return subprocess.Popen(cmd, env=env)
 
 
@@ -227,7 +237,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from hpsearch.search.runner import run_study
 
     run_study(args.study, trials=args.trials, storage=args.storage, classic=args.classic,
-              label=f"[worker {os.getpid()}] ")  # fmt: skip
+              label=f"[worker {os.getpid()}] ", budget=args.budget, say_plan=False)  # fmt: skip
     return 0
 
 

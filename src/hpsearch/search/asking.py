@@ -14,6 +14,7 @@ from hpsearch.search import optuna_bridge as bridge
 from hpsearch.search.context import RunContext
 from hpsearch.search.jobs import Job
 from hpsearch.search.retries import retried_numbers, retryable, settled
+from hpsearch.search.spend import budget_left
 from hpsearch.training.data import mix_seed
 
 
@@ -72,10 +73,13 @@ def resample(ctx: RunContext, t: FrozenTrial) -> dict[str, Any]:
 
 
 def wanted(ctx: RunContext, target: int) -> bool:
-    """Does the study need another new trial to reach `target` finished ones?"""
+    """Does the study need another new trial to reach `target` finished ones (and has it budget
+    left for one)?"""
     if ctx.exhausted:
         return False
     trials = ctx.session.study.get_trials(deepcopy=False)
+    if not budget_left(ctx.session, ctx.budgets, trials):
+        return False
     retried, retries = retried_numbers(trials), ctx.settings.trials.retries
     done = sum(1 for t in trials if settled(t, trials, retried, retries))
     active = sum(1 for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING))

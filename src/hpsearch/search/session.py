@@ -33,6 +33,7 @@ from hpsearch.lineage import (
     open_lineage,
     retry_if_busy,
 )
+from hpsearch.search.pruning import TreePruner
 from hpsearch.search.records import StudyKey, set_study_attr, study_attr
 from hpsearch.task import Task
 from hpsearch.training.forkcheck import check_forkable
@@ -75,6 +76,8 @@ class Session:
         rdb = _storage(settings, url, create=create)
         study = _study(settings, rdb, name, url, create=create, classic=classic)
         study.pruner = make_pruner(settings)
+        if settings.tree is not None and not classic:  # its warm-up from a node's fork, its plan
+            study.pruner = TreePruner(study.pruner, settings.tree)
         lineage = open_lineage(url, name, engine=rdb.engine)  # one pool for both
         try:
             ck = settings.checkpoints

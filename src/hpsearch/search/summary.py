@@ -32,6 +32,9 @@ class Summary:
     study_seconds: float  # every run of the study together
     ran: int  # trials that finished during this run (by any worker)
     target: int
+    spent_samples: int = 0  # every trial's training, and a single fork's warm-up, each once
+    full_samples: int = 0  # one full run from scratch, the budget's unit
+    budget: float | None = None  # trials.budget, in full runs
 
 
 def summarize(
@@ -58,13 +61,28 @@ def summarize(
     # the tree's rows hold every size: no read of the store (one GET per checkpoint on S3)
     disk = sum(r.nbytes for r in session.lineage.checkpoints(statuses=("committed",)))
     finished = sum(states.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
+    samples = int(session.attr("warmup_samples", 0) or 0) if not session.classic else 0
+    samples += sum(int(trial_attr(t, "samples_trained", 0) or 0) for t in trials)
+    n = int(session.attr("samples_per_epoch", 0) or 0)
+    full = _full_samples(session, n)
     return Summary(
         session.study_name, finished, states,
         best.number if best else None, best.value if best else None,
         dict(best.params) if best else {},
         trial_attr(best, "final_checkpoint") if best else None,
         steps_run, scratch, disk, seconds, max(study_seconds, seconds), ran, target,
+        samples, full, session.settings.trials.budget,
     )  # fmt: skip
+
+
+def _full_samples(session: Session, n: int) -> int:
+    """One full run in samples (0: unknown: a budget in steps, or no epoch size recorded)."""
+    s = session.settings
+    w = s.warmup.epochs if s.warmup.epochs is not None else None
+    t = s.trials.epochs
+    if w is None or t is None or not n:
+        return 0
+    return round(w * n) + round(t * n)
 
 
 def format_summary(s: Summary, session_dir: str) -> str:
@@ -79,6 +97,11 @@ def format_summary(s: Summary, session_dir: str) -> str:
             f"study {s.study}: {s.finished} finished trials ({states}); {s.ran} in this run, "
             f"{human_time(s.seconds)} (the study: {human_time(s.study_seconds)} in all)"
         ]
+    if s.budget is not None and s.full_samples:
+        lines.append(
+            f"spent: {s.spent_samples / s.full_samples:.2f} of the budget's {s.budget:g} full "
+            f"runs ({s.spent_samples} training samples, every trial, probe and warm-up once)"
+        )
     if s.best_number is not None:
         params = " ".join(f"{k}={_fmt(v)}" for k, v in s.best_params.items())
         lines.append(f"best: trial {s.best_number}, value {s.best_value:.6g}, {params}")

@@ -52,7 +52,7 @@ TREE_ARMS = ("tree-sh", "tree", "tree-half")
 # hours of a 2-core machine (RESULTS.md says where that is smaller than a practitioner's)
 WORKLOADS = {
     "digits": ("tuning", 12.0), "cnn": ("tuning", 12.0), "chars": ("tuning", 12.0),
-    "resnet": ("held-out", 12.0), "gru": ("held-out", 12.0), "friedman": ("held-out", 12.0),
+    "resnet": ("held-out", 8.0), "gru": ("held-out", 8.0), "friedman": ("held-out", 8.0),
 }  # fmt: skip
 TREE_KEYS = ("roots", "rungs", "keep", "children", "probe")
 

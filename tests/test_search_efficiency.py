@@ -234,3 +234,26 @@ def test_a_probed_node_counts_its_probe_once_and_its_own_value() -> None:
     assert [p.value for p in points] == [1.2, 0.8, 0.1, 0.6]
     assert [p.best for p in points] == [1.2, 0.8, 0.8, 0.6]
     assert [p.wall_s for p in points] == [3.0, 5.0, 7.0, 9.0]
+
+
+def test_the_winner_s_lineage_says_whether_it_forked_with_new_values() -> None:
+    """A root's `child` is its place among the roots, not a fork; child 0 continues, so only a
+    child > 0 below the roots counts; the winner is the best complete trial, ties the lowest."""
+
+    def t(number: int, g: int, parent: int | None, child: int, value: float | None,
+          state: str = "COMPLETE"):  # fmt: skip
+        return _trial(number, state, value, 10, number, generation=g, parent_trial=parent,
+                      child=child)  # fmt: skip
+
+    trials = [t(0, 0, None, 0, 0.9), t(1, 0, None, 1, 0.5), t(2, 1, 1, 0, 0.4),
+              t(3, 1, 1, 1, 0.45), t(4, 2, 2, 0, 0.3), t(5, 2, 3, 1, 0.3),
+              t(6, 2, 2, 1, None, "PRUNED")]  # fmt: skip
+    assert arms.winner_lineage(trials, "minimize") == {
+        "winner": 4,
+        "winner_generation": 2,
+        "winner_forks": 0,
+        "winner_path": [1, 2, 4],
+    }
+    trials[5].value = 0.2  # the forked lineage wins: one fork on its path (trial 3), two at 5
+    assert arms.winner_lineage(trials, "minimize")["winner_forks"] == 2
+    assert arms.grown(trials) == [[2, 2, 0], [2, 2, 0], [3, 2, 1]]

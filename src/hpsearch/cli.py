@@ -188,7 +188,7 @@ def run_with_workers(
             os.environ[CUDA_ENV] = plan.devices[0]
         summary = run_study(
             args.study, trials=args.trials, storage=args.storage, classic=args.classic,
-            label=label, after=wait_for_workers, budget=args.budget,
+            label=label, after=wait_for_workers, budget=getattr(args, "budget", None),
         )  # fmt: skip
     finally:
         wait_for_workers()  # after a stop too: they got the same signal
@@ -224,7 +224,7 @@ def _spawn_worker(
         cmd.append("--no-fork")
     if args.trials is not None:
         cmd += ["--trials", str(args.trials)]
-    if args.budget is not None:
+    if getattr(args, "budget", None) is not None:  # the Python API's arguments have none
         cmd += ["--budget", repr(args.budget)]
     return subprocess.Popen(cmd, env=env)
 

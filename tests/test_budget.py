@@ -31,6 +31,7 @@ from hpsearch.testing.conformance.scheduler import tiny_study
 
 SHAPE = TreeSettings(roots=1, rungs=(0.25, 0.5, 1.0), keep=0.25, children=2, probe=0.0,
                      hparams={})  # fmt: skip
+DEFAULT = dataclasses.replace(SHAPE, probe=0.05)  # the defaults, with a schedule to probe
 
 
 # -- the shape, sized from a budget (pure) -----------------------------------------------------
@@ -92,11 +93,11 @@ def _write(tmp_path: Path, doc: dict[str, Any], name: str = "study.yaml") -> str
 
 def test_a_study_file_with_only_a_budget_gets_the_tree_sized_from_it(tmp_path: Path) -> None:
     s = load_study_file(_write(tmp_path, _tree_doc(tmp_path, budget=8)))
-    assert s.tree is not None and s.tree.sized and s.tree.roots == 16
-    assert s.trials.budget == 8 and s.trials.n == 28
+    assert s.tree is not None and s.tree.sized and s.tree.roots == roots_for(8, DEFAULT) == 13
+    assert s.tree.probe == 0.05 and s.trials.budget == 8 and s.trials.n == 13 + 8 + 4
     # --budget replaces the file's; tree.roots given is kept, the budget still counts
     again = load_study_file(_write(tmp_path, _tree_doc(tmp_path, budget=8)), budget=4)
-    assert again.tree is not None and again.tree.roots == 8
+    assert again.tree is not None and again.tree.roots == roots_for(4, DEFAULT) == 6
     doc = _tree_doc(tmp_path, budget=8)
     doc["tree"]["roots"] = 5
     s = load_study_file(_write(tmp_path, doc))
@@ -104,7 +105,12 @@ def test_a_study_file_with_only_a_budget_gets_the_tree_sized_from_it(tmp_path: P
     # neither budget nor roots: the default budget
     s = load_study_file(_write(tmp_path, _tree_doc(tmp_path)))
     assert s.tree is not None and s.trials.budget == DEFAULT_BUDGET
-    assert s.tree.roots == roots_for(DEFAULT_BUDGET, SHAPE)
+    assert s.tree.roots == roots_for(DEFAULT_BUDGET, DEFAULT)
+    # without a schedule there is nothing to probe
+    doc = _tree_doc(tmp_path)
+    del doc["schedule"]
+    s = load_study_file(_write(tmp_path, doc))
+    assert s.tree is not None and s.tree.probe == 0 and s.tree.roots == roots_for(6, SHAPE)
 
 
 @pytest.mark.parametrize(

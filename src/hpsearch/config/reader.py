@@ -225,7 +225,8 @@ def _read_sections(
     else:
         trials = read_trials(r, raw["trials"], tree=True, budget=budget)
         search_space = read_search_space(r, raw["search_space"], None)
-        tree = read_tree(r, raw.get("tree"), search_space, trials.budget)
+        scheduled = raw.get("schedule") is not None
+        tree = read_tree(r, raw.get("tree"), search_space, trials.budget, scheduled=scheduled)
         # no warm-up: its values are where a tree's study is checked (the preflight); the twin
         # classic study spends the tree's budget (without one, what the tree's shape costs)
         warmup = WarmupSettings(epochs=0.0, steps=None, hparams=start_point(tree, search_space))

@@ -5,13 +5,14 @@
       rungs: [0.25, 0.5, 1.0]         # where generations end, as fractions of the full budget
       keep: 0.25                      # the fraction of a generation that survives a rung
       children: 2                     # forks per survivor; child 0 keeps its parent's values
-      probe: 0.0                      # a cooldown probe to rank on, as a fraction of the budget
+      probe: 0.05                     # a cooldown probe to rank on, as a fraction of the budget
       hparams: {hidden: 256}          # values of the keys search_space does not sample
 
 Every key is optional. Without `roots`, the tree takes as many as make it spend about
 `trials.budget` full runs (`budget.roots_for`; 6 full runs where the file gives no budget);
 rungs, keep, children and probe default to the setting chosen on the tuning workloads of
-benchmarks/RESULTS.md ("Search efficiency at a budget").
+benchmarks/RESULTS.md ("Search efficiency at a budget"): a probe of 0.05 where the study has a
+schedule (it ranked the nodes better there than their value at the rung at a constant LR).
 """
 
 from __future__ import annotations
@@ -37,18 +38,25 @@ DEFAULTS: dict[str, Any] = {
     "rungs": [0.25, 0.5, 1.0],
     "keep": 0.25,
     "children": 2,
-    "probe": 0.0,
+    "probe": 0.05,  # with a schedule to decay (without one: 0, nothing to probe)
 }
 MAX_NODES = 100_000  # a tree this size is a typo (children: 1000), not a search
 
 
 def read_tree(
-    r: Reader, value: Any, space: Mapping[str, Param], budget: float | None
+    r: Reader,
+    value: Any,
+    space: Mapping[str, Param],
+    budget: float | None,
+    *,
+    scheduled: bool = True,
 ) -> TreeSettings:
     """The tree; without `tree.roots`, sized to spend about `budget` full runs (None: the
-    default budget)."""
+    default budget). `scheduled`: the study has an LR schedule, which a cooldown probe decays
+    (without one the probe defaults to 0)."""
     section = r.mapping(value, "tree", ("roots", *DEFAULTS, "hparams"), optional=True)
-    get = {**DEFAULTS, **section}.__getitem__
+    defaults = DEFAULTS if scheduled else {**DEFAULTS, "probe": 0.0}
+    get = {**defaults, **section}.__getitem__
     tree = TreeSettings(
         roots=r.integer(section["roots"], "tree.roots", Bounds(ge=1)) if "roots" in section else 1,
         rungs=_rungs(r, get("rungs")),

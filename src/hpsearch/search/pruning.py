@@ -1,5 +1,6 @@
 """The study's pruner inside a fork tree: wrapped, whatever pruner it is, so that it neither
-judges a node on its first reports after the fork nor starves a generation of survivors.
+judges a node on its first reports after the fork, nor a leaf before its cooldown, nor starves a
+generation of survivors.
 
 A tree's node reports its evaluations at their index since scratch, so the nodes an Optuna pruner
 compares at one step are those of one generation. Two things an Optuna pruner cannot know:
@@ -13,6 +14,12 @@ compares at one step are those of one generation. Two things an Optuna pruner ca
   The wrapper never prunes a node when that would leave fewer nodes of its generation able to
   complete than survive its rung, so the survivors follow the plan. (Two workers deciding at the
   same moment may each see the last spare node: a generation then keeps one node fewer.)
+- **The cooldown.** The last generation's nodes are the search's finished models: no rung
+  follows, and with a `wsd` schedule their LR decays only at their end, so a pruner would judge
+  a high constant LR before the cooldown that makes it pay. Leaves are never pruned. (Measured
+  on the tuning workloads of benchmarks/RESULTS.md, "Search efficiency at a budget": the
+  MedianPruner pruned 4 of a tree's 6 leaves there and the tree ended worse; at 8 evaluations
+  a run it pruned nothing else.)
 
     study.pruner = TreePruner(optuna.pruners.HyperbandPruner(), settings.tree)
 """
@@ -46,7 +53,9 @@ class TreePruner(BasePruner):
         if len(trial.intermediate_values) <= self.grace:
             return False
         g = trial_attr(trial, "generation")
-        if g is not None and not self._spare(study, trial, int(g)):
+        if g is not None and (
+            int(g) >= len(self.tree.rungs) - 1 or not self._spare(study, trial, int(g))
+        ):
             return False
         return bool(self.inner.prune(study, trial))
 

@@ -184,12 +184,13 @@ def test_the_tree_is_sized_from_budget_on_the_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = _write(tmp_path, _tree_doc(tmp_path, budget=8))
-    assert main(["run", path, "--budget", "2"]) == 0
+    assert main(["run", path, "--budget", "3"]) == 0
     out = capsys.readouterr().out
-    assert "budget 2 full runs: 2 roots to 1/4, the best 1 forked into 2 each" in out
+    roots = roots_for(3, DEFAULT)
+    assert f"budget 3 full runs: {roots} roots to 1/4, the best 1 forked into 2 each" in out
     spent, trials = _spent(path, classic=False)
-    assert [trial_attr(t, "generation") for t in trials].count(0) == 2
-    assert f"spent: {spent:.2f} of the budget's 2 full runs" in out
+    assert [trial_attr(t, "generation") for t in trials].count(0) == roots == 4
+    assert f"spent: {spent:.2f} of the budget's 3 full runs" in out
 
 
 # -- the pruner a tree wraps -------------------------------------------------------------------
@@ -212,13 +213,16 @@ def _node(study: optuna.Study, g: int, state: TrialState, reports: int) -> Any:
     return study.get_trials(deepcopy=False)[-1]
 
 
-def test_the_wrapped_pruner_waits_from_the_fork_and_leaves_the_rung_its_survivors() -> None:
-    tree = TreeSettings(roots=4, rungs=(0.5, 1.0), keep=0.5, children=2, probe=0.0, hparams={})
+def test_the_wrapped_pruner_waits_from_the_fork_spares_leaves_and_the_rung_s_survivors() -> None:
+    tree = TreeSettings(roots=4, rungs=(0.25, 0.5, 1.0), keep=0.5, children=2, probe=0.0,
+                        hparams={})  # fmt: skip
     study = optuna.create_study()
     pruner = TreePruner(PruneAll(), tree, grace=1)
     # a child's first report since its fork (at step 11: far past any warm-up from scratch)
     assert not pruner.prune(study, _node(study, 1, TrialState.RUNNING, reports=1))
     assert pruner.prune(study, _node(study, 1, TrialState.RUNNING, reports=2))
+    # a leaf (the last generation) is never pruned: it is judged after its cooldown
+    assert not pruner.prune(study, _node(study, 2, TrialState.RUNNING, reports=3))
     # generation 0 plans 4 nodes and keeps 2: two may be pruned, not a third
     _node(study, 0, TrialState.PRUNED, 2)
     assert pruner.prune(study, _node(study, 0, TrialState.RUNNING, reports=2))

@@ -83,7 +83,7 @@ def describe_tree(tree: TreeSettings, budget: float | None) -> str:
     forked into 2 each to 1/2 (8 nodes), the best 2 forked into 2 each to 1 (4 nodes): 28
     nodes, about 8.0 full runs"."""
     sizes = generation_sizes(tree)
-    parts = [f"{tree.roots} roots to {_frac(tree.rungs[0])}"]
+    parts = [f"{tree.roots} root{'s' if tree.roots != 1 else ''} to {_frac(tree.rungs[0])}"]
     for g in range(1, len(sizes)):
         kept = survivors_of(tree, sizes[g - 1])
         how = "continued" if tree.children == 1 else f"forked into {tree.children} each"

@@ -140,11 +140,16 @@ def winner_lineage(trials: Any, direction: str) -> dict[str, Any]:
     """The winner (the complete trial with the best value; ties: the lowest number) and its
     lineage: its generation, and whether any node on its path was forked with new values (a
     child other than child 0, which continues with its parent's values)."""
-    done = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+
+    def value(t: Any) -> float | None:  # the model kept: a probed node's own, at its rung
+        rung = t.user_attrs.get(ATTR + "rung_value")
+        return rung if rung is not None else t.value
+
+    done = [t for t in trials if t.state.name == "COMPLETE" and value(t) is not None]
     if not done:
         return {}
     sign = -1.0 if direction == "maximize" else 1.0
-    win = min(done, key=lambda t: (sign * t.value, t.number))
+    win = min(done, key=lambda t: (sign * value(t), t.number))
     by = {t.number: t for t in trials}
     forks, node, path = 0, win, []
     while node is not None:

@@ -53,6 +53,7 @@ TREE_ARMS = ("tree-sh", "tree", "tree-half")
 WORKLOADS = {
     "digits": ("tuning", 12.0), "cnn": ("tuning", 12.0), "chars": ("tuning", 12.0),
     "resnet": ("held-out", 8.0), "gru": ("held-out", 8.0), "friedman": ("held-out", 8.0),
+    "tabular": ("held-out", 8.0),
 }  # fmt: skip
 TREE_KEYS = ("roots", "rungs", "keep", "children", "probe")
 

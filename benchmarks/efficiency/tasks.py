@@ -7,6 +7,8 @@ that ships with Python or scikit-learn, or is generated from a seed; nothing is 
   width, dropout) on the English documentation text Python ships (`pydoc_data.topics`).
 - `FriedmanMLP`: an MLP regression on Friedman #1 (10 uniform features of which 5 matter, noise
   1), generated from a fixed seed; objective validation mean squared error.
+- `CancerMLP`: an MLP classifier on scikit-learn's bundled breast-cancer table (569 rows, 30
+  features standardised on the training split); objective validation loss.
 
 Each trains in seconds on one CPU thread at the benchmark's sizes (benchmarks/RESULTS.md).
 """
@@ -177,3 +179,44 @@ class FriedmanMLP(hpsearch.Task):
             total += float(nn.functional.mse_loss(model(x).squeeze(1), y, reduction="sum"))
             count += len(y)
         return {"val_mse": total / count * friedman_data()[2]}
+
+
+# -- a tabular classifier ---------------------------------------------------------------------
+
+CANCER_VAL, CANCER_SEED = 114, 1234
+
+
+@functools.cache
+def cancer_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """The bundled breast-cancer table (read from scikit-learn's CSV: its first line is a
+    header of counts), shuffled by a fixed permutation, standardised on the training rows."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")
+    assert spec is not None and spec.origin is not None
+    path = os.path.join(os.path.dirname(spec.origin), "datasets", "data", "breast_cancer.csv")
+    table = torch.from_numpy(np.loadtxt(path, delimiter=",", skiprows=1)).to(torch.float32)
+    order = torch.randperm(len(table), generator=torch.Generator().manual_seed(CANCER_SEED))
+    x, y = table[order, :-1], table[order, -1].long()
+    train = x[CANCER_VAL:]
+    return (x - train.mean(0)) / train.std(0), y
+
+
+class CancerMLP(DigitsMLP):
+    """30 -> width -> width -> 2 with dropout, AdamW (the digits MLP's loss and metrics);
+    hparams: lr, dropout, weight_decay, batch_size (forkable), width (fixed for a run)."""
+
+    def datasets(self) -> tuple[TensorDataset, TensorDataset]:
+        x, y = cancer_data()
+        v = CANCER_VAL
+        return TensorDataset(x[v:], y[v:]), TensorDataset(x[:v], y[:v])
+
+    def model(self, hparams: dict[str, Any]) -> nn.Module:
+        w, p = int(hparams.get("width", 64)), float(hparams.get("dropout", 0.1))
+        return nn.Sequential(
+            nn.Linear(30, w), nn.ReLU(), nn.Dropout(p),
+            nn.Linear(w, w), nn.ReLU(), nn.Dropout(p),
+            nn.Linear(w, 2),
+        )  # fmt: skip

@@ -1,18 +1,22 @@
-"""Search efficiency, side by side (issue 14): Optuna TPE + MedianPruner (classic), TPE +
-HyperbandPruner, Ray Tune's PopulationBasedTraining, hpsearch's single fork and its fork tree,
-on the same tasks, search spaces and budget, cost counted in training samples.
+"""Search efficiency at a budget (issues 14 and 23): Optuna TPE with a MedianPruner (classic), a
+HyperbandPruner and a SuccessiveHalvingPruner, Ray Tune's PopulationBasedTraining, hpsearch's
+fork tree whose children only continue (successive halving on the same rungs), and the fork tree
+sized from the budget B and from B/2 -- on the same tasks, search spaces, LR schedule and budget,
+cost counted in training samples.
 
 Run from the repository root, by hand (it trains for real; see benchmarks/RESULTS.md):
 
-    python benchmarks/search_efficiency.py --seeds 0 1 2 3 4            # everything
-    python benchmarks/search_efficiency.py --workload digits --arm tree --tree-roots 8 \
-        --from benchmarks/search_efficiency.json                      # one arm, merged in
+    python benchmarks/search_efficiency.py --workload resnet --seeds 0 1 2 3 4 --name heldout
+    python benchmarks/search_efficiency.py --workload digits --arm tree --tree-keep 0.5 \
+        --seeds 100 101 102 --from benchmarks/efficiency/tuning.json --name tuning --skip-done
 
-Every arm of a workload reads its study file `benchmarks/studies/<workload>-<arm>.yaml` (Ray PBT
-reads the classic one) and gets the same budget, `--budget` full runs from scratch (default: the
-workload's, below), counted in samples: every trial, root, probe, pruned trial and warm-up. The
-Optuna arms and the single fork stop starting trials once they have trained the budget; PBT's
-population is the budget; the tree's size follows from its settings (`--tree-*`).
+Every arm of a workload reads its study file `benchmarks/studies/<workload>.yaml` (a search
+space and a budget; no tree keys) and spends the same budget, B full runs from scratch (the
+workload's, below, or `--budget W=B`), counted in samples: every trial, root, probe and pruned
+trial once. The Optuna arms stop starting trials once they have spent it (hpsearch's own
+`trials.budget`, in classic mode); PBT's population is B; the trees take their shape from the
+budget (`--tree-*` overrides a key, for the tuning runs; `--tree-pruner none` runs the tree
+without a pruner inside its generations).
 
 Outputs in `--out` (default `benchmarks/`), named by `--name`: `<name>.json` (every curve;
 `--from` reads it back, several files merge, a later run of the same workload, arm and seed
@@ -40,34 +44,77 @@ from efficiency.records import Run, load_runs, merge, save_runs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STUDIES = os.path.join(HERE, "studies")
-ARMS = ("tpe-median", "tpe-hyperband", "ray-pbt", "fork", "tree")
-# the default budget of each workload, in full runs from scratch, sized for 5 arms x 5 seeds of all
-# three on the 2-core machine of benchmarks/RESULTS.md (its section says what that took)
-WORKLOADS = {"digits": 8, "cnn": 4, "chars": 5}
+ARMS = ("tpe-median", "tpe-hyperband", "tpe-sha", "ray-pbt", "tree-sh", "tree", "tree-half")
+CLASSIC_ARMS = ("tpe-median", "tpe-hyperband", "tpe-sha")
+TREE_ARMS = ("tree-sh", "tree", "tree-half")
+# workload: (split, its budget B in full runs from scratch). The split was named in RESULTS.md
+# before the held-out workloads first ran; B is sized so that the whole benchmark fits a few
+# hours of a 2-core machine (RESULTS.md says where that is smaller than a practitioner's)
+WORKLOADS = {
+    "digits": ("tuning", 12.0), "cnn": ("tuning", 12.0), "chars": ("tuning", 12.0),
+    "resnet": ("held-out", 8.0), "gru": ("held-out", 8.0), "friedman": ("held-out", 8.0),
+    "tabular": ("held-out", 8.0),
+}  # fmt: skip
 TREE_KEYS = ("roots", "rungs", "keep", "children", "probe")
 
 
-def study_of(workload: str, arm: str) -> str:
-    return os.path.join(STUDIES, f"{workload}-{'tpe-median' if arm == 'ray-pbt' else arm}.yaml")
+def study_of(workload: str) -> str:
+    return os.path.join(STUDIES, f"{workload}.yaml")
 
 
-def tree_label(tree: dict[str, Any]) -> str:
-    """`tree` for the study file's own settings, else the overrides in the arm's name."""
+def tree_label(tree: dict[str, Any], arm: str = "tree") -> str:
+    """The arm's name, with the tree keys it overrides: `tree[k0.5 c2]`."""
     if not tree:
-        return "tree"
-    short = {"roots": "r", "rungs": "rungs", "keep": "k", "children": "c", "probe": "p"}
+        return arm
+    short = {"roots": "r", "rungs": "rungs", "keep": "k", "children": "c", "probe": "p",
+             "pruner": "pruner-"}  # fmt: skip
     parts = [f"{short[k]}{'/'.join(map(str, v)) if isinstance(v, list) else v}"
              for k, v in tree.items()]  # fmt: skip
-    return "tree[" + " ".join(parts) + "]"
+    return arm + "[" + " ".join(parts) + "]"
+
+
+def evaluations(path: str) -> int:
+    """Evaluations in one full run: the Hyperband and SHA pruners' resource unit."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        t = yaml.safe_load(f)["trials"]
+    return round(float(t["epochs"]) / float(t["eval_every"]))
+
+
+def pruner_of(arm: str, path: str, tree: dict[str, Any]) -> dict[str, Any] | None:
+    """The arm's pruner (None: the study file's, a MedianPruner)."""
+    e = evaluations(path)
+    if arm == "tpe-hyperband":  # three brackets over one run's evaluations
+        return {"name": "HyperbandPruner", "min_resource": 1, "max_resource": e,
+                "reduction_factor": 3}  # fmt: skip
+    if arm == "tpe-sha":  # rungs at 1/4, 1/2 and 1 of the run, half kept: the tree's rungs
+        return {"name": "SuccessiveHalvingPruner", "min_resource": max(1, e // 4),
+                "reduction_factor": 2, "min_early_stopping_rate": 0}  # fmt: skip
+    if arm in TREE_ARMS and tree.get("pruner") == "none":
+        return {"name": "NopPruner"}
+    return None
+
+
+def tree_keys(arm: str, tree: dict[str, Any]) -> dict[str, Any]:
+    """The tree keys an arm gives: the overrides, and for `tree-sh` the same generations whose
+    children only continue (keep x children survive, one child each: successive halving)."""
+    from hpsearch.config.tree import DEFAULTS
+
+    keys = {k: v for k, v in tree.items() if k in TREE_KEYS}
+    if arm == "tree-sh":
+        keep = float(keys.get("keep", DEFAULTS["keep"]))
+        children = int(keys.get("children", DEFAULTS["children"]))
+        keys.update(keep=min(1.0, keep * children), children=1)
+    return keys
 
 
 def run_arm(workload: str, arm: str, seed: int, budget: float, *, workdir: str,
             tree: dict[str, Any], pbt_every: float) -> Run:  # fmt: skip
-    path = study_of(workload, arm)
+    path = study_of(workload)
     n = prime(path)
     full = round(full_run_epochs(path) * n)
-    cap = round(budget * full)
-    label = tree_label(tree) if arm == "tree" else arm
+    label = tree_label(tree, arm) if arm in TREE_ARMS else arm
     here = os.path.join(workdir, f"{workload}-{label}-{seed}".replace(" ", "_"))
     if arm == "ray-pbt":
         from efficiency.pbt import pbt_points, run_pbt
@@ -82,15 +129,14 @@ def run_arm(workload: str, arm: str, seed: int, budget: float, *, workdir: str,
                              perturb_every=per, workdir=here)  # fmt: skip
         points, wall = pbt_points(rows, s.objective.direction)
         return Run(workload, arm, seed, s.objective.direction, s.objective.metric, full,
-                   population * full, wall, points, info)  # fmt: skip
-    given = dict(tree) if arm == "tree" else {}
-    if isinstance(given.get("roots"), str):  # "0.5B": half the budget in full runs
-        given["roots"] = max(1, round(float(given["roots"].rstrip("B")) * budget))
-    copy = study_copy(path, here, seed=seed, tree=given or None)
-    info = {**given, "roots_given": tree["roots"]} if isinstance(tree.get("roots"), str) else given
-    return run_hpsearch(copy, workload=workload, arm=label, seed=seed, classic=arm in
-                        ("tpe-median", "tpe-hyperband"), cap=0 if arm == "tree" else cap,
-                        full=full, settings_info=info)  # fmt: skip
+                   round(budget * full), wall, points, info)  # fmt: skip
+    spend = budget / 2 if arm == "tree-half" else budget
+    keys = tree_keys(arm, tree) if arm in TREE_ARMS else {}
+    copy = study_copy(path, here, seed=seed, tree=keys or None, budget=spend,
+                      pruner=pruner_of(arm, path, tree))  # fmt: skip
+    info: dict[str, Any] = {"budget": spend, **({"given": keys} if keys else {})}
+    return run_hpsearch(copy, workload=workload, arm=label, seed=seed,
+                        classic=arm in CLASSIC_ARMS, full=full, settings_info=info)  # fmt: skip
 
 
 def benchmark(
@@ -113,7 +159,7 @@ def benchmark(
                 # alternate the order of the arms from seed to seed, so that a machine getting
                 # slower or faster during the benchmark favours no arm's wall time
                 for arm in args.arm if i % 2 == 0 else list(reversed(args.arm)):
-                    label = tree_label(tree) if arm == "tree" else arm
+                    label = tree_label(tree, arm) if arm in TREE_ARMS else arm
                     if args.skip_done and any(
                         (r.workload, r.arm, r.seed) == (w, label, seed) for r in done
                     ):
@@ -138,7 +184,7 @@ def benchmark(
 
 
 def budget_of(args: argparse.Namespace, workload: str) -> float:
-    return float(dict(args.budget or []).get(workload, WORKLOADS[workload]))
+    return float(dict(args.budget or []).get(workload, WORKLOADS[workload][1]))
 
 
 def machine() -> str:
@@ -180,28 +226,20 @@ def _budget(text: str) -> tuple[str, float]:
     return w, float(b)
 
 
-def _roots(text: str) -> int | str:
-    try:
-        return int(text) if not text.endswith("B") else (float(text[:-1]), text)[1]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--tree-roots {text}: a number, or e.g. 0.5B") from None
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workload", action="append", choices=list(WORKLOADS))
     p.add_argument("--arm", action="append", choices=list(ARMS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--budget", action="append", type=_budget, help="WORKLOAD=FULL_RUNS")
-    p.add_argument(
-        "--tree-roots",
-        type=_roots,
-        help="roots of the tree: a number, or a multiple of the budget such as 0.5B",
-    )
+    p.add_argument("--tree-roots", type=int, help="roots of the tree (default: from the budget)")
     p.add_argument("--tree-rungs", type=float, nargs="+")
     p.add_argument("--tree-keep", type=float)
     p.add_argument("--tree-children", type=int)
     p.add_argument("--tree-probe", type=float)
+    p.add_argument(
+        "--tree-pruner", choices=("none",), help="no pruner inside the tree's generations"
+    )
     p.add_argument(
         "--pbt-every",
         type=float,
@@ -251,8 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta["machine"] = doc.get("machine", meta.get("machine"))
     if args.arm or not args.sources:
         args.arm = args.arm or list(ARMS)
-        args.workload = args.workload or list(WORKLOADS)
-        tree = {k: getattr(args, f"tree_{k}") for k in TREE_KEYS
+        tuning = [w for w, (split, _) in WORKLOADS.items() if split == "tuning"]
+        args.workload = args.workload or tuning  # a held-out workload only when named
+        tree = {k: getattr(args, f"tree_{k}") for k in (*TREE_KEYS, "pruner")
                 if getattr(args, f"tree_{k}") is not None}  # fmt: skip
         given = list(argv) if argv is not None else sys.argv[1:]
         commands.append("python " + " ".join([os.path.relpath(__file__), *given]))

@@ -168,4 +168,4 @@ def test_every_sample_is_counted_once(grown: tuple[str, str]) -> None:
         assert sum(v.samples_trained for v in view.trials) == total
     finally:
         s.close()
-    assert f"trained: {total} samples, {total / n:.2f} full runs" in run_output
+    assert f"spent: {total / n:.2f} " in run_output and f"({total} training samples" in run_output

@@ -64,9 +64,9 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Run]
     full = round(arms.full_run_epochs(str(study)) * arms.prime(str(study)))
     out = {}
     for arm, classic in (("tpe-median", True), ("fork", False)):
-        copy = arms.study_copy(str(study), str(root / arm), seed=1)
+        copy = arms.study_copy(str(study), str(root / arm), seed=1, budget=BUDGET)
         out[arm] = arms.run_hpsearch(copy, workload="tiny", arm=arm, seed=1, classic=classic,
-                                     cap=BUDGET * full, full=full)  # fmt: skip
+                                     full=full)  # fmt: skip
     return root, out
 
 
@@ -160,7 +160,7 @@ def test_target_reach_ratios_and_verdict_from_hand_made_curves() -> None:
     v = analysis.verdict(s, vs)
     assert v == {"half": True, "need": 4, "earlier_than_pbt": False, "quality": True}
     md = se.report.markdown(runs)
-    assert "| hpsearch fork tree | 4/5 | 4/5 | 0.38 |" in md
+    assert "| fork tree at B | 4/5 | 4/5 | 0.38 |" in md
     assert "0.38 (4), 1 only the baseline" in md
 
 
@@ -199,6 +199,8 @@ def test_a_later_run_of_the_same_arm_and_seed_replaces_the_earlier() -> None:
     assert records.merge([old, other, new]) == [new, other]
     assert se.tree_label({}) == "tree"
     assert se.tree_label({"roots": 8, "rungs": [0.25, 1.0]}) == "tree[r8 rungs0.25/1.0]"
+    assert se.tree_keys("tree-sh", {"keep": 0.25}) == {"keep": 0.5, "children": 1}
+    assert se.tree_keys("tree", {"keep": 0.25, "pruner": "none"}) == {"keep": 0.25}
     start = dt.datetime(2026, 1, 1)
     assert records.curve([], direction="minimize", started=start) == []
 
@@ -214,9 +216,10 @@ def _trial(number: int, state: str, value: float | None, samples: int, second: i
     )  # fmt: skip
 
 
-def test_a_probed_node_pays_its_probe_and_counts_its_own_value() -> None:
-    """A tree node ranked on a cooldown probe: its Optuna value is the probe's (a throwaway
-    branch), its samples_trained leave the probe out. Completion order decides, not number."""
+def test_a_probed_node_counts_its_probe_once_and_its_own_value() -> None:
+    """A tree node ranked on a cooldown probe: its samples_trained count the probe already (the
+    benchmark adds nothing), and its model is the one at its rung (`rung_value`), not the
+    probe's throwaway branch. Completion order decides, not number."""
     trials = [
         _trial(1, "COMPLETE", 0.5, 100, 5, probe_value=0.5, rung_value=0.8),
         _trial(0, "COMPLETE", 0.9, 100, 3, probe_value=0.9, rung_value=1.2),
@@ -224,11 +227,33 @@ def test_a_probed_node_pays_its_probe_and_counts_its_own_value() -> None:
         _trial(3, "COMPLETE", 0.6, 200, 9),  # a leaf: no probe
     ]
     start = dt.datetime(2026, 1, 1)
-    points = records.curve(trials, direction="minimize", started=start, probe_samples=30,
-                           batch_size=8)  # fmt: skip
+    points = records.curve(trials, direction="minimize", started=start)
     assert [p.trial for p in points] == [0, 1, 2, 3]
-    assert [p.samples for p in points] == [130, 260, 300, 500]
-    assert [p.steps for p in points] == [14, 28, 32, 52]  # probe: ceil(30 / 8) steps
+    assert [p.samples for p in points] == [100, 200, 240, 440]
+    assert [p.steps for p in points] == [10, 20, 24, 44]
     assert [p.value for p in points] == [1.2, 0.8, 0.1, 0.6]
     assert [p.best for p in points] == [1.2, 0.8, 0.8, 0.6]
     assert [p.wall_s for p in points] == [3.0, 5.0, 7.0, 9.0]
+
+
+def test_the_winner_s_lineage_says_whether_it_forked_with_new_values() -> None:
+    """A root's `child` is its place among the roots, not a fork; child 0 continues, so only a
+    child > 0 below the roots counts; the winner is the best complete trial, ties the lowest."""
+
+    def t(number: int, g: int, parent: int | None, child: int, value: float | None,
+          state: str = "COMPLETE"):  # fmt: skip
+        return _trial(number, state, value, 10, number, generation=g, parent_trial=parent,
+                      child=child)  # fmt: skip
+
+    trials = [t(0, 0, None, 0, 0.9), t(1, 0, None, 1, 0.5), t(2, 1, 1, 0, 0.4),
+              t(3, 1, 1, 1, 0.45), t(4, 2, 2, 0, 0.3), t(5, 2, 3, 1, 0.3),
+              t(6, 2, 2, 1, None, "PRUNED")]  # fmt: skip
+    assert arms.winner_lineage(trials, "minimize") == {
+        "winner": 4,
+        "winner_generation": 2,
+        "winner_forks": 0,
+        "winner_path": [1, 2, 4],
+    }
+    trials[5].value = 0.2  # the forked lineage wins: one fork on its path (trial 3), two at 5
+    assert arms.winner_lineage(trials, "minimize")["winner_forks"] == 2
+    assert arms.grown(trials) == [[2, 2, 0], [2, 2, 0], [3, 2, 1]]

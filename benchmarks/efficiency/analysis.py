@@ -18,7 +18,10 @@ from efficiency.records import Run, first_reaching
 
 CLASSIC = "tpe-median"
 PBT = "ray-pbt"
-NAMES_BASE = (CLASSIC, "tpe-hyperband", PBT, "fork")  # the arms compared against
+HYPERBAND, SHA, TREE_SH = "tpe-hyperband", "tpe-sha", "tree-sh"
+# the arms compared against ("fork": the single fork of the issue-14 runs)
+NAMES_BASE = (CLASSIC, HYPERBAND, SHA, PBT, TREE_SH, "fork")
+EARLIER_THAN = (PBT, HYPERBAND, SHA, TREE_SH)  # issue 23: the tree reaches the target sooner
 HALF = 0.5  # the issue's bar: the target at no more than half of classic's samples
 
 
@@ -129,18 +132,27 @@ def arm_summary(reach: Sequence[Reach], classic: Sequence[Reach], direction: str
     }
 
 
+def earlier(vs: dict[str, Any] | None) -> bool | None:
+    """Fewer samples to the target than the baseline where both reach it (the median ratio
+    below 1), and no seed where only the baseline reaches it; None: no baseline, or neither
+    reached it anywhere."""
+    if vs is None or vs["paired"] + vs["only_mine"] + vs["only_theirs"] == 0:
+        return None
+    return (vs["ratio"] is None or vs["ratio"] < 1.0) and vs["only_theirs"] == 0
+
+
 def verdict(s: dict[str, Any], vs_pbt: dict[str, Any] | None) -> dict[str, Any]:
-    """The issue's three conditions for one arm: the target at <= 1/2 of classic's samples in
-    >= 4 of 5 seeds (4/5 of the seeds), earlier than PBT, no worse than classic beyond the
-    spread."""
+    """The issue's conditions for one arm: the target at <= 1/2 of classic's samples in >= 4 of
+    5 seeds (4/5 of the seeds), earlier than PBT, no worse than classic beyond the spread."""
     need = -(-4 * s["seeds"] // 5)
-    earlier = None
-    if vs_pbt is not None:
-        earlier = (vs_pbt["ratio"] is None or vs_pbt["ratio"] < 1.0) and (
-            vs_pbt["only_theirs"] == 0 and vs_pbt["paired"] + vs_pbt["only_mine"] > 0
-        )
-    return {"half": s["reached_half"] >= need, "need": need, "earlier_than_pbt": earlier,
+    return {"half": s["reached_half"] >= need, "need": need, "earlier_than_pbt": earlier(vs_pbt),
             "quality": s["worse_than_classic"] is False}  # fmt: skip
+
+
+def forked_winners(runs: Sequence[Run]) -> tuple[int, int]:
+    """(seeds whose winner has a node forked with new values on its path, seeds with a winner)."""
+    known = [r for r in runs if "winner_forks" in r.settings]
+    return sum(1 for r in known if r.settings["winner_forks"] > 0), len(known)
 
 
 def best_at(run: Run, xs: Sequence[float]) -> list[float | None]:

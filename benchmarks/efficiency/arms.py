@@ -1,16 +1,16 @@
-"""Running one arm of the benchmark for one seed, to a budget in training samples.
+"""Running one arm of the benchmark for one seed, to a budget in full runs.
 
-The Optuna arms (TPE + MedianPruner, TPE + HyperbandPruner) run through hpsearch's classic mode
-(`--no-fork`: every trial trains from scratch, exactly Optuna's ask-train-report-prune loop, with
-the same training code as the forking arms). The single fork and the fork tree run hpsearch's
-own schedulers. Every arm's cost is the sum of its trials' `hpsearch.samples_trained` (pruned
-and failed trials included) plus a single fork's warm-up; a search stops starting trials once
-that reaches the budget (the trial running then finishes).
+Every hpsearch and Optuna arm runs through hpsearch with the study file's `trials.budget` (issue
+23): the Optuna arms (TPE with a MedianPruner, a HyperbandPruner or a SuccessiveHalvingPruner)
+in classic mode (`--no-fork`: every trial from scratch, exactly Optuna's ask-train-report-prune
+loop, with the same training code and LR schedule as the forking arms), which stops starting
+trials once it has spent the budget (the trial running then finishes); the fork trees with their
+shape sized from the budget. Cost is the sum of the trials' `hpsearch.samples_trained` (pruned
+and failed trials, roots and probes included, each once) plus a single fork's warm-up.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import time
@@ -20,16 +20,15 @@ import yaml
 
 from efficiency.records import ATTR, Run, curve
 
-BIG = 10**6  # a trial count that the budget reaches first
+BIG = 10**9  # a trial count that the budget reaches first
 
 
-class BudgetSpent(Exception):
-    """Raised between trials once the search has trained its budget."""
-
-
-def study_copy(path: str, workdir: str, *, seed: int, tree: dict[str, Any] | None = None) -> str:
+def study_copy(
+    path: str, workdir: str, *, seed: int, tree: dict[str, Any] | None = None,
+    budget: float | None = None, pruner: dict[str, Any] | None = None,
+) -> str:  # fmt: skip
     """A copy of the study file in `workdir` with its own storage and checkpoints and the given
-    seed (and tree settings, for the tree arm). Relative task paths are made absolute."""
+    seed (and budget, pruner and tree keys). Relative task paths are made absolute."""
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f)
     base = os.path.dirname(os.path.abspath(path))
@@ -39,8 +38,12 @@ def study_copy(path: str, workdir: str, *, seed: int, tree: dict[str, Any] | Non
     raw["seed"] = seed
     raw["storage"] = "sqlite:///" + os.path.join(workdir, "study.db")
     raw["checkpoints"] = {**(raw.get("checkpoints") or {}), "dir": os.path.join(workdir, "ck")}
+    if budget is not None:
+        raw["trials"] = {**raw["trials"], "budget": budget}
+    if pruner is not None:
+        raw["pruner"] = pruner
     if tree:
-        raw["tree"] = {**raw["tree"], **tree}
+        raw["tree"] = {**(raw.get("tree") or {}), **tree}
     os.makedirs(workdir, exist_ok=True)
     out = os.path.join(workdir, "study.yaml")
     with open(out, "w", encoding="utf-8") as f:
@@ -69,39 +72,28 @@ def spent(study: Any) -> tuple[int, int]:
     return samples, steps
 
 
-def _worker_class(cap: int) -> type:
-    from hpsearch.search.worker import Worker
-
-    class BudgetWorker(Worker):
-        def run_trial(self, trials: Any, job: Any) -> Any:
-            out = super().run_trial(trials, job)
-            if cap and spent(self.session.study)[0] >= cap:
-                raise BudgetSpent
-            return out
-
-    return BudgetWorker
-
-
 def run_hpsearch(
-    study_file: str, *, workload: str, arm: str, seed: int, classic: bool, cap: int, full: int,
+    study_file: str, *, workload: str, arm: str, seed: int, classic: bool, full: int,
     settings_info: dict[str, Any] | None = None,
 ) -> Run:  # fmt: skip
-    """Run one search in this process until the budget `cap` (samples; 0: the study's own end)
-    and read its trials back. The session is opened (task and data checked) before timing."""
+    """Run one search in this process to its end (its budget spent, or its tree grown) and read
+    its trials back. The session is opened (task and data checked) before timing."""
     import optuna
 
+    from hpsearch.config.budget import generation_sizes, tree_cost
     from hpsearch.search.control import StopFlag
     from hpsearch.search.session import Session
+    from hpsearch.search.worker import Worker
 
     session = Session.open(study_file, classic=classic)
     try:
         s = session.settings
-        target = s.trials.n if not cap else BIG
+        target = BIG if classic else s.trials.n
         stop = StopFlag()
         started = dt.datetime.now()  # Optuna stamps trials with naive local datetime.now()
         t0 = time.monotonic()
-        with stop.installed(), contextlib.suppress(BudgetSpent):
-            _worker_class(cap)(session, stop=stop).run(target)
+        with stop.installed():
+            Worker(session, stop=stop).run(target)
         wall = time.monotonic() - t0
         name, url = session.study.study_name, s.storage
     finally:
@@ -109,20 +101,71 @@ def run_hpsearch(
     study = optuna.load_study(study_name=name, storage=url)
     warm_steps = int(study.user_attrs.get(ATTR + "warmup_steps", 0) or 0)
     warm_samples = int(study.user_attrs.get(ATTR + "warmup_samples", 0) or 0)
-    tree = getattr(s, "tree", None) if not classic else None
-    fixed = dict(tree.hparams) if tree is not None else dict(s.warmup.hparams or {})
+    trials = study.get_trials(deepcopy=False)
     points = curve(
-        study.get_trials(deepcopy=False), direction=s.objective.direction, started=started,
+        trials, direction=s.objective.direction, started=started,
         extra_steps=0 if classic else warm_steps, extra_samples=0 if classic else warm_samples,
-        probe_samples=round(tree.probe * full) if tree is not None else 0,
-        batch_size=int(fixed.get("batch_size", 1)),
     )  # fmt: skip
     info = dict(settings_info or {})
     info.update(pruner=s.pruner.name, sampler=s.sampler.name, trials=len(points))
+    tree = s.tree if not classic else None
+    if tree is not None:
+        info.update(roots=tree.roots, rungs=list(tree.rungs), keep=tree.keep,
+                    children=tree.children, probe=tree.probe, sized=tree.sized,
+                    planned=generation_sizes(tree), planned_cost=round(tree_cost(tree), 3),
+                    grown=grown(trials))  # fmt: skip
+        info.update(winner_lineage(trials, s.objective.direction))
     if not classic and warm_samples:
         info.update(warmup_samples=warm_samples)
-    return Run(workload, arm, seed, s.objective.direction, s.objective.metric, full, cap, wall,
-               points, info)  # fmt: skip
+    budget = round(float(s.trials.budget or 0) * full)
+    return Run(workload, arm, seed, s.objective.direction, s.objective.metric, full, budget,
+               wall, points, info)  # fmt: skip
+
+
+def grown(trials: Any) -> list[list[int]]:
+    """Per generation: [nodes, complete, pruned] as the tree actually grew."""
+    out: dict[int, list[int]] = {}
+    for t in trials:
+        g = t.user_attrs.get(ATTR + "generation")
+        if g is None:
+            continue
+        row = out.setdefault(int(g), [0, 0, 0])
+        row[0] += 1
+        row[1] += t.state.name == "COMPLETE"
+        row[2] += t.state.name == "PRUNED"
+    return [out[g] for g in sorted(out)]
+
+
+def winner_lineage(trials: Any, direction: str) -> dict[str, Any]:
+    """The winner (the complete trial with the best value; ties: the lowest number) and its
+    lineage: its generation, and whether any node on its path was forked with new values (a
+    child other than child 0, which continues with its parent's values)."""
+
+    def value(t: Any) -> float | None:  # the model kept: a probed node's own, at its rung
+        rung = t.user_attrs.get(ATTR + "rung_value")
+        return rung if rung is not None else t.value
+
+    done = [t for t in trials if t.state.name == "COMPLETE" and value(t) is not None]
+    if not done:
+        return {}
+    sign = -1.0 if direction == "maximize" else 1.0
+    win = min(done, key=lambda t: (sign * value(t), t.number))
+    by = {t.number: t for t in trials}
+    forks, node, path = 0, win, []
+    while node is not None:
+        path.append(node.number)
+        # a root's `child` is its place among the roots, not a fork
+        if node_generation(node) and int(node.user_attrs.get(ATTR + "child", 0) or 0) > 0:
+            forks += 1
+        parent = node.user_attrs.get(ATTR + "parent_trial")
+        node = by.get(parent) if parent is not None else None
+    return {"winner": win.number, "winner_generation": node_generation(win),
+            "winner_forks": forks, "winner_path": path[::-1]}  # fmt: skip
+
+
+def node_generation(t: Any) -> int | None:
+    g = t.user_attrs.get(ATTR + "generation")
+    return int(g) if g is not None else None
 
 
 def prime(study_file: str) -> int:

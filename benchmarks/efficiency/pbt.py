@@ -112,7 +112,7 @@ def train_member(config: dict[str, Any], bench: dict[str, Any]) -> None:
 
     started = time.time()
     torch.set_num_threads(1)
-    _, task, data = _task(bench["study"])
+    settings, task, data = _task(bench["study"])
     member = int(tune.get_context().get_trial_name().rsplit("_", 1)[-1])
     hp = {**bench["fixed"], **{k: config[k] for k in bench["keys"]}}
     ck = tune.get_checkpoint()
@@ -126,6 +126,7 @@ def train_member(config: dict[str, Any], bench: dict[str, Any]) -> None:
         trainer = Trainer.create(
             task, hp, seed=bench["seed"] * 1000 + member, datasets=data,
             schedule=Schedule(**sched) if sched else None, total_samples=bench["full"],
+            training=settings.training,
         )  # fmt: skip
     full, every = bench["full"], bench["interval"]
     while trainer.progress.samples < full:
@@ -173,7 +174,7 @@ def run_pbt(
         "metric": settings.objective.metric, "keys": list(params), "forkable": sorted(forkable),
         "fixed": {k: v for k, v in warmup_hparams(settings).items() if k not in params},
         "schedule": None if sched is None else
-        {"name": sched.name, "warmup": sched.warmup, "final": sched.final},
+        {"name": sched.name, "warmup": sched.warmup, "final": sched.final, "decay": sched.decay},
     }  # fmt: skip
     pbt = PopulationBasedTraining(
         time_attr="training_iteration", perturbation_interval=perturb_every,

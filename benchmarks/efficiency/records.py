@@ -31,12 +31,12 @@ class Point:
 @dataclass
 class Run:
     workload: str
-    arm: str  # tpe-median | tpe-hyperband | ray-pbt | fork | tree[...]
+    arm: str  # tpe-median | tpe-hyperband | tpe-sha | ray-pbt | tree-sh | tree | tree-half | ...
     seed: int
     direction: str
     metric: str
     full_samples: int  # one run from scratch over the full budget
-    budget_samples: int  # the budget the arm was given (0: none, the arm's own size)
+    budget_samples: int  # the budget the arm was given, in samples
     wall_s: float
     points: list[Point] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # arm settings worth reporting
@@ -78,8 +78,6 @@ def curve(
     started: dt.datetime,
     extra_steps: int = 0,
     extra_samples: int = 0,
-    probe_samples: int = 0,
-    batch_size: int = 1,
 ) -> list[Point]:
     """Per-trial points of one search from its Optuna trials (FrozenTrial-like objects).
 
@@ -87,11 +85,11 @@ def curve(
     any trial) is counted once, before the first. Only completed trials count towards the best
     value, as in Optuna: a pruned trial's last report is a model nobody would keep.
 
-    A tree node ranked on a cooldown probe (it has `probe_value`) also trained `probe_samples`
-    in a throwaway branch, which its `samples_trained` leaves out, so it is added here; and its
-    Optuna value is the probe's, a model that is not kept, so the best so far takes the node's
-    own value at the rung (`rung_value`) instead. `batch_size`: where the space does not
-    sample it, for the probe's steps."""
+    Each trial's `samples_trained` counts everything it trained once, a cooldown probe included
+    (hpsearch counts the probe's samples in the node's own), so nothing is added here. A node
+    ranked on a probe keeps its own value at the rung, the model in its final checkpoint, as
+    `rung_value` where its Optuna value was the probe's (before the one-winner rule); the best so
+    far takes that one: the probe's model is not kept."""
     done = [t for t in trials if t.state.name in FINISHED and t.datetime_complete is not None]
     done.sort(key=lambda t: (t.datetime_complete, t.number))
     pick = better(direction)
@@ -101,11 +99,9 @@ def curve(
         steps += int(t.user_attrs.get(ATTR + "steps_trained", 0))
         samples += int(t.user_attrs.get(ATTR + "samples_trained", 0))
         value = t.value if t.value is not None and math.isfinite(t.value) else None
-        if ATTR + "probe_value" in t.user_attrs:
-            samples += probe_samples
-            steps += -(-probe_samples // int(t.params.get("batch_size", batch_size)))
-            rung = t.user_attrs.get(ATTR + "rung_value")
-            value = rung if rung is not None and math.isfinite(rung) else None
+        rung = t.user_attrs.get(ATTR + "rung_value")
+        if rung is not None:
+            value = rung if math.isfinite(rung) else None
         if t.state.name == "COMPLETE" and value is not None:
             best = value if best is None else pick(best, value)
         wall = (t.datetime_complete - started).total_seconds()

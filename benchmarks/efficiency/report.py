@@ -11,16 +11,24 @@ from efficiency.records import Run
 NAMES = {
     "tpe-median": "TPE + MedianPruner (classic)",
     "tpe-hyperband": "TPE + HyperbandPruner",
+    "tpe-sha": "TPE + SuccessiveHalvingPruner",
     "ray-pbt": "Ray Tune PBT",
+    "tree-sh": "tree, children only continue",
+    "tree": "fork tree at B",
+    "tree-half": "fork tree at B/2",
     "fork": "hpsearch single fork",
 }
-COLOURS = {"tpe-median": "#4c72b0", "tpe-hyperband": "#8172b3", "ray-pbt": "#55a868",
-           "fork": "#dd8452"}  # fmt: skip
-TREE_COLOURS = ["#c44e52", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
+COLOURS = {"tpe-median": "#4c72b0", "tpe-hyperband": "#8172b3", "tpe-sha": "#64b5cd",
+           "ray-pbt": "#55a868", "tree-sh": "#937860", "tree": "#c44e52",
+           "tree-half": "#da8bc3", "fork": "#dd8452"}  # fmt: skip
+TREE_COLOURS = ["#8c8c8c", "#ccb974", "#1b9e77", "#d95f02", "#7570b3", "#e7298a"]
 
 
 def name(arm: str) -> str:
-    return NAMES.get(arm, "hpsearch fork " + arm)
+    if arm in NAMES:
+        return NAMES[arm]
+    base, _, keys = arm.partition("[")
+    return f"{NAMES.get(base, base)} [{keys}" if keys else arm
 
 
 def colour(arm: str, arms: Sequence[str]) -> str:
@@ -92,9 +100,10 @@ def workload_tables(runs: Sequence[Run], w: str, target: float) -> list[str]:
             v = an.verdict(s, an.against(by[a], by[an.PBT]) if an.PBT in by else None)
             ok = [
                 f"≤ 1/2 in ≥ {v['need']} seeds: {'yes' if v['half'] else 'no'}",
-                f"earlier than PBT: {_yn(v['earlier_than_pbt'])}",
                 f"quality kept: {'yes' if v['quality'] else 'no'}",
             ]
+            ok += [f"earlier than {b}: {_yn(an.earlier(an.against(by[a], by[b])))}"
+                   for b in an.EARLIER_THAN if b in by and b != a]  # fmt: skip
             lines.append(f"| {name(a)} | " + " | ".join(cells) + " | " + "; ".join(ok) + " |")
     lines += ["", "Per seed: final best (samples to the target ÷ the same seed's classic "
               "search; – : never reached)", "",
@@ -103,10 +112,50 @@ def workload_tables(runs: Sequence[Run], w: str, target: float) -> list[str]:
     for a in arms:
         cells = {r.seed: f"{_f(r.final_best)} ({_r(r.ratio) if r.ratio else '–'})" for r in by[a]}
         lines.append(f"| {name(a)} | " + " | ".join(cells.get(s, "") for s in seeds) + " |")
-    settings = [(a, next(r.settings for r in mine if r.arm == a)) for a in arms]
+    lines += shapes(mine, arms)
+    return lines
+
+
+SHAPE_KEYS = ("budget", "roots", "rungs", "keep", "children", "probe", "pruner", "planned",
+              "planned_cost")  # fmt: skip
+
+
+def shapes(mine: Sequence[Run], arms: Sequence[str]) -> list[str]:
+    """Each tree arm's shape (as its budget made it) and how it grew, seed by seed; and how
+    often its winner forked with new values; the other arms' settings in a line."""
+    trees = [a for a in arms if any("planned" in r.settings for r in mine if r.arm == a)]
+    lines = []
+    if trees:
+        lines += ["", "The trees: the shape each budget produced (generation sizes as planned, "
+                  "the cost in full runs as planned), as grown (per generation: nodes / complete / "
+                  "pruned), what was spent, and the winner's path (its generation; forks with new "
+                  "values on its path):", "",
+                  "| arm | seed | shape | planned | grown | spent | winner |",
+                  "| --- | ---: | --- | --- | --- | ---: | --- |"]  # fmt: skip
+        for a in trees:
+            for r in sorted((r for r in mine if r.arm == a), key=lambda r: r.seed):
+                st = r.settings
+                shape = (f"B {st.get('budget')}: {st.get('roots')} roots, rungs "
+                         f"{'/'.join(f'{x:g}' for x in st.get('rungs', []))}, keep "
+                         f"{st.get('keep')}, children {st.get('children')}"
+                         + (f", probe {st['probe']}" if st.get("probe") else "")
+                         + f", {st.get('pruner')}")  # fmt: skip
+                sizes = " → ".join(map(str, st.get("planned", [])))
+                planned = f"{sizes} ({st.get('planned_cost')})"
+                grown = " → ".join("/".join(map(str, g)) for g in st.get("grown", []))
+                win = (f"trial {st.get('winner')} (gen {st.get('winner_generation')}; "
+                       f"{st.get('winner_forks')} fork{'s' if st.get('winner_forks') != 1 else ''})"
+                       if "winner" in st else "–")  # fmt: skip
+                lines.append(f"| {name(a)} | {r.seed} | {shape} | {planned} | {grown} "
+                             f"| {r.total_samples / r.full_samples:.2f} | {win} |")  # fmt: skip
+        forked = [(a, an.forked_winners([r for r in mine if r.arm == a])) for a in trees]
+        lines += ["", "Winners forked with new values (a child other than the one that "
+                  "continues, on the winner's path), per arm: "
+                  + "; ".join(f"{name(a)} {k}/{n}" for a, (k, n) in forked)]  # fmt: skip
+    others = [(a, next(r.settings for r in mine if r.arm == a)) for a in arms if a not in trees]
     lines += ["", "Arm settings: " + "; ".join(
         f"{name(a)}: " + ", ".join(f"{k} {v}" for k, v in st.items() if k != "trials")
-        for a, st in settings if st), ""]  # fmt: skip
+        for a, st in others if st), ""]  # fmt: skip
     return lines
 
 

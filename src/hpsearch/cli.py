@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     ):
         c = cmd(name, help)
         c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
+        c.add_argument(
+            "--budget", type=float,
+            help="full runs from scratch to spend (replaces trials.budget; sizes a fork tree)",
+        )  # fmt: skip
         c.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
         c.add_argument("--gpus", help="with device: cuda, the GPUs for the workers, e.g. 0,1,3")
         c.add_argument("--debug", action="store_true",
@@ -63,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("worker", "one extra worker for a study in a shared database")
     c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
     c.add_argument("--debug", action="store_true", help="print failed attempts' tracebacks")
+    c.add_argument(
+        "--budget", type=float,
+        help="full runs from scratch to spend (replaces trials.budget; sizes a fork tree)",
+    )  # fmt: skip
     common(c)
     c = cmd("status", "a table of the study's trials")
     c.add_argument("--wide", action="store_true", help="full params, ids and notes: no shortening")
@@ -135,7 +143,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
     from hpsearch.config import load_study_file  # no torch: the first line comes at once
 
-    settings = load_study_file(args.study)
+    settings = load_study_file(args.study, budget=args.budget)
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")
     if args.workers < 1:
@@ -193,7 +201,7 @@ def run_with_workers(
         with _debug(args.debug):
             summary = run_study(
                 args.study, trials=args.trials, storage=args.storage, classic=args.classic,
-                label=label, after=wait_for_workers,
+                label=label, after=wait_for_workers, budget=getattr(args, "budget", None),
             )  # fmt: skip
     finally:
         wait_for_workers()  # after a stop too: they got the same signal
@@ -231,6 +239,8 @@ def _spawn_worker(
         cmd += ["--trials", str(args.trials)]
     if args.debug:
         cmd.append("--debug")
+    if getattr(args, "budget", None) is not None:  # the Python API's arguments have none
+        cmd += ["--budget", repr(args.budget)]
     return subprocess.Popen(cmd, env=env)
 
 
@@ -243,7 +253,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     with _debug(args.debug):
         summary = run_study(args.study, trials=args.trials, storage=args.storage,
-                            classic=args.classic, label=f"[worker {os.getpid()}] ")  # fmt: skip
+                            classic=args.classic, label=f"[worker {os.getpid()}] ",
+                            budget=args.budget, say_plan=False)  # fmt: skip
     return 1 if summary.failed else 0
 
 

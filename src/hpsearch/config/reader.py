@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 import yaml
 
+from hpsearch.config.budget import DEFAULT_BUDGET, tree_cost
 from hpsearch.config.components import dry_run, read_pruner, read_sampler
 from hpsearch.config.hatches import read_training
 from hpsearch.config.places import read_checkpoints, read_storage
@@ -122,16 +123,21 @@ class _StudyLoader(yaml.SafeLoader):
             ) from None
 
 
-def load_study_file(path: str | os.PathLike[str], *, writable: bool = True) -> StudySettings:
+def load_study_file(
+    path: str | os.PathLike[str], *, writable: bool = True, budget: float | None = None
+) -> StudySettings:
     """Read and validate a study file; raise StudyFileError naming the key path and the fix.
 
     With `writable` (the commands that train), the storage's and the checkpoints' directories
     must take new files (an empty file is created and deleted there); the read-only commands
-    (`status`, `plot`, ...) pass False and work on a study in a read-only place.
+    (`status`, `plot`, ...) pass False and work on a study in a read-only place. `budget`
+    (full runs, `hpsearch run --budget`) replaces the file's `trials.budget`, and a tree
+    without `tree.roots` is sized from it.
     """
     shown = os.fspath(path)
     r = Reader(shown, writable=writable)
-    return _read_study(r, _parse(r, shown), shown, os.path.dirname(os.path.abspath(shown)))
+    base_dir = os.path.dirname(os.path.abspath(shown))
+    return _read_study(r, _parse(r, shown), shown, base_dir, budget)
 
 
 def load_study_mapping(
@@ -153,10 +159,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _read_study(r: Reader, parsed: Any, shown: str, base_dir: str) -> StudySettings:
+def _read_study(
+    r: Reader, parsed: Any, shown: str, base_dir: str, budget: float | None = None
+) -> StudySettings:
     required = {k: v for k, v in _TOP.items() if v is not None}
     raw = r.mapping(parsed, "", _TOP, required)
-    settings, sampler, pruner = _read_sections(r, raw, shown, base_dir)
+    settings, sampler, pruner = _read_sections(r, raw, shown, base_dir, budget)
     dry_run(r, settings, sampler, pruner)
     return settings
 
@@ -190,7 +198,7 @@ def _parse(r: Reader, shown: str) -> Any:
 
 
 def _read_sections(
-    r: Reader, raw: dict[str, Any], shown: str, base_dir: str
+    r: Reader, raw: dict[str, Any], shown: str, base_dir: str, budget: float | None = None
 ) -> tuple[StudySettings, optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
     """The settings, and the sampler and pruner built from them for the dry run."""
     # Sections are checked in the order the SPEC example lists them; the first mistake is raised.
@@ -212,16 +220,20 @@ def _read_sections(
     tree = None
     if strategy == "base":
         warmup = read_warmup(r, raw["warmup"])
-        trials = read_trials(r, raw["trials"])
+        trials = read_trials(r, raw["trials"], budget=budget)
         search_space = read_search_space(r, raw["search_space"], warmup.hparams)
     else:
-        trials = read_trials(r, raw["trials"], tree=True)
+        trials = read_trials(r, raw["trials"], tree=True, budget=budget)
         search_space = read_search_space(r, raw["search_space"], None)
-        tree = read_tree(r, raw.get("tree"), search_space)
-        # no warm-up: its values are where a tree's study is checked (the preflight), and the
-        # twin classic study trains as many full-budget trials as the tree has nodes
+        scheduled = raw.get("schedule") is not None
+        tree = read_tree(r, raw.get("tree"), search_space, trials.budget, scheduled=scheduled)
+        # no warm-up: its values are where a tree's study is checked (the preflight); the twin
+        # classic study spends the tree's budget (without one, what the tree's shape costs)
         warmup = WarmupSettings(epochs=0.0, steps=None, hparams=start_point(tree, search_space))
-        trials = dataclasses.replace(trials, n=sum(generation_sizes(tree)))
+        spend = trials.budget if trials.budget is not None else round(tree_cost(tree), 6)
+        if trials.budget is None and tree.sized:
+            spend = DEFAULT_BUDGET
+        trials = dataclasses.replace(trials, n=sum(generation_sizes(tree)), budget=spend)
     data = read_data(r, raw.get("data"))
     fixed = ("warmup.hparams", warmup.hparams) if tree is None else ("tree.hparams", tree.hparams)
     training = read_training(r, raw.get("training"), fixed, search_space)

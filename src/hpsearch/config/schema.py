@@ -106,6 +106,9 @@ class TrialSettings:
     heartbeat_s: float
     grace_s: float
     max_failures: int = 3  # trials of one run that fail for good (errors) before the run stops
+    # full runs from scratch to spend, every trial, pruned one, probe and warm-up counted (a full
+    # run: `epochs`/`steps` of a tree, warm-up plus trial otherwise); None: `n` trials, no budget
+    budget: float | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class TreeSettings:
     children: int
     probe: float  # a cooldown probe's length as a fraction of the full budget; 0: off
     hparams: dict[str, Any]  # read-only: values of the keys the search space does not sample
+    sized: bool = False  # `roots` came from the budget (`trials.budget`), not from the file
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from hpsearch.config.values import (
     show,
 )
 
+UNBOUNDED = 10**9  # trials.n of a study that only a budget ends
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _CUDA = re.compile(r"^cuda:\d+$")
 
@@ -132,11 +133,15 @@ def _hparams(r: Reader, value: Any, key: str) -> dict[str, Any]:
     return out
 
 
-def read_trials(r: Reader, value: Any, *, tree: bool = False) -> TrialSettings:
+def read_trials(
+    r: Reader, value: Any, *, tree: bool = False, budget: float | None = None
+) -> TrialSettings:
     """`trials:`; in a fork tree the budget is a leaf's whole training from scratch and the
-    tree's shape, not `n`, sets how many trials there are."""
+    tree's shape, not `n`, sets how many trials there are. `budget` (full runs; `--budget`)
+    replaces the file's `trials.budget`; a study with a budget needs no `n`."""
     allowed = (
         "n",
+        "budget",
         "epochs",
         "steps",
         "eval_every",
@@ -146,19 +151,27 @@ def read_trials(r: Reader, value: Any, *, tree: bool = False) -> TrialSettings:
         "grace_s",
         "max_failures",
     )
-    section = r.mapping(value, "trials", allowed, None if tree else {"n": "n: 20"})
+    section = r.mapping(value, "trials", allowed, None)
+    if budget is not None:
+        section = {**section, "budget": budget}
     if tree:
         _tree_trials(r, section)
-    budget = r.exactly_one(section, "trials", "epochs", "steps", required=True)
+    elif "n" not in section and "budget" not in section:
+        r.fail(
+            "trials.n",
+            "required: how many trials to run (`n: 20`), or how much to spend, in full runs "
+            "from scratch (`budget: 16`); add one",
+        )
+    length = r.exactly_one(section, "trials", "epochs", "steps", required=True)
     epochs = steps = None
     what = "a leaf trains from scratch" if tree else "each trial trains after its fork"
-    if budget == "epochs":
+    if length == "epochs":
         epochs = r.epochs(section["epochs"], "trials.epochs", what)
     else:
         steps = r.steps(section["steps"], "trials.steps", what)
     eval_every, eval_every_steps = _evaluations(r, section, epochs, steps)
     return TrialSettings(
-        n=r.integer(section.get("n", 1), "trials.n", Bounds(ge=1)),
+        n=r.integer(section.get("n", UNBOUNDED), "trials.n", Bounds(ge=1)),
         epochs=epochs,
         steps=steps,
         eval_every=eval_every,
@@ -167,6 +180,11 @@ def read_trials(r: Reader, value: Any, *, tree: bool = False) -> TrialSettings:
         heartbeat_s=r.real(section.get("heartbeat_s", 30.0), "trials.heartbeat_s", Bounds(gt=0)),
         grace_s=r.real(section.get("grace_s", 120.0), "trials.grace_s", Bounds(gt=0)),
         max_failures=r.integer(section.get("max_failures", 3), "trials.max_failures", Bounds(ge=1)),
+        budget=(
+            r.real(section["budget"], "trials.budget", Bounds(gt=0, le=1e6))
+            if "budget" in section
+            else None
+        ),
     )
 
 

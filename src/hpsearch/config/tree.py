@@ -1,49 +1,72 @@
 """The `tree:` section: the fork tree's shape, and the sizes and starting values that follow.
 
     tree:
-      roots: 12                       # generation 0: short runs from scratch, every key sampled
+      roots: 16                       # generation 0: short runs from scratch, every key sampled
       rungs: [0.25, 0.5, 1.0]         # where generations end, as fractions of the full budget
       keep: 0.25                      # the fraction of a generation that survives a rung
       children: 2                     # forks per survivor; child 0 keeps its parent's values
-      probe: 0.0                      # a cooldown probe to rank on, as a fraction of the budget
+      probe: 0.05                     # a cooldown probe to rank on, as a fraction of the budget
       hparams: {hidden: 256}          # values of the keys search_space does not sample
 
-A study file with neither `tree:` nor `warmup:` is a tree with these defaults (rungs, keep,
-children and probe are the setting that did best in benchmarks/RESULTS.md's side-by-side
-search; a tree then costs about 0.4-0.5 of a classic search of `roots` full runs).
+Every key is optional. Without `roots`, the tree takes as many as make it spend about
+`trials.budget` full runs (`budget.roots_for`; 6 full runs where the file gives no budget);
+rungs, keep, children and probe default to the setting chosen on the tuning workloads of
+benchmarks/RESULTS.md ("Search efficiency at a budget"): a probe of 0.05 where the study has a
+schedule (it ranked the nodes better there than their value at the rung at a constant LR).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping
 from typing import Any
 
+from hpsearch.config.budget import (
+    DEFAULT_BUDGET,
+    describe_tree,
+    generation_sizes,
+    roots_for,
+    survivors_of,
+    tree_cost,
+)
 from hpsearch.config.schema import Param, TreeSettings
 from hpsearch.config.values import Bounds, Reader, as_number, fmt, is_number, show
 
 DEFAULTS: dict[str, Any] = {
-    "roots": 12,
     "rungs": [0.25, 0.5, 1.0],
     "keep": 0.25,
     "children": 2,
-    "probe": 0.0,
+    "probe": 0.05,  # with a schedule to decay (without one: 0, nothing to probe)
 }
 MAX_NODES = 100_000  # a tree this size is a typo (children: 1000), not a search
 
 
-def read_tree(r: Reader, value: Any, space: Mapping[str, Param]) -> TreeSettings:
-    section = r.mapping(value, "tree", (*DEFAULTS, "hparams"), optional=True)
-    get = {**DEFAULTS, **section}.__getitem__
+def read_tree(
+    r: Reader,
+    value: Any,
+    space: Mapping[str, Param],
+    budget: float | None,
+    *,
+    scheduled: bool = True,
+) -> TreeSettings:
+    """The tree; without `tree.roots`, sized to spend about `budget` full runs (None: the
+    default budget). `scheduled`: the study has an LR schedule, which a cooldown probe decays
+    (without one the probe defaults to 0)."""
+    section = r.mapping(value, "tree", ("roots", *DEFAULTS, "hparams"), optional=True)
+    defaults = DEFAULTS if scheduled else {**DEFAULTS, "probe": 0.0}
+    get = {**defaults, **section}.__getitem__
     tree = TreeSettings(
-        roots=r.integer(get("roots"), "tree.roots", Bounds(ge=1)),
+        roots=r.integer(section["roots"], "tree.roots", Bounds(ge=1)) if "roots" in section else 1,
         rungs=_rungs(r, get("rungs")),
         keep=r.real(get("keep"), "tree.keep", Bounds(gt=0, le=1)),
         children=r.integer(get("children"), "tree.children", Bounds(ge=1)),
         probe=r.real(get("probe"), "tree.probe", Bounds(ge=0, lt=0.5)),
         hparams=_fixed(r, section.get("hparams"), space),
     )
+    if "roots" not in section:
+        tree = _sized(r, tree, DEFAULT_BUDGET if budget is None else budget)
     if sum(generation_sizes(tree)) > MAX_NODES:
         r.fail(
             "tree",
@@ -107,17 +130,17 @@ def _fixed(r: Reader, value: Any, space: Mapping[str, Param]) -> dict[str, Any]:
     return out
 
 
-def generation_sizes(tree: TreeSettings) -> list[int]:
-    """The number of nodes in each generation when enough of each completes to survive."""
-    sizes = [tree.roots]
-    for _ in tree.rungs[1:]:
-        sizes.append(survivors_of(tree, sizes[-1]) * tree.children)
-    return sizes
-
-
-def survivors_of(tree: TreeSettings, generation_size: int) -> int:
-    """How many nodes of a generation of this size survive its rung (at most, all complete)."""
-    return max(1, math.ceil(tree.keep * generation_size - 1e-9))
+def _sized(r: Reader, shape: TreeSettings, budget: float) -> TreeSettings:
+    """The shape with as many roots as spend about `budget` full runs."""
+    smallest = tree_cost(shape)  # one root
+    if budget < 0.75 * smallest:
+        r.fail(
+            "trials.budget",
+            f"{fmt(budget)} full runs is less than the smallest tree of this shape spends "
+            f"({describe_tree(shape, None).split(': ', 1)[1]}); raise trials.budget, or give "
+            "the tree fewer rungs or children",
+        )
+    return dataclasses.replace(shape, roots=roots_for(budget, shape), sized=True)
 
 
 def start_point(tree: TreeSettings, space: Mapping[str, Param]) -> dict[str, Any]:
@@ -135,3 +158,6 @@ def start_point(tree: TreeSettings, space: Mapping[str, Param]) -> dict[str, Any
         else:
             out[name] = (float(p.low or 0) + float(p.high or 0)) / 2
     return out
+
+
+__all__ = ["DEFAULTS", "generation_sizes", "read_tree", "start_point", "survivors_of"]

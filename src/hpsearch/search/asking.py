@@ -15,6 +15,7 @@ from hpsearch.search.context import RunContext
 from hpsearch.search.jobs import Job
 from hpsearch.search.records import NEVER_RAN, PREFIX, trial_attr
 from hpsearch.search.retries import retried_numbers, retryable, settled
+from hpsearch.search.spend import budget_left
 from hpsearch.training.data import mix_seed
 
 
@@ -90,8 +91,9 @@ def valid_waiting(ctx: RunContext, waiting: Sequence[FrozenTrial]) -> list[Froze
 
 
 def wanted(ctx: RunContext, target: int) -> bool:
-    """Does the study need another new trial to reach `target` finished ones? Hand-enqueued
-    trials that `ask` would pop next are checked first (`valid_waiting`)."""
+    """Does the study need another new trial to reach `target` finished ones (and has it budget
+    left for one)? Hand-enqueued trials that `ask` would pop next are checked first
+    (`valid_waiting`)."""
     if ctx.exhausted:
         return False
     trials = ctx.session.study.get_trials(deepcopy=False)
@@ -99,6 +101,8 @@ def wanted(ctx: RunContext, target: int) -> bool:
                 and not any(k.startswith(PREFIX) for k in t.user_attrs)]  # fmt: skip
     if len(valid_waiting(ctx, enqueued)) < len(enqueued):
         trials = ctx.session.study.get_trials(deepcopy=False)
+    if not budget_left(ctx.session, ctx.budgets, trials):
+        return False
     retried, retries = retried_numbers(trials), ctx.settings.trials.retries
     done = sum(1 for t in trials if settled(t, trials, retried, retries)
                and trial_attr(t, "fail_kind") not in NEVER_RAN)  # fmt: skip

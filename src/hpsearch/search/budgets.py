@@ -53,6 +53,12 @@ class Budgets:
             ck = Every(steps=s.checkpoints.every_steps)
         return cls(n, warmup, trial, ev, ck, wsamples, tsamples)
 
+    @property
+    def full_samples(self) -> int:
+        """One full run from scratch, the unit of `trials.budget`: what a classic trial trains
+        (a tree's warm-up is empty, so for a tree it is `trials.epochs`)."""
+        return self.warmup_samples + self.trial_samples
+
     def classic_budget(self) -> Budget:
         if self.warmup.steps is not None and self.trial.steps is not None:
             return Budget(steps=self.warmup.steps + self.trial.steps)

@@ -45,11 +45,7 @@ class TrialHooks(Hooks):
         # added to the evaluation index of the segment to make the step reported to Optuna: a
         # tree's node reports where it is since scratch, so the nodes a pruner compares at one
         # step are those of one generation, which start at the same point
-        self.step_offset = 0
-        # a tree's node is not pruned in its first `grace` evaluations: the pruner's
-        # n_warmup_steps counts from the node's fork, as it does for a fork from the base (a
-        # child whose LR jumped may dip before it gains); at steps since scratch it would not
-        self.grace = 0
+        self.step_offset = 0  # (a tree's pruner waits from the node's fork: search.pruning)
         self.reported: set[int] = set()
         self.pruned = self.finished = self.lost = False  # how the attempt ended, for the loggers
         self.loggers: Loggers | None = None
@@ -126,8 +122,6 @@ class TrialHooks(Hooks):
         if self.budget.reached(trainer.progress):
             # the final evaluation: the trial is done, and its result (and final checkpoint) is
             # worth more to the sampler than the compute a prune here would save -- none
-            prune = False
-        elif index - self.step_offset < self.grace:  # as the pruner reads n_warmup_steps
             prune = False
         elif index >= max(self.reported):
             prune = self.otrial.should_prune()

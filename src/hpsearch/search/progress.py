@@ -10,11 +10,13 @@ from collections.abc import Callable, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.config.sections import UNBOUNDED
 from hpsearch.console import human_time, live_display
 from hpsearch.search.context import RunContext
 from hpsearch.search.jobs import Outcome
 from hpsearch.search.records import NEVER_RAN, trial_attr
 from hpsearch.search.retries import retried_numbers, settled
+from hpsearch.search.spend import spend_note, spent_samples
 
 LINE_EVERY = 10  # trials between progress lines off a terminal
 LINE_AT_LEAST_S = 60.0  # ... or this long, whichever comes first
@@ -36,6 +38,16 @@ class StudyProgress:
         self.tty = live_display(sys.stderr)
         self._since_line, self._line_at = 0, self.start
 
+    def spend(self) -> str | None:
+        """ "spent 5.2 of 8 full runs", for a study with a budget (else None)."""
+        budget = self.ctx.settings.trials.budget
+        if budget is None:
+            return None
+        s = self.ctx.session
+        warm = 0 if s.classic else int(s.attr("warmup_samples", 0) or 0)
+        spent = spent_samples(s.study.get_trials(deepcopy=False), warm)
+        return "spent " + spend_note(spent, self.ctx.budgets, budget)
+
     def counts(self) -> tuple[int, float | None, int]:
         """Trials of the study finished for good (all workers, all runs), its best value, its
         target. As the target counts them: a failed trial continued by a retry counts through
@@ -55,11 +67,15 @@ class StudyProgress:
 
     def summary(self) -> str:
         finished, best, target = self.counts()
-        parts = [f"{finished}/{target} trials"]
+        bounded = target < UNBOUNDED
+        parts = [f"{finished}/{target} trials" if bounded else f"{finished} trials"]
+        spend = self.spend()
+        if spend is not None:
+            parts.append(spend)
         if best is not None:
             parts.append(f"best {self.ctx.metric} {best:.4g}")
         left = max(0, target - finished)
-        if self.ran and left:
+        if self.ran and left and bounded:
             per_trial = (time.monotonic() - self.start) / self.ran
             parts.append(f"ETA {human_time(per_trial * left)}")
         return ", ".join(parts)

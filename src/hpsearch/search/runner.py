@@ -7,10 +7,13 @@ from collections.abc import Callable
 
 from optuna.trial import TrialState
 
+from hpsearch.config import load_study_file
+from hpsearch.config.sections import UNBOUNDED
 from hpsearch.errors import UsageError
 from hpsearch.search.control import StopFlag
 from hpsearch.search.records import set_study_attr, study_attr
 from hpsearch.search.session import Session
+from hpsearch.search.spend import plan_line
 from hpsearch.search.summary import Summary, summarize
 from hpsearch.search.worker import Worker
 
@@ -25,12 +28,16 @@ def run_study(
     classic: bool = False,
     label: str = "",
     after: Callable[[], None] | None = None,
+    budget: float | None = None,
+    say_plan: bool = True,
 ) -> Summary:
-    """Create or continue the study until it has `trials` finished trials. `after` runs once this
+    """Create or continue the study until it has `trials` finished trials, or has spent its
+    budget (`budget` full runs replaces the file's `trials.budget`). `after` runs once this
     worker is done and before the summary is taken (the parent waits there for its workers, so
-    the summary counts their trials too)."""
+    the summary counts their trials too). `say_plan`: print what the run will do first."""
     start = time.monotonic()
-    session = Session.open(path, storage=storage, classic=classic)
+    settings = load_study_file(path, budget=budget) if budget is not None else None
+    session = Session.open(path, storage=storage, classic=classic, settings=settings)
     try:
         if trials is not None and session.settings.strategy == "tree" and not classic:
             raise UsageError(
@@ -38,7 +45,12 @@ def run_study(
                 f"section ({session.settings.trials.n} trials); change tree.roots, tree.keep "
                 "or tree.children instead"
             )
-        target = trials if trials is not None else session.settings.trials.n
+        s = session.settings
+        target = trials if trials is not None else s.trials.n
+        if trials is None and classic and s.strategy == "tree":
+            target = UNBOUNDED  # the twin of a tree spends the tree's budget, however many trials
+        if say_plan:
+            print(f"{label}{plan_line(s, classic=classic)}", flush=True)
         before = _finished(session)
         stop = StopFlag()
         try:

@@ -32,6 +32,7 @@ from hpsearch.lineage import (
     open_lineage,
     retry_if_busy,
 )
+from hpsearch.search.pruning import TreePruner
 from hpsearch.search.records import StudyKey, set_study_attr, study_attr
 
 if TYPE_CHECKING:  # the task and its checks import torch: the commands that only read never do
@@ -75,6 +76,8 @@ class Session:
         rdb = _storage(settings, url, create=create)
         study = _study(settings, rdb, name, url, create=create, classic=classic)
         study.pruner = make_pruner(settings)
+        if settings.tree is not None and not classic:  # its warm-up from a node's fork, its plan
+            study.pruner = TreePruner(study.pruner, settings.tree)
         lineage = open_lineage(url, name, engine=rdb.engine)  # one pool for both
         try:
             ck = settings.checkpoints
@@ -256,7 +259,8 @@ def fingerprint(settings: StudySettings) -> dict[str, Any]:
         out[f"warmup.hparams.{key}"] = value
     out["strategy"] = settings.strategy
     out["objective.metric"] = settings.objective.metric
-    if settings.tree is not None:
+    if settings.tree is not None:  # its budget sizes it; a classic search's only ends it
+        out["trials.budget"] = t.budget
         tree = dataclasses.asdict(settings.tree)
         for key, value in sorted(tree.pop("hparams").items()):
             out[f"tree.hparams.{key}"] = value

@@ -35,8 +35,9 @@ class Summary:
     study_seconds: float  # every run of the study together
     ran: int  # trials that finished during this run (by any worker)
     target: int
-    samples_run: int = 0  # every sample the study trained, once: warm-up, trials, probes
-    full_run: int = 0  # the samples of one full run from scratch (the budget's unit)
+    spent_samples: int = 0  # every sample the study trained, once: warm-up, trials, probes
+    full_samples: int = 0  # one full run from scratch, the budget's unit (0: unknown)
+    budget: float | None = None  # trials.budget, in full runs
     # trials that failed for good (not continued by a retry), but for divergence, which is a
     # search outcome: "#n kind: reason" each; a run that leaves any exits 1
     failed: list[str] = field(default_factory=list)
@@ -73,7 +74,7 @@ def summarize(
         dict(best.params) if best else {},
         trial_attr(best, "final_checkpoint") if best else None,
         steps_run, scratch, disk, seconds, max(study_seconds, seconds), ran, target,
-        samples, full, failed_for_good(session, trials),
+        samples, full, session.settings.trials.budget, failed_for_good(session, trials),
     )  # fmt: skip
 
 
@@ -113,10 +114,12 @@ def format_summary(s: Summary, session_dir: str) -> str:
         lines.append(f"best: trial {s.best_number}, value {s.best_value:.6g}, {params}")
         if s.best_checkpoint:
             lines.append(f"best checkpoint: {session_dir}/{s.best_checkpoint}")
-    if s.full_run:
+    if s.full_samples:
+        runs = s.spent_samples / s.full_samples
+        of = f"{runs:.2f} of the budget's {s.budget:g}" if s.budget is not None else f"{runs:.2f}"
         lines.append(
-            f"trained: {s.samples_run} samples, {s.samples_run / s.full_run:.2f} full runs "
-            f"(a full run: {s.full_run} samples from scratch)"
+            f"spent: {of} full runs ({s.spent_samples} training samples, every trial, probe "
+            f"and warm-up once; a full run: {s.full_samples} samples from scratch)"
         )
     ratio = s.scratch_steps / s.steps_run if s.steps_run else float("nan")
     if s.scratch_steps != s.steps_run:

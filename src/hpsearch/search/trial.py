@@ -65,8 +65,6 @@ class TrialRunner:
         hooks = TrialHooks(self.ctx, trainer, job.number, job.token, budget, bar, parent=source,
                            otrial=otrial)  # fmt: skip
         hooks.step_offset = self._step_offset(job, trainer)
-        if job.until is not None:  # a tree's node: the pruner's warm-up counts from its fork
-            hooks.grace = int(self.ctx.settings.pruner.kwargs.get("n_warmup_steps", 0))
         try:
             state, value, note = self._train(otrial, trainer, hooks)
             if state == "COMPLETE" and job.probe and value is not None:

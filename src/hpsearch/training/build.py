@@ -76,6 +76,24 @@ def check_supported(optimizer: Any, scheduler: Any, objective: str | None) -> No
         )
 
 
+class OnDevice:
+    """A loader whose batches arrive on `device`, as training batches do: a task's `evaluate`
+    iterates it like the loader it wraps and need not move what it gets (on the CPU the loader
+    is used as it is)."""
+
+    def __init__(self, loader: Any, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __iter__(self) -> Any:
+        return (to_device(batch, self.device) for batch in self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:  # dataset, batch_size, ... as the loader has them
+        return getattr(self.loader, name)
+
+
 def to_device(batch: Any, device: torch.device) -> Any:
     if device.type == "cpu":
         return batch

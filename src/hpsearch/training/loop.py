@@ -21,7 +21,13 @@ from hpsearch.errors import CheckpointMismatch, TaskError, TrainingDiverged
 from hpsearch.task import Task
 from hpsearch.training import hatches as hx
 from hpsearch.training import state as st
-from hpsearch.training.build import check_supported, is_plateau, restored_model, to_device
+from hpsearch.training.build import (
+    OnDevice,
+    check_supported,
+    is_plateau,
+    restored_model,
+    to_device,
+)
 from hpsearch.training.data import DataStream, eval_loader
 from hpsearch.training.progress import Budget, Every, Hooks, Progress
 from hpsearch.training.schedule import Schedule
@@ -371,8 +377,11 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
+        loader: Any = self.val_loader
+        if self.device.type != "cpu":  # the task's evaluate gets batches where the model is
+            loader = OnDevice(loader, self.device)
         with torch.no_grad(), hx.autocast(self.device, self.training):
-            metrics = self.task.evaluate(self.model, self.val_loader)
+            metrics = self.task.evaluate(self.model, loader)
         self.model.train()
         out = {}
         for k, v in dict(metrics).items():

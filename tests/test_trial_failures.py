@@ -19,7 +19,7 @@ from studyutil import ROOT, write_study
 
 TREE = {
     "warmup": None,
-    "tree": {"roots": 2, "rungs": [0.5, 1.0], "keep": 0.5, "children": 2,
+    "tree": {"roots": 2, "rungs": [0.5, 1.0], "keep": 0.5, "children": 2, "probe": 0,
              "hparams": {"weight_decay": 1e-4, "batch_size": 64}},
     "trials": {"epochs": 1, "eval_every": 0.25, "retries": 0, "max_failures": 100},
     "schedule": {"name": "wsd", "decay": 0.25},

@@ -308,6 +308,7 @@ def _preflight(ctx: RunContext) -> None:
     s = ctx.session
     if study_attr(s.study, "preflight_ok"):
         return
+    from hpsearch.training.build import inexact_on_cudnn
     from hpsearch.training.state import rng_state, set_rng_state
 
     saved = rng_state()
@@ -317,6 +318,13 @@ def _preflight(ctx: RunContext) -> None:
             datasets=s.datasets(), objective=ctx.metric,
         )  # fmt: skip
         metrics = probe.evaluate()
+        for name in inexact_on_cudnn(probe.model):
+            ctx.say(
+                f"warning: {name}: an RNN with dropout between its layers on cuDNN draws its "
+                "masks from cuDNN's own state, which no checkpoint holds: its resumes, forks "
+                "and replays are not exact. Set torch.backends.cudnn.enabled = False in your "
+                "task module (or dropout 0 there) to make them exact"
+            )
     except (HpsearchError, KeyboardInterrupt):
         raise
     except Exception as exc:

@@ -57,6 +57,20 @@ def _meta_in(value: Any, depth: int) -> bool:
     return False
 
 
+def inexact_on_cudnn(model: torch.nn.Module) -> list[str]:
+    """The modules of `model` whose training no checkpoint can resume exactly on cuDNN: RNNs
+    with dropout between stacked layers draw their masks from cuDNN's own dropout state, which
+    is no part of torch's RNG (measured: benchmarks/RESULTS.md, "GPU")."""
+    if not torch.backends.cudnn.enabled:
+        return []
+    return [
+        name or type(m).__name__
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.RNNBase) and m.dropout > 0 and m.num_layers > 1
+        and any(p.is_cuda for p in m.parameters())
+    ]  # fmt: skip
+
+
 def is_plateau(scheduler: Any) -> bool:
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 

@@ -394,3 +394,20 @@ def test_a_trial_enqueued_by_hand_after_the_roots_fails_saying_why(tmp_path: Pat
         assert (finished, planned) == (2, 3)  # the stray is not counted as one of the tree's
     finally:
         close_context(ctx)
+
+
+def test_a_typoed_search_key_in_a_tree_is_refused_with_the_key_it_meant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lrr` for `lr` (fixed in tree.hparams): the roots would sample values nothing reads.
+    Before, a tree study said "fix the task or warmup.hparams" (a file with no warmup:), or ran."""
+    from hpsearch.cli import main
+
+    path = _tree_file(tmp_path)
+    doc = yaml.safe_load(Path(path).read_text())
+    doc["tree"]["hparams"]["lr"] = doc["search_space"].pop("lr")["float"][0]
+    doc["search_space"]["lrr"] = {"float": [1e-3, 1e-1], "log": True}
+    Path(path).write_text(yaml.safe_dump(doc))
+    assert main(["run", path]) == 2
+    err = capsys.readouterr().err
+    assert "search_space.lrr: did you mean 'lr'?" in err and "warmup" not in err

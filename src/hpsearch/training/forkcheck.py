@@ -65,6 +65,8 @@ def check_forkable(settings: StudySettings, task_cls: type[Task]) -> None:
                     )
     if forked:
         _Check(settings, task_cls).run(forked)
+    if settings.strategy == "tree":  # the roots' own keys: a typo samples a value nothing reads
+        _Check(settings, task_cls).typos([n for n in settings.search_space if n not in forked])
 
 
 @dataclass
@@ -119,6 +121,36 @@ class _Check:
                 f"{self.settings.task} with {shown} failed: {type(exc).__name__}: "
                 f"{clip(str(exc))}; fix the task or the search space"
             ) from exc
+
+    def typos(self, keys: list[str]) -> None:
+        """Refuse a sampled key whose name is close to a key the study knows (the registry's,
+        the task's `forkable_hparams`, the fixed hparams) and whose value changes nothing the
+        task builds: a typo (`lrr` for `lr`) samples values no training reads."""
+        import difflib
+
+        known = set(FORKABLE) | set(getattr(self.task_cls, "forkable_hparams", ()))
+        known |= set(self.start) - set(self.settings.search_space)
+        suspects = {k: difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.75)
+                    for k in keys if k not in known}  # fmt: skip
+        suspects = {k: close[0] for k, close in suspects.items() if close}
+        if not suspects:
+            return
+        with _kept_rng():
+            ref = self.build(self.start)
+            for key, close in suspects.items():
+                other = _other_value(self.settings.search_space[key], self.start.get(key))
+                if other is None:
+                    continue
+                fresh = self.build({**self.start, key: other})
+                if _same_build(ref, fresh, self.name):
+                    raise self.fail(
+                        key,
+                        f"did you mean {close!r}? {self.name} builds the same model and "
+                        f"optimizer for {key}={show(self.start.get(key))} and {show(other)}, "
+                        f"so every value sampled for it would be lost; if "
+                        f"{self.name}.training_step reads hparams[{key!r}], list it in "
+                        f"{self.name}.forkable_hparams",
+                    )
 
     def check_groups(self, key: str, optimizer: Any) -> None:
         groups = getattr(optimizer, "param_groups", None) or []
@@ -207,6 +239,22 @@ class _Check:
             except TaskError as exc:
                 raise TaskError(f"{self.settings.path}: task: {exc}") from exc
         return _Built(forked.task, model, forked.optimizer)
+
+
+def _same_build(a: _Built, b: _Built, name: str) -> bool:
+    """Whether two builds of the task hold the same: weights, everything the model and the task
+    keep, and the optimizer's settings."""
+    if _weights_changed(a.model, b.model):
+        return False
+    if differences(holdings({"model": a.model, name: a.task}),
+                   holdings({"model": b.model, name: b.task})):  # fmt: skip
+        return False
+
+    def groups(built: _Built) -> list[dict[str, Any]]:
+        found = getattr(built.optimizer, "param_groups", None) or []
+        return [{k: v for k, v in g.items() if k != "params"} for g in found]
+
+    return groups(a) == groups(b)
 
 
 def _weights_changed(a: torch.nn.Module, b: torch.nn.Module) -> str:

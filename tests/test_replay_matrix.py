@@ -5,7 +5,7 @@ The matrix (one study each, every final kept): the `wsd` schedule with rungs bet
 batch-size forks; `cosine` with rungs on batch boundaries; a task's own scheduler; gradient
 accumulation; four children per survivor and a cooldown probe; a lineage holding a retried node
 and a node taken over after a kill at its start; budgets in steps (a fork from a base, and the
-classic twin). And the quickstart itself, in tests/test_examples-like form below.
+classic twin). The quickstart's own winner replays in tests/test_study_run.py.
 """
 
 from __future__ import annotations
@@ -133,15 +133,3 @@ def _attempts(path: str) -> list[Any]:
         return [a for a in s.lineage.attempts() if a.trial >= 0]
     finally:
         s.close()
-
-
-def test_the_quickstarts_winner_replays_bit_for_bit(tmp_path: Path) -> None:
-    """The README's first study, as shipped (rungs fall between its batches): `run`, then
-    `replay` exits 0 on its winner."""
-    doc = yaml.safe_load(Path(ROOT, "studies", "quickstart.yaml").read_text())
-    file, _, cls = doc["task"].rpartition(":")
-    doc["task"] = os.path.normpath(os.path.join(ROOT, "studies", file)) + ":" + cls
-    path = tmp_path / "quickstart.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    assert main(["run", str(path)]) == 0
-    assert main(["replay", str(path)]) == 0

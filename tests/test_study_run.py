@@ -254,6 +254,10 @@ def test_the_quickstart_study_through_the_cli(tmp_path, capsys):
     assert len(finals) <= doc["checkpoints"]["keep_best"]
     assert s.study.best_value > 0.9
     s.close()
+    # the README's promise on its own quickstart: the winner's recipe retrains it bit for bit
+    # (its rungs fall between batches: a replay that over-trained each segment differed)
+    assert main(["replay", str(path)]) == 0
+    assert "bitwise identical to its final checkpoint" in capsys.readouterr().out
 
 
 def test_two_workers_share_one_study(tmp_path):

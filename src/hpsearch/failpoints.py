@@ -21,14 +21,8 @@ import os
 import signal
 
 ENV = "HPSEARCH_FAILPOINTS"
-POINTS = (
-    "node.enqueued",
-    "node.asked",
-    "node.sampled",
-    "trial.starting",
-    "gc.marked",
-    "gc.files_deleted",
-)
+NODE_START = ("node.enqueued", "node.asked", "node.sampled", "trial.starting")
+POINTS = (*NODE_START, "gc.marked", "gc.files_deleted")
 
 _passes: dict[str, int] = {}
 _parsed: tuple[str, dict[str, int]] = ("", {})

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -46,3 +49,30 @@ def write_study(tmp_path: Any, name: str = "tiny", **overrides: Any) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)
     return path
+
+
+# a fork tree of 12 nodes on the digits task: 4 roots, 2 survivors of each generation forked twice
+SMALL_TREE: dict[str, Any] = {
+    "warmup": None,
+    "tree": {"roots": 4, "rungs": [0.25, 0.5, 1.0], "keep": 0.5, "children": 2,
+             "hparams": {"weight_decay": 1e-4, "hidden": 64}},
+    "trials": {"epochs": 1, "eval_every": 0.25},
+    "schedule": {"name": "wsd", "decay": 0.25},
+}  # fmt: skip
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Fail the body with TimeoutError after `seconds` (of the clock: only a hang gets there, so
+    a loaded machine makes it slower, not wrong), rather than wait on it until CI's own limit."""
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"still running after {seconds} s: a worker waits on nothing")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -3,11 +3,8 @@ the shape, GC, a replay bitwise equal to the winner, the probe, and two workers.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ from hpsearch.search.session import Session
 from hpsearch.search.trial import TrialRunner
 from hpsearch.testing.conformance.scheduler import close_context, run_context, tiny_study
 from hpsearch.training import Schedule
+from studyutil import deadline
 
 TREE = TreeSettings(roots=4, rungs=(0.25, 0.5, 1.0), keep=0.5, children=2, probe=0.0, hparams={})
 
@@ -218,23 +216,6 @@ def test_a_tree_study_grows_its_shape_and_its_winner_replays_bit_for_bit(
         assert result.metrics["val_loss"] == best.value
     finally:
         session.close()
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Fail the body with TimeoutError after `seconds` (of the clock: only a hang gets there, so
-    a loaded machine makes it slower, not wrong), rather than wait on it until CI's own limit."""
-
-    def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"still running after {seconds} s: a worker waits on nothing")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_a_node_enqueued_by_a_worker_that_died_before_asking_is_asked_once(

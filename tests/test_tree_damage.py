@@ -8,10 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,32 +20,9 @@ from hpsearch.cli import main
 from hpsearch.search.records import PREFIX, trial_attr
 from hpsearch.search.session import Session
 from hpsearch.search.tree_nodes import check_nodes
-from studyutil import write_study
+from studyutil import SMALL_TREE, deadline, write_study
 
-TREE = {
-    "warmup": None,
-    "tree": {"roots": 4, "rungs": [0.25, 0.5, 1.0], "keep": 0.5, "children": 2,
-             "hparams": {"weight_decay": 1e-4, "hidden": 64}},
-    "trials": {"epochs": 1, "eval_every": 0.25},
-    "schedule": {"name": "wsd", "decay": 0.25},
-    "checkpoints": {"every": 0.5, "keep_best": 100},
-}  # fmt: skip
-
-
-@contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Fail with TimeoutError instead of hanging (a loop on a parent cycle hung forever)."""
-
-    def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+TREE = {**SMALL_TREE, "checkpoints": {"every": 0.5, "keep_best": 100}}
 
 
 @pytest.fixture(scope="module")

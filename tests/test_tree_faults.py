@@ -23,17 +23,9 @@ from hpsearch.search.records import trial_attr
 from hpsearch.search.replay import replay, winner
 from hpsearch.search.session import Session
 from hpsearch.testing.points import kill_at_point, tree_start_problems
-from studyutil import write_study
+from studyutil import SMALL_TREE, write_study
 
-# 12 nodes: 4 roots, 2 survivors of each generation forked twice
-TREE = {
-    "warmup": None,
-    "tree": {"roots": 4, "rungs": [0.25, 0.5, 1.0], "keep": 0.5, "children": 2,
-             "hparams": {"weight_decay": 1e-4, "hidden": 64}},
-    "trials": {"epochs": 1, "eval_every": 0.25},
-    "schedule": {"name": "wsd", "decay": 0.25},
-    "checkpoints": {"every": 0.125, "keep_best": 100},
-}  # fmt: skip
+TREE = {**SMALL_TREE, "checkpoints": {"every": 0.125, "keep_best": 100}}
 
 
 def _hpsearch(*args: str) -> list[str]:

@@ -126,24 +126,15 @@ class FailureHandler:
         return steps
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in out:
-        out.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return out
-
-
 def disk_full(exc: BaseException) -> bool:
     """A save that failed, or a full disk or quota: the environment's fault, not the trial's."""
     return any(
         isinstance(e, CheckpointWriteError)
         or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
-        for e in _causes(exc)
+        for e in trail.causes(exc)
     )
 
 
 def out_of_memory(exc: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", MemoryError)
-    return any(isinstance(e, (MemoryError, oom)) for e in _causes(exc))
+    return any(isinstance(e, (MemoryError, oom)) for e in trail.causes(exc))

@@ -36,7 +36,7 @@ def user_frame(exc: BaseException) -> traceback.FrameSummary | None:
     """The innermost frame of the traceback (or of what caused it) in the user's own code: a
     file that is not in the standard library, site-packages or hpsearch."""
     found = None
-    for e in _chain(exc):
+    for e in causes(exc):
         for frame in traceback.extract_tb(e.__traceback__):
             path = os.path.realpath(frame.filename)
             if not frame.filename.startswith("<") and not path.startswith(_library_dirs()):
@@ -75,7 +75,8 @@ def keep(log_dir: str, number: int, token: str, kind: str, exc: BaseException) -
     return path
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what caused it (`raise ... from`, or raised while handling), outermost first."""
     out: list[BaseException] = []
     cur: BaseException | None = exc
     while cur is not None and cur not in out:

@@ -114,3 +114,32 @@ def test_every_key_the_reader_accepts_is_in_the_study_file_reference() -> None:
         if f"`{key}`" not in text and f"`{section}.{key}`" not in text
     )
     assert missing == []
+
+
+_LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+
+
+def _anchors(page: Path) -> set[str]:
+    """The anchors GitHub makes for a page's headings: lower case, punctuation dropped, spaces
+    as hyphens."""
+    out = set()
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return out
+
+
+@pytest.mark.parametrize("page", [README, *DOCS], ids=lambda p: p.name)
+def test_every_relative_link_finds_its_file_and_heading(page: Path) -> None:
+    broken = []
+    for match in _LINK.finditer(page.read_text(encoding="utf-8")):
+        target = match["target"]
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        file, _, anchor = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
+        missing = not path.exists()
+        if missing or (anchor and path.suffix == ".md" and anchor not in _anchors(path)):
+            broken.append(target)
+    assert broken == []

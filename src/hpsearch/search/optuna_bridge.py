@@ -328,3 +328,29 @@ class _Journal(JournalStorage):
             self._backend = backend
             self._replay_result = _Replay(self._worker_id_prefix)
             self._sync_with_backend()
+
+
+class JournalReader:
+    """The trials of a journal file as Optuna's replay makes them, read incrementally and only
+    read: no lock taken, no file made, a record not yet whole left for the next look (for
+    watchers such as `hpsearch.testing.faults`)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._offset = 0
+        self._replay = _Replay("reader-")
+
+    def trials(self, study: str) -> list[FrozenTrial]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        whole = data[: data.rfind(b"\n") + 1]
+        self._offset += len(whole)
+        self._replay.apply_logs(json.loads(line) for line in whole.splitlines() if line)
+        for sid, s in self._replay._studies.items():
+            if s.study_name == study:
+                return self._replay.get_all_trials(sid, None)
+        return []

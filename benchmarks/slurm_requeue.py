@@ -7,7 +7,7 @@ requeues itself; and once a task has started again, it is requeued mid-trial fro
 (SLURM holds a requeued task about 2 minutes) and the interrupted trials continue from their own
 checkpoints.
 
-    python benchmarks/slurm_requeue.py [--tasks 1] [--gpus 2] [--step-s 0.3]
+    python benchmarks/slurm_requeue.py [--tasks 1] [--gpus 2] [--step-s 0.2]
 
 Needs Debian's `slurm-wlm` (slurmctld, slurmd, munge) and the PostgreSQL server binaries; runs
 as root (slurmd does). Everything lives in a temporary directory: munged on its own socket and
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -203,6 +204,14 @@ def _task_pids(cluster: Cluster, job: str) -> dict[int, str]:
     return out
 
 
+def _finished(cluster: Cluster, job: str) -> bool:
+    """Has every task of the array ended (completed, failed or cancelled for good)? A requeued
+    task is PENDING again; slurmctld keeps ended tasks' records for MinJobAge."""
+    states = re.findall(r"JobState=(\w+)", cluster.run("scontrol", "show", "job", job))
+    return bool(states) and all(s in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+                                for s in states)  # fmt: skip
+
+
 def _starts(workdir: str) -> dict[str, list[str]]:
     """Each task log's lines that say what happened: starts, stops, continuations."""
     out = {}
@@ -218,7 +227,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", type=int, default=1, help="array tasks (workers)")
     p.add_argument("--gpus", type=int, default=2, help="stand-in GPUs on the node")
-    p.add_argument("--step-s", type=float, default=0.3, help="a training step's sleep")
+    p.add_argument("--step-s", type=float, default=0.2, help="a training step's sleep")
     args = p.parse_args()
     for binary in ("slurmctld", "slurmd", "munged", "sbatch", "initdb"):
         if shutil.which(binary) is None:
@@ -249,7 +258,7 @@ def main() -> None:
         print(f"submitted job array {job}: {args.tasks} task(s), one stand-in GPU each, "
               f"--time=2 --signal=B:TERM@90", flush=True)  # fmt: skip
         requeued: list[str] = []
-        while cluster.run("squeue", "-h", "-j", job).strip():
+        while not _finished(cluster, job):
             pids = _task_pids(cluster, job)
             again = [n for n, lines in _starts(workdir).items()
                      if sum(x.startswith("task ") for x in lines) >= 2]  # fmt: skip

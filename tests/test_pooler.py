@@ -8,6 +8,7 @@ transaction that a pooler in transaction mode lends a server connection for."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +48,11 @@ def test_a_process_pool_is_the_connection_budget() -> None:
     kw = engine_kwargs("postgresql+psycopg://u@h/db")
     assert (kw["pool_size"], kw["max_overflow"]) == (POOL_SIZE, 0) and POOL_SIZE <= 3
     assert kw["connect_args"]["prepare_threshold"] is None
+    mine = f"hpsearch {socket.gethostname()}:{os.getpid()}"
+    assert kw["connect_args"]["application_name"] == mine
+    assert "application_name" not in engine_kwargs("postgresql://u@h/db?application_name=x").get(
+        "connect_args", {}
+    )
     engine = create_engine("postgresql://u@127.0.0.1:1/db")  # nothing is connected yet
     try:
         assert engine.pool.size() == POOL_SIZE and engine.pool._max_overflow == 0  # type: ignore[attr-defined]

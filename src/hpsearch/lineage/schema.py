@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -157,15 +159,23 @@ def engine_kwargs(url: str) -> dict[str, Any]:
     statements: psycopg prepares a query it ran 5 times on the connection it ran on, and a
     pooler in transaction mode (PgBouncer's `pool_mode = transaction`) gives the next
     transaction another server connection, which does not know it ("prepared statement
-    _pg3_0 does not exist"). Unprepared, a query costs one parse more, nothing a study sees."""
+    _pg3_0 does not exist"). Unprepared, a query costs one parse more, nothing a study sees.
+    Each connection says whose it is (`application_name`: hpsearch, the host and the pid), unless
+    the URL names it."""
     if url.startswith("sqlite"):
         # the Optuna study writes to the same file from the same process: wait, don't fail
         return {"connect_args": {"timeout": 60}}
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("postgresql"):
-        kwargs |= {"pool_size": POOL_SIZE, "max_overflow": 0, "pool_timeout": POOL_WAIT_S}
+    if not url.startswith("postgresql"):
+        return kwargs
+    kwargs |= {"pool_size": POOL_SIZE, "max_overflow": 0, "pool_timeout": POOL_WAIT_S}
+    connect: dict[str, Any] = {}
+    if "application_name" not in url:  # which worker holds a connection, in pg_stat_activity
+        connect["application_name"] = f"hpsearch {socket.gethostname()}:{os.getpid()}"[:63]
     if url.startswith("postgresql+psycopg:"):
-        kwargs["connect_args"] = {"prepare_threshold": None}
+        connect["prepare_threshold"] = None
+    if connect:
+        kwargs["connect_args"] = connect
     return kwargs
 
 

@@ -38,7 +38,7 @@ def test_the_slurm_array_requeues_a_stopped_task_and_runs_one_gpu_each() -> None
     assert 'worker "$@" &' in text and "trap stop TERM" in text
     # requeue this task, not the whole array (the first task's SLURM_JOB_ID is the array's)
     assert "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" in text
-    assert '"$code" -eq 130' in text
+    assert '"$code" -eq 130' in text and '"$code" -eq 143' in text  # stopped, or still starting
 
 
 def _job() -> dict:

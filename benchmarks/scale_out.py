@@ -43,7 +43,8 @@ def _study_copy(study: str, workdir: str, trials: int) -> str:
     file, _, cls = task.rpartition(":")
     if file and not os.path.isabs(file):
         doc["task"] = os.path.join(os.path.dirname(os.path.abspath(study)), file) + ":" + cls
-    doc["trials"]["n"] = trials
+    if "tree" not in doc:  # a tree's size follows from its shape
+        doc["trials"]["n"] = trials
     doc["checkpoints"]["dir"] = os.path.join(workdir, "checkpoints")
     doc.pop("storage", None)
     path = os.path.join(workdir, "study.yaml")

@@ -10,4 +10,9 @@ EXAMPLES = os.path.join(ROOT, "examples")
 if EXAMPLES not in sys.path:
     sys.path.insert(0, EXAMPLES)
 
-from pgserver import postgres_db, postgres_server, postgres_url  # noqa: E402, F401  (fixtures)
+from pgserver import (  # noqa: E402, F401  (fixtures)
+    pgbouncer,
+    postgres_db,
+    postgres_server,
+    postgres_url,
+)

@@ -31,6 +31,7 @@ from hpsearch.lineage import (
 )
 from hpsearch.search import session as session_mod
 from hpsearch.search.session import Session
+from pgserver import skip_unless_installed
 from studyutil import ROOT, write_study
 
 NO_DRIVER = "pip install 'hpsearch[postgres]'"
@@ -115,10 +116,10 @@ def _open_at_once(settings: Any, url: str) -> list[BaseException]:
     def open_study() -> None:
         try:
             barrier.wait()
-            rdb = session_mod._storage(settings, url, create=True)
-            study = session_mod._study(settings, rdb, "fresh", url, create=True, classic=False)
-            lin = open_lineage(url, "fresh", engine=rdb.engine)
-            opened.append((rdb, study, lin))
+            storage, engine = session_mod._storage(settings, url, create=True)
+            study = session_mod._study(settings, storage, "fresh", url, create=True, classic=False)
+            lin = open_lineage(url, "fresh", engine=engine)
+            opened.append((engine, study, lin))
         except BaseException as exc:
             errors.append(exc)
 
@@ -129,9 +130,9 @@ def _open_at_once(settings: Any, url: str) -> list[BaseException]:
         t.join()
     ids = {study._study_id for _, study, _ in opened}
     assert errors or (len(opened) == OPENERS and len(ids) == 1)  # one study, opened by all
-    for rdb, _, lin in opened:
+    for engine, _, lin in opened:
         lin.close()
-        rdb.engine.dispose()
+        engine.dispose()
     return errors
 
 
@@ -234,3 +235,29 @@ def test_sqlite_refusing_at_once_is_asked_again_and_nothing_else_is():
     with pytest.raises(sqlite3.OperationalError):
         retry_if_busy(waited, at_once_s=0.05)
     assert len(calls) == 1
+
+
+# -- through PgBouncer in transaction mode -------------------------------------------------------
+
+
+def test_a_new_study_opened_at_once_through_pgbouncer(tmp_path, postgres_server, pgbouncer):
+    """Six openers of a brand-new study through a pooler in transaction mode. Before: the
+    schema lock was a session-level advisory lock, which stayed with whichever server connection
+    PgBouncer had lent, so the openers hung or failed ("An exception is raised during the
+    commit")."""
+    settings = load_study_file(write_study(tmp_path))
+    for _ in range(2):
+        url = pgbouncer.url(postgres_server.create_database())
+        assert _open_at_once(settings, url) == []
+        assert len(optuna.get_all_study_names(database_url(url))) == 1
+
+
+def test_under_ci_a_missing_server_binary_fails_instead_of_skipping(monkeypatch):
+    """CI must not pass by skipping the PostgreSQL, PgBouncer and S3 tests."""
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no-such-binary not on the PATH"):
+        skip_unless_installed("X", ("no-such-binary",), "install it")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must not pass by skipping"):
+        skip_unless_installed("X", ("no-such-binary",), "install it")
+    skip_unless_installed("X", ("sh",), "install it")  # present: neither

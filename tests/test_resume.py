@@ -38,7 +38,9 @@ TREE = {
     "schedule": {"name": "wsd", "decay": 0.25},
     "checkpoints": {"every": 0.125, "keep_best": 100},
 }  # fmt: skip
-STUDIES = {"base": STUDY, "tree": TREE}
+# the tree on the journal storage: Optuna's study in a journal file, the lineage beside it
+TREE_JOURNAL = {**TREE, "storage": "runs/kc/study.journal"}
+STUDIES = {"base": STUDY, "tree": TREE, "tree-journal": TREE_JOURNAL}
 # 1 of each event per strategy; each run is a fresh process (about 3 s of start-up), so this is
 # the test's cost (the suite must stay under 10 minutes on 2 cores);
 # `benchmarks/fault_campaign.py --kills N` runs longer campaigns (RESULTS.md: 20 event kills,

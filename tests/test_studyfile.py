@@ -544,8 +544,9 @@ def test_missing_and_empty_files(study_dir: Path) -> None:
         (
             {"storage": "runs/study"},
             "storage",
-            "must be a database URL (sqlite:///path/to/study.db, postgresql://user@host/db, ...) "
-            "or a path ending in .db, .sqlite or .sqlite3, got 'runs/study'",
+            "must be a database URL (sqlite:///path/to/study.db, postgresql://user@host/db, ...), "
+            "a journal (journal:///path/to/study.journal) or a path ending in .db, .sqlite, "
+            ".sqlite3 or .journal, got 'runs/study'",
         ),
         (
             {"schedule": {"name": "cosine", "warmup": 1.0}},

@@ -1,7 +1,8 @@
 """The fork tree under kills at every point of a node's start: a taken-over, retried or cut-off
 child forks from its parent's final checkpoint, never from scratch in its parent's name, and the
 killed study ends as the uninterrupted one (one worker, SQLite); with four workers each killed at
-another point (PostgreSQL), every node still starts at its parent and the winner replays.
+another point (PostgreSQL, and the journal storage), every node still starts at its parent and the
+winner replays.
 
 `benchmarks/fault_campaign.py --points` runs every point on both databases with 1 and 4 workers.
 """
@@ -78,9 +79,16 @@ def test_a_node_killed_at_any_point_of_its_start_forks_from_its_parent(
             assert all(torch.equal(weights[k], got[n][4][k]) for k in weights), f"trial {n}"
 
 
-def test_four_workers_each_killed_at_another_point_on_postgres(
-    tmp_path: Path, postgres_db: str
+@pytest.mark.parametrize("database", ["postgres", "journal"])
+def test_four_workers_each_killed_at_another_point(
+    tmp_path: Path, request: pytest.FixtureRequest, database: str
 ) -> None:
+    """On PostgreSQL, and on the journal storage (four processes appending to one journal file
+    and writing the SQLite lineage beside it, each killed at another point)."""
+    if database == "postgres":
+        postgres_db = request.getfixturevalue("postgres_db")
+    else:
+        postgres_db = f"journal:///{tmp_path}/runs/study.journal"
     path = write_study(tmp_path, name="tf", **TREE)
     Session.open(path, storage=postgres_db).close()  # the study, before the workers open it
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from optuna.trial import TrialState
 
 from hpsearch.lineage import WORKERS
@@ -17,9 +18,12 @@ from hpsearch.testing import StudyPaths, Watch
 from studyutil import write_study
 
 
-def test_a_killed_worker_s_trial_is_taken_over_by_another(tmp_path):
+@pytest.mark.parametrize("storage", ["runs/study.db", "runs/study.journal"])
+def test_a_killed_worker_s_trial_is_taken_over_by_another(tmp_path, storage):
+    """On SQLite, and on the journal storage (Optuna's study in a journal file, the lineage in
+    the SQLite file beside it)."""
     path = write_study(
-        tmp_path, name="killone",
+        tmp_path, name="killone", storage=storage,
         trials={"n": 4, "epochs": 1, "eval_every": 0.25},
         checkpoints={"every": 0.25, "keep_best": 4},
         pruner={"name": "NopPruner"},

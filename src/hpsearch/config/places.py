@@ -16,6 +16,7 @@ from hpsearch.config.values import Bounds, Reader, clip, did_you_mean, show
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+_JOURNAL_SUFFIX = ".journal"
 
 
 def _local_path(base_dir: str, path: str) -> str:
@@ -33,12 +34,21 @@ def read_storage(r: Reader, value: Any, base_dir: str, run_dir: str) -> str:
             file = _local_path(base_dir, url)
             _check_database_file(r, file)
             return "sqlite:///" + file
+        if url.lower().endswith(_JOURNAL_SUFFIX):
+            return _journal(r, _local_path(base_dir, url))
         r.fail(
             "storage",
-            f"must be a database URL (sqlite:///path/to/study.db, postgresql://user@host/db, ...) "
-            f"or a path ending in .db, .sqlite or .sqlite3, got {show(url)}",
+            f"must be a database URL (sqlite:///path/to/study.db, postgresql://user@host/db, ...), "
+            f"a journal (journal:///path/to/study.journal) or a path ending in .db, .sqlite, "
+            f".sqlite3 or .journal, got {show(url)}",
         )
     scheme, rest = url.split("://", 1)
+    if scheme.lower() == "journal":
+        file = rest[1:] if rest.startswith("/") else rest
+        if not file or "?" in file:
+            r.fail("storage", f"a journal URL is journal:///relative/path.journal or "
+                              f"journal:////abs/path.journal, got {show(url)}")  # fmt: skip
+        return _journal(r, _local_path(base_dir, file))
     if scheme.split("+")[0].lower() != "sqlite":
         return url
     if rest in ("", "/") or rest[1:].partition("?")[0] == ":memory:":
@@ -60,6 +70,14 @@ def read_storage(r: Reader, value: Any, base_dir: str, run_dir: str) -> str:
         url = f"{scheme}:///{file}{q}{query}"
     _check_database_file(r, file)
     return url
+
+
+def _journal(r: Reader, file: str) -> str:
+    """A journal storage: Optuna's study in `file`, the lineage in a SQLite file beside it
+    (hpsearch.lineage.journal), both on a local file system (checked when it is opened)."""
+    _check_database_file(r, file)
+    _check_database_file(r, file + ".lineage.db")
+    return "journal:///" + file
 
 
 def _check_database_file(r: Reader, file: str) -> None:

@@ -3,7 +3,8 @@
 A lineage serves one study; several lineages (of one or several studies, in one or several
 processes) may share a database. Everything is keyed by study name and trial number and knows
 nothing of Optuna. `hpsearch.testing.conformance.lineage.LineageTestCase` checks these rules
-against a backend; `SqlLineage` (sqlite, PostgreSQL) and `MemoryLineage` pass it.
+against a backend; `SqlLineage` (sqlite, PostgreSQL, directly and through PgBouncer, the
+SQLite file beside a journal storage) and `MemoryLineage` pass it.
 """
 
 from __future__ import annotations

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
+import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from hpsearch.errors import UsageError
+from hpsearch.lineage.journal import check_journal_place, journal_file, lineage_url
 
 T = TypeVar("T")
 
@@ -86,7 +88,18 @@ leases = sa.Table(  # a study-wide lease (e.g. "gc"): one holder until `expires`
 )
 
 SCHEMA_LOCK = int.from_bytes(b"hpsearch", "big")
-"""The PostgreSQL advisory-lock key that serialises creating the schema (a fixed bigint)."""
+"""The PostgreSQL advisory-lock key that serialises creating the lineage's tables (a fixed bigint),
+taken for one transaction only (`pg_advisory_xact_lock`), so it works through a pooler."""
+
+POOL_SIZE = 3
+"""The most connections one process holds to a PostgreSQL study database (its engine's pool, shared
+by Optuna and the lineage): the training thread, the heartbeat thread and a checkpoint's
+background save may each hold one at once; a fourth user waits for one to come back. N workers
+hold at most 3 N connections (fewer in practice: see the README's sizing)."""
+
+POOL_WAIT_S = 300.0
+"""How long a thread waits for one of the `POOL_SIZE` connections before it fails: long, since
+the other users hold theirs for one short transaction each."""
 
 _DRIVERS = {"psycopg": "psycopg", "psycopg2": "psycopg2"}  # SQLAlchemy driver -> module
 _NO_DRIVER = (
@@ -109,10 +122,13 @@ def database_url(url: str) -> str:
     """The SQLAlchemy URL to open for a storage URL as a user types it: `postgresql://` and
     `postgres://` get the psycopg 3 driver (`postgresql+psycopg://`) when psycopg 3 is
     installed and psycopg2 (SQLAlchemy's default) is not. A PostgreSQL URL with no driver
-    installed is a UsageError that names the extra to install. Other URLs are left as they are."""
+    installed is a UsageError that names the extra to install. A journal (`journal:///path`)
+    gives the SQLite database of its lineage, beside it. Other URLs are left as they are."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
+    if journal_file(url) is not None:
+        return lineage_url(url)
     dialect, _, driver = scheme.partition("+")
     if dialect.lower() not in ("postgresql", "postgres"):
         return url
@@ -136,11 +152,31 @@ def _shown(url: str) -> str:
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:
-    """`create_engine` arguments for a study database (also Optuna's `engine_kwargs`)."""
+    """`create_engine` arguments for a study database (also Optuna's `engine_kwargs`).
+
+    PostgreSQL: a pool of at most `POOL_SIZE` connections, each checked before use (a pooler
+    or a restarted server may have closed it), and, with psycopg 3, no server-side prepared
+    statements: psycopg prepares a query it ran 5 times on the connection it ran on, and a
+    pooler in transaction mode (PgBouncer's `pool_mode = transaction`) gives the next
+    transaction another server connection, which does not know it ("prepared statement
+    _pg3_0 does not exist"). Unprepared, a query costs one parse more, nothing a study sees.
+    Each connection says whose it is (`application_name`: hpsearch, the host and the pid), unless
+    the URL names it."""
     if url.startswith("sqlite"):
         # the Optuna study writes to the same file from the same process: wait, don't fail
         return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if not url.startswith("postgresql"):
+        return kwargs
+    kwargs |= {"pool_size": POOL_SIZE, "max_overflow": 0, "pool_timeout": POOL_WAIT_S}
+    connect: dict[str, Any] = {}
+    if "application_name" not in url:  # which worker holds a connection, in pg_stat_activity
+        connect["application_name"] = f"hpsearch {socket.gethostname()}:{os.getpid()}"[:63]
+    if url.startswith("postgresql+psycopg:"):
+        connect["prepare_threshold"] = None
+    if connect:
+        kwargs["connect_args"] = connect
+    return kwargs
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -164,48 +200,15 @@ def configure_sqlite(engine: sa.Engine) -> None:
 
 
 def create_engine(url: str) -> sa.Engine:
-    """An engine for a study database, configured as `SqlLineage` needs it."""
+    """An engine for a study database, configured as `SqlLineage` needs it; for a journal, on
+    the lineage's database beside it, once its file system is found safe for both."""
+    journal = journal_file(url)
+    if journal is not None:
+        check_journal_place(journal)
     url = database_url(url)
     engine = sa.create_engine(url, **engine_kwargs(url))
     configure_sqlite(engine)
     return engine
-
-
-@contextmanager
-def schema_lock(target: str | sa.Engine) -> Iterator[None]:
-    """Hold, on PostgreSQL, the session-level advisory lock `SCHEMA_LOCK` on a connection of
-    its own while the body creates tables (Optuna's `RDBStorage(...)`, `create_lineage_schema`):
-    two processes creating a brand-new schema at once would otherwise both find a table missing
-    and one fail with "already exists". A URL gets a connection of its own, closed after;
-    other databases hold nothing (see `create_schema`)."""
-    if isinstance(target, str):
-        url = database_url(target)
-        if not url.startswith("postgresql"):
-            yield
-            return
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        try:
-            with engine.connect() as c:  # closing it (NullPool) ends the session and the lock
-                c.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK})
-                c.commit()
-                yield
-        finally:
-            engine.dispose()
-        return
-    if target.dialect.name != "postgresql":
-        yield
-        return
-    with target.connect() as c:
-        c.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": SCHEMA_LOCK})
-        c.commit()
-        try:
-            yield
-        finally:
-            try:
-                c.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEMA_LOCK})
-                c.commit()
-            except sa.exc.SQLAlchemyError:
-                c.invalidate()  # a closed session holds no lock: never back into the pool
 
 
 def _lost_schema_race(exc: BaseException) -> bool:
@@ -245,21 +248,33 @@ def retry_if_busy(fn: Callable[[], T], *, tries: int = 50, at_once_s: float = 5.
 
 
 def create_schema(target: str | sa.Engine, create: Callable[[], T], *, tries: int = 20) -> T:
-    """`create()` (which creates tables if missing, checking first) made race-free against
-    other processes doing the same: under `schema_lock` on PostgreSQL; on sqlite, which has no
-    such lock to hold beside the connections that create, by running it again when another
-    creator won a race (it then finds what the other made)."""
-    with schema_lock(target):
-        for attempt in itertools.count(1):
-            try:
-                return create()
-            except sa.exc.SQLAlchemyError as exc:
-                if attempt >= tries or not _lost_schema_race(exc):
-                    raise
-            time.sleep(0.01 * attempt)
+    """`create()` (which creates tables if missing, checking first, as Optuna's `RDBStorage(...)`
+    and `create_lineage_schema` do) made race-free against other processes doing the same, by
+    running it again when another creator won a race: it then finds what the other made. Each
+    creation is a transaction of its own (DDL is transactional on PostgreSQL), so a lost race
+    leaves nothing half-made. No lock is held across transactions: a session-level lock would
+    stay with whichever server connection a pooler in transaction mode gave it, and hang every
+    later opener. (`target` names the database; kept for the callers' symmetry.)"""
+    for attempt in itertools.count(1):
+        try:
+            return create()
+        except sa.exc.SQLAlchemyError as exc:
+            if attempt >= tries or not _lost_schema_race(exc):
+                raise
+        time.sleep(0.01 * attempt)
     raise AssertionError("unreachable")  # pragma: no cover  (for mypy: count() never ends)
 
 
 def create_lineage_schema(engine: sa.Engine) -> None:
-    """The lineage's tables on `engine`'s database, those missing created, race-free."""
-    create_schema(engine, lambda: _meta.create_all(engine, checkfirst=True))
+    """The lineage's tables on `engine`'s database, those missing created, race-free: on
+    PostgreSQL in one transaction under a transaction-scoped advisory lock (the openers then
+    take turns, and a pooler in transaction mode keeps the lock and the tables on one server
+    connection), everywhere run again if another creator won a race."""
+
+    def create() -> None:
+        with engine.begin() as c:
+            if c.dialect.name == "postgresql":
+                c.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
+            _meta.create_all(c, checkfirst=True)
+
+    create_schema(engine, create)

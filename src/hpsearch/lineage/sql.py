@@ -63,14 +63,15 @@ def _lock_trial(conn: sa.Connection, study: str, trial: int) -> None:
 
 
 class SqlLineage:
-    """The lineage of one study in a database given by SQLAlchemy URL, or by an engine opened
-    on it (which then stays the caller's: `close` leaves it open)."""
+    """The lineage of one study in a database given by SQLAlchemy URL (or a journal storage's
+    `journal:///path`: the SQLite database beside the journal), or by an engine opened on it
+    (which then stays the caller's: `close` leaves it open)."""
 
     def __init__(self, url: str, study: str, *, engine: sa.Engine | None = None) -> None:
         self.url = database_url(url)
         self._study = study
         self._owns_engine = engine is None
-        self.engine = create_engine(self.url) if engine is None else engine
+        self.engine = create_engine(url) if engine is None else engine
         self._warned: set[str] = set()
         create_lineage_schema(self.engine)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from optuna.trial import FrozenTrial
 
 from hpsearch.errors import HpsearchError
-from hpsearch.lineage import CheckpointRow, attempt_is_stale
+from hpsearch.lineage import LIVE, CheckpointRow, attempt_is_stale
 from hpsearch.lineage.gc import Deletion, TrialFacts, apply_gc, collectable
 from hpsearch.search import optuna_bridge as bridge
 from hpsearch.search.records import PREFIX, trial_attr
@@ -99,7 +99,9 @@ def collect_garbage(
             )
         return []
     try:
-        rows = lin.checkpoints()
+        # only rows GC and the pins look at: the deleted ones grow with the study, and reading
+        # them all made every collection (one a trial) slower the longer the study ran
+        rows = lin.checkpoints(statuses=(*LIVE, "deleting"))
         trials = session.study.get_trials(deepcopy=False)
         won = winner(session, trials)  # kept whatever keep_best says: every surface names it
         kept = {trial_attr(won, "final_checkpoint")} if won is not None else set()

@@ -43,9 +43,11 @@ class StopFlag:
     @contextmanager
     def installed(self) -> Iterator[StopFlag]:
         def handler(signum: int, _frame: Any) -> None:
-            if self.signal is not None:  # second Ctrl-C: give up on the clean stop
-                raise KeyboardInterrupt
-            self.signal = signum
+            if self.signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: give up on the clean stop
+            # a second SIGTERM changes nothing: a scheduler stopping a job may send it to the
+            # worker and to the script that started it, which forwards it (SLURM's requeue)
+            self.signal = self.signal or signum
 
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -32,6 +32,9 @@ from hpsearch.lineage import (
     open_lineage,
     retry_if_busy,
 )
+from hpsearch.lineage.journal import check_journal_place, journal_file
+from hpsearch.lineage.schema import create_engine
+from hpsearch.search import optuna_bridge as bridge
 from hpsearch.search.pruning import TreePruner
 from hpsearch.search.records import StudyKey, set_study_attr, study_attr
 
@@ -50,7 +53,8 @@ class Session:
     store: CheckpointStore
     _task: Task | None = field(default=None, repr=False)
     _datasets: tuple[Any, Any] | None = field(default=None, repr=False)
-    _engine: sa.Engine | None = field(default=None, repr=False)  # Optuna's, shared with lineage
+    # the lineage's, and Optuna's too on a database (a journal keeps Optuna's study in its file)
+    _engine: sa.Engine | None = field(default=None, repr=False)
 
     @classmethod
     def open(
@@ -73,12 +77,12 @@ class Session:
             )
         task, datasets = _checked_task(settings) if create else (None, None)
         name = settings.name + ("-classic" if classic else "")
-        rdb = _storage(settings, url, create=create)
-        study = _study(settings, rdb, name, url, create=create, classic=classic)
+        optuna_storage, engine = _storage(settings, url, create=create)
+        study = _study(settings, optuna_storage, name, url, create=create, classic=classic)
         study.pruner = make_pruner(settings)
         if settings.tree is not None and not classic:  # its warm-up from a node's fork, its plan
             study.pruner = TreePruner(study.pruner, settings.tree)
-        lineage = open_lineage(url, name, engine=rdb.engine)  # one pool for both
+        lineage = open_lineage(url, name, engine=engine)  # one pool for both (RDB)
         try:
             ck = settings.checkpoints
             store = open_store(
@@ -88,7 +92,7 @@ class Session:
             )  # fmt: skip
         except ForeignStoreRoot as exc:
             raise StudyFileError(settings.path, "checkpoints.dir", str(exc)) from None
-        return cls(settings, classic, name, url, study, lineage, store, task, datasets, rdb.engine)
+        return cls(settings, classic, name, url, study, lineage, store, task, datasets, engine)
 
     def task(self) -> Task:
         if self._task is None:
@@ -120,18 +124,29 @@ class Session:
             self._engine.dispose()
 
 
-def _storage(settings: StudySettings, url: str, *, create: bool) -> optuna.storages.RDBStorage:
-    """Optuna's storage on the study database (sqlite configured for WAL); a sqlite file that
-    does not exist is an error unless the study is being created. Its tables are created
-    race-free: several processes may open a brand-new study database at once."""
-    if url.startswith("sqlite:///"):
-        db = url[len("sqlite:///") :]
-        if not create and not os.path.exists(db):
+def _storage(
+    settings: StudySettings, url: str, *, create: bool
+) -> tuple[optuna.storages.BaseStorage, sa.Engine]:
+    """Optuna's storage of the study and the engine of the lineage's database: one RDBStorage
+    and its engine on a database (sqlite configured for WAL), or a journal file and the SQLite
+    database of its lineage beside it. A sqlite file or a journal that does not exist is an
+    error unless the study is being created. Tables are created race-free: several processes
+    may open a brand-new study database at once."""
+    journal = journal_file(url)
+    if journal is not None:
+        check_journal_place(journal)  # before anything is made there
+    if url.startswith("sqlite:///") or journal is not None:
+        file = journal if journal is not None else url[len("sqlite:///") :]
+        if not create and not os.path.exists(file):
+            what = "journal" if journal is not None else "database"
             raise UsageError(
-                f"{settings.path}: no study database at {db}: run `hpsearch run "
+                f"{settings.path}: no study {what} at {file}: run `hpsearch run "
                 f"{settings.path}` first"
             )
-        os.makedirs(os.path.dirname(os.path.abspath(db)), exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
+    if journal is not None:
+        engine = create_engine(url)
+        return bridge.open_journal(journal), engine
     driver_url = database_url(url)  # a UsageError naming the extra when no driver is installed
     try:
         rdb = create_schema(
@@ -142,15 +157,15 @@ def _storage(settings: StudySettings, url: str, *, create: bool) -> optuna.stora
     except Exception as exc:  # SQLAlchemy/driver errors vary by backend
         raise UsageError(
             f"{settings.path}: storage: cannot open {url!r}: {type(exc).__name__}: {exc}. "
-            "Check the URL (sqlite:///path.db or postgresql://user@host/db) and that the "
-            "database server is running."
+            "Check the URL (sqlite:///path.db, journal:///path.journal or "
+            "postgresql://user@host/db) and that the database server is running."
         ) from None
-    return rdb
+    return rdb, rdb.engine
 
 
 def _study(
     settings: StudySettings,
-    rdb: optuna.storages.RDBStorage,
+    rdb: optuna.storages.BaseStorage,
     name: str,
     url: str,
     *,

@@ -8,8 +8,9 @@
 Kills are driven by what the study did, never by how long it took, so a test proves the same
 thing on a loaded machine as on a quiet one. The watcher only reads: the checkpoint root (one
 directory per committed checkpoint, `.tmp-*` while one is written, `.del-*` while one is
-deleted) and the study's sqlite database, opened read-only. It wakes on inotify events from the
-root (and from the database's directory, for reports); on other systems than Linux it polls
+deleted) and the study's sqlite database, opened read-only (for a journal storage: the lineage's
+SQLite file beside it, and the journal, read as Optuna replays it). It wakes on inotify events from
+the root (and from the database's directory, for reports); on other systems than Linux it polls
 every few milliseconds. When an event is seen it freezes the run's process group with SIGSTOP,
 checks the event on the frozen state (nothing can change any more), and then SIGKILLs it, or
 lets it go on with SIGCONT if the event had already passed. So each `Kill` records exactly what
@@ -29,7 +30,7 @@ Events (counted from the start of each run; N is drawn from 1..`most`):
   exists), once the run has committed one checkpoint.
 
 Every event needs the run to have made progress first (a commit or a new report), so a campaign of
-any length ends. Only local checkpoint directories and sqlite studies are watched.
+any length ends. Only local checkpoint directories and sqlite or journal studies are watched.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from optuna.trial import FrozenTrial, TrialState
+
+from hpsearch.search.optuna_bridge import JournalReader
+
 MANIFEST = "manifest.json"
 EVENTS = ("commit", "save", "report", "gc")
 FORGERIES = ("flip", "no-manifest", "truncate")
@@ -53,20 +58,29 @@ FORGERIES = ("flip", "no-manifest", "truncate")
 
 @dataclass(frozen=True)
 class StudyPaths:
-    """Where a study's state lives: its sqlite file, its checkpoint root and its name."""
+    """Where a study's state lives: its sqlite file (a journal's: the lineage's, beside it), its
+    checkpoint root, its name, and its journal file (None: Optuna's tables are in `db`)."""
 
     db: str
     root: str
     name: str
+    journal: str | None = None
 
     @classmethod
     def of(cls, study_file: str) -> StudyPaths:
         from hpsearch.config import load_study_file
+        from hpsearch.lineage.journal import journal_file, lineage_file
 
         s = load_study_file(study_file)
-        if not s.storage.startswith("sqlite:///") or "://" in s.checkpoints.dir:
-            raise ValueError(f"{study_file}: only sqlite storage and a local checkpoints.dir")
-        return cls(s.storage[len("sqlite:///") :], os.path.join(s.checkpoints.dir, s.name), s.name)
+        root = os.path.join(s.checkpoints.dir, s.name)
+        journal = journal_file(s.storage)
+        if "://" in s.checkpoints.dir:
+            raise ValueError(f"{study_file}: only a local checkpoints.dir")
+        if journal is not None:
+            return cls(lineage_file(journal), root, s.name, journal)
+        if not s.storage.startswith("sqlite:///"):
+            raise ValueError(f"{study_file}: only sqlite or journal storage")
+        return cls(s.storage[len("sqlite:///") :], root, s.name)
 
 
 @dataclass
@@ -111,6 +125,7 @@ class Watch:
 
     def __init__(self, paths: StudyPaths) -> None:
         self.p = paths
+        self.journal = JournalReader(paths.journal) if paths.journal else None
         self.fds: dict[str, int] = {}  # one inotify instance per directory, to wake on either
         self.libc: ctypes.CDLL | None = None
         with contextlib.suppress(OSError, AttributeError):
@@ -193,7 +208,12 @@ class Watch:
         finally:
             con.close()
 
+    def _trials(self) -> list[FrozenTrial]:
+        return self.journal.trials(self.p.name) if self.journal is not None else []
+
     def reports(self) -> int:
+        if self.journal is not None:
+            return sum(len(t.intermediate_values) for t in self._trials())
         rows = self.query(
             "select count(*) from trial_intermediate_values v join trials t on "
             "v.trial_id = t.trial_id join studies s on t.study_id = s.study_id "
@@ -214,17 +234,24 @@ class Watch:
         """A RUNNING trial with an attempt running since `since` and a checkpoint of its own on
         disk, and that checkpoint (its newest by step: the one a takeover must resume from; a
         row still `pending` counts when its manifest is written), or None."""
-        rows = self.query(
+        lineage = (
             "select c.trial, c.id from hpsearch_checkpoints c "
             "join hpsearch_attempts a on a.study = c.study and a.trial = c.trial "
-            "join studies s on s.study_name = c.study "
-            "join trials t on t.study_id = s.study_id and t.number = c.trial "
-            "where c.study = ? and c.trial >= 0 and c.kind in ('trial', 'final') "
+            "{trials} where c.study = ? and c.trial >= 0 and c.kind in ('trial', 'final') "
             "and c.status in ('committed', 'pending') and a.status = 'running' "
-            "and a.started >= ? and t.state = 'RUNNING' order by c.step desc",
-            self.p.name,
-            since,
+            "and a.started >= ? {running} order by c.step desc"
         )
+        if self.journal is not None:
+            running = {t.number for t in self._trials() if t.state == TrialState.RUNNING}
+            rows = self.query(lineage.format(trials="", running=""), self.p.name, since)
+            rows = [(trial, ckpt) for trial, ckpt in rows if trial in running]
+        else:
+            trials = (
+                "join studies s on s.study_name = c.study "
+                "join trials t on t.study_id = s.study_id and t.number = c.trial"
+            )
+            sql = lineage.format(trials=trials, running="and t.state = 'RUNNING'")
+            rows = self.query(sql, self.p.name, since)
         for trial, ckpt in rows:
             if os.path.exists(os.path.join(self.p.root, ckpt, MANIFEST)):
                 return trial, ckpt

@@ -32,7 +32,11 @@ def _copy(study: str, workdir: str) -> str:
         doc["task"] = os.path.join(os.path.dirname(os.path.abspath(study)), file) + ":" + cls
     doc["checkpoints"]["dir"] = os.path.join(workdir, "ckpt")
     doc["storage"] = f"sqlite:///{workdir}/study.db"
-    doc["trials"]["n"] = 1
+    if "warmup" in doc:  # one trial after the warm-up
+        doc["trials"]["n"] = 1
+    else:  # a tree: the smallest budget (its first roots start as soon as the study opens)
+        doc.pop("tree", None)
+        doc["trials"]["budget"] = 1
     path = os.path.join(workdir, "s.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(doc, f)

@@ -116,8 +116,13 @@ def run(
     classic: bool = False,
     gpus: str | None = None,
     base_dir: str | os.PathLike[str] | None = None,
+    budget: float | None = None,
+    debug: bool = False,
 ) -> Study:
-    """Create or continue a study until it has `trials` (default `trials.n`) finished trials.
+    """Create or continue a study until it is done: its tree grown, its budget spent, or
+    `trials` (default `trials.n`) finished trials. `budget` is `hpsearch run --budget`: full
+    runs from scratch to spend, in place of `trials.budget`; `debug` is `--debug` (each failed
+    attempt's traceback printed as it happens; they are kept in the run's logs/ anyway).
 
     `config` is what a study file holds, as a mapping (tuples read as lists), or the path of a
     study file. `task` is a `Task` subclass or "path/to/file.py:Class" (then `config` has no
@@ -134,7 +139,9 @@ def run(
         raise UsageError(f"workers must be >= 1, got {workers}")
     path = _study_file(task, config, os.fspath(base_dir or os.getcwd()), workers)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as `hpsearch run`: it prints its own
-    summary, settings = _run_workers(path, trials, workers, storage, classic, gpus)
+    if budget is not None and budget <= 0:
+        raise UsageError(f"budget must be > 0 full runs, got {budget}")
+    summary, settings = _run_workers(path, trials, workers, storage, classic, gpus, budget, debug)
     print(format_summary(summary, os.path.join(settings.checkpoints.dir, summary.study)))
     study = load(path, storage=storage, classic=classic)
     study.summary = summary
@@ -306,16 +313,16 @@ def _write(settings: StudySettings, doc: dict[str, Any]) -> str:
 
 def _run_workers(
     path: str, trials: int | None, workers: int, storage: str | None, classic: bool,
-    gpus: str | None,
+    gpus: str | None, budget: float | None, debug: bool,
 ) -> tuple[Summary, StudySettings]:  # fmt: skip
     """`hpsearch run --workers N [--gpus ...]`: this process is one worker, N-1 more are
     started, each on its own GPU when the study runs on CUDA -- the very code the command
     runs."""
     from hpsearch.cli import check_workers, run_with_workers
 
-    settings = load_study_file(path)
+    settings = load_study_file(path, budget=budget)
     args = argparse.Namespace(study=path, storage=storage, classic=classic, trials=trials,
-                              workers=workers, gpus=gpus, debug=False)  # fmt: skip
+                              workers=workers, gpus=gpus, debug=debug, budget=budget)  # fmt: skip
     summary, extra = run_with_workers(args, settings)
     check_workers(extra, summary)
     return summary, settings

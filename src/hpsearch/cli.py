@@ -49,7 +49,11 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     for name, help in (
-        ("run", "create or continue the study until it has N finished trials"),
+        (
+            "run",
+            "create or continue the study until it is done (its tree grown, its budget "
+            "spent or its trials finished)",
+        ),
         ("resume", "continue an existing study (an error if it does not exist)"),
     ):
         c = cmd(name, help)
@@ -80,7 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     common(c)
     c = cmd("plot", "the branch plot of the study")
     c.add_argument("-o", "--output", help="FILE.png, .svg or .pdf (default: <run dir>/<name>.png)")
-    c.add_argument("--x", choices=("epochs", "samples"), default="epochs")
+    c.add_argument(
+        "--x",
+        choices=("epochs", "samples"),
+        default="epochs",
+        help="the horizontal axis: training in epochs (default) or in samples",
+    )
     common(c)
     c = cmd("export", "one row per trial as CSV, Parquet or JSON")
     c.add_argument("-o", "--output", help="FILE.csv, .parquet or .json (default: CSV on stdout)")
@@ -201,7 +210,7 @@ def run_with_workers(
         with _debug(args.debug):
             summary = run_study(
                 args.study, trials=args.trials, storage=args.storage, classic=args.classic,
-                label=label, after=wait_for_workers, budget=getattr(args, "budget", None),
+                label=label, after=wait_for_workers, budget=args.budget,
             )  # fmt: skip
     finally:
         wait_for_workers()  # after a stop too: they got the same signal
@@ -239,7 +248,7 @@ def _spawn_worker(
         cmd += ["--trials", str(args.trials)]
     if args.debug:
         cmd.append("--debug")
-    if getattr(args, "budget", None) is not None:  # the Python API's arguments have none
+    if args.budget is not None:
         cmd += ["--budget", repr(args.budget)]
     return subprocess.Popen(cmd, env=env)
 
@@ -388,7 +397,8 @@ def _cmd_best(args: argparse.Namespace) -> int:
             print(f"checkpoint: {session.store.url}/{best.final_checkpoint}")
         if args.export:
             export_best(session, best, args.export)
-            print(f"wrote {args.export}/model.safetensors and {args.export}/params.json")
+            files = [os.path.join(args.export, f) for f in ("model.safetensors", "params.json")]
+            print(f"wrote {files[0]} and {files[1]}")
     finally:
         session.close()
     return 0

@@ -25,10 +25,12 @@ class Task:
                 return torch.nn.functional.cross_entropy(model(x), y)
             def evaluate(self, model, loader): return {"val_accuracy": ...}
 
-    `hparams` is one dict: the warm-up's values overridden by the trial's sampled ones. Keys the
-    base class does not know how to fork (see `hpsearch.training.fork`) can be handled by
-    overriding `apply_hparams`, or, for a key `training_step` reads at every step (a loss
-    weight), by naming it in `forkable_hparams`.
+    `hparams` is one dict of every key a trial trains with: the study file's fixed values
+    (`tree.hparams`, or a warm-up's `warmup.hparams`) overridden by the trial's sampled ones. A
+    fork builds the model again with `model(child's hparams)` and moves the parent's weights
+    into it, so whatever `model()` does with a key reaches the child; a key kept elsewhere (set
+    in `optimizer()`, on the task) is handled by overriding `apply_hparams`, or, for a key
+    `training_step` reads at every step (a loss weight), by naming it in `forkable_hparams`.
     """
 
     forkable_hparams: tuple[str, ...] = ()
@@ -66,7 +68,12 @@ class Task:
     def apply_hparams(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, hparams: dict[str, Any]
     ) -> None:
-        """Apply forkable keys hpsearch does not know. Raise KeyError for a key you cannot apply."""
+        """Apply what a fork changes that `model()` does not build: `model` is the one
+        `model(child's hparams)` built (it holds the parent's weights), `optimizer` the parent's
+        (hpsearch sets lr, weight decay, momentum, betas and eps in it), `hparams` the keys that
+        changed -- your own keys, and `dropout` too when you override this method (for a
+        dropout you keep outside the model). Raise KeyError for a key you keep nowhere else:
+        for `dropout` that means "nothing more to set"; for your own key, that it cannot fork."""
         raise KeyError(next(iter(hparams)))
 
     def training_step(

@@ -85,7 +85,10 @@ class CheckpointSettings:
 
 @dataclass(frozen=True)
 class WarmupSettings:
-    """The shared warm-up; exactly one of `epochs`/`steps` is set."""
+    """The shared warm-up of a `warmup:` study (strategy `base`); exactly one of
+    `epochs`/`steps` is set. A fork tree has no warm-up: the reader fills `hparams` with the
+    tree's fixed values and a start point of the search space (what the study is checked on
+    before anything trains), with a budget of 0 epochs."""
 
     epochs: float | None
     steps: int | None
@@ -94,7 +97,9 @@ class WarmupSettings:
 
 @dataclass(frozen=True)
 class TrialSettings:
-    """Each trial's budget after its fork; exactly one of `epochs`/`steps` and one of
+    """A trial's budget -- after its fork from the base in a `warmup:` study, from scratch
+    to the last rung (a full run) in a fork tree -- the search's budget in full runs, and the
+    evaluation points; exactly one of `epochs`/`steps` and one of
     `eval_every`/`eval_every_steps` is set."""
 
     n: int
@@ -220,6 +225,8 @@ class StudySettings:
     schedule: ScheduleSettings | None
     sampler: ComponentSettings
     pruner: ComponentSettings  # `pruner: null` is stored as NopPruner
+    # the reader sets it: a file with `warmup:` is a base study, any other a fork tree (the
+    # study file's default); this default pairs with `tree=None` for settings made by hand
     strategy: Strategy = "base"
     tree: TreeSettings | None = None  # set for strategy `tree`
     training: TrainingSettings = field(default_factory=TrainingSettings)  # the plain loop

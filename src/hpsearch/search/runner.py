@@ -41,9 +41,9 @@ def run_study(
     try:
         if trials is not None and session.settings.strategy == "tree" and not classic:
             raise UsageError(
-                f"--trials {trials}: a fork tree's size follows from the study file's tree: "
-                f"section ({session.settings.trials.n} trials); change tree.roots, tree.keep "
-                "or tree.children instead"
+                f"--trials {trials}: a fork tree's size follows from its budget "
+                "(trials.budget, or --budget for a new study) and its tree: keys; a larger "
+                "search is a new study: give the file a new `name` and a larger budget"
             )
         s = session.settings
         target = trials if trials is not None else s.trials.n

@@ -41,6 +41,8 @@ class Summary:
     # trials that failed for good (not continued by a retry), but for divergence, which is a
     # search outcome: "#n kind: reason" each; a run that leaves any exits 1
     failed: list[str] = field(default_factory=list)
+    # how to ask for more once the study is done: a tree's size is its budget's
+    more: str = "`--trials N` (or a larger --budget) asks for more"
 
 
 def summarize(
@@ -68,7 +70,7 @@ def summarize(
         samples += int(session.attr("warmup_samples", 0) or 0)
     n = int(session.attr("samples_per_epoch", 0) or 0)
     full = Budgets.of(session, n).classic_budget().samples or 0 if n else 0
-    return Summary(
+    out = Summary(
         session.study_name, finished, states,
         best.number if best else None, best.value if best else None,
         dict(best.params) if best else {},
@@ -76,6 +78,9 @@ def summarize(
         steps_run, scratch, disk, seconds, max(study_seconds, seconds), ran, target,
         samples, full, session.settings.trials.budget, failed_for_good(session, trials),
     )  # fmt: skip
+    if session.settings.strategy == "tree" and not session.classic:
+        out.more = "a larger tree is a new study: a new `name` and a larger trials.budget"
+    return out
 
 
 def failed_for_good(session: Session, trials: list[FrozenTrial]) -> list[str]:
@@ -102,7 +107,7 @@ def format_summary(s: Summary, session_dir: str) -> str:
     if s.ran == 0 and s.finished >= s.target > 0:
         lines = [
             f"study {s.study}: nothing to do: it has {s.finished} finished trials ({states}) "
-            f"of {s.target}; `--trials N` asks for more"
+            f"of {s.target}; {s.more}"
         ]
     else:
         lines = [

@@ -29,6 +29,7 @@ POINTS = (
     "gc.marked",
     "gc.files_deleted",
 )
+NODE_START = POINTS[:4]  # a tree node's start, in order (the kill tests of tests/test_tree_faults)
 
 _passes: dict[str, int] = {}
 _parsed: tuple[str, dict[str, int]] = ("", {})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,11 @@ from hpsearch.config import (
     survivors_of,
 )
 from hpsearch.config.budget import roots_for
+from hpsearch.errors import UsageError
 from hpsearch.search.records import PREFIX
 from hpsearch.search.scheduler.tree_async import AsyncTreePlan
 from hpsearch.search.scheduler.tree_plan import TreePlan, plan_of
+from hpsearch.search.session import Session, check_fingerprint, fingerprint
 from hpsearch.testing.conformance.scheduler import tiny_study
 
 TREE = TreeSettings(roots=4, rungs=(0.25, 0.5, 1.0), keep=0.5, children=2, probe=0.0, hparams={})
@@ -244,3 +247,24 @@ def test_constant_liar_is_on_for_tpe_unless_the_file_says(tmp_path: Path) -> Non
         sampler = make_sampler(load_study_file(path), 0)
         assert isinstance(sampler, optuna.samplers.TPESampler)
         assert sampler._constant_liar is expected
+
+
+def test_a_study_grown_by_one_rule_refuses_the_other(tmp_path: Path) -> None:
+    """The rule joins the study's fingerprint: switched under a study that has trials, the file
+    is refused naming `tree.promotion`. A synchronous tree's fingerprint is as it was before the
+    key existed, so a study made then continues with `promotion: sync` in its file."""
+    path = Path(tiny_study(tmp_path, tree=True, promotion="sync"))
+    session = Session.open(str(path))
+    try:
+        check_fingerprint(session)
+        assert not any(k.startswith("tree.promotion") for k in fingerprint(session.settings))
+        session.study.enqueue_trial({"lr": 0.01})  # something made: the study is an experiment
+    finally:
+        session.close()
+    path.write_text(path.read_text().replace("promotion: sync", "promotion: async"))
+    session = Session.open(str(path))
+    try:
+        with pytest.raises(UsageError, match=re.escape('tree.promotion: "(unset)" -> "async"')):
+            check_fingerprint(session)
+    finally:
+        session.close()

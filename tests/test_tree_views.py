@@ -255,7 +255,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, StudyView, st
     tmp = tmp_path_factory.mktemp("tree")
     db = f"sqlite:///{tmp}/study.db"
     tree = {"roots": 4, "rungs": [0.25, 0.5, 1.0], "keep": 0.5, "children": 2,
-            "hparams": {"weight_decay": 1e-4, "hidden": 64}}  # the synthetic tree's shape
+            "hparams": {"weight_decay": 1e-4, "hidden": 64}}  # fmt: skip  # the synthetic shape
     paths = [write_study(tmp, name=name, storage=db, warmup=None, tree=tree,
                          trials={"epochs": 4, "eval_every": 0.25})
              for name in ("tree", "tree-rel")]  # fmt: skip

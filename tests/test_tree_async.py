@@ -29,10 +29,11 @@ from hpsearch.config import (
 from hpsearch.config.budget import roots_for
 from hpsearch.errors import UsageError
 from hpsearch.search.records import PREFIX
+from hpsearch.search.scheduler.tree import Tree
 from hpsearch.search.scheduler.tree_async import AsyncTreePlan
 from hpsearch.search.scheduler.tree_plan import TreePlan, plan_of
 from hpsearch.search.session import Session, check_fingerprint, fingerprint
-from hpsearch.testing.conformance.scheduler import tiny_study
+from hpsearch.testing.conformance.scheduler import close_context, run_context, tiny_study
 
 TREE = TreeSettings(roots=4, rungs=(0.25, 0.5, 1.0), keep=0.5, children=2, probe=0.0, hparams={})
 
@@ -268,3 +269,16 @@ def test_a_study_grown_by_one_rule_refuses_the_other(tmp_path: Path) -> None:
             check_fingerprint(session)
     finally:
         session.close()
+
+
+def test_a_look_at_an_unchanged_study_does_not_work_the_plan_out_again(tmp_path: Path) -> None:
+    """Idle workers look often: the plan is worked out again only when the trials changed."""
+    ctx = run_context(Session.open(tiny_study(tmp_path, tree=True)))
+    try:
+        tree = Tree(ctx)
+        first = tree.plan()
+        assert tree.plan() is first
+        ctx.session.study.enqueue_trial({"lr": 0.01})  # a new trial: the plan may differ
+        assert tree.plan() is not first
+    finally:
+        close_context(ctx)

@@ -16,7 +16,9 @@ workload's, below, or `--budget W=B`), counted in samples: every trial, root, pr
 trial once. The Optuna arms stop starting trials once they have spent it (hpsearch's own
 `trials.budget`, in classic mode); PBT's population is B; the trees take their shape from the
 budget (`--tree-*` overrides a key, for the tuning runs; `--tree-pruner none` runs the tree
-without a pruner inside its generations).
+without a pruner inside its generations). `--workers N` runs each hpsearch search with N worker
+processes, as `hpsearch run --workers N` does (the asynchronous and synchronous trees then
+promote differently: `--tree-promotion`).
 
 Outputs in `--out` (default `benchmarks/`), named by `--name`: `<name>.json` (every curve;
 `--from` reads it back, several files merge, a later run of the same workload, arm and seed
@@ -55,7 +57,7 @@ WORKLOADS = {
     "resnet": ("held-out", 8.0), "gru": ("held-out", 8.0), "friedman": ("held-out", 8.0),
     "tabular": ("held-out", 8.0),
 }  # fmt: skip
-TREE_KEYS = ("roots", "rungs", "keep", "children", "probe")
+TREE_KEYS = ("roots", "rungs", "keep", "children", "probe", "promotion")
 
 
 def study_of(workload: str) -> str:
@@ -67,7 +69,7 @@ def tree_label(tree: dict[str, Any], arm: str = "tree") -> str:
     if not tree:
         return arm
     short = {"roots": "r", "rungs": "rungs", "keep": "k", "children": "c", "probe": "p",
-             "pruner": "pruner-"}  # fmt: skip
+             "pruner": "pruner-", "promotion": ""}  # fmt: skip
     parts = [f"{short[k]}{'/'.join(map(str, v)) if isinstance(v, list) else v}"
              for k, v in tree.items()]  # fmt: skip
     return arm + "[" + " ".join(parts) + "]"
@@ -110,11 +112,11 @@ def tree_keys(arm: str, tree: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_arm(workload: str, arm: str, seed: int, budget: float, *, workdir: str,
-            tree: dict[str, Any], pbt_every: float) -> Run:  # fmt: skip
+            tree: dict[str, Any], pbt_every: float, workers: int = 1) -> Run:  # fmt: skip
     path = study_of(workload)
     n = prime(path)
     full = round(full_run_epochs(path) * n)
-    label = tree_label(tree, arm) if arm in TREE_ARMS else arm
+    label = arm_label(arm, tree, workers)
     here = os.path.join(workdir, f"{workload}-{label}-{seed}".replace(" ", "_"))
     if arm == "ray-pbt":
         from efficiency.pbt import pbt_points, run_pbt
@@ -136,7 +138,14 @@ def run_arm(workload: str, arm: str, seed: int, budget: float, *, workdir: str,
                       pruner=pruner_of(arm, path, tree))  # fmt: skip
     info: dict[str, Any] = {"budget": spend, **({"given": keys} if keys else {})}
     return run_hpsearch(copy, workload=workload, arm=label, seed=seed,
-                        classic=arm in CLASSIC_ARMS, full=full, settings_info=info)  # fmt: skip
+                        classic=arm in CLASSIC_ARMS, full=full, settings_info=info,
+                        workers=workers)  # fmt: skip
+
+
+def arm_label(arm: str, tree: dict[str, Any], workers: int) -> str:
+    """`tree[async] x4`: the arm, the tree keys it overrides, and its workers beyond one."""
+    label = tree_label(tree, arm) if arm in TREE_ARMS else arm
+    return label + (f" x{workers}" if workers > 1 else "")
 
 
 def benchmark(
@@ -159,7 +168,7 @@ def benchmark(
                 # alternate the order of the arms from seed to seed, so that a machine getting
                 # slower or faster during the benchmark favours no arm's wall time
                 for arm in args.arm if i % 2 == 0 else list(reversed(args.arm)):
-                    label = tree_label(tree, arm) if arm in TREE_ARMS else arm
+                    label = arm_label(arm, tree, args.workers)
                     if args.skip_done and any(
                         (r.workload, r.arm, r.seed) == (w, label, seed) for r in done
                     ):
@@ -167,7 +176,7 @@ def benchmark(
                     t = time.monotonic()
                     print(f"== {w} {arm} seed {seed}", file=sys.stderr, flush=True)
                     run = run_arm(w, arm, seed, budget_of(args, w), workdir=root, tree=tree,
-                                  pbt_every=args.pbt_every)  # fmt: skip
+                                  pbt_every=args.pbt_every, workers=args.workers)  # fmt: skip
                     runs.append(run)
                     os.makedirs(args.out, exist_ok=True)
                     save_runs(os.path.join(args.out, f"{args.name}.json"),
@@ -240,6 +249,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tree-pruner", choices=("none",), help="no pruner inside the tree's generations"
     )
+    p.add_argument("--tree-promotion", choices=("async", "sync"))
+    p.add_argument("--workers", type=int, default=1, help="hpsearch workers per search (processes)")
     p.add_argument(
         "--pbt-every",
         type=float,

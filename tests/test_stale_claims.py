@@ -2,7 +2,8 @@
 
 Races made to happen here by replaying the interleaving (no clocks): another worker
 finishes a trial, or the warm-up, between this worker's look and its claim; or it has asked a
-trial and not yet registered it. The claim that ran nothing is withdrawn, or never made: each
+trial and not yet registered it (under the study's ask lease, or a tree slot's own lease, which
+leaves the other slots free to ask). The claim that ran nothing is withdrawn, or never made: each
 trial and the warm-up keep exactly one `done` attempt, and nothing is trained twice.
 `test_two_workers_share_one_study` once failed on `['done', 'dead']` this way.
 """
@@ -18,11 +19,15 @@ import pytest
 from optuna.trial import TrialState
 
 from hpsearch.lineage import WARMUP
+from hpsearch.search import asking
+from hpsearch.search import optuna_bridge as bridge
 from hpsearch.search.asking import ASK_LEASE
 from hpsearch.search.context import RunContext
-from hpsearch.search.records import set_study_attr, study_attr
+from hpsearch.search.jobs import Job
+from hpsearch.search.records import PREFIX, set_study_attr, study_attr, trial_attr
 from hpsearch.search.restore import Restorer
 from hpsearch.search.scheduler.fork_from_base import ForkFromBase
+from hpsearch.search.scheduler.tree import Tree
 from hpsearch.search.session import Session
 from hpsearch.search.trial import TrialRunner
 from hpsearch.search.worker import Worker
@@ -106,6 +111,86 @@ def test_a_trial_asked_but_not_yet_registered_is_left_to_its_asker(base_study, m
     assert [a.token for a in lin.attempts(asked.number)] == []
     token = lin.start_attempt(asked.number)  # the asker registers it, then lets the lease go
     lin.release_lease(ASK_LEASE, "the-asker")
+    other.join(60)
+    assert looked == [None]
+    assert [a.token for a in lin.attempts(asked.number)] == [token]
+
+
+# -- a fork tree: each slot is asked under a lease of its own ----------------------------------
+
+ROOT0 = "node:0:None:0"  # the lease of the tree's first root slot (`asking.slot_lease`)
+
+
+@pytest.fixture
+def tree_study(tmp_path) -> Iterator[tuple[RunContext, Tree]]:
+    ctx = run_context(Session.open(tiny_study(tmp_path, tree=True)))
+    try:
+        yield ctx, Tree(ctx)
+    finally:
+        close_context(ctx)
+
+
+def _place(child: int) -> dict[str, Any]:
+    return {PREFIX + "generation": 0, PREFIX + "parent_trial": None, PREFIX + "child": child}
+
+
+def test_a_worker_asking_for_one_slot_holds_up_no_other(tree_study, monkeypatch):
+    """Another worker is asking for the first root: it holds that slot's lease (and the study's
+    ask lease, as a worker of an older hpsearch held it while TPE sampled). This worker asks the
+    second root at once: it tries each lease once and waits for none. Before, every worker
+    queued for the one study-wide lease, spinning."""
+    ctx, tree = tree_study
+    lin = ctx.lineage
+    assert lin.take_lease(ROOT0, "the-asker", ttl_s=60)
+    assert lin.take_lease(ASK_LEASE, "the-asker", ttl_s=60)
+    refused: list[str] = []
+    take_lease = lin.take_lease
+
+    def once(key: str, token: str, **kw: Any) -> bool:
+        taken = take_lease(key, token, **kw)
+        if not taken:
+            assert key not in refused, f"waited for the lease {key!r}"
+            refused.append(key)
+        return taken
+
+    monkeypatch.setattr(lin, "take_lease", once)
+    job = tree.new_job(3)
+    assert isinstance(job, Job) and job.generation == 0
+    asked = bridge.frozen(ctx.session.study, job.trial_id)
+    assert trial_attr(asked, "child") == 1 and refused == [ROOT0]
+    assert asking.slot_lease((0, None, 0)) == ROOT0
+
+
+def test_a_tree_node_asked_but_not_yet_registered_is_left_to_its_asker(tree_study, monkeypatch):
+    """As for a trial of a study without slots, but under the slot's own lease: a worker that
+    sees a root asked and not registered waits for that slot's lease, then finds it
+    registered."""
+    ctx, tree = tree_study
+    lin, study = ctx.lineage, ctx.session.study
+    assert lin.take_lease(ROOT0, "the-asker", ttl_s=60)
+    study.enqueue_trial({}, user_attrs=_place(0))
+    asked = study.ask()  # the asker is between its ask and its registration
+    seen = study.get_trials(deepcopy=False)
+    refused = threading.Event()
+    take_lease = lin.take_lease
+
+    def watched(key: str, token: str, **kw: Any) -> bool:
+        taken = take_lease(key, token, **kw)
+        if key == ROOT0 and token != "the-asker" and not taken:
+            refused.set()
+        return taken
+
+    monkeypatch.setattr(lin, "take_lease", watched)
+    looked: list[object] = []
+    other = threading.Thread(
+        target=lambda: looked.append(Worker(ctx.session)._takeover(ctx, seen[-1], seen, tree))
+    )
+    other.start()
+    refused.wait(60)  # an event, not a clock: 60 s is only how long a regression hangs here
+    assert refused.is_set() and other.is_alive()  # waiting for the slot's lease, not claiming
+    assert lin.attempts(asked.number) == []
+    token = lin.start_attempt(asked.number)  # the asker registers it, then lets the lease go
+    lin.release_lease(ROOT0, "the-asker")
     other.join(60)
     assert looked == [None]
     assert [a.token for a in lin.attempts(asked.number)] == [token]

@@ -57,11 +57,21 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple]:
     return _results(path)
 
 
-@pytest.mark.parametrize("point", NODE_START)
+@pytest.mark.parametrize(
+    "point, promotion",
+    [*((p, "async") for p in NODE_START), ("node.asked", "sync")],
+)
 def test_a_node_killed_at_any_point_of_its_start_forks_from_its_parent(
-    tmp_path: Path, reference: dict[int, tuple], point: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    reference: dict[int, tuple],
+    point: str,
+    promotion: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    path = write_study(tmp_path, name="tf", **TREE)
+    """The reference is the asynchronous tree (the default) run straight; one worker grows the
+    synchronous tree node for node the same, so a killed synchronous study ends equal to it."""
+    tree = {**TREE, "tree": {**TREE["tree"], "promotion": promotion}}  # type: ignore[dict-item]
+    path = write_study(tmp_path, name="tf", **tree)
     # the 6th pass is the second node of generation 1: a child with values of its own
     kill_at_point(_hpsearch("run", path), point, 6, log=str(tmp_path / "killed.log"))
     s = Session.open(path, create=False)

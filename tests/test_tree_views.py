@@ -254,7 +254,11 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, StudyView, st
     from their fork (not from scratch)."""
     tmp = tmp_path_factory.mktemp("tree")
     db = f"sqlite:///{tmp}/study.db"
-    paths = [write_study(tmp, name=name, storage=db) for name in ("tree", "tree-rel")]
+    tree = {"roots": 4, "rungs": [0.25, 0.5, 1.0], "keep": 0.5, "children": 2,
+            "hparams": {"weight_decay": 1e-4, "hidden": 64}}  # fmt: skip  # the synthetic shape
+    paths = [write_study(tmp, name=name, storage=db, warmup=None, tree=tree,
+                         trials={"epochs": 4, "eval_every": 0.25})
+             for name in ("tree", "tree-rel")]  # fmt: skip
     made = synthetic_tree(4, seed=2, children=2, keep=0.5, rungs=(1.0, 2.0, 4.0))
     for path, name in zip(paths, ("tree", "tree-rel"), strict=True):
         optuna.create_study(study_name=name, storage=db, direction="maximize")

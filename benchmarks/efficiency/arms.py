@@ -74,10 +74,15 @@ def spent(study: Any) -> tuple[int, int]:
 
 def run_hpsearch(
     study_file: str, *, workload: str, arm: str, seed: int, classic: bool, full: int,
-    settings_info: dict[str, Any] | None = None,
+    settings_info: dict[str, Any] | None = None, workers: int = 1,
 ) -> Run:  # fmt: skip
     """Run one search in this process to its end (its budget spent, or its tree grown) and read
-    its trials back. The session is opened (task and data checked) before timing."""
+    its trials back. The session is opened (task and data checked) before timing. `workers` > 1:
+    as many `hpsearch worker` processes, this one among them, as `hpsearch run --workers` runs
+    them (one torch thread each)."""
+    import subprocess
+    import sys
+
     import optuna
 
     from hpsearch.config.budget import generation_sizes, tree_cost
@@ -92,8 +97,17 @@ def run_hpsearch(
         stop = StopFlag()
         started = dt.datetime.now()  # Optuna stamps trials with naive local datetime.now()
         t0 = time.monotonic()
-        with stop.installed():
-            Worker(session, stop=stop).run(target)
+        cmd = [sys.executable, "-m", "hpsearch", "worker", study_file,
+               *(["--no-fork", "--trials", str(BIG)] if classic else [])]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        others = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+                  for _ in range(workers - 1)]  # fmt: skip
+        try:
+            with stop.installed():
+                Worker(session, stop=stop).run(target)
+        finally:
+            for p in others:
+                p.wait()
         wall = time.monotonic() - t0
         name, url = session.study.study_name, s.storage
     finally:
@@ -107,7 +121,8 @@ def run_hpsearch(
         extra_steps=0 if classic else warm_steps, extra_samples=0 if classic else warm_samples,
     )  # fmt: skip
     info = dict(settings_info or {})
-    info.update(pruner=s.pruner.name, sampler=s.sampler.name, trials=len(points))
+    info.update(pruner=s.pruner.name, sampler=s.sampler.name, trials=len(points),
+                workers=workers)  # fmt: skip
     tree = s.tree if not classic else None
     if tree is not None:
         info.update(roots=tree.roots, rungs=list(tree.rungs), keep=tree.keep,

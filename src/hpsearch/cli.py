@@ -295,7 +295,9 @@ def _open(args: argparse.Namespace) -> Session:
 def _say_damaged(session: Session) -> None:
     """Say (on stderr, once a command) which nodes of a fork tree record a place that is not
     valid: every view leaves them out of the tree and of the winner rather than fail on them."""
-    if session.classic or session.attr("mode") != "tree":
+    from hpsearch.search.scheduler.registry import strategy
+
+    if not strategy(session).nodes:
         return
     from hpsearch.search.tree_nodes import check_nodes
 

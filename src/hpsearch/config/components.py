@@ -307,11 +307,19 @@ def dry_run(
 def make_sampler(settings: StudySettings, seed: int) -> optuna.samplers.BaseSampler:
     """Build the study's sampler, seeded with `seed` when it takes one.
 
-    A GridSampler gets its grid from `settings.search_space`.
+    A GridSampler gets its grid from `settings.search_space`; a TPESampler counts running
+    trials (`constant_liar`) unless the study file says otherwise.
     """
     cls = getattr(optuna.samplers, settings.sampler.name)
     extra = _sampler_extra(cls, settings.search_space, seed)
-    sampler: optuna.samplers.BaseSampler = _build(settings.sampler, cls, extra)
+    if cls is optuna.samplers.TPESampler and "constant_liar" not in settings.sampler.kwargs:
+        # workers asking at once must not propose the same values (siblings of one parent in
+        # a fork tree above all): TPE counts running trials as bad ones. Optuna 5's default;
+        # Optuna 4's was off. With one worker no other trial runs while it samples: no change
+        extra["constant_liar"] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna 4
+        sampler: optuna.samplers.BaseSampler = _build(settings.sampler, cls, extra)
     return sampler
 
 

@@ -146,10 +146,17 @@ class ScheduleSettings:
     decay: float = 0.0  # wsd: the last fraction of the run, in (0, 1], decays to `final`
 
 
+Promotion = Literal["async", "sync"]
+PROMOTIONS: tuple[Promotion, ...] = ("async", "sync")
+
+
 @dataclass(frozen=True)
 class TreeSettings:
     """The fork tree: generation 0 is `roots` short runs from scratch; at each rung the best
-    `keep` fraction of a generation survives and each survivor is forked into `children`."""
+    `keep` fraction of a generation survives and each survivor is forked into `children`.
+    `promotion`: "async" forks a node as soon as it ranks in the best `keep` of the nodes of its
+    generation settled so far (`search/scheduler/tree_async.py`); "sync" waits for the whole
+    generation (`tree_plan.py`)."""
 
     roots: int
     rungs: tuple[float, ...]  # increasing fractions of the full budget, the last 1.0
@@ -158,6 +165,7 @@ class TreeSettings:
     probe: float  # a cooldown probe's length as a fraction of the full budget; 0: off
     hparams: dict[str, Any]  # read-only: values of the keys the search space does not sample
     sized: bool = False  # `roots` came from the budget (`trials.budget`), not from the file
+    promotion: Promotion = "async"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
       keep: 0.25                      # the fraction of a generation that survives a rung
       children: 2                     # forks per survivor; child 0 keeps its parent's values
       probe: 0.05                     # a cooldown probe to rank on, as a fraction of the budget
+      promotion: async                # fork a node once it ranks in the best `keep` so far
       hparams: {hidden: 256}          # values of the keys search_space does not sample
 
 Every key is optional. Without `roots`, the tree takes as many as make it spend about
@@ -13,6 +14,9 @@ Every key is optional. Without `roots`, the tree takes as many as make it spend 
 rungs, keep, children and probe default to the setting chosen on the tuning workloads of
 benchmarks/RESULTS.md ("Search efficiency at a budget"): a probe of 0.05 where the study has a
 schedule (it ranked the nodes better there than their value at the rung at a constant LR).
+`promotion: async` (the default) forks a node as soon as it ranks in the best `keep` of its
+generation's nodes settled so far, so no worker waits for a generation; `sync` waits for each
+generation to settle and ranks it whole (`search/scheduler/tree_async.py` says the rule).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from hpsearch.config.budget import (
     survivors_of,
     tree_cost,
 )
-from hpsearch.config.schema import Param, TreeSettings
+from hpsearch.config.schema import PROMOTIONS, Param, TreeSettings
 from hpsearch.config.values import Bounds, Reader, as_number, fmt, is_number, show
 
 DEFAULTS: dict[str, Any] = {
@@ -39,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "keep": 0.25,
     "children": 2,
     "probe": 0.05,  # with a schedule to decay (without one: 0, nothing to probe)
+    "promotion": "async",
 }
 MAX_NODES = 100_000  # a tree this size is a typo (children: 1000), not a search
 
@@ -64,6 +69,7 @@ def read_tree(
         children=r.integer(get("children"), "tree.children", Bounds(ge=1)),
         probe=r.real(get("probe"), "tree.probe", Bounds(ge=0, lt=0.5)),
         hparams=_fixed(r, section.get("hparams"), space),
+        promotion=r.choice(get("promotion"), "tree.promotion", PROMOTIONS),
     )
     if "roots" not in section:
         tree = _sized(r, tree, DEFAULT_BUDGET if budget is None else budget)

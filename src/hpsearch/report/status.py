@@ -19,6 +19,7 @@ from hpsearch.lineage import WARMUP, CheckpointRow
 from hpsearch.report.tree import tree_text
 from hpsearch.report.views import StudyView, TrialStateName, TrialView
 from hpsearch.search.records import EVALUATION_KEYS, TrialRecord, trial_attr
+from hpsearch.search.scheduler.registry import strategy
 from hpsearch.search.session import Session
 from hpsearch.search.tree_nodes import Slot, TreeNodes, check_nodes
 
@@ -32,7 +33,7 @@ def study_view(session: Session) -> StudyView:
         by_trial.setdefault(r.trial, []).append(r)
     frozen = session.study.get_trials(deepcopy=False)
     owner = {r.id: r.trial for r in rows}
-    tree = session.attr("mode") == "tree"
+    tree = strategy(session).nodes
     nodes = check_nodes(frozen, session.settings.tree) if tree else TreeNodes()
     origins = _segment_origins(frozen)
     units = {t.number: _unit(t, session, n) for t in frozen}
@@ -233,7 +234,7 @@ def format_tree(session: Session, *, show_all: bool = False) -> str:
     frozen = session.study.get_trials(deepcopy=False)
     trials = {t.number: (t.state.name, t.value) for t in frozen}
     nodes = None
-    if session.attr("mode") == "tree":
+    if strategy(session).nodes:
         checked = check_nodes(frozen, session.settings.tree).slots
         nodes = {number: (slot[0], slot[1]) for number, slot in checked.items()}
     return tree_text(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -114,43 +115,75 @@ def wanted(ctx: RunContext, target: int) -> bool:
 ASK_LEASE = "ask"
 ASK_LEASE_S = 30.0  # a worker killed while asking holds the others up this long at most
 
-
 _T = TypeVar("_T")
+_jitter = random.Random()  # the lease's backoff only: the study's seeded RNGs stay untouched
 
 
-def with_ask_lease(ctx: RunContext, fn: Callable[[], _T]) -> _T:
-    """Run `fn` holding the study's ask lease. Deciding what to ask and asking are one step for
-    the whole study: two workers that both see one trial missing would otherwise both ask for
-    it, and a trial enqueued with fixed params (a retry, a tree's child) would be popped by
-    whichever worker asks next."""
+def slot_lease(slot: tuple[Any, Any, Any]) -> str:
+    """The lease under which a fork tree's slot is filled (asked, sampled, registered), retried
+    or its unregistered trial taken over: one per slot, so workers asking for different slots
+    never wait on each other."""
+    return "node:{}:{}:{}".format(*slot)
+
+
+def lease_of(t: FrozenTrial) -> str:
+    """The lease trial `t` was asked under: its slot's, for a node of a fork tree (a retry has
+    its failed node's slot), else the study-wide ask lease (fork-from-base, classic)."""
+    if PREFIX + "generation" not in t.user_attrs:
+        return ASK_LEASE
+    return slot_lease(tuple(trial_attr(t, k) for k in ("generation", "parent_trial", "child")))
+
+
+def with_lease(ctx: RunContext, key: str, fn: Callable[[], _T]) -> _T:
+    """Run `fn` holding lease `key` (`ASK_LEASE` or a slot's), waiting for it with a jittered
+    exponential backoff (5 ms doubling to 0.25 s): workers that lost it together do not all try
+    again together, and a long wait costs a few writes a second, not fifty. Held a second or
+    more, its holder may have died: stale attempts are closed and their leases freed."""
     lin = ctx.lineage
-    spins = 0
-    while not lin.take_lease(ASK_LEASE, ctx.presence, ttl_s=ASK_LEASE_S):
+    delay, waited, sweep = 0.005, 0.0, 1.0
+    while not lin.take_lease(key, ctx.presence, ttl_s=ASK_LEASE_S):
         ctx.check_stop()
-        time.sleep(0.02)  # another worker is asking: a few milliseconds
-        spins += 1
-        if spins % 50 == 0:  # held a second: its holder may have died asking; if so, free it
+        pause = delay * _jitter.uniform(0.5, 1.5)
+        time.sleep(pause)
+        waited += pause
+        delay = min(2 * delay, 0.25)
+        if waited >= sweep:
+            sweep += 1.0
             lin.close_stale_attempts(grace_s=ctx.settings.trials.grace_s)
             lin.release_orphan_leases()
     try:
         return fn()
     finally:
-        lin.release_lease(ASK_LEASE, ctx.presence)
+        lin.release_lease(key, ctx.presence)
+
+
+def with_ask_lease(ctx: RunContext, fn: Callable[[], _T]) -> _T:
+    """Run `fn` holding the study's ask lease. Deciding what to ask and asking are one step for
+    a study whose trials hold no slot: two workers that both see one trial missing would
+    otherwise both ask for it, and a trial enqueued with fixed params (a retry) would be popped
+    by whichever worker asks next. It is held for the decision, the ask and the registration,
+    not while the sampler samples (`new_job`)."""
+    return with_lease(ctx, ASK_LEASE, fn)
 
 
 def new_job(ctx: RunContext, target: int, *, parent: str | None) -> Job | None:
-    """A new Optuna trial starting from `parent` (None: from scratch), if the study needs one."""
+    """A new Optuna trial starting from `parent` (None: from scratch), if the study needs one.
 
-    def ask_one() -> Job | None:
+    The trial is asked and registered under the ask lease, and sampled after it: the sampler
+    (TPE reads every trial) holds no other worker up. A worker that dies between the two leaves
+    a registered trial without params, which the takeover samples as this one would have (the
+    sampler is seeded by the trial's number: `resample`)."""
+
+    def ask_one() -> tuple[optuna.Trial, str] | None:
         if not wanted(ctx, target):
             return None
         ctx.pin([parent])
         trial = ask(ctx)
-        sampled = suggest(trial, ctx.settings)  # before the attempt: a registered trial has params
-        token = ctx.lineage.start_attempt(trial.number)
-        hp = trial_hparams(ctx.settings, sampled)
-        return Job(
-            trial.number, bridge.trial_id(trial), hp, "new", token, parent=parent, handle=trial
-        )
+        return trial, ctx.lineage.start_attempt(trial.number)
 
-    return with_ask_lease(ctx, ask_one)
+    asked = with_ask_lease(ctx, ask_one)
+    if asked is None:
+        return None
+    trial, token = asked
+    hp = trial_hparams(ctx.settings, suggest(trial, ctx.settings))
+    return Job(trial.number, bridge.trial_id(trial), hp, "new", token, parent=parent, handle=trial)

@@ -8,10 +8,10 @@ from collections.abc import Callable
 from optuna.trial import TrialState
 
 from hpsearch.config import load_study_file
-from hpsearch.config.sections import UNBOUNDED
 from hpsearch.errors import UsageError
 from hpsearch.search.control import StopFlag
 from hpsearch.search.records import set_study_attr, study_attr
+from hpsearch.search.scheduler import strategy
 from hpsearch.search.session import Session
 from hpsearch.search.spend import plan_line
 from hpsearch.search.summary import Summary, summarize
@@ -39,16 +39,15 @@ def run_study(
     settings = load_study_file(path, budget=budget) if budget is not None else None
     session = Session.open(path, storage=storage, classic=classic, settings=settings)
     try:
-        if trials is not None and session.settings.strategy == "tree" and not classic:
+        how = strategy(session)
+        if trials is not None and how.sized:
             raise UsageError(
-                f"--trials {trials}: a fork tree's size follows from its budget "
+                f"--trials {trials}: a {how.name}'s size follows from its budget "
                 "(trials.budget, or --budget for a new study) and its tree: keys; a larger "
                 "search is a new study: give the file a new `name` and a larger budget"
             )
         s = session.settings
-        target = trials if trials is not None else s.trials.n
-        if trials is None and classic and s.strategy == "tree":
-            target = UNBOUNDED  # the twin of a tree spends the tree's budget, however many trials
+        target = how.target(s, trials)
         if say_plan:
             print(f"{label}{plan_line(s, classic=classic)}", flush=True)
         before = _finished(session)

@@ -279,6 +279,8 @@ def fingerprint(settings: StudySettings) -> dict[str, Any]:
         tree = dataclasses.asdict(settings.tree)
         for key, value in sorted(tree.pop("hparams").items()):
             out[f"tree.hparams.{key}"] = value
+        if tree["promotion"] == "sync":  # as every tree was before `tree.promotion` existed
+            del tree["promotion"]
         out |= {f"tree.{key}": value for key, value in tree.items()}
     for key, param in settings.search_space.items():
         entry = {k: v for k, v in dataclasses.asdict(param).items() if v is not None}

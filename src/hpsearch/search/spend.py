@@ -64,7 +64,9 @@ def plan_line(settings: StudySettings, *, classic: bool) -> str:
     if settings.tree is not None:
         tree = settings.tree
         given = tree.sized or budget is None or abs(budget - tree_cost(tree)) > 1e-6
-        return describe_tree(tree, budget if given else None)
+        line = describe_tree(tree, budget if given else None)
+        sync = tree.promotion == "sync"
+        return line + ("; generation by generation (tree.promotion: sync)" if sync else "")
     w = settings.warmup
     warm = f"{w.epochs:g} epochs" if w.epochs is not None else f"{w.steps} steps"
     if budget is None:

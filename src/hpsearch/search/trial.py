@@ -22,7 +22,7 @@ from hpsearch.search.jobs import Job, Outcome, OutcomeState
 from hpsearch.search.progress import StudyProgress
 from hpsearch.search.records import set_trial_attrs
 from hpsearch.search.restore import PASS_THROUGH, UNUSABLE, Restorer, why
-from hpsearch.search.scheduler import Scheduler
+from hpsearch.search.scheduler import Scheduler, strategy
 from hpsearch.search.summary import outcome_line
 from hpsearch.training import Budget, Progress, Schedule, Trainer, fork
 
@@ -38,6 +38,7 @@ class TrialRunner:
         self.ctx, self.restorer, self.scheduler = ctx, restorer, scheduler
         self.progress = progress
         self.failures = FailureHandler(ctx, restorer)
+        self.restarts = strategy(ctx.session).restarts
 
     def run(self, job: Job) -> Outcome:
         start = time.monotonic()
@@ -107,7 +108,7 @@ class TrialRunner:
             return self._scratch(job), None, True
         trainer = self._try(job, parent)
         if trainer is None:
-            if self.scheduler.mode == "classic":  # a classic trial can always start over
+            if self.restarts:  # a classic trial can always start over
                 return self._scratch(job), None, True
             tried = [*job.sources, parent]
             raise UnusableCheckpoint(

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.search.scheduler.registry import strategy
+
 if TYPE_CHECKING:
     from hpsearch.search.session import Session
 
@@ -37,7 +39,7 @@ def winner(session: Session, trials: Sequence[FrozenTrial] | None = None) -> Fro
         trials = session.study.get_trials(deepcopy=False)
     damaged: set[int] = set()
     tree = session.settings.tree
-    if session.settings.strategy == "tree" and tree is not None and not session.classic:
+    if tree is not None and strategy(session).nodes:
         from hpsearch.search.tree_nodes import check_nodes
 
         damaged = set(check_nodes(trials, tree).damaged)

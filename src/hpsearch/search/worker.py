@@ -9,6 +9,7 @@ with the same params), or a new trial from the scheduler.
 from __future__ import annotations
 
 import functools
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +43,7 @@ from hpsearch.search.trial import TrialRunner
 from hpsearch.training import Trainer
 
 TREE_KEYS = ("generation", "parent_trial", "child")  # a retry fills its failed node's slot
+_jitter = random.Random()  # idle workers' pauses only: the study's seeded RNGs stay untouched
 
 
 class Worker:
@@ -79,6 +81,7 @@ class Worker:
             recover(s, self.presence)
             scheduler.prepare()
             started = True
+            waits = 0
             while True:
                 job: Job | Wait | None = self.next_job(ctx, target, scheduler) or (
                     scheduler.new_job(target)
@@ -86,8 +89,10 @@ class Worker:
                 if job is None:
                     break
                 if isinstance(job, Wait):
-                    self._wait(ctx)
+                    self._wait(ctx, waits)
+                    waits += 1
                     continue
+                waits = 0
                 self.outcomes.append(self.run_trial(trials, job))
                 progress.finished(self.outcomes[-1])
                 ctx.unpin_all()  # also when the trial could not start
@@ -105,12 +110,20 @@ class Worker:
     def run_trial(self, trials: TrialRunner, job: Job) -> Outcome:
         return trials.run(job)
 
-    def _wait(self, ctx: RunContext) -> None:
-        """Nothing to start until other workers' trials finish (a tree's generation settling):
-        look again in a moment; meanwhile this worker's heartbeat keeps it alive."""
-        for _ in range(10):
+    def _wait(self, ctx: RunContext, waits: int) -> None:
+        """Nothing to start until other workers' trials finish (the last nodes of a tree, a
+        synchronous generation settling, a slot another worker is asking): look again soon, at
+        first after 50 ms, then less often up to every 0.5 s, with jitter so that idle workers
+        do not look together; meanwhile this worker's heartbeat keeps it alive. A look reads
+        only the trials that changed, and the tree's plan is worked out again only if they did."""
+        pause = min(0.05 * 2**waits, 0.5) * _jitter.uniform(0.75, 1.25)
+        end = time.monotonic() + pause
+        while True:
             ctx.check_stop()
-            time.sleep(0.05)
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
 
     # -- continuing what crashes left -------------------------------------------------------
 
@@ -125,7 +138,7 @@ class Worker:
         for t in trials:
             if t.state == TrialState.WAITING and trial_attr(t, "retry_of") is not None:
                 adopt = functools.partial(self._adopt_retry, ctx, t, trials, scheduler)
-                job = asking.with_ask_lease(ctx, adopt)
+                job = asking.with_lease(ctx, asking.lease_of(t), adopt)
                 if job is not None:
                     return job
         retried = retried_numbers(trials)
@@ -145,15 +158,16 @@ class Worker:
         lin, grace = ctx.lineage, ctx.settings.trials.grace_s
         current = lin.current_attempt(t.number)
         if current is None and not lin.attempts(t.number):
-            # asked but never registered. Every asker samples and registers its trial before
-            # it lets go of the ask lease, so under the lease the trial has its attempt by now,
-            # or its asker died in between (decided by who holds the lease, not by a clock)
+            # asked but never registered. Every asker registers its trial before it lets go of
+            # the lease it asked under (its slot's in a tree, else the study's ask lease), so
+            # under that lease the trial has its attempt by now, or its asker died in between
+            # (decided by who holds the lease, not by a clock)
             def unregistered() -> Job | None:
                 if lin.attempts(t.number):
                     return None  # registered while we waited for the lease
                 return self._claim(ctx, t, trials, scheduler, None)
 
-            return asking.with_ask_lease(ctx, unregistered)
+            return asking.with_lease(ctx, asking.lease_of(t), unregistered)
         if current is not None and not attempt_is_stale(current, grace_s=grace):
             return None
         return self._claim(ctx, t, trials, scheduler, current)
@@ -201,10 +215,10 @@ class Worker:
         trials: Sequence[FrozenTrial],
         scheduler: Scheduler,
     ) -> Job | None:
-        """A retry that a worker enqueued and died before asking for (we hold the ask lease, so
-        no other worker is between the two now): ask it and continue its failed trial from that
-        trial's checkpoints, as `_retry` would have. Left waiting, a plain `ask` would pop it
-        as a new trial from the base."""
+        """A retry that a worker enqueued and died before asking for (we hold the lease it was
+        enqueued under, so no other worker is between the two now): ask it and continue its
+        failed trial from that trial's checkpoints, as `_retry` would have. Left waiting, a
+        plain `ask` would pop it as a new trial from the base."""
         failed = next((t for t in trials if t.number == trial_attr(waiting, "retry_of")), None)
         if failed is None:
             return None
@@ -230,12 +244,13 @@ class Worker:
                   if PREFIX + k in t.user_attrs}  # fmt: skip
 
         def ask_retry() -> Job | None:
-            # under the ask lease: no other worker pops what we enqueue, and none sees the
-            # retry before it is sampled and registered (see `_takeover`)
+            # under the lease the failed trial was asked under (its slot's in a tree, which the
+            # retry fills): no other worker pops what we enqueue, and none takes the retry over
+            # before it is sampled and registered (see `_takeover`)
             tid = bridge.enqueue(study, dict(t.params), attrs)
             return self._start_retry(ctx, tid, t, start)
 
-        return asking.with_ask_lease(ctx, ask_retry)
+        return asking.with_lease(ctx, asking.lease_of(t), ask_retry)
 
     def _start_retry(
         self,
@@ -244,8 +259,9 @@ class Worker:
         failed: FrozenTrial,
         start: tuple[list[str], str | None, str],
     ) -> Job | None:
-        """Ask the waiting retry `tid` of `failed`, sample and register it (under the ask
-        lease); None when a process outside the lease popped it first (it runs it)."""
+        """Ask the waiting retry `tid` of `failed`, sample and register it (under the lease it
+        was enqueued under); None when a process outside the lease popped it first (it runs
+        it)."""
         study = ctx.session.study
         trial = asking.ask_waiting(ctx, tid)
         if trial is None:

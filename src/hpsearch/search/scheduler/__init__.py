@@ -1,7 +1,8 @@
-"""Schedulers: where a study's trials start from (see `base.Scheduler`).
+"""Schedulers: where a study's trials start from (see `base.Scheduler`), chosen through the one
+registry of strategies (`registry.Strategy`, `registry.strategy_of`).
 
-To add one: implement the `Scheduler` Protocol in a module here, pick it in `make_scheduler`
-(and its GC pins in `pins_of`), and run `SchedulerTestCase` over it.
+To add one: implement the `Scheduler` Protocol in a module here, give it a `Strategy` in
+`registry.py`, and run `SchedulerTestCase` over it.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hpsearch.lineage import CheckpointRow
-from hpsearch.search.records import study_attr
 from hpsearch.search.scheduler.base import Scheduler
+from hpsearch.search.scheduler.registry import Strategy, strategy, strategy_of
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -22,15 +23,8 @@ if TYPE_CHECKING:
 
 
 def make_scheduler(ctx: RunContext, restorer: Restorer) -> Scheduler:
-    from hpsearch.search.scheduler.classic import Classic
-    from hpsearch.search.scheduler.fork_from_base import ForkFromBase
-    from hpsearch.search.scheduler.tree import Tree
-
-    if ctx.session.classic:
-        return Classic(ctx)
-    if ctx.settings.strategy == "tree":
-        return Tree(ctx)
-    return ForkFromBase(ctx, restorer)
+    """The study's scheduler, as its strategy builds it."""
+    return strategy(ctx.session).make(ctx, restorer)
 
 
 def pins_of(
@@ -40,15 +34,9 @@ def pins_of(
 ) -> set[str]:
     """The checkpoints a study's scheduler keeps, read from the study alone (for `hpsearch gc`,
     which runs no worker); `trials`, if given, is the study's trials as just read."""
-    from hpsearch.search.scheduler.pins import base_pins, tree_pins
-
-    if session.classic:
-        return set()
-    if session.settings.strategy == "tree":
-        if trials is None:
-            trials = session.study.get_trials(deepcopy=False)
-        return tree_pins(trials, session.settings)
-    return base_pins(rows, study_attr(session.study, "base_checkpoint"))
+    if trials is None:
+        trials = session.study.get_trials(deepcopy=False)
+    return strategy(session).pins(session, rows, trials)
 
 
-__all__ = ["Scheduler", "make_scheduler", "pins_of"]
+__all__ = ["Scheduler", "Strategy", "make_scheduler", "pins_of", "strategy", "strategy_of"]

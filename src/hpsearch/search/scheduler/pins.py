@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial
 from hpsearch.config import StudySettings
 from hpsearch.lineage import LIVE, WARMUP, CheckpointRow
 from hpsearch.lineage.gc import newest_committed
-from hpsearch.search.scheduler.tree_plan import TreePlan
+from hpsearch.search.scheduler.tree_plan import plan_of
 
 
 def base_pins(rows: Sequence[CheckpointRow], base: Any) -> set[str]:
@@ -32,5 +32,5 @@ def tree_pins(trials: Sequence[FrozenTrial], settings: StudySettings) -> set[str
     """The checkpoints a tree study keeps for forks to come, read from its trials alone."""
     if settings.tree is None:
         return set()
-    plan = TreePlan(trials, settings.tree, settings.objective.direction, settings.trials.retries)
+    plan = plan_of(trials, settings.tree, settings.objective.direction, settings.trials.retries)
     return plan.protected()

@@ -10,7 +10,7 @@ generation start at the same step, so the pruner compares like with like.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -24,8 +24,7 @@ from hpsearch.search.context import RunContext
 from hpsearch.search.control import UnusableCheckpoint
 from hpsearch.search.jobs import WAIT, Job, Wait
 from hpsearch.search.records import PREFIX, Mode, trial_attr
-from hpsearch.search.scheduler.pins import tree_pins
-from hpsearch.search.scheduler.tree_plan import Next, Slot, TreePlan
+from hpsearch.search.scheduler.tree_plan import Next, Nodes, Slot, plan_of
 from hpsearch.training import Budget
 
 
@@ -41,6 +40,7 @@ class Tree:
         self.full = ctx.budgets.trial_samples
         self.rungs = [round(f * self.full) for f in tree.rungs]
         self._said: set[int] = set()  # damaged nodes already reported
+        self._cached: tuple[Any, Nodes] | None = None  # (the trials' signature, their plan)
 
     @property
     def budget(self) -> Budget:
@@ -81,11 +81,17 @@ class Tree:
         last = g == len(self.rungs) - 1
         job.probe = 0 if last else round(self.tree.probe * self.full)
 
-    def plan(self, trials: Sequence[FrozenTrial] | None = None) -> TreePlan:
+    def plan(self, trials: Sequence[FrozenTrial] | None = None) -> Nodes:
+        """The study's plan over `trials` (None: read now). Worked out again only when the
+        trials changed since the last look (`_signature`): a worker that waits looks often."""
         s = self.ctx.settings
         if trials is None:
             trials = self.ctx.session.study.get_trials(deepcopy=False)
-        plan = TreePlan(trials, self.tree, s.objective.direction, s.trials.retries)
+        sig = _signature(trials)
+        if self._cached is not None and self._cached[0] == sig:
+            return self._cached[1]
+        plan = plan_of(trials, self.tree, s.objective.direction, s.trials.retries)
+        self._cached = (sig, plan)
         for number, why in plan.damaged.items():  # said once a run: it is data, not news
             if number not in self._said:
                 self._said.add(number)
@@ -111,51 +117,99 @@ class Tree:
     def pins(self, rows: Sequence[CheckpointRow]) -> set[str]:
         return self.plan().protected()
 
-    def new_job(self, target: int) -> Job | Wait | None:
-        return asking.with_ask_lease(self.ctx, self._ask)
+    # -- asking: one slot at a time, no study-wide lease -------------------------------------
 
-    def _ask(self) -> Job | Wait | None:
+    def new_job(self, target: int) -> Job | Wait | None:
+        """The next node, or WAIT while nothing can start, or None once the tree is grown.
+
+        Each slot is filled under a lease of its own (`asking.slot_lease`), taken without
+        waiting: a worker that finds a slot's lease held tries the next slot of the plan, so
+        workers asking at once fill different slots rather than queue for one study-wide lease.
+        Under the slot's lease the plan is read again (the trials read is incremental) and the
+        slot is filled only if it is still to fill: once a slot's trial exists, every later look
+        sees it, so a slot is filled once."""
         plan = self.plan()
         placed, strays = _waiting(plan)
-        if placed:  # enqueued by a worker that died before it asked: ask it now
-            orphan = placed[0]
-            slot = plan.nodes.slots[orphan.number]
-            parent = plan.by_number.get(slot[1]) if slot[1] is not None else None
-            next_ = Next(slot=slot, parent=parent)
-            return self._ask_slot(next_, enqueued=bridge.trial_id(orphan))
-        nxt = plan.next()
-        if nxt.wait:
-            return WAIT
-        strays = asking.valid_waiting(self.ctx, strays)
-        if strays and nxt.slot is not None and nxt.slot[0] == 0:
-            # a trial enqueued by hand (Optuna's `enqueue_trial`) is a root: it takes the next
-            # root's slot; its enqueued values are kept and the rest is sampled, as for any root
-            place = {"generation": 0, "parent_trial": None, "child": nxt.slot[2]}
-            tid = bridge.trial_id(strays[0])
-            bridge.set_waiting_user_attrs(
-                self.ctx.session.study, tid, {PREFIX + k: v for k, v in place.items()}
-            )
-            return self._ask_slot(nxt, enqueued=tid)
-        for stray in strays:  # the roots are taken: no place left for it (and none would ask it)
-            reason = (
-                "enqueued by hand after the fork tree's roots were asked: a tree takes "
-                "hand-enqueued trials only as roots (enqueue them before the study starts)"
-            )
+        if strays and not any(n.slot is not None and n.slot[0] == 0 for n in plan.candidates()):
+            self._unplaced(strays)
+        for orphan in placed:  # enqueued by a worker that died before it asked: ask it now
+            job = self._under_slot(plan.nodes.slots[orphan.number], self._orphan, orphan.number)
+            if job is not None:
+                return job
+        candidates = plan.candidates()
+        for nxt in candidates:
+            assert nxt.slot is not None
+            job = self._under_slot(nxt.slot, self._fill, nxt.slot)
+            if job is not None:
+                return job
+        if candidates or placed or not plan.grown():
+            return WAIT  # slots another worker is filling, or running nodes to settle
+        return None
+
+    def _under_slot(
+        self, slot: Slot, fill: Callable[[Nodes, Any], Job | None], arg: Any
+    ) -> Job | None:
+        """`fill(plan, arg)` on a fresh plan, holding `slot`'s lease; None when another worker
+        holds it."""
+        lin, key = self.ctx.lineage, asking.slot_lease(slot)
+        if not lin.take_lease(key, self.ctx.presence, ttl_s=asking.ASK_LEASE_S):
+            return None
+        try:
+            return fill(self.plan(), arg)
+        finally:
+            lin.release_lease(key, self.ctx.presence)
+
+    def _fill(self, plan: Nodes, slot: Slot) -> Job | None:
+        """Fill `slot` if the plan, read under its lease, still asks for it; a root takes a
+        trial enqueued by hand first."""
+        nxt = next((n for n in plan.candidates() if n.slot == slot), None)
+        if nxt is None:
+            return None  # filled, or no longer wanted, since our look
+        if slot[0] == 0:
+            strays = asking.valid_waiting(self.ctx, _waiting(plan)[1])
+            if strays:
+                # a trial enqueued by hand (Optuna's `enqueue_trial`) is a root: it takes this
+                # root's slot; its enqueued values are kept and the rest is sampled
+                place = {"generation": 0, "parent_trial": None, "child": slot[2]}
+                tid = bridge.trial_id(strays[0])
+                bridge.set_waiting_user_attrs(
+                    self.ctx.session.study, tid, {PREFIX + k: v for k, v in place.items()}
+                )
+                return self._ask_slot(nxt, enqueued=tid)
+        return self._ask_slot(nxt)
+
+    def _orphan(self, plan: Nodes, number: int) -> Job | None:
+        """Ask the waiting node `number` (its enqueuer died, or is gone from its slot's lease
+        without asking it) if it is still waiting."""
+        t = plan.by_number.get(number)
+        if t is None or t.state != TrialState.WAITING or number not in plan.nodes.slots:
+            return None
+        slot = plan.nodes.slots[number]
+        parent = plan.by_number.get(slot[1]) if slot[1] is not None else None
+        return self._ask_slot(Next(slot=slot, parent=parent), enqueued=bridge.trial_id(t))
+
+    def _unplaced(self, strays: list[FrozenTrial]) -> None:
+        """Trials enqueued by hand once the roots are all asked: no place is left for them."""
+        reason = (
+            "enqueued by hand after the fork tree's roots were asked: a tree takes "
+            "hand-enqueued trials only as roots (enqueue them before the study starts)"
+        )
+        for stray in asking.valid_waiting(self.ctx, strays):
             bridge.fail_waiting(
                 self.ctx.session.study, bridge.trial_id(stray),
                 {PREFIX + "fail_kind": "unplaced", PREFIX + "fail_reason": reason},
             )  # fmt: skip
             self.ctx.say(f"trial {stray.number}: not run: {reason}")
-        if nxt.slot is None:
-            return None
-        return self._ask_slot(nxt)
 
-    def _ask_slot(self, nxt: Next, *, enqueued: int | None = None) -> Job | Wait:
-        """Ask for the node of `nxt.slot`. It is enqueued with its place in the tree (and a
-        child's inherited params) in one write, then asked for by its id under the ask lease:
-        a worker that dies between the two leaves a waiting trial that says which slot it
-        fills, which the next ask takes (`_orphan`), never a trial that belongs nowhere.
-        `enqueued`: the id of a waiting trial that has the slot already."""
+    def _ask_slot(self, nxt: Next, *, enqueued: int | None = None) -> Job | None:
+        """Ask for the node of `nxt.slot`, holding the slot's lease. It is enqueued with its
+        place in the tree (and a child's inherited params) in one write, then asked for by its
+        id: a worker that dies between the two leaves a waiting trial that says which slot it
+        fills, which the next look asks (`_orphan`), never a trial that belongs nowhere; one
+        that dies after asking leaves a trial with no attempt, which a takeover claims only
+        under the slot's lease (`Worker._takeover`), so never while its asker lives.
+        `enqueued`: the id of a waiting trial that has the slot already. None when another
+        process asked that trial first (it runs it)."""
         ctx, study = self.ctx, self.ctx.session.study
         slot: Slot = nxt.slot  # type: ignore[assignment]
         g, parent_trial, child = slot
@@ -171,8 +225,8 @@ class Tree:
             failpoints.passed("node.enqueued")
         ctx.pin([parent_ckpt])
         trial = asking.ask_waiting(ctx, enqueued)
-        if trial is None:  # popped by a process outside the ask lease: look again
-            return WAIT
+        if trial is None:
+            return None
         failpoints.passed("node.asked")
         params = suggest(trial, ctx.settings)  # the enqueued ones come back as they were
         failpoints.passed("node.sampled")
@@ -184,16 +238,27 @@ class Tree:
         return job
 
 
-def _waiting(plan: TreePlan) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
+def _signature(trials: Sequence[FrozenTrial]) -> tuple[int, tuple[tuple[int, int, int], ...]]:
+    """What the plan reads that can change, in brief: a finished trial never changes what the
+    plan reads (Optuna's cache keeps it as it finished), so the number of trials and each
+    unfinished trial's state and attributes say whether the plan is still the same."""
+    return len(trials), tuple(
+        (t.number, t.state.value, len(t.user_attrs)) for t in trials if not t.state.is_finished()
+    )
+
+
+def _waiting(plan: Nodes) -> tuple[list[FrozenTrial], list[FrozenTrial]]:
     """The waiting trials, oldest first: those that hold a place in the tree (enqueued by a
-    worker that died before asking for them; asks happen under the ask lease, so no other worker
-    is between the two now), and those that hold none (enqueued through Optuna by hand). A
-    waiting trial whose place is damaged is neither: it stays, reported."""
+    worker that died before asking for them, or that is asking for them now: then it holds the
+    slot's lease), and those that hold none (enqueued through Optuna by hand). A waiting trial
+    whose place is damaged is neither: it stays, reported."""
     waiting = sorted(
         (t for t in plan.by_number.values() if t.state == TrialState.WAITING),
         key=lambda t: t.number,
     )
-    placed = [t for t in waiting if t.number in plan.nodes.slots]
+    # a waiting retry is the worker's to adopt (it continues its failed node's checkpoints)
+    placed = [t for t in waiting if t.number in plan.nodes.slots
+              and trial_attr(t, "retry_of") is None]  # fmt: skip
     strays = [t for t in waiting if t.number not in plan.nodes.slots]
     return placed, [t for t in strays if t.number not in plan.damaged]
 
@@ -208,4 +273,4 @@ def inherited(
     return {k: v for k, v in params.items() if k not in forkable}
 
 
-__all__ = ["Tree", "inherited", "tree_pins"]
+__all__ = ["Tree", "inherited"]

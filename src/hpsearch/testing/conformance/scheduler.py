@@ -67,9 +67,12 @@ class TinyTask(Task):
         return {"val_loss": total / n}
 
 
-def tiny_study(tmp_path: Path, name: str = "conformance", *, tree: bool = False) -> str:
+def tiny_study(
+    tmp_path: Path, name: str = "conformance", *, tree: bool = False, promotion: str = "async"
+) -> str:
     """A study file for `TinyTask`: a 1-epoch warm-up, 1-epoch trials, 3 trials; with `tree`,
-    a fork tree of 3 nodes (2 roots to half the 1-epoch budget, the better one forked once)."""
+    a fork tree of 3 nodes (2 roots to half the 1-epoch budget, the better one forked once),
+    its nodes promoted by the `promotion` rule."""
     doc: dict[str, Any] = {
         "name": name,
         "task": f"{__name__}:TinyTask",
@@ -89,7 +92,7 @@ def tiny_study(tmp_path: Path, name: str = "conformance", *, tree: bool = False)
     if tree:
         del doc["warmup"], doc["trials"]["n"]
         doc["tree"] = {"roots": 2, "rungs": [0.5, 1.0], "keep": 0.5, "children": 1,
-                       "hparams": {"dropout": 0.0}}  # fmt: skip
+                       "promotion": promotion, "hparams": {"dropout": 0.0}}  # fmt: skip
         doc["schedule"] = {"name": "wsd", "decay": 0.25}
     path = os.path.join(tmp_path, f"{name}.yaml")
     with open(path, "w") as f:
@@ -115,6 +118,7 @@ def close_context(ctx: RunContext) -> None:
 class SchedulerTestCase:
     classic: bool = False  # which twin study the scheduler runs (`--no-fork` for classic)
     tree: bool = False  # the study file grows a fork tree (see `tiny_study`)
+    promotion: str = "async"  # the tree's `tree.promotion`
 
     def make_scheduler(self, ctx: RunContext, restorer: Restorer) -> Scheduler:
         raise NotImplementedError
@@ -123,7 +127,7 @@ class SchedulerTestCase:
 
     @pytest.fixture
     def study_path(self, tmp_path: Path) -> str:
-        return tiny_study(tmp_path, tree=self.tree)
+        return tiny_study(tmp_path, tree=self.tree, promotion=self.promotion)
 
     @pytest.fixture
     def worker(self, study_path: str) -> Iterator[tuple[RunContext, Scheduler, TrialRunner]]:
@@ -163,6 +167,16 @@ class SchedulerTestCase:
                 assert ctx.session.store.exists(pinned)
         assert scheduler.new_job(3) is None  # the study has its trials
 
+    def test_the_registry_builds_it(self, worker: Any) -> None:
+        """The one registry (`scheduler.registry`) picks this scheduler for its study: a worker
+        gets it, and every other caller decides by the same record."""
+        from hpsearch.search.scheduler import make_scheduler, strategy
+
+        ctx, scheduler, _ = worker
+        built = make_scheduler(ctx, Restorer(ctx))
+        assert type(built) is type(scheduler)
+        assert built.mode == scheduler.mode == strategy(ctx.session).mode
+
     def test_pins_are_committed_checkpoints(self, worker: Any) -> None:
         ctx, scheduler, _ = worker
         scheduler.prepare()
@@ -198,7 +212,9 @@ class SchedulerTestCase:
         seen = []
         for restart in (False, True):
             path = tiny_study(
-                tmp_path_factory.mktemp("restart" if restart else "straight"), tree=self.tree
+                tmp_path_factory.mktemp("restart" if restart else "straight"),
+                tree=self.tree,
+                promotion=self.promotion,
             )
             ctx, scheduler, runner = self._open(path)
             try:

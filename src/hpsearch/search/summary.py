@@ -12,6 +12,7 @@ from hpsearch.console import human_bytes, human_time
 from hpsearch.search.budgets import Budgets
 from hpsearch.search.records import trial_attr
 from hpsearch.search.retries import retried_numbers, settled
+from hpsearch.search.scheduler.registry import strategy
 from hpsearch.search.session import Session
 from hpsearch.search.winner import winner
 
@@ -78,7 +79,7 @@ def summarize(
         steps_run, scratch, disk, seconds, max(study_seconds, seconds), ran, target,
         samples, full, session.settings.trials.budget, failed_for_good(session, trials),
     )  # fmt: skip
-    if session.settings.strategy == "tree" and not session.classic:
+    if strategy(session).sized:
         out.more = "a larger tree is a new study: a new `name` and a larger trials.budget"
     return out
 

@@ -48,7 +48,9 @@ def _seed_sampler(ctx: RunContext, number: int | None) -> None:
     study, settings = ctx.session.study, ctx.settings
     if _reseeded(ctx):
         assert number is not None
+        old = study.sampler
         study.sampler = make_sampler(settings, mix_seed(settings.seed, number) % 2**31)
+        bridge.carry_caches(old, study.sampler)
     elif type(study.sampler).__name__ != settings.sampler.name:
         study.sampler = make_sampler(settings, settings.seed)
 

@@ -32,6 +32,24 @@ RESEEDED_SAMPLERS = frozenset(
     {"TPESampler", "RandomSampler", "CmaEsSampler", "GPSampler", "NSGAIISampler", "NSGAIIISampler"}
 )
 
+# what a reseeded sampler may take over from the one it replaces: caches that are a pure function
+# of the study's trials (TPE's intersection search space, computed incrementally), never its RNG
+_CARRIED_CACHES = ("_search_space", "_group_decomposed_search_space")
+
+
+def carry_caches(old: optuna.samplers.BaseSampler, new: optuna.samplers.BaseSampler) -> None:
+    """Hand `old`'s trial-derived caches to `new`, a sampler of the same class made with another
+    seed: without them every reseeded TPE sampler recomputed the intersection search space over
+    every trial of the study, once per new trial (270 ms a trial at 3,000 trials). What the
+    caches hold does not depend on the seed, so a sampler that starts with them samples what
+    one that recomputes them samples."""
+    if type(old) is not type(new):
+        return
+    for name in _CARRIED_CACHES:
+        if hasattr(old, name) and hasattr(new, name) and getattr(old, name) is not None:
+            setattr(new, name, getattr(old, name))
+
+
 _warned = False
 
 

@@ -104,3 +104,55 @@ def test_kill_in_the_middle_of_gc_leaves_nothing_half_deleted(tmp_path):
     assert {r.id for r in rows if r.status == "committed"} == after
     s.close()
     assert main(["verify", path]) == 0
+
+
+def test_gc_decides_the_same_reading_only_the_trials_that_own_its_rows() -> None:
+    """`trial_facts(owners=...)` leaves out finished trials that own no live row (each
+    collection, one a trial, read every trial of the study): on random studies of every state,
+    retry chains and forks, GC deletes exactly what it deletes knowing every trial."""
+    import random
+    from types import SimpleNamespace
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    from hpsearch.search.collect import trial_facts
+
+    states = [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING,
+              TrialState.WAITING]  # fmt: skip
+    for seed in range(20):
+        rng = random.Random(seed)
+        trials, rows = [], []
+        for n in range(120):
+            state = rng.choice(states)
+            attrs: dict[str, object] = {}
+            if n and rng.random() < 0.5:
+                attrs["hpsearch.parent_checkpoint"] = f"c{rng.randrange(n)}-final"
+            if state == TrialState.FAIL:
+                attrs["hpsearch.fail_kind"] = rng.choice(["error", "error", "oom"])
+            if n and rng.random() < 0.2:
+                attrs["hpsearch.retry_of"] = rng.randrange(n)
+            t = optuna.trial.create_trial(
+                state=state, value=rng.random() if state == TrialState.COMPLETE else None,
+                params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
+                user_attrs=attrs,
+            )  # fmt: skip
+            t.number = n
+            trials.append(t)
+            for kind in ("trial", "final"):
+                if rng.random() < 0.3:
+                    status = rng.choice(["pending", "committed", "committed", "deleting"])
+                    row = (f"c{n}-{kind}", "s", n, None, kind, None, 1, 1, 1.0, 1, status, 0.0, 0.0)
+                    rows.append(CheckpointRow(*row))  # type: ignore[arg-type]
+        session = SimpleNamespace(settings=SimpleNamespace(trials=SimpleNamespace(retries=2)))
+        every = trial_facts(session, trials)  # type: ignore[arg-type]
+        some = trial_facts(session, trials, owners={r.trial for r in rows})  # type: ignore[arg-type]
+        assert len(some) < len(every)  # it does leave trials out
+        for direction in ("maximize", "minimize"):
+            for keep_best in (0, 3):
+                got = [
+                    collectable(rows, facts, pins=set(), keep_best=keep_best, direction=direction)
+                    for facts in (every, some)
+                ]
+                assert got[0] == got[1], f"seed {seed}"

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import HpsearchError
 from hpsearch.lineage import LIVE, CheckpointRow, attempt_is_stale
@@ -68,12 +68,21 @@ def settle_pending(session: Session, rows: Iterable[CheckpointRow]) -> None:
             lin.set_status(row.id, "failed")
 
 
-def trial_facts(session: Session, trials: list[FrozenTrial] | None = None) -> dict[int, TrialFacts]:
+def trial_facts(
+    session: Session, trials: list[FrozenTrial] | None = None, *, owners: set[int] | None = None
+) -> dict[int, TrialFacts]:
+    """What GC needs to know of the trials. With `owners` (the trials that own the rows GC
+    decides on), only of those and of the unfinished or failed ones, which may keep their
+    parent's checkpoint: a finished trial that owns no live row changes nothing GC decides, and
+    reading every one of them made each collection (one a trial) grow with the study."""
     trials = session.study.get_trials(deepcopy=False) if trials is None else trials
     retried = retried_numbers(trials)
     retries = session.settings.trials.retries
+    open_states = (TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL)
     out = {}
     for t in trials:
+        if owners is not None and t.number not in owners and t.state not in open_states:
+            continue
         out[t.number] = TrialFacts(
             t.number, t.state.name,  # type: ignore[arg-type]  # Optuna's names are the Literal's
             t.value, retryable=retryable(t, trials, retried, retries),
@@ -106,7 +115,7 @@ def collect_garbage(
         won = winner(session, trials)  # kept whatever keep_best says: every surface names it
         kept = {trial_attr(won, "final_checkpoint")} if won is not None else set()
         doomed = collectable(
-            rows, trial_facts(session, trials),
+            rows, trial_facts(session, trials, owners={r.trial for r in rows}),
             pins=pins_of(session, rows, trials) | lin.pinned() | {k for k in kept if k},
             keep_best=s.checkpoints.keep_best, direction=s.objective.direction,
         )  # fmt: skip

@@ -23,6 +23,8 @@ def retryable(
         return False
     if trial_attr(t, "fail_kind") != "error":
         return False
+    if trial_attr(t, "retry_of") is None:
+        return retries > 0  # the first of its chain (no index of every trial for it)
     depth, by_number = 0, {x.number: x for x in trials}
     cur = t
     while trial_attr(cur, "retry_of") is not None:

@@ -16,6 +16,7 @@ per worker) runs once with `tree.promotion: async` and once with `sync`, each as
 
     python benchmarks/async_tree.py --workers 1 4 8 16 [--runs-each 8] [--step-ms 50]
         [--full-steps 64] [--promotion async sync before --before /tmp/old/src]
+        [--storage sqlite|journal]
 
 Each worker is a process that imports torch (about 250 MB of memory): the machine's memory and
 cores bound how many fit; say which did not with the figures.
@@ -82,7 +83,24 @@ class SleepTask(Task):
         return {"val_loss": total / n}
 
 
-def study_file(workdir: str, *, budget: float, promotion: str, full_steps: int) -> str:
+def storage_url(workdir: str, storage: str) -> str:
+    return {"sqlite": f"sqlite:///{workdir}/study.db",
+            "journal": f"journal:///{workdir}/study.journal"}[storage]  # fmt: skip
+
+
+def optuna_storage(workdir: str, storage: str) -> Any:
+    """The study's storage as Optuna opens it, to read the trials back."""
+    import optuna
+
+    if storage == "journal":
+        backend = optuna.storages.journal.JournalFileBackend(f"{workdir}/study.journal")
+        return optuna.storages.JournalStorage(backend)
+    return storage_url(workdir, storage)
+
+
+def study_file(
+    workdir: str, *, budget: float, promotion: str, full_steps: int, storage: str = "sqlite"
+) -> str:
     import yaml
 
     doc = {
@@ -90,7 +108,7 @@ def study_file(workdir: str, *, budget: float, promotion: str, full_steps: int) 
         "task": f"{os.path.abspath(__file__)}:SleepTask",
         "seed": 0,
         "objective": {"metric": "val_loss", "direction": "minimize"},
-        "storage": f"sqlite:///{workdir}/study.db",
+        "storage": storage_url(workdir, storage),
         "checkpoints": {
             "dir": os.path.join(workdir, "checkpoints"),
             "every": 0.5,  # the stand-in's CPU is hpsearch's own: fewer saves, less of it
@@ -119,7 +137,7 @@ def run(workers: int, promotion: str, args: argparse.Namespace) -> dict[str, Any
     workdir = tempfile.mkdtemp(prefix="hpsearch-async-")
     try:
         path = study_file(workdir, budget=args.runs_each * workers, promotion=promotion,
-                          full_steps=args.full_steps)  # fmt: skip
+                          full_steps=args.full_steps, storage=args.storage)  # fmt: skip
         steps = os.path.join(workdir, "steps")
         env = {**os.environ, "OMP_NUM_THREADS": "1", STEPS_ENV: steps,
                STEP_ENV: str(args.step_ms / 1000)}  # fmt: skip
@@ -132,7 +150,7 @@ def run(workers: int, promotion: str, args: argparse.Namespace) -> dict[str, Any
         wall = time.perf_counter() - t0
         load = max(load, os.getloadavg()[0])
         trials = optuna.load_study(
-            study_name="stand-in", storage=f"sqlite:///{workdir}/study.db"
+            study_name="stand-in", storage=optuna_storage(workdir, args.storage)
         ).get_trials(deepcopy=False)
         starts = [t.datetime_start.timestamp() for t in trials if t.datetime_start]
         ends = [t.datetime_complete.timestamp() for t in trials if t.datetime_complete]
@@ -163,6 +181,7 @@ def main() -> None:
         help="async, sync, and `before`: the synchronous tree of the hpsearch whose "
         "src/ --before names (e.g. `git archive cdce19f src | tar -x -C /tmp/old`)",
     )
+    p.add_argument("--storage", choices=["sqlite", "journal"], default="sqlite")
     p.add_argument("--before", default="", help="src/ of an earlier hpsearch, for `before`")
     p.add_argument("--runs-each", type=float, default=8.0, help="budget per worker, full runs")
     p.add_argument("--step-ms", type=float, default=50.0, help="the stand-in's step time")
@@ -182,8 +201,9 @@ def main() -> None:
                   f"{r['phase_s']:.0f} s, run {r['wall_s']:.0f} s, load {r['load']:.1f}",
                   flush=True)  # fmt: skip
     print(
-        f"\n{platform.node()}: {os.cpu_count()} cores; step {args.step_ms:g} ms; a full run "
-        f"{args.full_steps} steps at batch 32; budget {args.runs_each:g} full runs a worker\n"
+        f"\n{platform.node()}: {os.cpu_count()} cores; {args.storage}; step {args.step_ms:g} ms; "
+        f"a full run {args.full_steps} steps at batch 32; "
+        f"budget {args.runs_each:g} full runs a worker\n"
     )
     print("| workers | tree | nodes | utilisation (phase) | (whole run) | nodes/min | "
           "outside training a node | phase s | run s | load |")  # fmt: skip

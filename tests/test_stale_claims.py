@@ -87,16 +87,25 @@ def test_a_trial_asked_but_not_yet_registered_is_left_to_its_asker(base_study, m
     sees the trial in between waits for the lease instead of guessing by the trial's age, and
     then finds it registered: no second attempt, however slow the asker was."""
     ctx, scheduler, _ = base_study
-    lin, study = ctx.lineage, ctx.session.study
-    assert lin.take_lease(ASK_LEASE, "the-asker", ttl_s=60)
-    asked = study.ask()  # the asker is between its ask and its registration
-    seen = study.get_trials(deepcopy=False)
+    assert ctx.lineage.take_lease(ASK_LEASE, "the-asker", ttl_s=60)
+    asked = ctx.session.study.ask()  # the asker is between its ask and its registration
+    _left_to_its_asker(ctx, scheduler, ASK_LEASE, asked.number, monkeypatch)
+
+
+def _left_to_its_asker(
+    ctx: RunContext, scheduler: Any, lease: str, number: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trial `number` was asked under `lease`, which "the-asker" holds, and is not registered
+    yet: another worker that sees it waits for the lease rather than claiming it, and once the
+    asker has registered it and let the lease go, finds it registered and leaves it."""
+    lin = ctx.lineage
+    seen = ctx.session.study.get_trials(deepcopy=False)
     refused = threading.Event()  # the other worker asked for the lease and was turned away
     take_lease = lin.take_lease
 
     def watched(key: str, token: str, **kw: Any) -> bool:
         taken = take_lease(key, token, **kw)
-        if key == ASK_LEASE and token != "the-asker" and not taken:
+        if key == lease and token != "the-asker" and not taken:
             refused.set()
         return taken
 
@@ -108,12 +117,12 @@ def test_a_trial_asked_but_not_yet_registered_is_left_to_its_asker(base_study, m
     other.start()
     refused.wait(60)  # an event, not a clock: 60 s is only how long a regression hangs here
     assert refused.is_set() and other.is_alive()  # waiting for the lease, not claiming
-    assert [a.token for a in lin.attempts(asked.number)] == []
-    token = lin.start_attempt(asked.number)  # the asker registers it, then lets the lease go
-    lin.release_lease(ASK_LEASE, "the-asker")
+    assert [a.token for a in lin.attempts(number)] == []
+    token = lin.start_attempt(number)  # the asker registers it, then lets the lease go
+    lin.release_lease(lease, "the-asker")
     other.join(60)
     assert looked == [None]
-    assert [a.token for a in lin.attempts(asked.number)] == [token]
+    assert [a.token for a in lin.attempts(number)] == [token]
 
 
 # -- a fork tree: each slot is asked under a lease of its own ----------------------------------
@@ -166,31 +175,7 @@ def test_a_tree_node_asked_but_not_yet_registered_is_left_to_its_asker(tree_stud
     sees a root asked and not registered waits for that slot's lease, then finds it
     registered."""
     ctx, tree = tree_study
-    lin, study = ctx.lineage, ctx.session.study
-    assert lin.take_lease(ROOT0, "the-asker", ttl_s=60)
-    study.enqueue_trial({}, user_attrs=_place(0))
-    asked = study.ask()  # the asker is between its ask and its registration
-    seen = study.get_trials(deepcopy=False)
-    refused = threading.Event()
-    take_lease = lin.take_lease
-
-    def watched(key: str, token: str, **kw: Any) -> bool:
-        taken = take_lease(key, token, **kw)
-        if key == ROOT0 and token != "the-asker" and not taken:
-            refused.set()
-        return taken
-
-    monkeypatch.setattr(lin, "take_lease", watched)
-    looked: list[object] = []
-    other = threading.Thread(
-        target=lambda: looked.append(Worker(ctx.session)._takeover(ctx, seen[-1], seen, tree))
-    )
-    other.start()
-    refused.wait(60)  # an event, not a clock: 60 s is only how long a regression hangs here
-    assert refused.is_set() and other.is_alive()  # waiting for the slot's lease, not claiming
-    assert lin.attempts(asked.number) == []
-    token = lin.start_attempt(asked.number)  # the asker registers it, then lets the lease go
-    lin.release_lease(ROOT0, "the-asker")
-    other.join(60)
-    assert looked == [None]
-    assert [a.token for a in lin.attempts(asked.number)] == [token]
+    assert ctx.lineage.take_lease(ROOT0, "the-asker", ttl_s=60)
+    ctx.session.study.enqueue_trial({}, user_attrs=_place(0))
+    asked = ctx.session.study.ask()  # the asker is between its ask and its registration
+    _left_to_its_asker(ctx, tree, ROOT0, asked.number, monkeypatch)

@@ -184,9 +184,7 @@ class Tree:
         t = plan.by_number.get(number)
         if t is None or t.state != TrialState.WAITING or number not in plan.nodes.slots:
             return None
-        slot = plan.nodes.slots[number]
-        parent = plan.by_number.get(slot[1]) if slot[1] is not None else None
-        return self._ask_slot(Next(slot=slot, parent=parent), enqueued=bridge.trial_id(t))
+        return self._ask_slot(plan.next_of(plan.nodes.slots[number]), enqueued=bridge.trial_id(t))
 
     def _unplaced(self, strays: list[FrozenTrial]) -> None:
         """Trials enqueued by hand once the roots are all asked: no place is left for them."""

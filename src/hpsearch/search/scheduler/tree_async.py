@@ -138,7 +138,7 @@ class AsyncTreePlan(Nodes):
         filled = {s[2] for s in self.by_gen[0]}
         out = [Next(slot=(0, None, k)) for k in range(self.tree.roots) if k not in filled]
         for g in range(1, self.generations):
-            out += [self._next_of(slot) for slot in self.owed[g]]
+            out += [self.next_of(slot) for slot in self.owed[g]]
             out += [Next(slot=(g, t.number, 0), parent=t) for t in self.promotable(g - 1)]
         return out
 

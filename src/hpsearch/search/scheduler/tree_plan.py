@@ -82,7 +82,8 @@ class Nodes:
         done.sort(key=lambda t: (sign * rank_value(t), t.number))
         return done
 
-    def _next_of(self, slot: Slot) -> Next:
+    def next_of(self, slot: Slot) -> Next:
+        """Filling `slot`: the slot and the node it forks from (None: a root)."""
         parent = self.by_number.get(slot[1]) if slot[1] is not None else None
         return Next(slot=slot, parent=parent)
 
@@ -146,7 +147,7 @@ class TreePlan(Nodes):
             slots = self.expected(g)
             if slots is None:
                 return []
-            missing = [self._next_of(slot) for slot in slots if slot not in self.slots]
+            missing = [self.next_of(slot) for slot in slots if slot not in self.slots]
             if missing:
                 return missing
         return []

@@ -322,7 +322,8 @@ def _run_workers(
 
     settings = load_study_file(path, budget=budget)
     args = argparse.Namespace(study=path, storage=storage, classic=classic, trials=trials,
-                              workers=workers, gpus=gpus, debug=debug, budget=budget)  # fmt: skip
+                              workers=workers, gpus=gpus, debug=debug, budget=budget,
+                              processes=None)  # fmt: skip
     summary, extra = run_with_workers(args, settings)
     check_workers(extra, summary)
     return summary, settings

@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
             help="the classic search: every trial trains from scratch (study '<name>-classic')",
         )
 
+    def nproc(c: argparse.ArgumentParser) -> None:
+        c.add_argument(
+            "--nproc-per-trial", type=int, dest="processes",
+            help="processes (ranks) that train each trial, data-parallel (replaces "
+                 "trials.processes; with device: cuda, one GPU each)",
+        )  # fmt: skip
+
     for name, help in (
         (
             "run",
@@ -63,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
             help="full runs from scratch to spend (replaces trials.budget; sizes a fork tree)",
         )  # fmt: skip
         c.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+        nproc(c)
         c.add_argument("--gpus", help="with device: cuda, the GPUs for the workers, e.g. 0,1,3")
         c.add_argument("--debug", action="store_true",
                        help="print each failed attempt's traceback as it happens (every one "
@@ -70,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         common(c)
     c = cmd("worker", "one extra worker for a study in a shared database")
     c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
+    nproc(c)
     c.add_argument("--debug", action="store_true", help="print failed attempts' tracebacks")
     c.add_argument(
         "--budget", type=float,
@@ -152,7 +161,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace, *, must_exist: bool = False) -> int:
     from hpsearch.config import load_study_file  # no torch: the first line comes at once
 
-    settings = load_study_file(args.study, budget=args.budget)
+    settings = load_study_file(args.study, budget=args.budget, processes=args.processes)
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be >= 1, got {args.trials}")
     if args.workers < 1:
@@ -211,6 +220,7 @@ def run_with_workers(
             summary = run_study(
                 args.study, trials=args.trials, storage=args.storage, classic=args.classic,
                 label=label, after=wait_for_workers, budget=args.budget,
+                processes=args.processes,
             )  # fmt: skip
     finally:
         wait_for_workers()  # after a stop too: they got the same signal
@@ -227,7 +237,8 @@ def _placement(args: argparse.Namespace, settings: StudySettings) -> Placement |
 
     gpus = parse_gpus(args.gpus) if args.gpus else settings.gpus
     plan = place_workers(args.workers, device=settings.device, gpus=gpus,
-                         inherited=os.environ.get(CUDA_ENV))  # fmt: skip
+                         inherited=os.environ.get(CUDA_ENV),
+                         per_worker=settings.trials.processes)  # fmt: skip
     if plan is not None:
         print(plan.describe(), flush=True)
         if plan.warning:
@@ -250,6 +261,8 @@ def _spawn_worker(
         cmd.append("--debug")
     if args.budget is not None:
         cmd += ["--budget", repr(args.budget)]
+    if args.processes is not None:
+        cmd += ["--nproc-per-trial", str(args.processes)]
     return subprocess.Popen(cmd, env=env)
 
 
@@ -263,7 +276,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     with _debug(args.debug):
         summary = run_study(args.study, trials=args.trials, storage=args.storage,
                             classic=args.classic, label=f"[worker {os.getpid()}] ",
-                            budget=args.budget, say_plan=False)  # fmt: skip
+                            budget=args.budget, say_plan=False,
+                            processes=args.processes)  # fmt: skip
     return 1 if summary.failed else 0
 
 

@@ -66,3 +66,12 @@ class TrainingDiverged(HpsearchError):
         self.value = value
         self.step = step
         super().__init__(f"{what} became {value} at step {step}")
+
+
+class RankSetupError(HpsearchError):
+    """The ranks of a trial of `trials.processes: N` could not be started or do not agree."""
+
+
+class RankLost(HpsearchError):
+    """A rank of a trial of several processes died or stopped answering: the trial's other
+    ranks stop with it, and the trial continues from its newest checkpoint."""

@@ -124,7 +124,11 @@ class _StudyLoader(yaml.SafeLoader):
 
 
 def load_study_file(
-    path: str | os.PathLike[str], *, writable: bool = True, budget: float | None = None
+    path: str | os.PathLike[str],
+    *,
+    writable: bool = True,
+    budget: float | None = None,
+    processes: int | None = None,
 ) -> StudySettings:
     """Read and validate a study file; raise StudyFileError naming the key path and the fix.
 
@@ -132,12 +136,17 @@ def load_study_file(
     must take new files (an empty file is created and deleted there); the read-only commands
     (`status`, `plot`, ...) pass False and work on a study in a read-only place. `budget`
     (full runs, `hpsearch run --budget`) replaces the file's `trials.budget`, and a tree
-    without `tree.roots` is sized from it.
+    without `tree.roots` is sized from it. `processes` (`--nproc-per-trial`) replaces the
+    file's `trials.processes`.
     """
     shown = os.fspath(path)
     r = Reader(shown, writable=writable)
     base_dir = os.path.dirname(os.path.abspath(shown))
-    return _read_study(r, _parse(r, shown), shown, base_dir, budget)
+    parsed = _parse(r, shown)
+    trials = parsed.get("trials") if isinstance(parsed, dict) else None
+    if processes is not None and isinstance(trials, dict):
+        parsed["trials"] = {**trials, "processes": processes}  # checked as the file's are
+    return _read_study(r, parsed, shown, base_dir, budget)
 
 
 def load_study_mapping(

@@ -114,6 +114,10 @@ class TrialSettings:
     # full runs from scratch to spend, every trial, pruned one, probe and warm-up counted (a full
     # run: `epochs`/`steps` of a tree, warm-up plus trial otherwise); None: `n` trials, no budget
     budget: float | None = None
+    # processes (ranks) that train each trial together, data-parallel (hpsearch.training.ranks),
+    # and how long a rank waits for the others before it gives the trial up
+    processes: int = 1
+    rank_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)

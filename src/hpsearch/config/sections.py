@@ -150,6 +150,8 @@ def read_trials(
         "heartbeat_s",
         "grace_s",
         "max_failures",
+        "processes",
+        "rank_timeout_s",
     )
     section = r.mapping(value, "trials", allowed, None)
     if budget is not None:
@@ -184,6 +186,10 @@ def read_trials(
             r.real(section["budget"], "trials.budget", Bounds(gt=0, le=1e6))
             if "budget" in section
             else None
+        ),
+        processes=r.integer(section.get("processes", 1), "trials.processes", Bounds(ge=1, le=1024)),
+        rank_timeout_s=r.real(
+            section.get("rank_timeout_s", 300.0), "trials.rank_timeout_s", Bounds(gt=0)
         ),
     )
 

@@ -62,9 +62,12 @@ def place_workers(
     gpus: Sequence[int] | None,
     inherited: str | None,
     count: Callable[[], int] | None = None,
+    per_worker: int = 1,
 ) -> Placement | None:
     """Worker i's GPU, for `workers` processes; None when nothing is placed (a device other than
-    `cuda`, or one worker and no `gpus`: then the environment is left as it is)."""
+    `cuda`, or one worker and no `gpus`: then the environment is left as it is). A trial of
+    `per_worker` ranks (`trials.processes`) takes that many GPUs: worker i gets the i-th group
+    of them, its rank r the group's r-th."""
     if device != "cuda":
         if gpus is not None:
             raise UsageError(
@@ -91,13 +94,22 @@ def place_workers(
                 "list indices below that"
             )
         chosen = [visible[g] for g in gpus]
-    devices = tuple(chosen[i % len(chosen)] for i in range(workers))
+    k = per_worker
+    if len(chosen) < k:
+        raise UsageError(
+            f"trials.processes: {k} trains each trial on {k} GPUs, one per rank, and the "
+            f"workers have {len(chosen)} ({', '.join(chosen)}); give as many GPUs or fewer "
+            "processes"
+        )
+    groups = [",".join(chosen[j * k : (j + 1) * k]) for j in range(len(chosen) // k)]
+    devices = tuple(groups[i % len(groups)] for i in range(workers))
     warning = None
-    if workers > len(chosen):
+    if workers > len(groups):
+        what, each = ("GPU(s)", "GPU") if k == 1 else (f"groups of {k} GPUs", "group")
         warning = (
-            f"warning: {workers} workers on {len(chosen)} GPU(s) ({', '.join(chosen)}): they "
-            "share them round-robin (worker i on GPU i mod "
-            f"{len(chosen)}), with each GPU's memory; use --workers {len(chosen)} for one each"
+            f"warning: {workers} workers on {len(groups)} {what} ({', '.join(groups)}): they "
+            f"share them round-robin (worker i on {each} i mod {len(groups)}), with each "
+            f"GPU's memory; use --workers {len(groups)} for one each"
         )
     return Placement(devices, warning)
 

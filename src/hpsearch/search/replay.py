@@ -11,6 +11,7 @@ trial's final checkpoint where GC kept it. Exact resume is what makes the two ag
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from optuna.trial import FrozenTrial
 
 from hpsearch.errors import UsageError
 from hpsearch.search.budgets import Budgets
+from hpsearch.search.ranks import ranks_of, sizes_of
 from hpsearch.search.recipes import Segment
 from hpsearch.search.records import trial_attr
 from hpsearch.search.scheduler.registry import strategy
@@ -89,7 +91,11 @@ def replay(
     )  # fmt: skip
     metrics: dict[str, float] = {}
     threads = torch.get_num_threads()
+    team = contextlib.ExitStack()  # the study's ranks, if its trials have several
     try:
+        if first.threads is not None:  # the ranks start with as many as rank 0 has
+            torch.set_num_threads(first.threads)
+        team.enter_context(ranks_of(s, trainer, sizes_of(trainer)))
         for i, seg in enumerate(segments):
             if i:
                 fork(trainer, seg.hparams)
@@ -104,6 +110,7 @@ def replay(
             budget = seg.budget_from(trainer.progress)
             metrics = trainer.train(budget, eval_every=b.eval_every, checkpoint_every=None)
     finally:
+        team.close()
         torch.set_num_threads(threads)
     t = next((x for x in session.study.get_trials(deepcopy=False) if x.number == number), None)
     value = t.value if t is not None else None

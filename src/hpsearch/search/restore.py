@@ -126,6 +126,13 @@ class Restorer:
                 f"training state version {version!r}; this hpsearch reads up to {STATE_VERSION}"
             )
         check_state(state)
+        have = len(state["ranks"]["rng"]) if state.get("ranks") else 1
+        want = self.ctx.settings.trials.processes
+        if have != want:
+            raise CheckpointMismatch(
+                f"trained by {have} process(es) per trial, and the study runs {want} "
+                "(trials.processes): another number of ranks would not continue the same run"
+            )
         hp = state["hparams"]
         weights = training_state.expand_aliases(loaded.tensors["model"], state.get("model_aliases"))
         if self.trainer is not None:
@@ -234,6 +241,15 @@ def check_state(state: Mapping[str, Any]) -> None:
         raise CheckpointCorrupt("state.json: the optimizer state has no param_groups list")
     if not {"python", "numpy", "torch"} <= set(state["rng"]):
         raise CheckpointCorrupt("state.json: the RNG state lacks python, numpy or torch")
+    ranks = state.get("ranks")
+    if ranks is not None:
+        rng = ranks.get("rng") if isinstance(ranks, dict) else None
+        if not (
+            isinstance(rng, list)
+            and len(rng) >= 2
+            and all(isinstance(r, dict) and {"python", "numpy", "torch"} <= set(r) for r in rng)
+        ):
+            raise CheckpointCorrupt("state.json: ranks.rng is not every rank's RNG state")
     schedule = state.get("schedule")
     if schedule is not None and not isinstance(schedule, dict):
         raise CheckpointCorrupt("state.json: schedule is not a mapping")

@@ -30,13 +30,17 @@ def run_study(
     after: Callable[[], None] | None = None,
     budget: float | None = None,
     say_plan: bool = True,
+    processes: int | None = None,
 ) -> Summary:
     """Create or continue the study until it has `trials` finished trials, or has spent its
-    budget (`budget` full runs replaces the file's `trials.budget`). `after` runs once this
+    budget (`budget` full runs replaces the file's `trials.budget`; `processes`, its
+    `trials.processes`). `after` runs once this
     worker is done and before the summary is taken (the parent waits there for its workers, so
     the summary counts their trials too). `say_plan`: print what the run will do first."""
     start = time.monotonic()
-    settings = load_study_file(path, budget=budget) if budget is not None else None
+    settings = None
+    if budget is not None or processes is not None:
+        settings = load_study_file(path, budget=budget, processes=processes)
     session = Session.open(path, storage=storage, classic=classic, settings=settings)
     try:
         how = strategy(session)

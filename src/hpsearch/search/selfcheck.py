@@ -24,6 +24,7 @@ from hpsearch.checkpoint import open_store
 from hpsearch.config import load_study_file, warmup_hparams
 from hpsearch.config.taskload import load_task, overrides
 from hpsearch.errors import HpsearchError
+from hpsearch.search.ranks import ranks_of, sizes_of
 from hpsearch.training import Budget, Schedule, Trainer
 from hpsearch.training.hatches import has_task_state
 
@@ -143,13 +144,15 @@ def check_resume(path: str, *, steps: int = 20) -> tuple[int, str]:
     UsageError for a bad study file or a task that does not fit.
     """
     trainer = _trainer(path)
+    settings = load_study_file(path, writable=False)
     with tempfile.TemporaryDirectory(prefix="hpsearch-check-") as tmp:
         store = open_store(os.path.join(tmp, "ckpt"))
-        with _phase(path, f"training the first {steps} steps"):
-            trainer.train(Budget(steps=steps))
-        info = store.save(*trainer.state())
-        with _phase(path, f"training {steps} steps more (the uninterrupted run)"):
-            trainer.train(Budget(steps=2 * steps))
+        with ranks_of(settings, trainer, sizes_of(trainer)):
+            with _phase(path, f"training the first {steps} steps"):
+                trainer.train(Budget(steps=steps))
+            info = store.save(*trainer.state())
+            with _phase(path, f"training {steps} steps more (the uninterrupted run)"):
+                trainer.train(Budget(steps=2 * steps))
         expected = trainer.state()
         cmd = [sys.executable, "-m", "hpsearch.search.selfcheck", path, store.url, info.id]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -226,7 +229,8 @@ def _child(path: str, url: str, ckpt_id: str) -> int:
         )  # fmt: skip
         steps = loaded.state["progress"]["step"]
         phase = f"training {steps} steps after the restore"
-        trainer.train(Budget(steps=2 * steps))
+        with ranks_of(settings, trainer, sizes_of(trainer)):
+            trainer.train(Budget(steps=2 * steps))
         phase = "saving the resumed run"
         info = store.save(*trainer.state())
     except Exception as exc:

@@ -109,6 +109,11 @@ class Session:
             self._datasets = self.task().datasets()
         return self._datasets
 
+    def sizes(self) -> tuple[int, int]:
+        """The task's (training, validation) set sizes."""
+        train, val = self.datasets()
+        return len(train), len(val)
+
     def samples_per_epoch(self) -> int:
         return _length(self.settings, self.datasets()[0])
 
@@ -270,6 +275,8 @@ def fingerprint(settings: StudySettings) -> dict[str, Any]:
         "trials.steps": t.steps,
         "schedule": dataclasses.asdict(sch) if sch is not None else None,
     }
+    if t.processes != 1:  # another number of ranks is another run (hpsearch.training.ranks)
+        out["trials.processes"] = t.processes
     for key, value in sorted(w.hparams.items()):
         out[f"warmup.hparams.{key}"] = value
     out["strategy"] = settings.strategy

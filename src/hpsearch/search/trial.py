@@ -20,6 +20,7 @@ from hpsearch.search.failures import FailureHandler, disk_full
 from hpsearch.search.hooks import TrialHooks, checkpoint_on_stop, progress_bar
 from hpsearch.search.jobs import Job, Outcome, OutcomeState
 from hpsearch.search.progress import StudyProgress
+from hpsearch.search.ranks import ranks_of
 from hpsearch.search.records import set_trial_attrs
 from hpsearch.search.restore import PASS_THROUGH, UNUSABLE, Restorer, why
 from hpsearch.search.scheduler import Scheduler, strategy
@@ -66,7 +67,9 @@ class TrialRunner:
         hooks = TrialHooks(self.ctx, trainer, job.number, job.token, budget, bar, parent=source,
                            otrial=otrial)  # fmt: skip
         hooks.step_offset = self._step_offset(job, trainer)
+        team = contextlib.ExitStack()  # the trial's other ranks, if it has several
         try:
+            team.enter_context(ranks_of(self.ctx.settings, trainer, self.ctx.session.sizes()))
             state, value, note = self._train(otrial, trainer, hooks)
             if state == "COMPLETE" and job.probe and value is not None:
                 self._probe(otrial, job, hooks)
@@ -84,6 +87,7 @@ class TrialRunner:
         except Exception as exc:
             return self._crashed(otrial, job, hooks, start, exc)
         finally:
+            team.close()
             hooks.close()
         return self._finish(otrial, job, hooks, start, state, value, note)
 

@@ -168,7 +168,16 @@ class DataStream:
         self.position = position
         self.collate = collate
         self.num_workers = num_workers
+        self.shard: tuple[int, int] | None = None  # (rank, ranks): load only that share
         self._it: Iterator[tuple[list[int], Any]] | None = None
+
+    def set_shard(self, rank: int | None, world: int = 1) -> None:
+        """Load only rank `rank`'s share of each batch (of `world` ranks); None: all of it.
+        The batches' sample indices stay the whole batch's: the position is the run's."""
+        shard = None if rank is None else (rank, world)
+        if shard != self.shard:
+            self.shard = shard
+            self._it = None
 
     def set_batch_size(self, batch_size: int) -> None:
         """Continue from the current sample position with another batch size."""
@@ -182,7 +191,8 @@ class DataStream:
         self._it = None
 
     def next_batch(self) -> tuple[list[int], Any]:
-        """Return (sample indices, batch) and advance the position by len(indices)."""
+        """Return (sample indices, batch) and advance the position by len(indices). With a
+        shard, the batch holds this rank's share of those samples (None when it has none)."""
         while True:
             if self._it is None:
                 self._it = self._epoch_iter()
@@ -200,16 +210,34 @@ class DataStream:
         g.manual_seed(mix_seed(self.seed, keyed.epoch, keyed.offset, 1))
         if self._samples.seed != self.seed:  # a fork may load another run's seed
             self._samples = SeededSamples(self.dataset, self.seed)
+        whole: Any = keyed
+        shares: list[list[int]] = []
+        if self.shard is not None:  # the loader fetches this rank's share of each batch only
+            from hpsearch.training.ranks import shard_bounds
+
+            whole = list(iter(keyed))
+            for keys in whole:
+                a, b = shard_bounds(len(keys), *self.shard)
+                shares.append(keys[a:b])
         loader = DataLoader(
             self._samples,
-            batch_sampler=keyed,
+            batch_sampler=keyed if self.shard is None else [s for s in shares if s],
             collate_fn=self.collate,
             num_workers=self.num_workers,
             generator=g,
         )
         first = keyed.epoch * self.n  # keys are epoch * n + index
-        batches = zip(iter(keyed), loader, strict=True)
-        return (([k - first for k in keys], batch) for keys, batch in batches)
+        if self.shard is None:
+            batches = zip(iter(keyed), loader, strict=True)
+            return (([k - first for k in keys], batch) for keys, batch in batches)
+        return _with_shares(whole, shares, iter(loader), first)
+
+
+def _with_shares(
+    whole: list[list[int]], shares: list[list[int]], fetched: Iterator[Any], first: int
+) -> Iterator[tuple[list[int], Any]]:
+    for keys, share in zip(whole, shares, strict=True):
+        yield [k - first for k in keys], next(fetched) if share else None
 
 
 def eval_loader(

@@ -30,9 +30,10 @@ from hpsearch.training.build import (
 )
 from hpsearch.training.data import DataStream, eval_loader
 from hpsearch.training.progress import Budget, Every, Hooks, Progress
+from hpsearch.training.ranks import Gang, check_processes
 from hpsearch.training.schedule import Schedule
 
-STATE_VERSION = 2  # 2: the escape hatches (training settings, GradScaler, task state)
+STATE_VERSION = 3  # 2: the escape hatches (training settings, GradScaler, task state); 3: ranks
 LR_SCALE = "hpsearch_lr_scale"  # param group key: the group's LR relative to hparams["lr"]
 
 
@@ -85,6 +86,12 @@ class Trainer:
         self._before = Progress(**vars(progress))
         self.training = training or hx.PLAIN  # the escape hatches; PLAIN: the plain loop
         self.scaler = hx.make_scaler(device, self.training, scaler_state)
+        # a trial of several processes (hpsearch.training.ranks): this trainer's place among its
+        # ranks while it trains with them, how many ranks trained its state (None: a fresh run,
+        # no rank has yet), and every rank's RNG state as of the last time the ranks agreed
+        self.gang: Gang | None = None
+        self.processes: int | None = None
+        self.rank_rng: list[dict[str, Any]] | None = None
 
     # -- construction ------------------------------------------------------------------------
 
@@ -195,6 +202,7 @@ class Trainer:
         hx.load_task_state(task, tensors.get("task", {}), state.get("task_state"), dev, copy=False)
         st.set_rng_state(state["rng"])
         trainer.saved_step = trainer.progress.step
+        trainer.processes, trainer.rank_rng = _ranks(state)
         return trainer
 
     def load(
@@ -228,6 +236,7 @@ class Trainer:
         )
         st.set_rng_state(state["rng"])
         self.saved_step = self.progress.step
+        self.processes, self.rank_rng = _ranks(state)
 
     # -- saving ------------------------------------------------------------------------------
 
@@ -240,10 +249,11 @@ class Trainer:
             hx.flatten(self.task.state_dict()) if hx.has_task_state(self.task) else ({}, None)
         )
         hatched = self.training != hx.PLAIN or task_state is not None
+        ranked = self.rank_rng is not None and len(self.rank_rng) > 1
         info = {
             # a plain run's checkpoint stays readable by the hpsearch before the hatches; one
-            # that uses them is refused there rather than trained on without them
-            "version": STATE_VERSION if hatched else 1,
+            # that uses them (or several ranks) is refused there rather than trained on without
+            "version": STATE_VERSION if ranked else 2 if hatched else 1,
             "hpsearch": _version(),
             "torch": torch.__version__,
             "progress": vars(p).copy(),
@@ -266,6 +276,8 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "task_state": task_state,
         }
+        if ranked:  # every rank's RNG; the model and optimizer are the same on every rank
+            info["ranks"] = {"processes": len(self.rank_rng), "rng": self.rank_rng}  # type: ignore[arg-type]
         tensors = {"model": model_tensors, "optimizer": opt_tensors}
         if task_state is not None:
             tensors["task"] = task_tensors
@@ -291,8 +303,24 @@ class Trainer:
         checkpoint_every: Every | None = None,
     ) -> dict[str, float]:
         """Train until the budget; evaluate at the end of the segment; checkpoint it. Returns the
-        final metrics. A trainer restored mid-segment continues exactly where it left off."""
+        final metrics. A trainer restored mid-segment continues exactly where it left off. With
+        a `gang`, every rank of the trial runs this call in lockstep."""
         hooks = hooks or Hooks()
+        if self.gang is None:
+            check_processes(self, 1)
+            return self._train(until, hooks, eval_every, checkpoint_every)
+        hooks = self.gang.begin(self, hooks, until, eval_every, checkpoint_every)
+        try:
+            metrics = self._train(until, hooks, eval_every, checkpoint_every)
+        except BaseException:
+            self.gang.lockstep = False
+            raise
+        self.gang.end(self)
+        return metrics
+
+    def _train(
+        self, until: Budget, hooks: Hooks, eval_every: Every | None, checkpoint_every: Every | None
+    ) -> dict[str, float]:
         p = self.progress
         if eval_every is not None and self._eval_pending(eval_every):
             # saved right after a step that crossed an evaluation boundary, before it was
@@ -334,8 +362,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         n = sum(len(indices) for indices, _ in group)
         value = 0.0
-        for indices, batch in group:
-            loss, v = self._loss(batch, p.step + 1)
+        mine = group
+        if self.gang is not None:  # this rank's share of the batch, gradients summed over ranks
+            value = self.gang.backward(self, group, n, p.step + 1)
+            mine = []
+        for indices, batch in mine:
+            loss, v = self.loss_of(batch, p.step + 1)
             if k > 1:  # each micro-batch's share of the group's mean loss
                 weight = len(indices) / n
                 value += v * weight
@@ -352,9 +384,9 @@ class Trainer:
         hooks.on_step(self, indices, value)
         return value
 
-    def _loss(self, batch: Any, step: int) -> tuple[torch.Tensor, float]:
+    def loss_of(self, batch: Any, step: int, *, check: bool = True) -> tuple[torch.Tensor, float]:
         """The task's loss of one (micro-)batch, under the run's autocast, and its value,
-        checked finite."""
+        checked finite (unless `check` is False: ranks check the sum over all of them)."""
         step_fn = getattr(self.task, "training_step", None)
         with hx.autocast(self.device, self.training):
             if step_fn is not None:
@@ -371,7 +403,7 @@ class Trainer:
                 "reduce it (e.g. .mean()) before returning"
             )
         value = float(loss.detach())
-        if not math.isfinite(value):
+        if check and not math.isfinite(value):
             raise TrainingDiverged("the training loss", value, step)
         return loss, value
 
@@ -392,11 +424,13 @@ class Trainer:
         return out
 
     def checkpoint(self, hooks: Hooks) -> None:
+        if self.gang is not None:
+            self.gang.before_checkpoint(self)
         hooks.on_checkpoint(self)
         self.saved_step = self.progress.step
 
     def _eval(self, hooks: Hooks, index: int) -> None:
-        metrics = self.evaluate()
+        metrics = self.evaluate() if self.gang is None else self.gang.metrics(self)
         p = self.progress
         self.history.append(
             {"step": p.step, "samples": p.samples, "segment_samples": p.samples - p.origin_samples,
@@ -408,6 +442,14 @@ class Trainer:
 
 
 _BOOKKEEPING = ("step", "samples", "segment_samples", "index")
+
+
+def _ranks(state: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]] | None]:
+    """How many ranks trained a saved state, and their RNG states (None for one)."""
+    ranks = state.get("ranks")
+    if not ranks:
+        return 1, None
+    return len(ranks["rng"]), list(ranks["rng"])
 
 
 def _crossed(every: Every, now: Progress, before: Progress) -> bool:

@@ -12,7 +12,13 @@ with its place in the tree), `node.asked` (asked: RUNNING, no params yet), `node
 params sampled, no attempt registered), `trial.starting` (the attempt registered and its start
 restored and forked, not yet recorded on the trial). Garbage collection: `gc.marked` (a
 checkpoint's row says `deleting`, its files are whole) and `gc.files_deleted` (its files are
-gone, its row still says `deleting`).
+gone, its row still says `deleting`). A trial of several ranks (`trials.processes`):
+`ranks.gathered` (rank 0 holds every rank's RNG for a checkpoint, nothing of it is written yet)
+and `follower.step` (a follower rank has taken an optimizer step; its trial's rank 0 lives on).
+
+`HPSEARCH_FAILPOINTS_ONCE=<path>` kills only the first process of all that reach the count
+(it creates `<path>.<point>`): a point in follower ranks, which every trial starts anew, kills
+one of them, not each.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import os
 import signal
 
 ENV = "HPSEARCH_FAILPOINTS"
+ONCE_ENV = "HPSEARCH_FAILPOINTS_ONCE"
 NODE_START = ("node.enqueued", "node.asked", "node.sampled", "trial.starting")
-POINTS = (*NODE_START, "gc.marked", "gc.files_deleted")
+RANKS = ("ranks.gathered", "follower.step")
+POINTS = (*NODE_START, "gc.marked", "gc.files_deleted", *RANKS)
 
 _passes: dict[str, int] = {}
 _parsed: tuple[str, dict[str, int]] = ("", {})
@@ -48,5 +56,17 @@ def passed(name: str) -> None:
     if name not in spec:
         return
     _passes[name] = _passes.get(name, 0) + 1
-    if _passes[name] == spec[name]:
+    if _passes[name] == spec[name] and _first(name):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first(name: str) -> bool:
+    """Whether this process is the one to die here (with ONCE_ENV: the first to get here)."""
+    once = os.environ.get(ONCE_ENV)
+    if not once:
+        return True
+    try:
+        os.close(os.open(f"{once}.{name}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True

@@ -34,7 +34,8 @@ class FailureHandler:
         """A trial raised: record it as FAIL, let the loop retry it now (up to trials.retries),
         and stop the run once trials.max_failures trials have failed for good."""
         oom = out_of_memory(exc)
-        # out of memory: the same params need the same memory, so a retry fails the same way
+        # out of memory: the same params need the same memory, so a retry fails the same way;
+        # a rank lost (one of the trial's processes died: RankLost) is retried as an error is
         return self._fail(otrial, job, start, exc, "oom" if oom else "error")
 
     def start_failed(self, otrial: optuna.Trial, job: Job, start: float, exc: Exception) -> Outcome:

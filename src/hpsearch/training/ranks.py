@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from hpsearch import failpoints
 from hpsearch.errors import CheckpointMismatch, RankLost, TaskError, TrainingDiverged
 from hpsearch.training import state as st
 from hpsearch.training.data import mix_seed
@@ -315,6 +316,8 @@ class Gang:
     def before_checkpoint(self, trainer: Trainer) -> None:
         if self.lockstep:  # a stop's checkpoint, after the loop, has them already
             self.gather_rng(trainer)
+            if self.rank == 0:
+                failpoints.passed("ranks.gathered")
 
     def metrics(self, trainer: Trainer) -> dict[str, float]:
         """An evaluation's metrics: rank 0 evaluates; a follower gets them (and whether to go
@@ -344,6 +347,8 @@ class Gang:
         value = self.link.reduce_grads(trainer.model, value)
         if not math.isfinite(value):  # every rank sees the same sum: they stop together
             raise TrainingDiverged("the training loss", value, step)
+        if self.rank:
+            failpoints.passed("follower.step")
         return value
 
 

@@ -78,6 +78,11 @@ class Team:
                     f"GPU(s), one per rank; this process sees {seen} (CUDA_VISIBLE_DEVICES="
                     f"{os.environ.get('CUDA_VISIBLE_DEVICES')})"
                 )
+        if dist.is_initialized():
+            raise RankSetupError(
+                "this process already leads a team of ranks (or is one): one trial of several "
+                "processes at a time per process"
+            )
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the ranks meet on loopback
         timeout = timedelta(seconds=self.timeout_s)
         store = dist.TCPStore(

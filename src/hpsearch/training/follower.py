@@ -69,7 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             said = link.bcast_json()
             if said["cmd"] == "exit":
-                return 0
+                link.close()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                # not through the interpreter's exit: the store's and gloo's C++ threads,
+                # destroyed at exit, can abort it ("terminate called without an active
+                # exception") after all is done
+                os._exit(0)
             tensors, info = link.bcast_state()
             trainer = Trainer.restore(
                 task, tensors, info, device=device, num_workers=int(args["num_workers"]),

@@ -2,6 +2,7 @@
 
     python benchmarks/start_kill_campaign.py [--storages sqlite postgresql journal]
                                              [--workers 1 4] [--n 6] [--keep DIR]
+                                             [--processes 2]
 
 A node's start passes four points no outside watcher can catch in time (`hpsearch.failpoints`):
 its trial enqueued with its place, asked, sampled, its attempt registered and its fork restored.
@@ -15,6 +16,9 @@ until it kills itself there, then run again to the end:
   at the point's second pass (its second node: generation 1), then `hpsearch run --workers 4` to
   the end: every slot filled once, every trial finished, and every node started at its parent's
   final checkpoint (`hpsearch.testing.points.tree_start_problems`); the winner replays exactly.
+
+With `--processes N`, every trial trains on N ranks (`trials.processes`), and the points include
+`ranks.gathered` (rank 0 holds every rank's RNG for a checkpoint, nothing of it written yet).
 
 PostgreSQL runs on a throwaway server (tests/pgserver.py). Prints a table and exits 1 if any run
 broke the rule. tests/test_tree_faults.py runs a slice of this in CI.
@@ -43,10 +47,13 @@ from hpsearch.testing.points import kill_at_point, tree_start_problems  # noqa: 
 from studyutil import SMALL_TREE, write_study  # noqa: E402
 
 HP = [sys.executable, "-m", "hpsearch"]
+PROCESSES = 1  # ranks per trial (--processes)
 
 
 def _study(work: str, storage: str | None) -> str:
     over: dict[str, Any] = {**SMALL_TREE, "checkpoints": {"every": 0.125, "keep_best": 100}}
+    if PROCESSES > 1:
+        over["trials"] = {**over["trials"], "processes": PROCESSES}
     if storage:
         over["storage"] = storage
     return write_study(work, name="skc", **over)
@@ -134,7 +141,11 @@ def main() -> int:
     p.add_argument("--workers", nargs="+", type=int, default=[1, 4])
     p.add_argument("--n", type=int, default=6, help="the pass a single worker is killed at")
     p.add_argument("--keep", help="work here and keep it (default: a temporary directory)")
+    p.add_argument("--processes", type=int, default=1, help="ranks per trial")
     args = p.parse_args()
+    global PROCESSES
+    PROCESSES = args.processes
+    points = NODE_START if PROCESSES == 1 else (*NODE_START, "ranks.gathered")
     root = args.keep or tempfile.mkdtemp(prefix="hpsearch-start-kills-")
     server = None
     rows, bad = [], 0
@@ -146,7 +157,7 @@ def main() -> int:
                 server = server or start_server()
             for workers in args.workers:
                 ref = None
-                for point in NODE_START:
+                for point in points:
                     work = os.path.join(root, f"{storage}-{workers}-{point}")
                     began = time.monotonic()
                     if workers == 1:

@@ -12,6 +12,7 @@ from hpsearch.lineage import Lineage
 from hpsearch.search.budgets import Budgets
 from hpsearch.search.control import Interrupted, StopFlag
 from hpsearch.search.heartbeat import Heartbeat
+from hpsearch.search.ranks import Ranks
 from hpsearch.search.saving import Checkpointer
 from hpsearch.search.session import Session
 
@@ -27,6 +28,13 @@ class RunContext:
     exhausted: bool = False  # the sampler stopped the study (a covered grid): ask no more
     presence: str = ""  # this worker's own attempt (presence row): holds its pins and leases
     pins: set[str] = field(default_factory=set)
+    ranks: Ranks | None = None  # the worker's team of ranks (trials.processes), made on first use
+
+    @property
+    def team(self) -> Ranks:
+        if self.ranks is None:
+            self.ranks = Ranks(self.settings, self.session.sizes)
+        return self.ranks
 
     def pin(self, ids: Iterable[str | None]) -> None:
         """Hold checkpoints a job is about to start from, so that no worker's GC deletes them

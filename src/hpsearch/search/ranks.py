@@ -1,16 +1,58 @@
-"""The ranks of a study's trials: one `Team` of `trials.processes` around each training call
-(a trial, the warm-up, a replay), and nothing when a trial is one process."""
+"""The ranks of a study's trials (`trials.processes`): one `Team` of followers per worker,
+started for its first trial and kept for the next ones while it is healthy (a follower costs a
+process start, an import of the task and its data, and the process group), and nothing when a
+trial is one process."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from hpsearch.config import StudySettings
 
 if TYPE_CHECKING:
     from hpsearch.training import Trainer
+    from hpsearch.training.team import Team
+
+
+class Ranks:
+    """A worker's team of ranks. `sizes` gives rank 0's (train, val) dataset sizes, which every
+    rank must share."""
+
+    def __init__(self, settings: StudySettings, sizes: Callable[[], tuple[int, int]]) -> None:
+        self.settings, self.sizes = settings, sizes
+        self.team: Team | None = None
+
+    @contextlib.contextmanager
+    def of(self, trainer: Trainer) -> Iterator[None]:
+        """Train `trainer` with the study's ranks inside this block."""
+        n = self.settings.trials.processes
+        if n <= 1:
+            yield
+            return
+        if self.team is None:
+            from hpsearch.training.team import Team
+
+            s = self.settings
+            self.team = Team(
+                n, task=s.task, study_path=s.path, device=s.device,
+                timeout_s=s.trials.rank_timeout_s, num_workers=s.data.num_workers,
+                sizes=self.sizes(),
+            ).start()  # fmt: skip
+        team = self.team
+        team.attach(trainer)
+        try:
+            yield
+        finally:
+            team.release(trainer)
+            if not team.healthy:  # a rank died, or rank 0 left in the middle of a collective
+                self.close()
+
+    def close(self) -> None:
+        team, self.team = self.team, None
+        if team is not None:
+            team.close()
 
 
 def sizes_of(trainer: Trainer) -> tuple[int, int]:
@@ -20,19 +62,10 @@ def sizes_of(trainer: Trainer) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def ranks_of(settings: StudySettings, trainer: Trainer, sizes: tuple[int, int]) -> Iterator[None]:
-    """Train `trainer` with the study's ranks inside this block: the followers start here and
-    end with it. `sizes` are rank 0's (train, val) dataset sizes, which every rank must share."""
-    n = settings.trials.processes
-    if n <= 1:
-        yield
-        return
-    from hpsearch.training.team import Team
-
-    team = Team(
-        n, task=settings.task, study_path=settings.path, device=settings.device,
-        timeout_s=settings.trials.rank_timeout_s, num_workers=settings.data.num_workers,
-        sizes=sizes,
-    )  # fmt: skip
-    with team:
-        team.attach(trainer)
-        yield
+    """One team for this block only (a replay, check-resume)."""
+    ranks = Ranks(settings, lambda: sizes)
+    try:
+        with ranks.of(trainer):
+            yield
+    finally:
+        ranks.close()

@@ -20,7 +20,6 @@ from hpsearch.search.failures import FailureHandler, disk_full
 from hpsearch.search.hooks import TrialHooks, checkpoint_on_stop, progress_bar
 from hpsearch.search.jobs import Job, Outcome, OutcomeState
 from hpsearch.search.progress import StudyProgress
-from hpsearch.search.ranks import ranks_of
 from hpsearch.search.records import set_trial_attrs
 from hpsearch.search.restore import PASS_THROUGH, UNUSABLE, Restorer, why
 from hpsearch.search.scheduler import Scheduler, strategy
@@ -69,7 +68,7 @@ class TrialRunner:
         hooks.step_offset = self._step_offset(job, trainer)
         team = contextlib.ExitStack()  # the trial's other ranks, if it has several
         try:
-            team.enter_context(ranks_of(self.ctx.settings, trainer, self.ctx.session.sizes()))
+            team.enter_context(self.ctx.team.of(trainer))
             state, value, note = self._train(otrial, trainer, hooks)
             if state == "COMPLETE" and job.probe and value is not None:
                 self._probe(otrial, job, hooks)

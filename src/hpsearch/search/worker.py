@@ -99,7 +99,10 @@ class Worker:
                 collect_garbage(s, self.presence)
         finally:
             try:
-                checkpointer.close()
+                try:
+                    checkpointer.close()
+                finally:
+                    ctx.team.close()  # the followers leave; they die with this process anyway
             finally:
                 if started:  # after a failed start the study's facts may be what failed
                     collect_garbage_quietly(s, self.presence)

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     gang = Gang(link)
     try:
         while True:
-            said = link.bcast_json()
+            said = link.next_command()
             if said["cmd"] == "exit":
                 link.close()
                 sys.stdout.flush()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from hpsearch.training.loop import Trainer
 
 _RANK_SEED = 7  # mixed into a fresh run's seed with the rank: each rank's own RNG stream
+_COMMAND = "hpsearch/command/"  # rank 0's commands in the store, numbered
 
 
 class Dismissed(Exception):
@@ -80,11 +82,18 @@ class Link:
     of the other ranks (rank 0 knows its followers' exit codes)."""
 
     def __init__(
-        self, rank: int, world: int, device: torch.device, why: Callable[[], str] | None = None
+        self,
+        rank: int,
+        world: int,
+        device: torch.device,
+        why: Callable[[], str] | None = None,
+        store: Any = None,
     ) -> None:
         self.rank, self.world, self.device = rank, world, device
         self.ctrl: Any = None  # the CPU group; None: the default group is gloo already
         self.why = why or (lambda: "")
+        self.store = store  # rank 0's commands, which followers wait for between trials
+        self.seq = 0
 
     @classmethod
     def connect(
@@ -100,7 +109,7 @@ class Link:
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = timedelta(seconds=timeout_s)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
-        link = cls(rank, world, device, why)
+        link = cls(rank, world, device, why, store)
         if backend != "gloo":
             link.ctrl = dist.new_group(backend="gloo", timeout=timeout)
         return link
@@ -115,6 +124,25 @@ class Link:
         except RuntimeError as exc:  # gloo's "Connection closed by peer", a timeout, NCCL's
             text = " ".join(str(exc).split())[:300]
             raise RankLost(f"{what} failed: {text}{self.why()}") from exc
+
+    # -- commands: through the store, so that a follower may wait for the next one as long as
+    # rank 0 works on other things (a collective would time out)
+
+    def post(self, command: dict[str, Any]) -> None:
+        """Rank 0: the followers' next command."""
+        self.seq += 1
+        self.store.set(f"{_COMMAND}{self.seq}", json.dumps(command))
+        if self.seq > 2:
+            self.store.delete_key(f"{_COMMAND}{self.seq - 2}")  # every follower has read it
+
+    def next_command(self) -> dict[str, Any]:
+        """A follower: wait for rank 0's next command (a dead rank 0 ends the wait: the store
+        lives in its process)."""
+        self.seq += 1
+        key = f"{_COMMAND}{self.seq}"
+        while not self.store.check([key]):  # polled: a blocking wait warns at each timeout
+            time.sleep(0.02)
+        return dict(json.loads(self.store.get(key).decode()))
 
     # -- control: JSON and codes on the CPU ---------------------------------------------------
 
@@ -287,7 +315,7 @@ class Gang:
                 trainer.processes = self.world
                 reseed(trainer.seed, 0)
             self.idle = False
-            self.link.bcast_json(
+            self.link.post(
                 {"cmd": "train", "until": vars(until), "saved_step": trainer.saved_step,
                  "eval_every": vars(eval_every) if eval_every else None,
                  "checkpoint_every": vars(checkpoint_every) if checkpoint_every else None,
@@ -345,7 +373,8 @@ class Gang:
             loss = loss * weight
             (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
         value = self.link.reduce_grads(trainer.model, value)
-        if not math.isfinite(value):  # every rank sees the same sum: they stop together
+        if not math.isfinite(value):  # every rank sees the same sum: they stop together,
+            self.lockstep, self.idle = False, True  # and the followers wait for the next call
             raise TrainingDiverged("the training loss", value, step)
         if self.rank:
             failpoints.passed("follower.step")

@@ -1,14 +1,17 @@
-"""Rank 0's followers: the processes `Team` starts for one trial of `trials.processes: N`.
+"""Rank 0's followers: the processes a `Team` starts for the trials of `trials.processes: N`.
 
     with Team(2, task="examples/digits.py:DigitsMLP", study_path=..., device="cpu") as team:
         team.attach(trainer)
         trainer.train(budget, hooks=hooks)
+        team.release(trainer)  # the team stays for the next trainer while `team.healthy`
 
 A follower is `python -m hpsearch.training.follower`, started on this machine with this
 process's `sys.path` and environment (its GPU: rank r trains on the r-th visible one). It dies
-with this process (PR_SET_PDEATHSIG), ignores SIGINT and SIGTERM (rank 0 decides when the trial
-stops, and checkpoints every rank once), and is told to leave when the trial ends; a follower
-that is still inside a collective when the trial ends (rank 0 raised) is killed.
+with this process (PR_SET_PDEATHSIG), ignores SIGINT and SIGTERM (rank 0 decides when a trial
+stops, and checkpoints every rank once), and waits for rank 0's next command between training
+calls, however long, until it is told to leave. A team whose rank 0 raised inside a collective,
+or one of whose followers died, is no longer `healthy`: its followers are killed when it
+closes, and the next trial starts a new team.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from hpsearch.errors import RankLost, RankSetupError
+from hpsearch.errors import RankSetupError
 from hpsearch.training.ranks import Gang, Link
 
 if TYPE_CHECKING:
@@ -69,6 +72,12 @@ class Team:
     # -- start --------------------------------------------------------------------------------
 
     def __enter__(self) -> Team:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> Team:
         if torch.device(self.device).type == "cuda":
             seen = torch.cuda.device_count()
             last = (torch.device(self.device).index or 0) + self.world
@@ -143,11 +152,23 @@ class Team:
     # -- use ----------------------------------------------------------------------------------
 
     def attach(self, trainer: Trainer) -> None:
-        """Train `trainer` with this team's ranks (until the team ends)."""
+        """Train `trainer` with this team's ranks (until it is released or the team ends)."""
         assert self.gang is not None
         trainer.gang = self.gang
         if trainer not in self.trainers:
             self.trainers.append(trainer)
+
+    def release(self, trainer: Trainer) -> None:
+        """`trainer` trains alone again."""
+        trainer.gang = None
+        trainer.stream.set_shard(None)
+        if trainer in self.trainers:
+            self.trainers.remove(trainer)
+
+    @property
+    def healthy(self) -> bool:
+        """Every follower alive and waiting for rank 0's next command."""
+        return self.gang is not None and self.gang.idle and not self._dead()
 
     def why(self) -> str:
         """What became of the followers, for an error on a collective (a follower that
@@ -163,15 +184,15 @@ class Team:
 
     # -- end ----------------------------------------------------------------------------------
 
-    def __exit__(self, *exc: object) -> None:
-        for trainer in self.trainers:
-            trainer.gang = None
-            trainer.stream.set_shard(None)
+    def close(self) -> None:
+        for trainer in list(self.trainers):
+            self.release(trainer)
+        healthy = self.healthy
         gang, self.gang = self.gang, None
         try:
-            if gang is not None and gang.idle and not self._dead():
-                with contextlib.suppress(RankLost):
-                    gang.link.bcast_json({"cmd": "exit"})
+            if gang is not None and healthy:
+                with contextlib.suppress(RuntimeError):  # the store, if a rank broke it
+                    gang.link.post({"cmd": "exit"})
                 self._wait(10.0)
         finally:
             self._kill()

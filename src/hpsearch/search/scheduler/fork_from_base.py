@@ -19,7 +19,6 @@ from hpsearch.search.context import RunContext
 from hpsearch.search.control import Interrupted, LostTrial
 from hpsearch.search.hooks import TrialHooks, checkpoint_on_stop, progress_bar
 from hpsearch.search.jobs import Job
-from hpsearch.search.ranks import ranks_of
 from hpsearch.search.records import Mode, set_study_attr, study_attr
 from hpsearch.search.restore import UNUSABLE, Restorer, why
 from hpsearch.search.scheduler.pins import base_pins
@@ -117,7 +116,7 @@ class ForkFromBase:
         bar = progress_bar("warm-up", b.warmup, b.n)
         hooks = TrialHooks(ctx, trainer, WARMUP, token, b.warmup, bar, parent=source)
         try:
-            with ranks_of(ctx.settings, trainer, ctx.session.sizes()):
+            with ctx.team.of(trainer):
                 try:
                     trainer.train(
                         b.warmup, hooks=hooks, eval_every=b.eval_every,

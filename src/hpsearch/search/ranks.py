@@ -32,9 +32,17 @@ class Ranks:
             yield
             return
         if self.team is None:
+            from hpsearch.errors import RankSetupError
             from hpsearch.training.team import Team
 
             s = self.settings
+            if s.task.startswith("__main__:"):
+                raise RankSetupError(
+                    f"trials.processes: {n}: the task {s.task.partition(':')[2]} is defined in "
+                    "__main__ (a notebook, or a script run directly), which the other ranks' "
+                    "processes cannot import: move it into a .py file and pass "
+                    "task='that_file.py:Class'"
+                )
             self.team = Team(
                 n, task=s.task, study_path=s.path, device=s.device,
                 timeout_s=s.trials.rank_timeout_s, num_workers=s.data.num_workers,

@@ -52,6 +52,12 @@ def budget_left(session: Session, budgets: Budgets, trials: Sequence[FrozenTrial
 
 def plan_line(settings: StudySettings, *, classic: bool) -> str:
     """What the run will do, said before it trains."""
+    n = settings.trials.processes
+    line = _plan(settings, classic=classic)
+    return line + (f"; each trial on {n} processes (trials.processes)" if n > 1 else "")
+
+
+def _plan(settings: StudySettings, *, classic: bool) -> str:
     t = settings.trials
     budget = t.budget
     if classic:

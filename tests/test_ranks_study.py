@@ -11,6 +11,7 @@ is short, so the two ranks' shares are unequal there).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,27 @@ def test_a_dead_follower_fails_its_trial_which_continues_from_its_checkpoint(
     # its continuation was exact: it replays bit for bit from scratch
     assert main(["replay", path, "--trial", str(retry.number)]) == 0
     assert "bitwise identical to its final checkpoint" in capfd.readouterr().out
+
+
+def test_follower_ranks_a_launcher_starts_join_a_listening_worker_to_the_same_study(
+    tmp_path: Path, reference: tuple[str, dict[int, tuple]]
+) -> None:
+    """`hpsearch rank --connect` (as srun would start it on another machine) and `hpsearch
+    worker --ranks-listen`: the same study, bit for bit, as with the ranks the worker starts;
+    the follower serves every trial and leaves when the worker is done."""
+    path = write_study(tmp_path, name="r2", **TREE)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    follower = subprocess.Popen(_hpsearch("rank", path, "--connect", address, "--rank", "1",
+                                          "--patience", "120"))  # fmt: skip
+    try:
+        assert main(["worker", path, "--ranks-listen", address]) == 0
+        assert follower.wait(timeout=120) == 0
+    finally:
+        follower.kill()
+    _same(_results(path), reference[1])
 
 
 def test_the_winner_replays_and_check_resume_passes(

@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     c = cmd("worker", "one extra worker for a study in a shared database")
     c.add_argument("--trials", type=int, help="finished trials in total (not N more)")
     nproc(c)
+    c.add_argument(
+        "--ranks-listen", metavar="HOST:PORT",
+        help="with trials.processes > 1: wait here for follower ranks a launcher starts "
+             "(`hpsearch rank --connect HOST:PORT`), instead of starting them on this machine",
+    )  # fmt: skip
     c.add_argument("--debug", action="store_true", help="print failed attempts' tracebacks")
     c.add_argument(
         "--budget", type=float,
@@ -117,6 +122,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true", help="only print what would be deleted")
     common(c)
     common(cmd("verify", "re-hash every committed checkpoint"))
+    c = cmd("rank", "a follower rank of a worker's trials, started by a launcher on any machine")
+    c.add_argument("--connect", metavar="HOST:PORT", required=True,
+                   help="the worker's --ranks-listen address")  # fmt: skip
+    c.add_argument("--rank", type=int, required=True, help="this rank: 1 .. processes-1")
+    c.add_argument("--local-rank", type=int,
+                   help="its GPU on this machine with device: cuda (default: LOCAL_RANK, "
+                        "SLURM_LOCALID, else 0)")  # fmt: skip
+    c.add_argument("--patience", type=float, default=600.0,
+                   help="seconds to wait for a team to join before leaving (default 600)")
+    nproc(c)
     c = cmd("check-resume", "self-test of exact resume on your task")
     c.add_argument("--steps", type=int, default=20, help="steps before and after the checkpoint")
     c.add_argument("--debug", action="store_true", help="show the traceback of a task that fails")
@@ -273,12 +288,45 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from hpsearch.search.runner import run_study
 
+    listen = _address(args.ranks_listen, "--ranks-listen") if args.ranks_listen else None
     with _debug(args.debug):
         summary = run_study(args.study, trials=args.trials, storage=args.storage,
                             classic=args.classic, label=f"[worker {os.getpid()}] ",
                             budget=args.budget, say_plan=False,
-                            processes=args.processes)  # fmt: skip
+                            processes=args.processes, listen=listen)  # fmt: skip
     return 1 if summary.failed else 0
+
+
+def _address(text: str, flag: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{flag} {text}: must be HOST:PORT, e.g. 10.0.0.5:29500")
+    return host, int(port)
+
+
+def _cmd_rank(args: argparse.Namespace) -> int:
+    from hpsearch.config import load_study_file
+
+    settings = load_study_file(args.study, writable=False, processes=args.processes)
+    host, port = _address(args.connect, "--connect")
+    world = settings.trials.processes
+    if not 1 <= args.rank < world:
+        raise UsageError(
+            f"--rank {args.rank}: the study's trials have {world} processes "
+            f"(trials.processes), so a follower is rank 1 .. {world - 1}"
+        )
+    local = args.local_rank
+    if local is None:
+        local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+    from hpsearch.training.follower import launched
+
+    follower = {
+        "rank": args.rank, "world": world, "host": host, "port": port,
+        "task": settings.task, "study_path": settings.path, "device": settings.device,
+        "timeout_s": settings.trials.rank_timeout_s, "num_workers": settings.data.num_workers,
+        "local_rank": local,
+    }  # fmt: skip
+    return launched(follower, patience_s=args.patience)
 
 
 @contextlib.contextmanager

@@ -20,8 +20,14 @@ class Ranks:
     """A worker's team of ranks. `sizes` gives rank 0's (train, val) dataset sizes, which every
     rank must share."""
 
-    def __init__(self, settings: StudySettings, sizes: Callable[[], tuple[int, int]]) -> None:
-        self.settings, self.sizes = settings, sizes
+    def __init__(
+        self,
+        settings: StudySettings,
+        sizes: Callable[[], tuple[int, int]],
+        *,
+        listen: tuple[str, int] | None = None,
+    ) -> None:
+        self.settings, self.sizes, self.listen = settings, sizes, listen
         self.team: Team | None = None
 
     @contextlib.contextmanager
@@ -46,7 +52,7 @@ class Ranks:
             self.team = Team(
                 n, task=s.task, study_path=s.path, device=s.device,
                 timeout_s=s.trials.rank_timeout_s, num_workers=s.data.num_workers,
-                sizes=self.sizes(),
+                sizes=self.sizes(), listen=self.listen,
             ).start()  # fmt: skip
         team = self.team
         team.attach(trainer)

@@ -31,6 +31,7 @@ def run_study(
     budget: float | None = None,
     say_plan: bool = True,
     processes: int | None = None,
+    listen: tuple[str, int] | None = None,
 ) -> Summary:
     """Create or continue the study until it has `trials` finished trials, or has spent its
     budget (`budget` full runs replaces the file's `trials.budget`; `processes`, its
@@ -58,7 +59,7 @@ def run_study(
         stop = StopFlag()
         try:
             with stop.installed():
-                Worker(session, stop=stop, label=label).run(target)
+                Worker(session, stop=stop, label=label, listen=listen).run(target)
                 if after is not None:
                     after()
         finally:

@@ -33,6 +33,7 @@ from hpsearch.search.control import StopFlag, UnusableCheckpoint
 from hpsearch.search.heartbeat import Heartbeat
 from hpsearch.search.jobs import Job, Outcome, Wait
 from hpsearch.search.progress import StudyProgress
+from hpsearch.search.ranks import Ranks
 from hpsearch.search.records import PREFIX, set_study_attr, study_attr, trial_attr
 from hpsearch.search.restore import Restorer
 from hpsearch.search.retries import retried_numbers, retryable
@@ -49,10 +50,18 @@ _jitter = random.Random()  # idle workers' pauses only: the study's seeded RNGs 
 class Worker:
     """Runs trials of one study in this process until the study has `target` finished trials."""
 
-    def __init__(self, session: Session, *, stop: StopFlag | None = None, label: str = "") -> None:
+    def __init__(
+        self,
+        session: Session,
+        *,
+        stop: StopFlag | None = None,
+        label: str = "",
+        listen: tuple[str, int] | None = None,
+    ) -> None:
         self.session = session
         self.stop = stop if stop is not None else StopFlag()
         self.label = label
+        self.listen = listen  # where a launcher's follower ranks join (None: started here)
         self.outcomes: list[Outcome] = []
         self.presence = ""  # this worker's row among the study's workers
 
@@ -67,6 +76,7 @@ class Worker:
         )
         heartbeat = Heartbeat(s.lineage, s.settings.trials.heartbeat_s)
         ctx = RunContext(s, checkpointer, self.stop, budgets, heartbeat, self.label)
+        ctx.ranks = Ranks(s.settings, s.sizes, listen=self.listen)
         restorer = Restorer(ctx)
         scheduler = make_scheduler(ctx, restorer)
         _preflight(ctx)

@@ -16,13 +16,15 @@ import json
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from hpsearch.errors import TrainingDiverged
+from hpsearch.errors import RankLost, TrainingDiverged
 from hpsearch.training import state as st
 from hpsearch.training.loop import Trainer
 from hpsearch.training.progress import Budget, Every
@@ -44,38 +46,70 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """A follower that rank 0's `Team` started (its arguments as one JSON)."""
     args = json.loads((argv or sys.argv[1:])[0])
     _die_with_parent(int(args["parent"]))
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)  # rank 0 decides when the trial stops
+    _ignore_stops()
     torch.set_num_threads(int(args["threads"]))
-    rank, world = int(args["rank"]), int(args["world"])
-    from hpsearch.config.taskload import load_task
+    task, datasets = _load(args)
+    serve(args, task, datasets)
+    _leave(0)
+    return 0
 
-    task = load_task(args["task"], study_path=args["study_path"])()
-    datasets = task.datasets()
-    sizes = [len(datasets[0]), len(datasets[1])]  # type: ignore[arg-type]
+
+def launched(args: dict[str, Any], *, patience_s: float) -> int:
+    """A follower that a launcher started (`hpsearch rank`), on any machine: it serves rank 0's
+    team, and when that team ends without an `exit` (a rank died, rank 0 started a new team)
+    it connects again, for as long as `patience_s` passes without a team to join."""
+    _ignore_stops()
+    task, datasets = _load(args)
+    lost = [time.monotonic()]  # when this rank last lost a team (or started)
+
+    def joined() -> None:
+        lost[0] = float("inf")
+
+    while True:
+        try:
+            serve(args, task, datasets, on_join=joined)
+            return 0
+        except (RankLost, RuntimeError) as exc:  # rank 0's store or a collective went away
+            if lost[0] == float("inf"):
+                lost[0] = time.monotonic()
+            print(f"rank {args['rank']}: no team ({' '.join(str(exc).split())[:200]}); "
+                  "joining the next one", flush=True)  # fmt: skip
+        if time.monotonic() - lost[0] > patience_s:
+            print(f"rank {args['rank']}: no team to join for {patience_s:g} s; leaving")
+            return 1
+        time.sleep(1.0)
+
+
+def serve(
+    args: dict[str, Any],
+    task: Any,
+    datasets: tuple[Any, Any],
+    on_join: Callable[[], None] | None = None,
+) -> None:
+    """Join rank 0's team and do what it says, until it says `exit`."""
+    rank, world = int(args["rank"]), int(args["world"])
+    sizes = [len(datasets[0]), len(datasets[1])]
     timeout = timedelta(seconds=float(args["timeout_s"]))
     store = dist.TCPStore(args["host"], int(args["port"]), world, is_master=False, timeout=timeout)
     store.set(f"{_READY}{rank}", json.dumps({"sizes": sizes}))
-    device = rank_device(args["device"], rank)
+    device = rank_device(args["device"], int(args.get("local_rank", rank)))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     link = Link.connect(
         store, rank=rank, world=world, device=device, timeout_s=float(args["timeout_s"])
     )
+    if on_join is not None:
+        on_join()
     gang = Gang(link)
     try:
         while True:
             said = link.next_command()
             if said["cmd"] == "exit":
-                link.close()
-                sys.stdout.flush()
-                sys.stderr.flush()
-                # not through the interpreter's exit: the store's and gloo's C++ threads,
-                # destroyed at exit, can abort it ("terminate called without an active
-                # exception") after all is done
-                os._exit(0)
+                return
+            torch.set_num_threads(int(said["threads"]))  # rank 0's: the same float sums
             tensors, info = link.bcast_state()
             trainer = Trainer.restore(
                 task, tensors, info, device=device, num_workers=int(args["num_workers"]),
@@ -91,6 +125,26 @@ def main(argv: list[str] | None = None) -> int:
                 )  # fmt: skip
     finally:
         link.close()
+
+
+def _load(args: dict[str, Any]) -> tuple[Any, tuple[Any, Any]]:
+    from hpsearch.config.taskload import load_task
+
+    task = load_task(args["task"], study_path=args["study_path"])()
+    return task, task.datasets()
+
+
+def _ignore_stops() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # rank 0 decides when a trial stops
+
+
+def _leave(code: int) -> None:
+    """Exit without the interpreter's teardown: the store's and gloo's C++ threads, destroyed
+    at exit, can abort it ("terminate called without an active exception") after all is done."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _adopt(trainer: Trainer, gang: Gang, said: dict[str, Any]) -> None:

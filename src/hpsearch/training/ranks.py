@@ -317,6 +317,7 @@ class Gang:
             self.idle = False
             self.link.post(
                 {"cmd": "train", "until": vars(until), "saved_step": trainer.saved_step,
+                 "threads": torch.get_num_threads(),
                  "eval_every": vars(eval_every) if eval_every else None,
                  "checkpoint_every": vars(checkpoint_every) if checkpoint_every else None,
                  "rng": None if fresh else trainer.rank_rng}

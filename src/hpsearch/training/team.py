@@ -59,12 +59,16 @@ class Team:
         timeout_s: float,
         num_workers: int = 0,
         sizes: tuple[int, int] | None = None,
+        listen: tuple[str, int] | None = None,
     ) -> None:
         if world < 2:
             raise ValueError(f"a team has 2 or more ranks, got {world}")
         self.world, self.task, self.study_path = world, task, study_path
         self.device, self.timeout_s, self.num_workers = device, timeout_s, num_workers
         self.sizes = sizes  # rank 0's (train, val) dataset sizes: every rank must see the same
+        # None: start the followers here; (host, port): a launcher starts them (`hpsearch rank`
+        # --connect host:port) on any machine, and this process waits for them there
+        self.listen = listen
         self.procs: list[subprocess.Popen[bytes]] = []
         self.gang: Gang | None = None
         self.trainers: list[Trainer] = []
@@ -92,14 +96,17 @@ class Team:
                 "this process already leads a team of ranks (or is one): one trial of several "
                 "processes at a time per process"
             )
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the ranks meet on loopback
+        host, port = self.listen or (HOST, 0)
+        if host in ("127.0.0.1", "localhost"):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the ranks meet on loopback
         timeout = timedelta(seconds=self.timeout_s)
         store = dist.TCPStore(
-            HOST, 0, self.world, is_master=True, timeout=timeout, wait_for_workers=False
+            host, port, self.world, is_master=True, timeout=timeout, wait_for_workers=False
         )
         try:
-            for rank in range(1, self.world):
-                self.procs.append(self._spawn(rank, store.port))
+            if self.listen is None:
+                for rank in range(1, self.world):
+                    self.procs.append(self._spawn(rank, store.port))
             self._wait_ready(store)
             link = Link.connect(
                 store, rank=0, world=self.world, device=rank_device(self.device, 0),
@@ -133,9 +140,16 @@ class Team:
             if dead:
                 raise RankSetupError(f"a follower rank did not start: {dead}")
             if time.monotonic() > deadline:
+                missing = [k.removeprefix(_READY) for k in keys if not store.check([k])]
+                how = (
+                    f"; start them with `hpsearch rank STUDY.yaml --connect "
+                    f"{self.listen[0]}:{self.listen[1]} --rank R` for R in {', '.join(missing)}"
+                    if self.listen is not None
+                    else ""
+                )
                 raise RankSetupError(
-                    f"the follower ranks did not start within {self.timeout_s:g} s "
-                    "(trials.rank_timeout_s)"
+                    f"the follower ranks {', '.join(missing)} did not join within "
+                    f"{self.timeout_s:g} s (trials.rank_timeout_s){how}"
                 )
             time.sleep(0.02)
         if self.sizes is None:

@@ -129,8 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--local-rank", type=int,
                    help="its GPU on this machine with device: cuda (default: LOCAL_RANK, "
                         "SLURM_LOCALID, else 0)")  # fmt: skip
-    c.add_argument("--patience", type=float, default=600.0,
-                   help="seconds to wait for a team to join before leaving (default 600)")
+    c.add_argument(
+        "--patience",
+        type=float,
+        default=600.0,
+        help="seconds to wait for a team to join before leaving (default 600)",
+    )
     nproc(c)
     c = cmd("check-resume", "self-test of exact resume on your task")
     c.add_argument("--steps", type=int, default=20, help="steps before and after the checkpoint")
@@ -305,28 +309,11 @@ def _address(text: str, flag: str) -> tuple[str, int]:
 
 
 def _cmd_rank(args: argparse.Namespace) -> int:
-    from hpsearch.config import load_study_file
+    from hpsearch.search.ranks import follow
 
-    settings = load_study_file(args.study, writable=False, processes=args.processes)
-    host, port = _address(args.connect, "--connect")
-    world = settings.trials.processes
-    if not 1 <= args.rank < world:
-        raise UsageError(
-            f"--rank {args.rank}: the study's trials have {world} processes "
-            f"(trials.processes), so a follower is rank 1 .. {world - 1}"
-        )
-    local = args.local_rank
-    if local is None:
-        local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
-    from hpsearch.training.follower import launched
-
-    follower = {
-        "rank": args.rank, "world": world, "host": host, "port": port,
-        "task": settings.task, "study_path": settings.path, "device": settings.device,
-        "timeout_s": settings.trials.rank_timeout_s, "num_workers": settings.data.num_workers,
-        "local_rank": local,
-    }  # fmt: skip
-    return launched(follower, patience_s=args.patience)
+    return follow(args.study, _address(args.connect, "--connect"), args.rank,
+                  local_rank=args.local_rank, patience_s=args.patience,
+                  processes=args.processes)  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -83,3 +83,38 @@ def ranks_of(settings: StudySettings, trainer: Trainer, sizes: tuple[int, int]) 
             yield
     finally:
         ranks.close()
+
+
+def follow(
+    study: str,
+    connect: tuple[str, int],
+    rank: int,
+    *,
+    local_rank: int | None,
+    patience_s: float,
+    processes: int | None = None,
+) -> int:
+    """`hpsearch rank`: a follower rank of the worker listening at `connect`, started by a
+    launcher on any machine; returns its exit status."""
+    import os
+
+    from hpsearch.config import load_study_file
+    from hpsearch.errors import UsageError
+    from hpsearch.training.follower import launched
+
+    settings = load_study_file(study, writable=False, processes=processes)
+    world = settings.trials.processes
+    if not 1 <= rank < world:
+        raise UsageError(
+            f"--rank {rank}: the study's trials have {world} processes (trials.processes), "
+            f"so a follower is rank 1 .. {world - 1}"
+        )
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+    follower = {
+        "rank": rank, "world": world, "host": connect[0], "port": connect[1],
+        "task": settings.task, "study_path": settings.path, "device": settings.device,
+        "timeout_s": settings.trials.rank_timeout_s, "num_workers": settings.data.num_workers,
+        "local_rank": local_rank,
+    }  # fmt: skip
+    return launched(follower, patience_s=patience_s)

@@ -26,9 +26,10 @@ import torch.distributed as dist
 
 from hpsearch.errors import RankLost, TrainingDiverged
 from hpsearch.training import state as st
+from hpsearch.training.collectives import Link
 from hpsearch.training.loop import Trainer
 from hpsearch.training.progress import Budget, Every
-from hpsearch.training.ranks import Dismissed, Follower, Gang, Link, reseed
+from hpsearch.training.ranks import Dismissed, Follower, Gang, reseed
 from hpsearch.training.team import _READY, rank_device
 
 _PR_SET_PDEATHSIG = 1

@@ -17,24 +17,22 @@ from typing import Any
 import torch
 
 from hpsearch.config import TrainingSettings
-from hpsearch.errors import CheckpointMismatch, TaskError, TrainingDiverged
+from hpsearch.errors import TaskError, TrainingDiverged
 from hpsearch.task import Task
+from hpsearch.training import construct
 from hpsearch.training import hatches as hx
 from hpsearch.training import state as st
 from hpsearch.training.build import (
     OnDevice,
     check_supported,
     is_plateau,
-    restored_model,
     to_device,
 )
+from hpsearch.training.construct import LR_SCALE, STATE_VERSION, ranks_of
 from hpsearch.training.data import DataStream, eval_loader
 from hpsearch.training.progress import Budget, Every, Hooks, Progress
 from hpsearch.training.ranks import Gang, check_processes
 from hpsearch.training.schedule import Schedule
-
-STATE_VERSION = 3  # 2: the escape hatches (training settings, GradScaler, task state); 3: ranks
-LR_SCALE = "hpsearch_lr_scale"  # param group key: the group's LR relative to hparams["lr"]
 
 
 class Trainer:
@@ -115,36 +113,11 @@ class Trainer:
         `objective` names the metric a task's `ReduceLROnPlateau` is stepped with, at each
         evaluation (every other scheduler steps once per optimizer step). `training` holds the
         escape hatches (clipping, accumulation, precision); they are saved with the run."""
-        torch.set_flush_denormal(True)  # denormals in Adam's moments make CPU steps 20x slower
-        training = training or hx.PLAIN
-        hx.check_batch_size(training, int(hparams["batch_size"]))
-        train_set, val_set = datasets if datasets is not None else task.datasets()
-        hp = dict(hparams)
-        dev = torch.device(device)
-        st.seed_everything(seed)
-        model = task.model(hp).to(dev)
-        optimizer = task.optimizer(model, hp)
-        scheduler = task.scheduler(optimizer, hp, _total_steps(total_samples, hp, training))
-        if schedule is not None and scheduler is not None:
-            raise ValueError(
-                "the study sets a `schedule` and the task returns a scheduler: use one of them"
-            )
-        if schedule is not None:
-            base = float(hp["lr"])
-            for group in optimizer.param_groups:  # a group's own LR multiplier, kept by saves
-                group[LR_SCALE] = group["lr"] / base if base else 1.0
-        stream = DataStream(
-            train_set,
-            seed=seed,
-            batch_size=int(hp["batch_size"]),
-            collate=task.collate,
-            num_workers=num_workers,
-        )
-        return cls(
-            task, hp, model, optimizer, scheduler, stream, val_set,
-            seed=seed, device=dev, schedule=schedule, total_samples=total_samples,
-            progress=Progress(), history=[], objective=objective, training=training,
-        )  # fmt: skip
+        return cls(**construct.fresh(
+            task, hparams, seed=seed, device=device, schedule=schedule,
+            total_samples=total_samples, num_workers=num_workers, datasets=datasets,
+            objective=objective, training=training,
+        ))  # fmt: skip
 
     @classmethod
     def restore(
@@ -159,50 +132,11 @@ class Trainer:
     ) -> Trainer:
         """Rebuild a run from `state()` output. The model is built on the meta device and takes
         the loaded tensors as they are (no random init, no copy); RNG is restored last."""
-        torch.set_flush_denormal(True)
-        if state.get("version", 0) > STATE_VERSION:
-            raise CheckpointMismatch(
-                f"the checkpoint's training state has version {state['version']}, this hpsearch "
-                f"reads up to {STATE_VERSION}: upgrade hpsearch"
-            )
-        train_set, val_set = datasets if datasets is not None else task.datasets()
-        hp = dict(state["hparams"])
-        dev = torch.device(device)
-        model = restored_model(task, hp, tensors, state, dev)
-        optimizer = task.optimizer(model, hp)
-        training = hx.settings_from_json(state.get("training"))
-        # the scheduler first: creating one rewrites the groups' LRs, which the load then restores
-        total = state.get("total_samples")
-        scheduler = task.scheduler(optimizer, hp, _total_steps(total, hp, training))
-        opt_tensors = {k: v.to(dev) for k, v in tensors["optimizer"].items()}
-        st.load_optimizer_state(optimizer, opt_tensors, state["optimizer"])
-        if scheduler is not None:
-            if state.get("scheduler") is None:
-                raise CheckpointMismatch(
-                    "the task returns a scheduler but the checkpoint holds no scheduler state"
-                )
-            scheduler.load_state_dict(st.from_json(state["scheduler"]))
-        p = state["progress"]
-        stream = DataStream(
-            train_set,
-            seed=state["seed"],
-            batch_size=int(hp["batch_size"]),
-            position=p["samples"],
-            collate=task.collate,
-            num_workers=num_workers,
+        kwargs = construct.restored(
+            task, tensors, state, device=device, num_workers=num_workers, datasets=datasets
         )
-        sched = state.get("schedule")
-        trainer = cls(
-            task, hp, model, optimizer, scheduler, stream, val_set,
-            seed=state["seed"], device=dev,
-            schedule=Schedule(**sched) if sched else None, total_samples=total,
-            progress=Progress(**p), history=copy.deepcopy(list(state.get("metrics", []))),
-            objective=state.get("objective"), training=training, scaler_state=state.get("scaler"),
-        )  # fmt: skip
-        hx.load_task_state(task, tensors.get("task", {}), state.get("task_state"), dev, copy=False)
-        st.set_rng_state(state["rng"])
-        trainer.saved_step = trainer.progress.step
-        trainer.processes, trainer.rank_rng = _ranks(state)
+        trainer = cls(**kwargs)
+        construct.finish_restore(trainer, tensors, state)
         return trainer
 
     def load(
@@ -236,7 +170,7 @@ class Trainer:
         )
         st.set_rng_state(state["rng"])
         self.saved_step = self.progress.step
-        self.processes, self.rank_rng = _ranks(state)
+        self.processes, self.rank_rng = ranks_of(state)
 
     # -- saving ------------------------------------------------------------------------------
 
@@ -444,26 +378,8 @@ class Trainer:
 _BOOKKEEPING = ("step", "samples", "segment_samples", "index")
 
 
-def _ranks(state: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]] | None]:
-    """How many ranks trained a saved state, and their RNG states (None for one)."""
-    ranks = state.get("ranks")
-    if not ranks:
-        return 1, None
-    return len(ranks["rng"]), list(ranks["rng"])
-
-
 def _crossed(every: Every, now: Progress, before: Progress) -> bool:
     return every.index(now) > every.index(before)
-
-
-def _total_steps(
-    total_samples: int | None, hparams: Mapping[str, Any], training: TrainingSettings
-) -> int:
-    """Optimizer steps in the run: what a task's scheduler is sized by."""
-    if not total_samples:
-        return 0
-    per_step = training.accumulate_samples or int(hparams["batch_size"])
-    return -(-int(total_samples) // per_step)
 
 
 def _version() -> str:

@@ -29,7 +29,8 @@ import torch
 import torch.distributed as dist
 
 from hpsearch.errors import RankSetupError
-from hpsearch.training.ranks import Gang, Link
+from hpsearch.training.collectives import Link
+from hpsearch.training.ranks import Gang
 
 if TYPE_CHECKING:
     from hpsearch.training.loop import Trainer

@@ -6,7 +6,8 @@ One prepared script for a machine with 2 or more GPUs. It runs every training in
 of its own (rank 0, which starts its follower rank through `Team`, as a trial does), on `cuda`
 (rank r on the r-th visible GPU; NCCL sums the gradients, gloo carries the control messages), for
 an MLP with dropout and an LR scheduler (`examples/digits.py`) and a CNN with BatchNorm and
-random-shift augmentation (`examples/digits_cnn.py`), and checks, bit for bit:
+random-shift augmentation (`examples/digits_cnn.py`), and checks, bit for bit (after a control:
+the comparison reports one flipped bit in a weight and in rank 1's RNG):
 
 1. resume: a 2-rank run checkpointed mid-way and continued from that checkpoint in a fresh
    process, with a new Team, ends with the same model, optimizer, RNG of every rank, progress
@@ -25,12 +26,14 @@ parameter MLP, and a char transformer), measured alternately, median of `--repea
 Determinism: every process (rank 0 and its follower, which imports this file to build the task)
 sets `CUBLAS_WORKSPACE_CONFIG=:4096:8` before CUDA starts and calls
 `torch.use_deterministic_algorithms(True)` with cuDNN's benchmark mode off. NCCL's all-reduce of
-two ranks adds two numbers per element, which is exact whatever NCCL's algorithm; with more ranks
-its result is fixed for a fixed buffer layout, world size and algorithm choice.
+two ranks adds two numbers per element, which gives the same bits whatever NCCL's algorithm
+(a + b = b + a in floating point); with more ranks its result is fixed for a fixed buffer
+layout, world size and algorithm choice (a failure says to try NCCL_ALGO=Ring).
 
 Exit status: 0 every check passed; 1 a check failed (each difference is printed); 77 skipped
 (fewer than 2 GPUs visible: nothing was checked). `--device cpu` runs the same checks on the CPU
-with gloo (to try the script without GPUs). Writes DIR/ranks_nccl.json.
+with gloo (to try the script without GPUs), and times the small MLP only. Writes
+DIR/ranks_nccl.json.
 """
 
 from __future__ import annotations
@@ -395,7 +398,10 @@ def main() -> int:
         for family in CHECKS:
             checks.run_family(family, args.quick)
         checks.run_equivalence()
-        for name, (cls, hp, steps) in list(TIMED.items())[: 1 if args.quick else None]:
+        # on the CPU only the small MLP: the others take minutes there (benchmarks/ranks.py
+        # measures the CPU)
+        timed = list(TIMED.items())[: 1 if args.quick or args.device == "cpu" else None]
+        for name, (cls, hp, steps) in timed:
             if args.no_timing:
                 break
             job = {"task": cls, "hparams": hp, "steps": steps, "repeats": args.repeats}

@@ -123,6 +123,13 @@ def test_a_state_of_two_ranks_is_not_continued_by_another_number(digits: Any, te
     one = Trainer.restore(digits[0], *_copy(_trainer(digits).state()), datasets=digits[1])
     with pytest.raises(CheckpointMismatch, match="trained by 1 process"):
         check_processes(one, 2)
+    trained_alone = _trainer(digits)  # in memory, never saved: not a fresh run either
+    trained_alone.train(Budget(steps=2))
+    team.attach(trained_alone)
+    with pytest.raises(CheckpointMismatch, match="trained by 1 process"):
+        trained_alone.train(Budget(steps=4))
+    team.release(trained_alone)
+    assert team.healthy  # refused before anything was sent
 
 
 def test_a_dead_follower_ends_rank_zeros_collectives_with_a_reason(digits: Any, team: Team) -> None:

@@ -242,6 +242,7 @@ class Trainer:
         hooks = hooks or Hooks()
         if self.gang is None:
             check_processes(self, 1)
+            self.processes = 1  # trained by one: no team may take it over as a fresh run
             return self._train(until, hooks, eval_every, checkpoint_every)
         hooks = self.gang.begin(self, hooks, until, eval_every, checkpoint_every)
         try:

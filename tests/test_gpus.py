@@ -61,6 +61,20 @@ def test_fewer_gpus_than_workers_share_them_round_robin_with_a_warning():
     assert place(2, count=2).warning is None
 
 
+def test_a_trial_of_several_ranks_takes_a_group_of_gpus_per_worker():
+    def ranks(workers, k, **kw):
+        return place_workers(workers, device="cuda", gpus=kw.get("gpus"), inherited=None,
+                             count=lambda: kw.get("count", 4), per_worker=k)  # fmt: skip
+
+    assert ranks(2, 2) == Placement(("0,1", "2,3"))
+    assert ranks(1, 2, gpus=[3, 1]) == Placement(("3,1",))  # in the order given
+    shared = ranks(3, 2)
+    assert shared.devices == ("0,1", "2,3", "0,1")
+    assert shared.warning is not None and "groups of 2 GPUs" in shared.warning
+    with pytest.raises(UsageError, match=r"trials\.processes: 4 trains each trial on 4 GPUs"):
+        ranks(1, 4, gpus=[0, 1])
+
+
 def test_no_gpu_or_a_gpu_that_is_not_there_is_refused():
     with pytest.raises(UsageError) as err:
         place(2, count=0)

@@ -188,6 +188,15 @@ def test_entry_is_refused_at_2_ranks(name: str, runs: dict[str, Any]) -> None:
     assert error.startswith(kind) and words in error, f"{why}; got {error or 'no error'}"
 
 
+def test_first_difference_reads_every_ranks_rng() -> None:
+    """`hpsearch check-resume` of a trial of several ranks compares the followers' RNGs too."""
+    tensors, info = zr.create("model-mlp").state()
+    info["ranks"] = {"processes": 2, "rng": [info["rng"], info["rng"]]}
+    other = json.loads(json.dumps(info))
+    other["ranks"]["rng"][1]["numpy"][2] += 1  # rank 1's NumPy position
+    assert first_difference((tensors, info), (tensors, other)) == "ranks"
+
+
 def test_the_forks_split_batches_unevenly(runs: dict[str, Any]) -> None:
     """The checks above cover uneven shares: a fork's batch of 5 is 3 + 2 samples, and the
     empty-share entry's batch of 1 leaves rank 1 none."""

@@ -9,15 +9,20 @@ a batch of 5 is 3 + 2 samples over 2 ranks; `ranks-empty_share` forks to 47, and
 last batch of 1 leaves rank 1 no sample) and train K more. In one fresh process, rank 0 of its
 own Teams: restore the checkpoint and train K more (resumed); restore it again, fork it the same
 way and train K more. The resumed run must equal the uninterrupted one, and the fork of the
-restored checkpoint the fork in memory, bit for bit: weights, optimizer, scheduler, rank 0's
-RNG, data position, metrics (`first_difference`), every rank's RNG (`info["ranks"]`, which
-`first_difference` does not read) and the per-step losses.
+restored checkpoint the fork in memory, bit for bit: weights, optimizer, scheduler, data
+position, metrics, rank 0's RNG and every rank's (`info["ranks"]`; `first_difference`), and the
+per-step losses. And each rank's RNG streams must be its own (`_shared_streams`): a follower
+that took rank 0's would be as wrong in the uninterrupted run as in the resumed one, since a
+follower rebuilds its trainer from rank 0's state at every train() call.
 
-The math check (`test_entry_trains_as_one_process`): an entry trained K steps by 2 ranks and by
-1 process, with the fork's batch size (uneven shares) and dropout 0 (each rank draws its own
-dropout masks, so only the math can match), must give the same per-step losses, evaluations and
-buffers within `RTOL`. Weights are compared through these: an Adam step turns a gradient that
-is rounding noise (an attention's key bias, which no output depends on) into a whole step.
+The math check (`test_entry_trains_as_one_process`, one entry per gradient computation,
+`zoo_ranks.MATH`: an optimizer or a scheduler steps the summed gradient, so the optimizer-* and
+scheduler-* entries compute model-mlp's): an entry trained K steps by 2 ranks and by 1 process,
+with the fork's batch size (uneven shares; an empty one in `ranks-empty_share`) and dropout 0
+(each rank draws its own dropout masks, so only the math can match), must give the same
+per-step losses, evaluations and buffers within `RTOL`. Weights are compared through these: an
+Adam step turns a gradient that is rounding noise (an attention's key bias, which no output
+depends on) into a whole step.
 
 Where data parallelism does not apply, or applies with other math (tests/zoo_ranks.py):
 - refused by design (`REFUSED`): a sparse gradient (an Embedding with sparse=True) fails with a
@@ -94,7 +99,7 @@ def _uninterrupted(store: Any, team: Any, name: str) -> dict[str, Any]:
     team.attach(forked)
     losses = zr.forked_run(forked, zr.fork_changes(name))
     run.update(fork_expected=forked.state(), fork_losses=losses.values, fork_sizes=losses.sizes)
-    if name not in zr.RANDOM_DATA:  # the math check: 2 ranks and 1 process, uneven shares
+    if name in zr.MATH and name not in zr.RANDOM_DATA:  # 2 ranks and 1 process, uneven shares
         batch_size = zr.fork_changes(name)["batch_size"]
         hp = {**zr.hparams(name), "dropout": 0.0, "batch_size": batch_size}
         ranked = zr.create(name, hp)
@@ -163,7 +168,7 @@ def test_entry_resumes_and_forks_exactly_at_2_ranks(name: str, runs: dict[str, A
     assert got["fork_losses"] == run["fork_losses"] and got["fork_sizes"] == run["fork_sizes"]
 
 
-@pytest.mark.parametrize("name", CHECKED)
+@pytest.mark.parametrize("name", zr.MATH)
 def test_entry_trains_as_one_process(name: str, runs: dict[str, Any]) -> None:
     if name in zr.RANDOM_DATA:
         pytest.skip("its augmentation draws from each rank's own RNG stream: another random draw")

@@ -69,6 +69,11 @@ ENTRIES: dict[str, zoo.Spec] = {
 }
 FORKS: dict[str, dict[str, Any]] = {"ranks-empty_share": {**zoo.FORK, "batch_size": 47}}
 
+
+def fork_changes(name: str) -> dict[str, Any]:
+    return FORKS.get(name, zoo.fork_changes(name))
+
+
 # entries that do not train at 2 ranks, by design: each must fail with this error and words
 REFUSED = {
     "ranks-sparse_embedding": (
@@ -116,6 +121,24 @@ NOT_ONE_PROCESS = {
 # entries whose math is one process's but whose random draws cannot be one process's: each rank
 # augments its samples from its own RNG stream (dropout likewise: the math check sets it to 0)
 RANDOM_DATA = {name for name, spec in ENTRIES.items() if spec.data == "augment"}
+
+
+def _gradient(name: str) -> tuple[Any, ...]:
+    """What an entry's gradient at 2 ranks depends on (at the fork's batch size, which the math
+    check trains with). Not the optimizer nor the scheduler: they step the summed gradient, the
+    same on every rank."""
+    spec = ENTRIES[name]
+    batch_size = fork_changes(name)["batch_size"]
+    return spec.model, spec.data, spec.precision, repr(spec.training), spec.task, batch_size
+
+
+# the math check's entries: one per gradient computation (the optimizer-* and scheduler-*
+# entries compute model-mlp's)
+_first: dict[tuple[Any, ...], str] = {}
+for _name in ENTRIES:
+    if _name not in REFUSED:
+        _first.setdefault(_gradient(_name), _name)
+MATH = list(_first.values())
 
 
 class Losses(Hooks):
@@ -234,14 +257,10 @@ def precision(name: str) -> str:
     return "bf16" if spec.precision == "bf16" else spec.training.precision
 
 
-def fork_changes(name: str) -> dict[str, Any]:
-    return FORKS.get(name, zoo.fork_changes(name))
-
-
 def create(name: str, hp: dict[str, Any] | None = None) -> Trainer:
     spec = ENTRIES[name]
     return Trainer.create(
-        KINDS[ENTRIES[name].task](), hp or hparams(name), seed=7, total_samples=4 * zoo.N,
+        KINDS[spec.task](), hp or hparams(name), seed=7, total_samples=4 * zoo.N,
         num_workers=spec.workers, objective="val_loss", training=spec.training,
         device=zoo.DEVICE,
     )  # fmt: skip

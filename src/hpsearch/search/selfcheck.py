@@ -127,7 +127,7 @@ def first_difference(a: tuple[dict, dict], b: tuple[dict, dict]) -> str | None:
                 return f"{group}.{key}"
     for key in (
         "progress", "hparams", "optimizer", "scheduler", "metrics", "model_aliases", "training",
-        "scaler", "task_state",
+        "scaler", "task_state", "ranks",
     ):  # fmt: skip
         if json.dumps(sa.get(key), sort_keys=True) != json.dumps(sb.get(key), sort_keys=True):
             return key

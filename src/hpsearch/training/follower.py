@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from hpsearch.errors import RankLost, TrainingDiverged
+from hpsearch.errors import HpsearchError, RankLost, TrainingDiverged
 from hpsearch.training import state as st
 from hpsearch.training.collectives import Link
 from hpsearch.training.loop import Trainer
@@ -52,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_parent(int(args["parent"]))
     _ignore_stops()
     torch.set_num_threads(int(args["threads"]))
-    task, datasets = _load(args)
-    serve(args, task, datasets)
+    try:
+        task, datasets = _load(args)
+        serve(args, task, datasets)
+    except HpsearchError as exc:  # the task's error, which rank 0 meets and reports too
+        print(f"hpsearch: rank {args['rank']}: {exc}", file=sys.stderr)
+        _leave(1)
     _leave(0)
     return 0
 
@@ -73,7 +77,10 @@ def launched(args: dict[str, Any], *, patience_s: float) -> int:
         try:
             serve(args, task, datasets, on_join=joined)
             return 0
-        except (RankLost, RuntimeError) as exc:  # rank 0's store or a collective went away
+        except (HpsearchError, RuntimeError) as exc:  # RuntimeError: rank 0's store went away
+            if isinstance(exc, HpsearchError) and not isinstance(exc, RankLost):
+                print(f"hpsearch: rank {args['rank']}: {exc}", file=sys.stderr)
+                return 1  # the task's error, which rank 0 meets and reports too
             if lost[0] == float("inf"):
                 lost[0] = time.monotonic()
             print(f"rank {args['rank']}: no team ({' '.join(str(exc).split())[:200]}); "

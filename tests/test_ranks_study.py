@@ -147,6 +147,40 @@ def test_follower_ranks_a_launcher_starts_join_a_listening_worker_to_the_same_st
     _same(_results(path), reference[1])
 
 
+def test_a_follower_the_launcher_starts_again_joins_the_workers_next_team(tmp_path: Path) -> None:
+    """A launcher's follower killed in the middle of a trial (once): the trial fails with the
+    reason, the launcher starts the rank again (as `srun` or a loop would), it joins the
+    worker's next team, the retry and the rest of the study train with it, and it leaves with
+    exit status 0 when the worker is done."""
+    path = write_study(tmp_path, name="r2", **TREE)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rank = " ".join([*_hpsearch("rank", path), "--connect", f"127.0.0.1:{port}", "--rank", "1",
+                     "--patience", "60"])  # fmt: skip
+    launcher = f"for i in 1 2 3; do {rank} && exit 0; echo restarted; done; exit 9"
+    env = {**os.environ, "HPSEARCH_FAILPOINTS": "follower.step=9",
+           ONCE_ENV: str(tmp_path / "once")}  # fmt: skip
+    log = tmp_path / "launcher.log"
+    with open(log, "w") as out:
+        loop = subprocess.Popen(["bash", "-c", launcher], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        assert main(["worker", path, "--ranks-listen", f"127.0.0.1:{port}"]) == 0
+        assert loop.wait(timeout=120) == 0
+    finally:
+        loop.kill()
+    assert log.read_text().count("restarted") == 1
+    s = Session.open(path, create=False)
+    try:
+        trials = s.study.get_trials()
+    finally:
+        s.close()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1 and "RankLost" in trial_attr(failed[0], "fail_reason")
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
+
+
 def test_the_winner_replays_and_check_resume_passes(
     reference: tuple[str, dict[int, tuple]], capfd: pytest.CaptureFixture[str]
 ) -> None:

@@ -30,7 +30,7 @@ from hpsearch.training.collectives import Link
 from hpsearch.training.loop import Trainer
 from hpsearch.training.progress import Budget, Every
 from hpsearch.training.ranks import Dismissed, Follower, Gang, reseed
-from hpsearch.training.team import _READY, rank_device
+from hpsearch.training.team import _LEFT, _READY, rank_device
 
 _PR_SET_PDEATHSIG = 1
 
@@ -116,6 +116,7 @@ def serve(
         while True:
             said = link.next_command()
             if said["cmd"] == "exit":
+                store.set(f"{_LEFT}{rank}", "")  # rank 0 keeps the store until every rank has
                 return
             torch.set_num_threads(int(said["threads"]))  # rank 0's: the same float sums
             tensors, info = link.bcast_state()

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 HOST = "127.0.0.1"
 _READY = "hpsearch/ready/"  # a follower's key in the store: its dataset sizes, once loaded
+_LEFT = "hpsearch/left/"  # a follower's key once it has read the `exit` command
 
 
 def rank_device(device: str, rank: int) -> torch.device:
@@ -208,11 +209,20 @@ class Team:
             if gang is not None and healthy:
                 with contextlib.suppress(RuntimeError):  # the store, if a rank broke it
                     gang.link.post({"cmd": "exit"})
+                    # the store lives in this process: keep it until every follower has read
+                    # the command (a launcher's followers are no processes of ours to wait on)
+                    self._wait_left(gang.link.store, 10.0)
                 self._wait(10.0)
         finally:
             self._kill()
             if gang is not None:
                 gang.link.close()
+
+    def _wait_left(self, store: Any, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        keys = [f"{_LEFT}{r}" for r in range(1, self.world)]
+        while not store.check(keys) and time.monotonic() < deadline and not self._dead():
+            time.sleep(0.01)
 
     def _wait(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

@@ -181,6 +181,26 @@ def test_a_follower_the_launcher_starts_again_joins_the_workers_next_team(tmp_pa
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
 
 
+def test_ranks_that_never_join_stop_the_run_without_spending_a_retry(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    trials = {**TREE["trials"], "rank_timeout_s": 2}
+    path = write_study(tmp_path, name="r2", **{**TREE, "trials": trials})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["worker", path, "--ranks-listen", f"127.0.0.1:{port}"]) == 1
+    err = capfd.readouterr().err
+    assert "did not join within 2 s" in err and f"--connect 127.0.0.1:{port} --rank R" in err
+    assert main(["run", path]) == 0  # the ranks start here this time; the trial goes on
+    s = Session.open(path, create=False)
+    try:
+        states = [t.state for t in s.study.get_trials()]
+    finally:
+        s.close()
+    assert states == [TrialState.COMPLETE] * 3  # no FAIL, no retry
+
+
 def test_the_winner_replays_and_check_resume_passes(
     reference: tuple[str, dict[int, tuple]], capfd: pytest.CaptureFixture[str]
 ) -> None:

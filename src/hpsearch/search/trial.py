@@ -11,7 +11,7 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch import failpoints
-from hpsearch.errors import TrainingDiverged
+from hpsearch.errors import RankSetupError, TrainingDiverged
 from hpsearch.search import optuna_bridge as bridge
 from hpsearch.search.budgets import segment_end, until
 from hpsearch.search.context import RunContext
@@ -75,6 +75,12 @@ class TrialRunner:
         except Interrupted:
             checkpoint_on_stop(self.ctx, trainer, hooks)
             self.failures.account(otrial, job, hooks)
+            self.ctx.lineage.finish_attempt(job.token, "dead")
+            raise
+        except RankSetupError:
+            # the ranks could not start (a follower's import failed, none joined): not the
+            # trial's fault, so no retry is spent on it; it continues when the run is started
+            # again, as after a kill
             self.ctx.lineage.finish_attempt(job.token, "dead")
             raise
         except LostTrial as exc:

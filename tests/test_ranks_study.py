@@ -41,6 +41,20 @@ def _hpsearch(*args: str) -> list[str]:
     return [sys.executable, "-m", "hpsearch", *args]
 
 
+def _trials(path: str) -> list[Any]:
+    s = Session.open(path, create=False)
+    try:
+        return s.study.get_trials()
+    finally:
+        s.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _results(path: str) -> dict[int, tuple]:
     s = Session.open(path, create=False)
     try:
@@ -93,9 +107,7 @@ def test_killed_while_checkpointing_and_run_again_ends_equal(
     # a root gathers its ranks' RNG for 4 checkpoints, and once more at its probe's end: the
     # 12th is the second checkpoint of generation 1, a child forked with values of its own
     kill_at_point(_hpsearch("run", path), "ranks.gathered", 12, log=str(tmp_path / "k.log"))
-    s = Session.open(path, create=False)
-    cut = max(s.study.get_trials(), key=lambda t: t.number)
-    s.close()
+    cut = max(_trials(path), key=lambda t: t.number)
     assert cut.state == TrialState.RUNNING and trial_attr(cut, "generation") == 1
     assert main(["run", path]) == 0
     _same(_results(path), reference[1])
@@ -110,11 +122,7 @@ def test_a_dead_follower_fails_its_trial_which_continues_from_its_checkpoint(
     proc = subprocess.run(_hpsearch("run", path), env=env, capture_output=True, text=True,
                           timeout=600, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    s = Session.open(path, create=False)
-    try:
-        trials = s.study.get_trials()
-    finally:
-        s.close()
+    trials = _trials(path)
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1
     assert "rank 1 exited with code -9" in trial_attr(failed[0], "fail_reason")
@@ -133,9 +141,7 @@ def test_follower_ranks_a_launcher_starts_join_a_listening_worker_to_the_same_st
     worker --ranks-listen`: the same study, bit for bit, as with the ranks the worker starts;
     the follower serves every trial and leaves when the worker is done."""
     path = write_study(tmp_path, name="r2", **TREE)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     address = f"127.0.0.1:{port}"
     follower = subprocess.Popen(_hpsearch("rank", path, "--connect", address, "--rank", "1",
                                           "--patience", "120"))  # fmt: skip
@@ -153,9 +159,7 @@ def test_a_follower_the_launcher_starts_again_joins_the_workers_next_team(tmp_pa
     worker's next team, the retry and the rest of the study train with it, and it leaves with
     exit status 0 when the worker is done."""
     path = write_study(tmp_path, name="r2", **TREE)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     rank = " ".join([*_hpsearch("rank", path), "--connect", f"127.0.0.1:{port}", "--rank", "1",
                      "--patience", "60"])  # fmt: skip
     launcher = f"for i in 1 2 3; do {rank} && exit 0; echo restarted; done; exit 9"
@@ -171,11 +175,7 @@ def test_a_follower_the_launcher_starts_again_joins_the_workers_next_team(tmp_pa
     finally:
         loop.kill()
     assert log.read_text().count("restarted") == 1
-    s = Session.open(path, create=False)
-    try:
-        trials = s.study.get_trials()
-    finally:
-        s.close()
+    trials = _trials(path)
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 1 and "RankLost" in trial_attr(failed[0], "fail_reason")
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 3
@@ -186,18 +186,12 @@ def test_ranks_that_never_join_stop_the_run_without_spending_a_retry(
 ) -> None:
     trials = {**TREE["trials"], "rank_timeout_s": 2}
     path = write_study(tmp_path, name="r2", **{**TREE, "trials": trials})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     assert main(["worker", path, "--ranks-listen", f"127.0.0.1:{port}"]) == 1
     err = capfd.readouterr().err
     assert "did not join within 2 s" in err and f"--connect 127.0.0.1:{port} --rank R" in err
     assert main(["run", path]) == 0  # the ranks start here this time; the trial goes on
-    s = Session.open(path, create=False)
-    try:
-        states = [t.state for t in s.study.get_trials()]
-    finally:
-        s.close()
+    states = [t.state for t in _trials(path)]
     assert states == [TrialState.COMPLETE] * 3  # no FAIL, no retry
 
 

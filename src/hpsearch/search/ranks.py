@@ -6,10 +6,12 @@ trial is one process."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from hpsearch.config import StudySettings
+from hpsearch.config import StudySettings, load_study_file
+from hpsearch.errors import RankSetupError, UsageError
 
 if TYPE_CHECKING:
     from hpsearch.training import Trainer
@@ -38,7 +40,6 @@ class Ranks:
             yield
             return
         if self.team is None:
-            from hpsearch.errors import RankSetupError
             from hpsearch.training.team import Team
 
             s = self.settings
@@ -96,10 +97,6 @@ def follow(
 ) -> int:
     """`hpsearch rank`: a follower rank of the worker listening at `connect`, started by a
     launcher on any machine; returns its exit status."""
-    import os
-
-    from hpsearch.config import load_study_file
-    from hpsearch.errors import UsageError
     from hpsearch.training.follower import launched
 
     settings = load_study_file(study, writable=False, processes=processes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import os
 import signal
 import sys
@@ -30,7 +31,7 @@ from hpsearch.training.collectives import Link
 from hpsearch.training.loop import Trainer
 from hpsearch.training.progress import Budget, Every
 from hpsearch.training.ranks import Dismissed, Follower, Gang, reseed
-from hpsearch.training.team import _LEFT, _READY, rank_device
+from hpsearch.training.team import _LEFT, _OPEN, _READY, rank_device
 
 _PR_SET_PDEATHSIG = 1
 
@@ -68,10 +69,11 @@ def launched(args: dict[str, Any], *, patience_s: float) -> int:
     it connects again, for as long as `patience_s` passes without a team to join."""
     _ignore_stops()
     task, datasets = _load(args)
-    lost = [time.monotonic()]  # when this rank last lost a team (or started)
+    lost = time.monotonic()  # when this rank last lost a team (or started); inf: in one
 
     def joined() -> None:
-        lost[0] = float("inf")
+        nonlocal lost
+        lost = math.inf
 
     while True:
         try:
@@ -81,11 +83,11 @@ def launched(args: dict[str, Any], *, patience_s: float) -> int:
             if isinstance(exc, HpsearchError) and not isinstance(exc, RankLost):
                 print(f"hpsearch: rank {args['rank']}: {exc}", file=sys.stderr)
                 return 1  # the task's error, which rank 0 meets and reports too
-            if lost[0] == float("inf"):
-                lost[0] = time.monotonic()
+            if lost == math.inf:
+                lost = time.monotonic()
             print(f"rank {args['rank']}: no team ({' '.join(str(exc).split())[:200]}); "
                   "joining the next one", flush=True)  # fmt: skip
-        if time.monotonic() - lost[0] > patience_s:
+        if time.monotonic() - lost > patience_s:
             print(f"rank {args['rank']}: no team to join for {patience_s:g} s; leaving")
             return 1
         time.sleep(1.0)
@@ -101,7 +103,10 @@ def serve(
     rank, world = int(args["rank"]), int(args["world"])
     sizes = [len(datasets[0]), len(datasets[1])]
     timeout = timedelta(seconds=float(args["timeout_s"]))
-    store = dist.TCPStore(args["host"], int(args["port"]), world, is_master=False, timeout=timeout)
+    server = dist.TCPStore(args["host"], int(args["port"]), world, is_master=False, timeout=timeout)
+    while not server.check([_OPEN]):  # rank 0 is between teams: wait for the next one
+        time.sleep(0.02)
+    store = dist.PrefixStore(f"hpsearch/{server.get(_OPEN).decode()}/", server)
     store.set(f"{_READY}{rank}", json.dumps({"sizes": sizes}))
     device = rank_device(args["device"], int(args.get("local_rank", rank)))
     if device.type == "cuda":

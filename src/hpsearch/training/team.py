@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from hpsearch.training.loop import Trainer
 
 HOST = "127.0.0.1"
+_OPEN = "hpsearch/open"  # the team that followers may join now (its id), while rank 0 waits
 _READY = "hpsearch/ready/"  # a follower's key in the store: its dataset sizes, once loaded
 _LEFT = "hpsearch/left/"  # a follower's key once it has read the `exit` command
 
@@ -102,14 +104,21 @@ class Team:
         if host in ("127.0.0.1", "localhost"):
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # the ranks meet on loopback
         timeout = timedelta(seconds=self.timeout_s)
-        store = dist.TCPStore(
+        server = dist.TCPStore(
             host, port, self.world, is_master=True, timeout=timeout, wait_for_workers=False
         )
+        # every team's keys under its own id: a follower that found an earlier team of this
+        # address (a launcher restarts a rank while rank 0 replaces the team it broke) cannot
+        # take a place in this one, nor wait in the other's rendezvous
+        team = secrets.token_hex(8)
+        store = dist.PrefixStore(f"hpsearch/{team}/", server)
         try:
             if self.listen is None:
                 for rank in range(1, self.world):
-                    self.procs.append(self._spawn(rank, store.port))
+                    self.procs.append(self._spawn(rank, server.port))
+            server.set(_OPEN, team)
             self._wait_ready(store)
+            server.delete_key(_OPEN)  # every place is taken
             link = Link.connect(
                 store, rank=0, world=self.world, device=rank_device(self.device, 0),
                 timeout_s=self.timeout_s, why=self.why,
